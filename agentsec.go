@@ -1,0 +1,152 @@
+// Package agentsec is the security stack for AI agents: a trust gate, a
+// budget enforcer and a tamper-evident audit log, in one install.
+//
+// A Stack combines the three. Its Guard method runs one governed tool call
+// from start to end — trust check, atomic budget reservation, the call,
+// token accounting and the audit record — and fails closed: a call whose
+// decision cannot be recorded is denied. The Stack's fields expose each
+// part on its own for callers that want the steps one by one.
+//
+// The parts live in their own packages: trust (ladders, policies, the
+// gate), budget (limits, the enforcer, its stores) and audit (records, the
+// log, its stores).
+package agentsec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// Config configures a Stack. The zero value is not valid: a Stack needs
+// at least a budget and an audit namespace.
+type Config struct {
+	TrustGate TrustGateConfig
+	Budget    BudgetConfig
+	// AuditNamespace is stamped on every record this Stack appends.
+	AuditNamespace string
+	// AuditStore keeps the audit log. Nil means an in-memory store.
+	AuditStore audit.Store
+}
+
+// TrustGateConfig configures the trust gate.
+type TrustGateConfig struct {
+	// Ladder is the ladder the levels are on. Nil means
+	// trust.DefaultLadder(): public < verified < privileged.
+	Ladder *trust.Ladder
+	// ToolName and RequiredLevel form a one-rule policy: ToolName
+	// requires RequiredLevel. Set both or neither.
+	ToolName      string
+	RequiredLevel string
+	// Rules map further tools or glob patterns to required levels.
+	Rules []trust.Rule
+	// DefaultLevel is required by tools no rule covers. Empty means such
+	// tools are denied.
+	DefaultLevel string
+	// Agents are the operator's level assignments in force from the
+	// start. Each is recorded in the audit log as a "trust.assign" event.
+	Agents []trust.Assignment
+}
+
+// BudgetConfig configures the budget enforcer. Every session gets these
+// limits when its budget is created on first use.
+type BudgetConfig struct {
+	TokenLimit int64
+	CallLimit  int64
+	// Store keeps the budgets. Nil means an in-memory store.
+	Store budget.Store
+}
+
+// A Stack is a trust gate, a budget enforcer and an audit log working
+// together. It is safe for concurrent use.
+type Stack struct {
+	TrustGate *TrustGate
+	Budget    *budget.Enforcer
+	Audit     *audit.Log
+}
+
+// Audit events a Stack records.
+const (
+	EventToolCall    = "tool.call"
+	EventTrustAssign = "trust.assign"
+	EventTrustRevoke = "trust.revoke"
+)
+
+// New returns a Stack built from cfg. Every setting is checked here: an
+// unknown level, an empty agent id, a malformed tool pattern, a
+// non-positive limit or an empty namespace is an error, as is a failure to
+// record the configured assignments.
+func New(cfg Config) (*Stack, error) {
+	ctx := context.Background()
+	if cfg.AuditNamespace == "" {
+		return nil, errors.New("agentsec: config: AuditNamespace is empty; name the application whose decisions are logged")
+	}
+	tc := cfg.TrustGate
+	ladder := tc.Ladder
+	if ladder == nil {
+		ladder = trust.DefaultLadder()
+	}
+	rules := tc.Rules
+	switch {
+	case tc.ToolName != "" && tc.RequiredLevel != "":
+		rules = append([]trust.Rule{{Tool: tc.ToolName, Level: tc.RequiredLevel}}, rules...)
+	case tc.ToolName != "":
+		return nil, fmt.Errorf("agentsec: config: TrustGate.ToolName %q has no RequiredLevel", tc.ToolName)
+	case tc.RequiredLevel != "":
+		return nil, fmt.Errorf("agentsec: config: TrustGate.RequiredLevel %q has no ToolName", tc.RequiredLevel)
+	}
+	policy, err := trust.NewPolicy(ladder, rules, tc.DefaultLevel)
+	if err != nil {
+		return nil, fmt.Errorf("agentsec: config: %w", err)
+	}
+	gate, err := trust.NewGate(policy, tc.Agents...)
+	if err != nil {
+		return nil, fmt.Errorf("agentsec: config: %w", err)
+	}
+
+	budgetStore := cfg.Budget.Store
+	if budgetStore == nil {
+		budgetStore = budget.NewMemoryStore()
+	}
+	enforcer, err := budget.NewEnforcer(budgetStore, budget.Limits{Tokens: cfg.Budget.TokenLimit, Calls: cfg.Budget.CallLimit})
+	if err != nil {
+		return nil, fmt.Errorf("agentsec: config: %w", err)
+	}
+
+	auditStore := cfg.AuditStore
+	if auditStore == nil {
+		auditStore = audit.NewMemoryStore()
+	}
+	log, err := audit.NewLog(ctx, auditStore, audit.Options{Namespace: cfg.AuditNamespace})
+	if err != nil {
+		return nil, fmt.Errorf("agentsec: config: %w", err)
+	}
+
+	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log}
+	for _, a := range gate.Assignments() {
+		if _, err := log.Log(ctx, assignmentRecord(a, "config")); err != nil {
+			return nil, fmt.Errorf("agentsec: recording configured assignments: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// assignmentRecord describes an assignment change for the audit log.
+func assignmentRecord(a trust.Assignment, source string) audit.Record {
+	rec := audit.Record{Event: EventTrustAssign, Agent: a.Agent, Scope: a.Scope,
+		AssignedLevel: a.Level, Attrs: map[string]string{"source": source}}
+	if !a.Expires.IsZero() {
+		rec.Attrs["expires"] = a.Expires.UTC().Format(time.RFC3339Nano)
+	}
+	return rec
+}
+
+// Close closes the audit log and the budget store.
+func (s *Stack) Close() error {
+	return errors.Join(s.Audit.Close(), s.Budget.Store().Close())
+}

@@ -1,0 +1,147 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// A Filter selects records. Empty fields match everything.
+type Filter struct {
+	// Since and Until bound the record time: Since <= Time < Until.
+	// Times are compared as instants, whatever their location.
+	Since, Until time.Time
+	Namespace    string
+	Agent        string
+	Session      string
+	Tool         string
+	Event        string
+	Outcome      Outcome
+	// Limit is the most records one page holds: 0 means DefaultLimit,
+	// and more than MaxLimit is an error.
+	Limit int
+	// Cursor continues a query from the Page.Next of an earlier page with
+	// the same filter.
+	Cursor string
+}
+
+// Page limits.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 10_000
+)
+
+// A Page is one page of query results, in log order.
+type Page struct {
+	Records []Record
+	// Next is the cursor of the following page, or "" if there is none.
+	Next string
+}
+
+// ErrInvalidFilter is returned, wrapped, for a filter Query refuses.
+var ErrInvalidFilter = errors.New("invalid audit filter")
+
+// Query returns the records matching f, in log order, a page at a time.
+func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
+	limit, from, err := f.check()
+	if err != nil {
+		return Page{}, err
+	}
+	size := l.Size()
+	match := f.prefilter()
+	var page Page
+	var stop = errors.New("page full")
+	err = l.store.Scan(ctx, from, size, func(e Entry) error {
+		if !match(e.Data) {
+			return nil
+		}
+		r, err := DecodeRecord(e.Data)
+		if err != nil {
+			return fmt.Errorf("audit: record %d: %w", e.Seq, err)
+		}
+		r.Seq = e.Seq
+		if !f.matches(&r) {
+			return nil
+		}
+		// Only a record that matches in full starts a next page: the
+		// prefilter passes records an attribute or the time range then
+		// rule out, and a cursor to those would lead to an empty page.
+		if len(page.Records) == limit {
+			page.Next = strconv.FormatUint(e.Seq, 10)
+			return stop
+		}
+		page.Records = append(page.Records, r)
+		return nil
+	})
+	if err != nil && err != stop {
+		return Page{}, err
+	}
+	return page, nil
+}
+
+// check validates f and returns its page size and starting position.
+func (f *Filter) check() (limit int, from uint64, err error) {
+	switch {
+	case f.Limit < 0:
+		return 0, 0, fmt.Errorf("audit: %w: negative limit %d", ErrInvalidFilter, f.Limit)
+	case f.Limit > MaxLimit:
+		return 0, 0, fmt.Errorf("audit: %w: limit %d is above %d", ErrInvalidFilter, f.Limit, MaxLimit)
+	case f.Limit == 0:
+		limit = DefaultLimit
+	default:
+		limit = f.Limit
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
+		return 0, 0, fmt.Errorf("audit: %w: until %v is before since %v", ErrInvalidFilter, f.Until, f.Since)
+	}
+	switch f.Outcome {
+	case "", OutcomeAllowed, OutcomeDenied:
+	default:
+		return 0, 0, fmt.Errorf("audit: %w: outcome %q is not %q or %q", ErrInvalidFilter, f.Outcome, OutcomeAllowed, OutcomeDenied)
+	}
+	if f.Cursor != "" {
+		from, err = strconv.ParseUint(f.Cursor, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("audit: %w: malformed cursor %q", ErrInvalidFilter, f.Cursor)
+		}
+	}
+	return limit, from, nil
+}
+
+// prefilter returns a cheap test on a record's bytes that every matching
+// record passes, so most others are skipped without decoding.
+func (f *Filter) prefilter() func([]byte) bool {
+	var needles [][]byte
+	for _, kv := range [...]struct{ key, v string }{
+		{"agent", f.Agent}, {"session", f.Session}, {"tool", f.Tool},
+		{"event", f.Event}, {"namespace", f.Namespace}, {"outcome", string(f.Outcome)},
+	} {
+		if kv.v != "" {
+			n, _ := appendString([]byte(`"`+kv.key+`":`), kv.v)
+			needles = append(needles, n)
+		}
+	}
+	return func(data []byte) bool {
+		for _, n := range needles {
+			if !bytes.Contains(data, n) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// matches reports whether r passes every field of f.
+func (f *Filter) matches(r *Record) bool {
+	return (f.Since.IsZero() || !r.Time.Before(f.Since)) &&
+		(f.Until.IsZero() || r.Time.Before(f.Until)) &&
+		(f.Namespace == "" || r.Namespace == f.Namespace) &&
+		(f.Agent == "" || r.Agent == f.Agent) &&
+		(f.Session == "" || r.Session == f.Session) &&
+		(f.Tool == "" || r.Tool == f.Tool) &&
+		(f.Event == "" || r.Event == f.Event) &&
+		(f.Outcome == "" || r.Outcome == f.Outcome)
+}

@@ -1,0 +1,32 @@
+package budget
+
+import "context"
+
+// A Store keeps session budgets. Every method is atomic with respect to
+// the others on the same session, across all processes sharing the store,
+// and safe for concurrent use. Every method but Close returns an error
+// wrapping ErrUnknownSession for a session that was never created.
+// budgettest.Run checks an implementation.
+type Store interface {
+	// Create makes the session's budget with limits unless it exists, and
+	// returns the session's state; an existing session keeps its own
+	// limits, which never change.
+	Create(ctx context.Context, session string, limits Limits) (State, error)
+	// Reserve takes one call slot in a single step if the state allows
+	// one (State.Allows) and returns the state after. If it doesn't, it
+	// returns an *ExceededError and changes nothing.
+	Reserve(ctx context.Context, session string) (State, error)
+	// Commit adds tokens to a session after a Reserve. The call slot
+	// stays taken. Counts that are negative or would overflow are
+	// ErrInvalidTokens errors and change nothing.
+	Commit(ctx context.Context, session string, tokens int64) error
+	// Release gives back one call slot taken by Reserve.
+	Release(ctx context.Context, session string) error
+	// Record adds one call and tokens without checking the limits: it
+	// records spending that already happened.
+	Record(ctx context.Context, session string, tokens int64) error
+	// Get returns the session's state.
+	Get(ctx context.Context, session string) (State, error)
+	// Close releases the store's resources.
+	Close() error
+}
