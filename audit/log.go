@@ -37,10 +37,13 @@ type Log struct {
 	namespace string
 	clock     func() time.Time
 
-	mu    sync.Mutex // serializes appends and guards size, last and batch
-	size  uint64
-	last  Hash
-	batch []Entry
+	committer
+
+	// headMu guards size and last, the log's head. Only the committing
+	// leader changes them.
+	headMu sync.Mutex
+	size   uint64
+	last   Hash
 
 	// failure holds the error of the last append if it failed, and nil
 	// once an append succeeds again.
@@ -80,9 +83,14 @@ func (l *Log) Namespace() string { return l.namespace }
 
 // Size returns the number of records in the log.
 func (l *Log) Size() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.size
+	size, _ := l.head()
+	return size
+}
+
+func (l *Log) head() (uint64, Hash) {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	return l.size, l.last
 }
 
 // Err returns nil if the last append succeeded, and otherwise its error,
@@ -95,45 +103,34 @@ func (l *Log) Err() error {
 	return nil
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
 // Log appends rec and returns it as stored, with Seq, Time and Namespace
 // set. The record is in the store, and as durable as the store makes it,
 // when Log returns nil. An invalid record is an error wrapping
 // ErrInvalidRecord; a store failure is an error wrapping ErrUnavailable,
 // and nothing is appended.
+//
+// Concurrent calls are committed together: each encodes and hashes its
+// record on its own, then one of them appends the waiting records to the
+// store in a single Append.
 func (l *Log) Log(ctx context.Context, rec Record) (Record, error) {
 	rec.Time = l.clock().UTC()
 	if rec.Namespace == "" {
 		rec.Namespace = l.namespace
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	r := getPending()
+	defer putPending(r)
 	// The leading 0x00 is the leaf hash's domain separator.
-	buf, err := EncodeRecord(append((*bp)[:0], 0x00), &rec)
+	buf, err := EncodeRecord(append(r.buf[:0], 0x00), &rec)
 	if err != nil {
 		return Record{}, err
 	}
-	*bp = buf
-	leaf := sha256.Sum256(buf)
-
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	rec.Seq = l.size
-	e := Entry{Seq: l.size, Data: buf[1:], Hash: nodeHash(l.last, leaf)}
-	l.batch = append(l.batch[:0], e)
-	err = l.store.Append(ctx, l.batch)
-	l.batch[0] = Entry{} // drop the reference to the pooled buffer
-	if err != nil {
-		failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
-		l.failure.Store(&failure)
-		return Record{}, failure
+	r.buf = buf
+	r.leaf = sha256.Sum256(buf)
+	l.commit(ctx, r)
+	if r.err != nil {
+		return Record{}, r.err
 	}
-	l.size++
-	l.last = e.Hash
-	if l.failure.Load() != nil {
-		l.failure.Store(nil)
-	}
+	rec.Seq = r.seq
 	return rec, nil
 }
 
@@ -178,9 +175,7 @@ func (e *VerifyError) Is(target error) bool { return target == ErrVerify }
 // records verified and, on failure, a *VerifyError naming the first bad
 // record.
 func (l *Log) Verify(ctx context.Context) (uint64, error) {
-	l.mu.Lock()
-	size, last := l.size, l.last
-	l.mu.Unlock()
+	size, last := l.head()
 	var (
 		prev Hash
 		next uint64

@@ -121,8 +121,7 @@ type Gate struct {
 	grants atomic.Pointer[grantMap]
 }
 
-// grantKey keeps agent and scope apart, so ("a:b", "c") and ("a", "b:c")
-// can never name the same grant.
+// grantKey names the grant of an agent in a scope ("" for unscoped).
 type grantKey struct{ agent, scope string }
 
 type grant struct {
@@ -130,7 +129,79 @@ type grant struct {
 	expires time.Time
 }
 
-type grantMap map[grantKey]grant
+// A grantMap holds grants by agent, then by scope. Agent and scope are
+// separate keys, so ("a:b", "c") and ("a", "b:c") can never name the same
+// grant, and the common unscoped lookup is one string-keyed map access.
+// A published grantMap is never modified: writers build a changed copy.
+type grantMap map[string]agentGrants
+
+type agentGrants struct {
+	base    grant
+	hasBase bool
+	scoped  map[string]grant
+}
+
+func (m grantMap) get(k grantKey) (grant, bool) {
+	ag := m[k.agent]
+	if k.scope == "" {
+		return ag.base, ag.hasBase
+	}
+	gr, ok := ag.scoped[k.scope]
+	return gr, ok
+}
+
+// with returns a copy of m in which k holds gr.
+func (m grantMap) with(k grantKey, gr grant) grantMap {
+	out := maps.Clone(m)
+	if out == nil {
+		out = grantMap{}
+	}
+	ag := out[k.agent]
+	if k.scope == "" {
+		ag.base, ag.hasBase = gr, true
+	} else {
+		ag.scoped = maps.Clone(ag.scoped)
+		if ag.scoped == nil {
+			ag.scoped = map[string]grant{}
+		}
+		ag.scoped[k.scope] = gr
+	}
+	out[k.agent] = ag
+	return out
+}
+
+// without returns a copy of m without k, and whether m had k.
+func (m grantMap) without(k grantKey) (grantMap, bool) {
+	if _, ok := m.get(k); !ok {
+		return m, false
+	}
+	out := maps.Clone(m)
+	ag := out[k.agent]
+	if k.scope == "" {
+		ag.base, ag.hasBase = grant{}, false
+	} else {
+		ag.scoped = maps.Clone(ag.scoped)
+		delete(ag.scoped, k.scope)
+	}
+	if !ag.hasBase && len(ag.scoped) == 0 {
+		delete(out, k.agent)
+	} else {
+		out[k.agent] = ag
+	}
+	return out, true
+}
+
+// all calls fn for every grant.
+func (m grantMap) all(fn func(grantKey, grant)) {
+	for agent, ag := range m {
+		if ag.hasBase {
+			fn(grantKey{agent, ""}, ag.base)
+		}
+		for scope, gr := range ag.scoped {
+			fn(grantKey{agent, scope}, gr)
+		}
+	}
+}
 
 // NewGate returns a gate enforcing policy, with the given assignments in
 // force. It returns an error if any assignment is invalid (see Assign).
@@ -139,17 +210,17 @@ func NewGate(policy *Policy, assignments ...Assignment) (*Gate, error) {
 		return nil, fmt.Errorf("trust: gate needs a policy")
 	}
 	g := &Gate{policy: policy}
-	m := make(grantMap, len(assignments))
+	m := grantMap{}
 	now := time.Now()
 	for _, a := range assignments {
 		k, gr, err := g.resolve(a, now)
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := m[k]; dup {
+		if _, dup := m.get(k); dup {
 			return nil, fmt.Errorf("trust: agent %q is assigned twice in scope %q", a.Agent, a.Scope)
 		}
-		m[k] = gr
+		m = m.with(k, gr)
 	}
 	g.grants.Store(&m)
 	return g, nil
@@ -207,15 +278,16 @@ func (g *Gate) check(req Request, now time.Time) Decision {
 }
 
 func (g *Gate) lookup(agent, scope string) (grant, bool) {
-	m := *g.grants.Load()
-	if gr, ok := m[grantKey{agent, scope}]; ok {
-		return gr, true
+	ag, ok := (*g.grants.Load())[agent]
+	if !ok {
+		return grant{}, false
 	}
 	if scope != "" {
-		gr, ok := m[grantKey{agent, ""}]
-		return gr, ok
+		if gr, ok := ag.scoped[scope]; ok {
+			return gr, true
+		}
 	}
-	return grant{}, false
+	return ag.base, ag.hasBase
 }
 
 // Validate reports whether a could be assigned now, without assigning it.
@@ -233,7 +305,7 @@ func (g *Gate) Assign(a Assignment) error {
 	if err != nil {
 		return err
 	}
-	g.update(func(m grantMap) { m[k] = gr })
+	g.update(func(m grantMap) grantMap { return m.with(k, gr) })
 	return nil
 }
 
@@ -241,31 +313,26 @@ func (g *Gate) Assign(a Assignment) error {
 // there was one. An agent with no assignment left is denied every call.
 func (g *Gate) Revoke(agent, scope string) bool {
 	found := false
-	g.update(func(m grantMap) {
-		k := grantKey{agent, scope}
-		_, found = m[k]
-		delete(m, k)
+	g.update(func(m grantMap) grantMap {
+		m, found = m.without(grantKey{agent, scope})
+		return m
 	})
 	return found
 }
 
-// update replaces the grant map with a modified copy, so readers never
+// update replaces the grant map with change's copy of it, so readers never
 // see a map being written.
-func (g *Gate) update(change func(grantMap)) {
+func (g *Gate) update(change func(grantMap) grantMap) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	m := maps.Clone(*g.grants.Load())
-	if m == nil {
-		m = grantMap{}
-	}
-	change(m)
+	m := change(*g.grants.Load())
 	g.grants.Store(&m)
 }
 
 // Assignment returns the assignment for agent in exactly scope, if there
 // is one; it does not fall back to the agent's unscoped assignment.
 func (g *Gate) Assignment(agent, scope string) (Assignment, bool) {
-	gr, ok := (*g.grants.Load())[grantKey{agent, scope}]
+	gr, ok := (*g.grants.Load()).get(grantKey{agent, scope})
 	if !ok {
 		return Assignment{}, false
 	}
@@ -275,12 +342,11 @@ func (g *Gate) Assignment(agent, scope string) (Assignment, bool) {
 // Assignments returns the assignments in force, sorted by agent then scope.
 // Expired assignments are included with their expiry.
 func (g *Gate) Assignments() []Assignment {
-	m := *g.grants.Load()
-	out := make([]Assignment, 0, len(m))
-	for k, gr := range m {
+	out := []Assignment{}
+	(*g.grants.Load()).all(func(k grantKey, gr grant) {
 		out = append(out, Assignment{Agent: k.agent, Scope: k.scope,
 			Level: g.policy.ladder.LevelName(gr.level), Expires: gr.expires})
-	}
+	})
 	slices.SortFunc(out, func(a, b Assignment) int {
 		return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Scope, b.Scope))
 	})
