@@ -2,6 +2,7 @@ package agentsec_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -74,3 +75,18 @@ func BenchmarkGuardDenied(b *testing.B) {
 		}
 	}
 }
+
+// Baselines, measured in the same run so the figures above can be read
+// against this machine.
+
+// BenchmarkBaselineSHA256Record hashes 300 bytes, about one encoded
+// tool.call record: the least any hashed audit append costs.
+func BenchmarkBaselineSHA256Record(b *testing.B) {
+	data := make([]byte, 300)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		sink = sha256.Sum256(data)
+	}
+}
+
+var sink [32]byte
