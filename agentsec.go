@@ -16,10 +16,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/store/sqlite"
 	"github.com/agentsec/agentsec/trust"
 )
 
@@ -30,8 +32,29 @@ type Config struct {
 	Budget    BudgetConfig
 	// AuditNamespace is stamped on every record this Stack appends.
 	AuditNamespace string
-	// AuditStore keeps the audit log. Nil means an in-memory store.
-	AuditStore audit.Store
+	// Audit says where the audit log is kept and how it is signed. The
+	// zero value keeps it in memory, unsigned.
+	Audit AuditConfig
+}
+
+// AuditConfig configures the audit log.
+type AuditConfig struct {
+	// Path keeps the log in the SQLite database at Path, created on first
+	// use. A durable log must be signed: Path requires SignerKey.
+	Path string
+	// Store keeps the log in a store of the caller's. Set Path or Store,
+	// not both; with neither the log is kept in memory.
+	Store audit.Store
+	// SignerKey signs the log's checkpoints: the contents of a key file
+	// made by "agentsec keygen".
+	SignerKey string
+	// CheckpointEvery, CheckpointInterval and CheckpointFile are as in
+	// audit.Options: a checkpoint is signed after that many records, at
+	// least that often while records arrive, and on Close, and each is
+	// also written to CheckpointFile, which should live away from the log.
+	CheckpointEvery    uint64
+	CheckpointInterval time.Duration
+	CheckpointFile     string
 }
 
 // TrustGateConfig configures the trust gate.
@@ -56,8 +79,11 @@ type TrustGateConfig struct {
 // BudgetConfig configures the budget enforcer. Every session gets these
 // limits when its budget is created on first use.
 type BudgetConfig struct {
+	// TokenLimit is the most tokens a session may use: calls are allowed
+	// while fewer have been used, so the call that crosses it completes.
 	TokenLimit int64
-	CallLimit  int64
+	// CallLimit is the most calls a session may make, exactly.
+	CallLimit int64
 	// Store keeps the budgets. Nil means an in-memory store.
 	Store budget.Store
 }
@@ -118,22 +144,57 @@ func New(cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("agentsec: config: %w", err)
 	}
 
-	auditStore := cfg.AuditStore
-	if auditStore == nil {
-		auditStore = audit.NewMemoryStore()
-	}
-	log, err := audit.NewLog(ctx, auditStore, audit.Options{Namespace: cfg.AuditNamespace})
+	log, err := openAuditLog(ctx, cfg.AuditNamespace, cfg.Audit)
 	if err != nil {
-		return nil, fmt.Errorf("agentsec: config: %w", err)
+		return nil, err
 	}
 
 	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log}
 	for _, a := range gate.Assignments() {
 		if _, err := log.Log(ctx, assignmentRecord(a, "config")); err != nil {
+			log.Close()
 			return nil, fmt.Errorf("agentsec: recording configured assignments: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// openAuditLog opens the log cfg describes.
+func openAuditLog(ctx context.Context, namespace string, cfg AuditConfig) (*audit.Log, error) {
+	opts := audit.Options{
+		Namespace:          namespace,
+		CheckpointEvery:    cfg.CheckpointEvery,
+		CheckpointInterval: cfg.CheckpointInterval,
+		CheckpointFile:     cfg.CheckpointFile,
+	}
+	if cfg.SignerKey != "" {
+		var err error
+		if opts.Signer, opts.Verifier, err = audit.NewSigner(strings.TrimSpace(cfg.SignerKey)); err != nil {
+			return nil, fmt.Errorf("agentsec: config: Audit.SignerKey: %w", err)
+		}
+	}
+	store := cfg.Store
+	switch {
+	case cfg.Path != "" && cfg.Store != nil:
+		return nil, errors.New("agentsec: config: set Audit.Path or Audit.Store, not both")
+	case cfg.Path != "" && cfg.SignerKey == "":
+		return nil, errors.New("agentsec: config: Audit.Path needs Audit.SignerKey; make a key with 'agentsec keygen'")
+	case cfg.Path != "":
+		var err error
+		if store, err = sqlite.Open(ctx, cfg.Path, sqlite.Options{Create: true}); err != nil {
+			return nil, fmt.Errorf("agentsec: %w", err)
+		}
+	case store == nil:
+		store = audit.NewMemoryStore()
+	}
+	log, err := audit.NewLog(ctx, store, opts)
+	if err != nil {
+		if cfg.Path != "" {
+			store.Close()
+		}
+		return nil, fmt.Errorf("agentsec: opening audit log: %w", err)
+	}
+	return log, nil
 }
 
 // assignmentRecord describes an assignment change for the audit log.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"unicode/utf8"
 
@@ -15,30 +16,40 @@ import (
 // A ToolFunc runs one tool call and reports how many tokens it used.
 type ToolFunc func(ctx context.Context) (tokens int64, err error)
 
-// maxReasonLen bounds the reason stored in an audit record, so that a
-// tool's long error message cannot make its own record unwritable.
-const maxReasonLen = 1024
+// Limits on a request's fields, so that its audit record can always be
+// written: together they stay far below audit.MaxRecordSize.
+const (
+	maxIDLen       = 256            // agent, tool and scope, in bytes
+	maxAttrs       = 64             // attributes per request
+	maxAttrsBytes  = 16 << 10       // keys and values together
+	maxReasonLen   = 1024           // a stored reason, in bytes
+	budgetErrorKey = "budget_error" // attribute naming a budget store failure
+)
 
 // Guard runs fn as one governed tool call:
 //
-//  1. the trust gate checks req; a denial is recorded and returned;
-//  2. if the audit log's last append failed, the call is denied, so a
+//  1. the request is checked: an agent, a tool and a session, each of
+//     bounded size and valid UTF-8;
+//  2. the trust gate checks it; a denial is recorded and returned;
+//  3. if the audit log's last append failed, the call is denied, so a
 //     broken log stops tools before they run;
-//  3. one call slot of req.Session is reserved atomically; a session with
+//  4. one call slot of req.Session is reserved atomically; a session with
 //     no slot left is denied and recorded;
-//  4. fn runs;
-//  5. the tokens fn reports are committed, or the slot is released if fn
+//  5. fn runs, unless ctx is already done;
+//  6. the tokens fn reports are committed, or the slot is released if fn
 //     failed or panicked;
-//  6. the outcome is recorded.
+//  7. the outcome is recorded.
 //
 // Guard writes exactly one "tool.call" audit record per call, and a denied
 // call spends none of the session's budget. A denial is a *DeniedError
-// matching ErrTrustDenied, ErrBudgetExceeded, ErrBudgetUnavailable,
-// ErrAuditUnavailable or ErrInvalidRequest. If fn fails, Guard returns
-// fn's error. If the final record cannot be written, Guard returns a
-// *DeniedError matching ErrAuditUnavailable even though fn ran: the
-// caller must not use fn's result. A panic in fn is recorded and then
-// propagates.
+// matching ErrInvalidRequest, ErrTrustDenied, ErrAuditUnavailable,
+// ErrBudgetExceeded or ErrBudgetUnavailable, or ctx's error if ctx was
+// done before the call. If fn fails, Guard returns fn's error. If fn
+// reports a negative token count, the call is counted with no tokens and
+// Guard returns an error matching budget.ErrInvalidTokens. If the final
+// record cannot be written, Guard returns a *DeniedError matching
+// ErrAuditUnavailable even though fn ran: the caller must not use fn's
+// result. A panic in fn is recorded and then propagates.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 	rec := audit.Record{Event: EventToolCall, Agent: req.Agent, Session: req.Session,
 		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
@@ -55,16 +66,20 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 		return s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
 			Reason: "audit log unavailable", Trust: d, Cause: err})
 	}
+	if err := ctx.Err(); err != nil {
+		return s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
+			Reason: "request cancelled before the call", Trust: d})
+	}
 	res, err := s.Budget.Reserve(ctx, req.Session)
 	if err != nil {
 		if ee, ok := errors.AsType[*budget.ExceededError](err); ok {
 			return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
-				Reason: ee.Reason(), Trust: d, Budget: ee.State})
+				Reason: ee.Reason(), Trust: d, Budget: ee.State, Cause: err})
 		}
 		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
 			Reason: "budget store unavailable", Trust: d, Cause: err})
 	}
-	return s.run(ctx, &rec, &res, d, fn)
+	return s.run(ctx, &rec, res, d, fn)
 }
 
 // run calls fn under a reservation and records the outcome.
@@ -83,36 +98,58 @@ func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservat
 		}
 		// fn panicked: give the slot back and record the call, then let
 		// the panic go on.
-		_ = res.Release(after)
 		rec.Reason = "tool panicked"
+		if err := res.Release(after); err != nil {
+			setAttr(rec, budgetErrorKey, err.Error())
+		}
 		_, _ = s.Audit.Log(after, *rec)
 	}()
 	tokens, callErr := fn(ctx)
 	returned = true
 
-	switch {
-	case callErr != nil:
+	if callErr != nil {
 		rec.Reason = truncate("tool failed: " + callErr.Error())
-		_ = res.Release(after)
-	case tokens < 0:
-		callErr = fmt.Errorf("agentsec: tool %q reported %d tokens", rec.Tool, tokens)
-		rec.Reason = callErr.Error()
-		_ = res.Release(after)
-	default:
-		if err := res.Commit(after, tokens); err != nil {
-			callErr = fmt.Errorf("agentsec: counting tokens of tool %q: %w", rec.Tool, err)
-			rec.Reason = truncate(callErr.Error())
-			_ = res.Release(after)
-			break
+		if err := res.Release(after); err != nil {
+			setAttr(rec, budgetErrorKey, err.Error())
 		}
+	} else {
 		rec.Reason = d.Reason.String()
-		rec.Tokens = tokens
+		callErr = s.commit(after, rec, res, tokens)
 	}
 	if _, err := s.Audit.Log(after, *rec); err != nil {
 		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool,
 			Reason: "call could not be recorded", Trust: d, Cause: errors.Join(err, callErr)}
 	}
 	return callErr
+}
+
+// commit counts a call that ran and reported tokens. A count that is
+// negative or would overflow the session's counter is a bug in the tool:
+// the call is counted with no tokens and the error returned. If the budget
+// store fails, the slot stays taken, so the session can only be
+// over-counted.
+func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reservation, tokens int64) error {
+	var tokenErr error
+	if tokens < 0 {
+		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, budget.ErrInvalidTokens)
+		tokens = 0
+	}
+	err := res.Commit(ctx, tokens)
+	if errors.Is(err, budget.ErrInvalidTokens) {
+		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, err)
+		tokens = 0
+		err = res.Commit(ctx, 0)
+	}
+	if err != nil {
+		setAttr(rec, budgetErrorKey, err.Error())
+		return &DeniedError{Kind: ErrBudgetUnavailable, Tool: rec.Tool,
+			Reason: "the call's tokens could not be counted", Cause: errors.Join(err, tokenErr)}
+	}
+	rec.Tokens = tokens
+	if tokenErr != nil {
+		rec.Reason = truncate(tokenErr.Error())
+	}
+	return tokenErr
 }
 
 // deny records a denied call and returns e, joined with the audit failure
@@ -131,32 +168,54 @@ func (s *Stack) deny(ctx context.Context, rec *audit.Record, e *DeniedError) err
 func checkRequest(rec *audit.Record) error {
 	switch {
 	case rec.Agent == "":
-		return fmt.Errorf("agentsec: %w: empty agent id", ErrInvalidRequest)
+		return fmt.Errorf("%w: empty agent id", ErrInvalidRequest)
 	case rec.Tool == "":
-		return fmt.Errorf("agentsec: %w: empty tool name", ErrInvalidRequest)
+		return fmt.Errorf("%w: empty tool name", ErrInvalidRequest)
+	case len(rec.Agent) > maxIDLen, len(rec.Tool) > maxIDLen, len(rec.Scope) > maxIDLen:
+		return fmt.Errorf("%w: agent, tool and scope are limited to %d bytes", ErrInvalidRequest, maxIDLen)
+	case len(rec.Attrs) > maxAttrs:
+		return fmt.Errorf("%w: %d attributes, more than %d", ErrInvalidRequest, len(rec.Attrs), maxAttrs)
+	}
+	n := 0
+	for k, v := range rec.Attrs {
+		n += len(k) + len(v)
+	}
+	if n > maxAttrsBytes {
+		return fmt.Errorf("%w: attributes of %d bytes, more than %d", ErrInvalidRequest, n, maxAttrsBytes)
 	}
 	if err := budget.CheckSession(rec.Session); err != nil {
-		return fmt.Errorf("agentsec: %w: %w", ErrInvalidRequest, err)
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if err := rec.Validate(); err != nil {
-		return fmt.Errorf("agentsec: %w: %w", ErrInvalidRequest, err)
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	return nil
 }
 
 // sanitize makes a malformed request's record loggable: strings become
-// valid UTF-8 of bounded length, and unloggable attributes are dropped.
+// valid UTF-8 of bounded length, and the attributes are dropped.
 func sanitize(rec *audit.Record) {
 	for _, p := range []*string{&rec.Agent, &rec.Session, &rec.Tool, &rec.Scope} {
-		*p = truncate(strings.ToValidUTF8(*p, "\uFFFD"))
+		*p = truncate(*p)
 	}
-	if rec.Validate() != nil {
-		rec.Attrs = nil
-	}
+	rec.Attrs = nil
 }
 
-// truncate cuts s to at most maxReasonLen bytes on a character boundary.
+// setAttr sets an attribute on rec without changing the caller's map.
+func setAttr(rec *audit.Record, key, value string) {
+	rec.Attrs = maps.Clone(rec.Attrs)
+	if rec.Attrs == nil {
+		rec.Attrs = map[string]string{}
+	}
+	rec.Attrs[key] = truncate(value)
+}
+
+// truncate makes s valid UTF-8 and cuts it to at most maxReasonLen bytes
+// on a character boundary.
 func truncate(s string) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
 	if len(s) <= maxReasonLen {
 		return s
 	}

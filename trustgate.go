@@ -16,13 +16,19 @@ type Request struct {
 	// Agent is the calling agent's id, as established by the caller's
 	// authentication — never a value the agent chose.
 	Agent string
-	// Session is the budget session the call is charged to.
+	// Session is the budget session the call is charged to. Budgets are
+	// kept per session, so whoever picks session ids picks budgets: the
+	// gateway uses the MCP session it created, never one the agent names.
 	Session string
 	// Tool is the tool's name.
 	Tool string
-	// Scope selects a scoped trust assignment; empty means none.
+	// Scope selects a scoped trust assignment; empty means none. Like
+	// Agent, it must come from the caller's own configuration or
+	// authentication, never from the agent: a scoped assignment can be
+	// higher than the agent's unscoped one.
 	Scope string
-	// Attrs are copied into the call's audit record.
+	// Attrs are copied into the call's audit record: at most 64, of 16 KiB
+	// in all.
 	Attrs map[string]string
 }
 
@@ -51,16 +57,24 @@ func (g *TrustGate) CheckAt(req Request, now time.Time) trust.Decision {
 // puts it into force. An invalid assignment is an error and is neither
 // recorded nor applied; if the record cannot be written, the assignment
 // is not applied either.
+//
+// The record names the level the agent held before in the "previous"
+// attribute, if it held one in that scope.
 func (g *TrustGate) Assign(ctx context.Context, a trust.Assignment) error {
-	if err := g.gate.Validate(a); err != nil {
+	now := time.Now()
+	if err := g.gate.ValidateAt(a, now); err != nil {
 		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, err := g.log.Log(ctx, assignmentRecord(a, "api")); err != nil {
+	rec := assignmentRecord(a, "api")
+	if old, ok := g.gate.Assignment(a.Agent, a.Scope); ok {
+		rec.Attrs["previous"] = old.Level
+	}
+	if _, err := g.log.Log(ctx, rec); err != nil {
 		return fmt.Errorf("agentsec: assignment not applied: %w", err)
 	}
-	return g.gate.Assign(a)
+	return g.gate.AssignAt(a, now)
 }
 
 // Revoke records the removal of agent's assignment in scope as a

@@ -83,3 +83,29 @@ func BenchmarkVerify(b *testing.B) {
 	}
 	b.ReportMetric(float64(verified)/b.Elapsed().Seconds(), "records/s")
 }
+
+// BenchmarkVerifySigned verifies a log with a checkpoint every 1,000
+// records, as a log keeps by default.
+func BenchmarkVerifySigned(b *testing.B) {
+	const n = 10_000
+	signer, verifier := newKey(b, "bench")
+	s := audit.NewMemoryStore()
+	l := newLog(b, s, audit.Options{Namespace: "bench", Signer: signer, Verifier: verifier, CheckpointInterval: -1})
+	rec := benchRecord()
+	for range n {
+		if _, err := l.Log(b.Context(), rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	opts := audit.VerifyOptions{Verifier: verifier}
+	b.ReportAllocs()
+	verified := 0
+	for b.Loop() {
+		res, err := audit.Verify(b.Context(), s, opts)
+		if err != nil || res.Records != n || res.Checkpoints != n/audit.DefaultCheckpointEvery {
+			b.Fatalf("Verify = %+v, %v; want %d records, %d checkpoints", res, err, n, n/audit.DefaultCheckpointEvery)
+		}
+		verified += int(res.Records)
+	}
+	b.ReportMetric(float64(verified)/b.Elapsed().Seconds(), "records/s")
+}

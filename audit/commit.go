@@ -2,15 +2,17 @@ package audit
 
 import (
 	"context"
-	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Appends are group-committed. A caller whose record is encoded and
 // hashed joins a queue; if no one is committing, it becomes the leader:
-// it takes the whole queue, chains the hashes, writes the batch with one
+// it takes the queue (up to maxBatch records), extends the Merkle tree,
+// writes the batch with one
 // Store.Append, and wakes the others with their results. If more records
 // queued meanwhile, it hands leadership to the first of them and returns,
 // so no caller commits for others indefinitely. Without contention every
@@ -21,6 +23,7 @@ import (
 // buffers, so an append allocates nothing.
 type pending struct {
 	buf  []byte // 0x00 || record bytes
+	rec  Record // the record buf encodes
 	leaf Hash
 	seq  uint64
 	err  error
@@ -66,13 +69,17 @@ var pendingPool = sync.Pool{New: func() any {
 func getPending() *pending { return pendingPool.Get().(*pending) }
 
 func putPending(p *pending) {
-	p.err = nil
+	p.err, p.rec = nil, Record{}
 	p.state.Store(waiting)
 	if cap(p.buf) > 4<<10 {
 		p.buf = make([]byte, 0, 512) // don't pool the rare huge record's buffer
 	}
 	pendingPool.Put(p)
 }
+
+// maxBatch bounds the records one Store.Append receives, and so the size
+// of one transaction or statement.
+const maxBatch = 512
 
 // committer is the group-commit state of a Log.
 type committer struct {
@@ -83,6 +90,7 @@ type committer struct {
 	// Owned by the leader of the moment.
 	spare   []*pending
 	entries []Entry
+	hashes  []Hash
 }
 
 // commit returns once p is stored or has failed, with p.seq or p.err set.
@@ -98,8 +106,11 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 		l.qmu.Lock()
 	}
 	l.leading = true
-	batch := l.queue
-	l.queue = l.spare[:0]
+	// The leader's own record is first in the queue: a new leader found
+	// the queue empty, and leadership is handed to the first in line.
+	n := min(len(l.queue), maxBatch)
+	batch := l.queue[:n:n]
+	l.queue = append(l.spare[:0], l.queue[n:]...)
 	l.qmu.Unlock()
 
 	// Records others are waiting for must not be lost to this caller
@@ -122,29 +133,39 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 	next.signal(handedLead)
 }
 
-// writeBatch chains and stores batch, sets each record's result, and wakes
-// every waiter in it but self.
+// writeBatch extends the tree by batch and stores it, sets each record's
+// result, wakes every waiter in it but self, and signs a checkpoint if one
+// is due.
 func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
-	size, last := l.head()
+	l.headMu.Lock()
+	size, front := l.size, l.front
+	l.headMu.Unlock()
+
+	hashes := l.hashes[:0]
 	entries := l.entries[:0]
 	for i, p := range batch {
-		last = nodeHash(last, p.leaf)
-		entries = append(entries, Entry{Seq: size + uint64(i), Data: p.buf[1:], Hash: last})
+		start := len(hashes)
+		hashes = front.appendLeaf(hashes, size+uint64(i), p.leaf)
+		entries = append(entries, Entry{Seq: size + uint64(i), Data: p.buf[1:],
+			Hashes: hashes[start:len(hashes):len(hashes)], Record: &p.rec})
 	}
 	err := l.store.Append(ctx, entries)
+	if err != nil && l.landed(ctx, entries) {
+		// The store failed to say so, but the batch is stored.
+		err = nil
+	}
 	clear(entries) // drop references to pooled buffers
-	l.entries = entries[:0]
+	l.entries, l.hashes = entries[:0], hashes[:0]
 
 	if err != nil {
-		failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
-		l.failure.Store(&failure)
+		failure := l.fail(err)
 		for _, p := range batch {
 			p.err = failure
 		}
 	} else {
+		newSize := size + uint64(len(batch))
 		l.headMu.Lock()
-		l.size += uint64(len(batch))
-		l.last = last
+		l.size, l.front = newSize, front
 		l.headMu.Unlock()
 		if l.failure.Load() != nil {
 			l.failure.Store(nil)
@@ -158,4 +179,35 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 			p.signal(resultReady)
 		}
 	}
+	if err == nil && l.checkpointDue(size+uint64(len(batch))) {
+		// A failure marks the log failed until a checkpoint is stored;
+		// the records themselves are stored.
+		_ = l.checkpoint(ctx)
+	}
+}
+
+// landed reports whether a batch whose Append failed is in the store after
+// all, as when a commit succeeds but its acknowledgement is lost. Without
+// this check the log would stay behind the store and fail every append
+// after.
+func (l *Log) landed(ctx context.Context, entries []Entry) bool {
+	first := entries[0].Seq
+	size, err := l.store.Size(ctx)
+	if err != nil || size != first+uint64(len(entries)) {
+		return false
+	}
+	indexes := make([]int64, len(entries))
+	for i, e := range entries {
+		indexes[i] = tlog.StoredHashIndex(0, int64(e.Seq))
+	}
+	stored, err := l.store.ReadHashes(ctx, indexes)
+	if err != nil {
+		return false
+	}
+	for i, e := range entries {
+		if stored[i] != e.Hashes[0] {
+			return false
+		}
+	}
+	return true
 }

@@ -1,10 +1,7 @@
 package audit
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -192,64 +189,6 @@ func appendString(b []byte, s string) ([]byte, bool) {
 	return append(b, '"'), true
 }
 
-// wireRecord mirrors the canonical encoding for decoding.
-type wireRecord struct {
-	Agent     string            `json:"agent"`
-	Assigned  string            `json:"assigned"`
-	Attrs     map[string]string `json:"attrs"`
-	Event     string            `json:"event"`
-	Namespace string            `json:"namespace"`
-	Outcome   Outcome           `json:"outcome"`
-	Reason    string            `json:"reason"`
-	Required  string            `json:"required"`
-	Scope     string            `json:"scope"`
-	Session   string            `json:"session"`
-	Time      string            `json:"time"`
-	Tokens    int64             `json:"tokens"`
-	Tool      string            `json:"tool"`
-}
-
-// DecodeRecord parses the canonical encoding of a record. It rejects any
-// input that is not exactly the canonical encoding of the record it
-// describes: unknown or repeated keys, keys out of order, whitespace,
-// other escapes, floats, invalid UTF-8 and malformed times are all errors.
-// The returned record's Seq is zero.
-func DecodeRecord(data []byte) (Record, error) {
-	if len(data) > MaxRecordSize {
-		return Record{}, fmt.Errorf("audit: record of %d bytes is larger than %d", len(data), MaxRecordSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var w wireRecord
-	if err := dec.Decode(&w); err != nil {
-		return Record{}, fmt.Errorf("audit: malformed record: %v", err)
-	}
-	if dec.More() {
-		return Record{}, fmt.Errorf("audit: malformed record: data after the object")
-	}
-	t, err := time.Parse(timeLayout, w.Time)
-	if err != nil {
-		return Record{}, fmt.Errorf("audit: malformed record time %q", w.Time)
-	}
-	r := Record{
-		Time: t, Namespace: w.Namespace, Event: w.Event, Agent: w.Agent,
-		Session: w.Session, Tool: w.Tool, Scope: w.Scope, Outcome: w.Outcome,
-		Reason: w.Reason, RequiredLevel: w.Required, AssignedLevel: w.Assigned,
-		Tokens: w.Tokens, Attrs: w.Attrs,
-	}
-	if len(r.Attrs) == 0 {
-		r.Attrs = nil
-	}
-	again, err := EncodeRecord(make([]byte, 0, len(data)), &r)
-	if err != nil {
-		return Record{}, err
-	}
-	if !bytes.Equal(again, data) {
-		return Record{}, fmt.Errorf("audit: record is not in canonical form (at byte %d)", firstDiff(again, data))
-	}
-	return r, nil
-}
-
 func firstDiff(a, b []byte) int {
 	n := min(len(a), len(b))
 	for i := range n {
@@ -258,10 +197,4 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return n
-}
-
-// clone returns a copy of r whose Attrs map is not shared.
-func (r Record) clone() Record {
-	r.Attrs = maps.Clone(r.Attrs)
-	return r
 }

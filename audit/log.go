@@ -8,6 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // ErrUnavailable is returned, wrapped, when the log cannot store a record.
@@ -21,17 +24,43 @@ type Options struct {
 	// Clock returns the time records are stamped with; nil means
 	// time.Now.
 	Clock func() time.Time
+
+	// Signer signs the log's checkpoints, and Verifier checks them; make
+	// both with NewSigner. Without a Signer the log signs no
+	// checkpoints, and only its own consistency can be verified.
+	Signer   note.Signer
+	Verifier note.Verifier
+	// Origin names the log on the first line of its checkpoints. Empty
+	// means the signer's key name.
+	Origin string
+	// CheckpointEvery is how many records may be appended before the log
+	// signs a checkpoint; 0 means DefaultCheckpointEvery.
+	CheckpointEvery uint64
+	// CheckpointInterval is the longest a record waits for a checkpoint
+	// covering it; 0 means DefaultCheckpointInterval, and a negative
+	// value signs only every CheckpointEvery records and on Close.
+	CheckpointInterval time.Duration
+	// CheckpointFile, if set, receives every new signed checkpoint,
+	// replacing the file atomically: keep it away from the log's store,
+	// as the anchor that catches a rewritten or truncated log.
+	CheckpointFile string
 }
 
-// A Log is an append-only audit log over a Store. Each entry's hash
-// chains the hash of its record's bytes to the entry before it:
+// Checkpoint defaults.
+const (
+	DefaultCheckpointEvery    = 1000
+	DefaultCheckpointInterval = 10 * time.Second
+)
+
+// A Log is an append-only, tamper-evident audit log over a Store.
 //
-//	leaf  = SHA-256(0x00 || record bytes)
-//	hash0 = SHA-256(0x01 || 32 zero bytes || leaf0)
-//	hashN = SHA-256(0x01 || hashN-1 || leafN)
-//
-// so changing, removing, inserting or reordering any stored record changes
-// every hash after it. A Log is safe for concurrent use.
+// Its records are the leaves of an RFC 6962 Merkle tree (leaf hash
+// SHA-256(0x00 || record bytes)), and it signs checkpoints of the tree —
+// after every CheckpointEvery records, at least every CheckpointInterval
+// while records arrive, and on Close. Verify recomputes the tree from
+// the stored bytes and checks it against every signed checkpoint, so an
+// edited, removed, inserted, reordered or truncated record is found. A
+// Log is safe for concurrent use.
 type Log struct {
 	store     Store
 	namespace string
@@ -39,19 +68,39 @@ type Log struct {
 
 	committer
 
-	// headMu guards size and last, the log's head. Only the committing
-	// leader changes them.
+	signer     note.Signer
+	verifier   note.Verifier
+	origin     string
+	cpEvery    uint64
+	cpInterval time.Duration
+	cpFile     string
+
+	// headMu guards the tree's head. Only the committing leader changes
+	// it.
 	headMu sync.Mutex
 	size   uint64
-	last   Hash
+	front  frontier
+
+	cpMu   sync.Mutex // serializes signing; guards cpSize and hasCP
+	cpSize uint64
+	hasCP  bool
 
 	// failure holds the error of the last append if it failed, and nil
-	// once an append succeeds again.
-	failure atomic.Pointer[error]
+	// once an append succeeds again; cpFailure likewise for checkpoints.
+	failure   atomic.Pointer[error]
+	cpFailure atomic.Pointer[error]
+
+	stopTimer chan struct{}
+	timerDone chan struct{}
+	closeOnce sync.Once
+	closeErr  error
 }
 
-// NewLog opens a log over store, continuing from the entries it holds. It
-// does not verify them; call Verify for that.
+// NewLog opens a log over store, continuing its tree. If the store holds a
+// signed checkpoint and opts has a Verifier, the checkpoint must verify,
+// name this log's origin, and match the stored tree: NewLog refuses to
+// continue a log that was truncated or rewritten since it was signed.
+// Verify checks every record; NewLog does not.
 func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	if store == nil {
 		return nil, errors.New("audit: log needs a store")
@@ -59,15 +108,93 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	if err := checkNamespace(opts.Namespace); err != nil {
 		return nil, err
 	}
-	size, last, err := store.Head(ctx)
+	l := &Log{
+		store: store, namespace: opts.Namespace, clock: opts.Clock,
+		signer: opts.Signer, verifier: opts.Verifier, origin: opts.Origin,
+		cpEvery: opts.CheckpointEvery, cpInterval: opts.CheckpointInterval, cpFile: opts.CheckpointFile,
+	}
+	if l.clock == nil {
+		l.clock = time.Now
+	}
+	if l.cpEvery == 0 {
+		l.cpEvery = DefaultCheckpointEvery
+	}
+	if l.cpInterval == 0 {
+		l.cpInterval = DefaultCheckpointInterval
+	}
+	switch {
+	case l.signer != nil && l.verifier == nil:
+		return nil, errors.New("audit: a log with a signer needs its verifier too; make both with NewSigner")
+	case l.signer != nil && (l.verifier.Name() != l.signer.Name() || l.verifier.KeyHash() != l.signer.KeyHash()):
+		return nil, errors.New("audit: signer and verifier keys do not match")
+	case l.signer == nil && l.cpFile != "":
+		return nil, errors.New("audit: CheckpointFile needs a Signer")
+	}
+	if l.origin == "" && l.signer != nil {
+		l.origin = l.signer.Name()
+	}
+	if l.origin != "" {
+		if err := checkOrigin(l.origin); err != nil {
+			return nil, err
+		}
+	}
+
+	size, err := store.Size(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("audit: reading log head: %w", err)
+		return nil, fmt.Errorf("audit: reading log size: %w", err)
 	}
-	clock := opts.Clock
-	if clock == nil {
-		clock = time.Now
+	levels, indexes := frontierIndexes(size)
+	if len(indexes) > 0 {
+		hashes, err := store.ReadHashes(ctx, indexes)
+		if err != nil {
+			return nil, fmt.Errorf("audit: reading log head: %w", err)
+		}
+		for i, lv := range levels {
+			l.front[lv] = hashes[i]
+		}
 	}
-	return &Log{store: store, namespace: opts.Namespace, clock: clock, size: size, last: last}, nil
+	l.size = size
+	if err := l.checkLatestCheckpoint(ctx); err != nil {
+		return nil, err
+	}
+	if l.signer != nil && l.cpInterval > 0 {
+		l.stopTimer, l.timerDone = make(chan struct{}), make(chan struct{})
+		go l.checkpointTimer()
+	}
+	return l, nil
+}
+
+// checkLatestCheckpoint checks the stored tree against the store's latest
+// checkpoint, when there is one and a verifier to check it with.
+func (l *Log) checkLatestCheckpoint(ctx context.Context) error {
+	cpSize, signed, err := l.store.LatestCheckpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: reading latest checkpoint: %w", err)
+	}
+	if signed == nil || l.verifier == nil {
+		return nil
+	}
+	cp, err := OpenCheckpoint(signed, l.verifier)
+	switch {
+	case err != nil:
+		return fmt.Errorf("audit: latest stored checkpoint (size %d): %w", cpSize, err)
+	case cp.Size != cpSize:
+		return fmt.Errorf("audit: checkpoint stored as size %d says size %d", cpSize, cp.Size)
+	case cp.Origin != l.origin:
+		return fmt.Errorf("audit: the log's checkpoints name origin %q, not %q", cp.Origin, l.origin)
+	case cp.Size > l.size:
+		return fmt.Errorf("audit: the log holds %d records but its checkpoint covers %d: records %d to %d are missing; run agentsec audit verify",
+			l.size, cp.Size, l.size, cp.Size-1)
+	}
+	root, err := tlog.TreeHash(int64(cp.Size), storeHashReader{ctx, l.store})
+	if err != nil {
+		return fmt.Errorf("audit: computing tree at checkpoint size %d: %w", cp.Size, err)
+	}
+	if root != cp.Root {
+		return fmt.Errorf("audit: the stored tree of %d records does not match its signed checkpoint; run agentsec audit verify", cp.Size)
+	}
+	l.cpSize, l.hasCP = cp.Size, true
+	return nil
 }
 
 func checkNamespace(ns string) error {
@@ -81,26 +208,54 @@ func checkNamespace(ns string) error {
 // Namespace returns the namespace given to records that lack one.
 func (l *Log) Namespace() string { return l.namespace }
 
+// Origin returns the origin line of the log's checkpoints.
+func (l *Log) Origin() string { return l.origin }
+
+// Verifier returns the verifier of the log's checkpoints, or nil.
+func (l *Log) Verifier() note.Verifier { return l.verifier }
+
+// Store returns the log's store.
+func (l *Log) Store() Store { return l.store }
+
 // Size returns the number of records in the log.
 func (l *Log) Size() uint64 {
-	size, _ := l.head()
-	return size
-}
-
-func (l *Log) head() (uint64, Hash) {
 	l.headMu.Lock()
 	defer l.headMu.Unlock()
-	return l.size, l.last
+	return l.size
 }
 
-// Err returns nil if the last append succeeded, and otherwise its error,
-// which wraps ErrUnavailable. It is cheap enough to call before every
-// governed call, so that a failing log stops calls before they run.
+// Root returns the log's size and the hash of its tree.
+func (l *Log) Root() (uint64, Hash) {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	return l.size, l.front.root(l.size)
+}
+
+// Err returns nil if the last append and the last checkpoint succeeded,
+// and otherwise the failure, which wraps ErrUnavailable: records that
+// can't be stored, or can't be anchored by a signed checkpoint, are not
+// safely recorded. It is cheap enough to call before every governed call,
+// so that a failing log stops calls before they run.
 func (l *Log) Err() error {
 	if p := l.failure.Load(); p != nil {
 		return *p
 	}
+	if p := l.cpFailure.Load(); p != nil {
+		return *p
+	}
 	return nil
+}
+
+func (l *Log) fail(err error) error {
+	failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
+	l.failure.Store(&failure)
+	return failure
+}
+
+func (l *Log) failCheckpoint(err error) error {
+	failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
+	l.cpFailure.Store(&failure)
+	return failure
 }
 
 // Log appends rec and returns it as stored, with Seq, Time and Namespace
@@ -125,7 +280,8 @@ func (l *Log) Log(ctx context.Context, rec Record) (Record, error) {
 		return Record{}, err
 	}
 	r.buf = buf
-	r.leaf = sha256.Sum256(buf)
+	r.rec = rec
+	r.leaf = leafHash(buf)
 	l.commit(ctx, r)
 	if r.err != nil {
 		return Record{}, r.err
@@ -134,82 +290,111 @@ func (l *Log) Log(ctx context.Context, rec Record) (Record, error) {
 	return rec, nil
 }
 
-// chainHash returns the hash of the entry holding data after prev.
-func chainHash(prev Hash, data []byte) Hash {
-	h := sha256.New()
-	h.Write([]byte{0x00})
-	h.Write(data)
-	var leaf Hash
-	h.Sum(leaf[:0])
-	return nodeHash(prev, leaf)
+// Checkpoint signs a checkpoint of the log as it is now, unless the latest
+// one already covers every record, and returns the latest signed
+// checkpoint. It is an error for the log to have no Signer.
+func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
+	if l.signer == nil {
+		return nil, errors.New("audit: the log has no signing key")
+	}
+	if err := l.checkpoint(ctx); err != nil {
+		return nil, err
+	}
+	_, signed, err := l.store.LatestCheckpoint(ctx)
+	return signed, err
 }
 
-// nodeHash chains a record's leaf hash to the hash of the entry before.
-func nodeHash(prev, leaf Hash) Hash {
-	var node [1 + 2*len(Hash{})]byte
-	node[0] = 0x01
-	copy(node[1:], prev[:])
-	copy(node[1+len(Hash{}):], leaf[:])
-	return sha256.Sum256(node[:])
-}
-
-// A VerifyError names the first entry that failed verification.
-type VerifyError struct {
-	Seq    uint64
-	Reason string
-}
-
-func (e *VerifyError) Error() string {
-	return fmt.Sprintf("audit: record %d: %s", e.Seq, e.Reason)
-}
-
-// ErrVerify is matched by every *VerifyError.
-var ErrVerify = errors.New("audit log verification failed")
-
-// Is reports whether target is ErrVerify.
-func (e *VerifyError) Is(target error) bool { return target == ErrVerify }
-
-// Verify recomputes the chain from every stored record's bytes, checks
-// that each record is canonical, that each stored hash matches, and that
-// the log ends where this Log's head says. It returns the number of
-// records verified and, on failure, a *VerifyError naming the first bad
-// record.
-func (l *Log) Verify(ctx context.Context) (uint64, error) {
-	size, last := l.head()
-	var (
-		prev Hash
-		next uint64
-	)
-	err := l.store.Scan(ctx, 0, size, func(e Entry) error {
-		if e.Seq != next {
-			return &VerifyError{Seq: next, Reason: fmt.Sprintf("missing; the store skips to record %d", e.Seq)}
-		}
-		if _, err := DecodeRecord(e.Data); err != nil {
-			return &VerifyError{Seq: e.Seq, Reason: err.Error()}
-		}
-		h := chainHash(prev, e.Data)
-		if h != e.Hash {
-			return &VerifyError{Seq: e.Seq, Reason: "stored hash does not match the record bytes and the record before"}
-		}
-		prev = h
-		next++
+// checkpoint signs and stores a checkpoint of the current head if it is
+// newer than the last one. A failure marks the log failed until a
+// checkpoint is stored.
+func (l *Log) checkpoint(ctx context.Context) error {
+	if l.signer == nil {
 		return nil
-	})
+	}
+	l.cpMu.Lock()
+	defer l.cpMu.Unlock()
+	size, root := l.Root()
+	if l.hasCP && size <= l.cpSize {
+		return nil
+	}
+	signed, err := SignCheckpoint(Checkpoint{Origin: l.origin, Size: size, Root: root}, l.signer)
 	if err != nil {
-		var ve *VerifyError
-		if errors.As(err, &ve) {
-			return next, err
+		return l.failCheckpoint(fmt.Errorf("signing checkpoint: %w", err))
+	}
+	if err := l.store.AddCheckpoint(ctx, size, signed); err != nil {
+		return l.failCheckpoint(fmt.Errorf("storing checkpoint: %w", err))
+	}
+	if l.cpFile != "" {
+		if err := writeFileAtomic(l.cpFile, signed); err != nil {
+			return l.failCheckpoint(fmt.Errorf("writing checkpoint file: %w", err))
 		}
-		return next, fmt.Errorf("audit: reading record %d: %w", next, err)
 	}
-	if next != size {
-		return next, &VerifyError{Seq: next, Reason: fmt.Sprintf("missing; the log should hold %d records", size)}
+	l.cpSize, l.hasCP = size, true
+	if l.cpFailure.Load() != nil {
+		l.cpFailure.Store(nil)
 	}
-	if prev != last {
-		return next, &VerifyError{Seq: size - 1, Reason: "chain does not end at the log's head hash"}
-	}
-	return next, nil
+	return nil
 }
 
-// Close closes the log's store.
-func (l *Log) Close() error { return l.store.Close() }
+// checkpointDue reports whether enough records arrived since the last
+// checkpoint to sign another.
+func (l *Log) checkpointDue(size uint64) bool {
+	if l.signer == nil {
+		return false
+	}
+	l.cpMu.Lock()
+	defer l.cpMu.Unlock()
+	return size-l.cpSize >= l.cpEvery
+}
+
+func (l *Log) checkpointTimer() {
+	defer close(l.timerDone)
+	t := time.NewTicker(l.cpInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopTimer:
+			return
+		case <-t.C:
+			_ = l.checkpoint(context.Background()) // a failure marks the log failed
+		}
+	}
+}
+
+// Close signs a final checkpoint, if the log has a Signer and records
+// since the last one, and closes the store. It is safe to call more than
+// once.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		if l.stopTimer != nil {
+			close(l.stopTimer)
+			<-l.timerDone
+		}
+		l.closeErr = errors.Join(l.checkpoint(context.Background()), l.store.Close())
+	})
+	return l.closeErr
+}
+
+// Verify checks the whole log from the stored bytes against every stored
+// checkpoint, as the package function Verify does, and that the store
+// still holds every record this Log appended. It returns the number of
+// records verified.
+func (l *Log) Verify(ctx context.Context) (uint64, error) {
+	size, root := l.Root()
+	res, err := Verify(ctx, l.store, VerifyOptions{Verifier: l.verifier, Origin: l.origin})
+	if err != nil {
+		return res.Records, err
+	}
+	if res.Records < size {
+		return res.Records, &VerifyError{Seq: res.Records,
+			Reason: fmt.Sprintf("missing: this log appended %d records", size)}
+	}
+	if res.Records == size && res.Root != root {
+		return res.Records, &VerifyError{Seq: 0, Reason: "the stored tree does not match the tree this log built"}
+	}
+	return res.Records, nil
+}
+
+// leafHash returns the RFC 6962 leaf hash of a record, given as
+// 0x00 || record bytes.
+func leafHash(prefixed []byte) Hash { return sha256.Sum256(prefixed) }

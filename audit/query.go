@@ -46,15 +46,25 @@ var ErrInvalidFilter = errors.New("invalid audit filter")
 
 // Query returns the records matching f, in log order, a page at a time.
 func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
+	return Query(ctx, l.store, f)
+}
+
+// errPageFull stops a scan once a page is full.
+var errPageFull = errors.New("page full")
+
+// Query returns the records of store matching f, in log order, a page at a
+// time. A store that is a Querier finds candidates through its indexes;
+// otherwise Query scans the log. Either way each record is decoded from
+// its stored bytes and checked against f, so an index that disagrees with
+// the bytes cannot make a record match.
+func Query(ctx context.Context, store Store, f Filter) (Page, error) {
 	limit, from, err := f.check()
 	if err != nil {
 		return Page{}, err
 	}
-	size := l.Size()
 	match := f.prefilter()
 	var page Page
-	var stop = errors.New("page full")
-	err = l.store.Scan(ctx, from, size, func(e Entry) error {
+	visit := func(e Entry) error {
 		if !match(e.Data) {
 			return nil
 		}
@@ -71,12 +81,20 @@ func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 		// rule out, and a cursor to those would lead to an empty page.
 		if len(page.Records) == limit {
 			page.Next = strconv.FormatUint(e.Seq, 10)
-			return stop
+			return errPageFull
 		}
 		page.Records = append(page.Records, r)
 		return nil
-	})
-	if err != nil && err != stop {
+	}
+	if q, ok := store.(Querier); ok {
+		err = q.QueryEntries(ctx, f, from, visit)
+	} else {
+		var size uint64
+		if size, err = store.Size(ctx); err == nil {
+			err = store.Scan(ctx, from, size, visit)
+		}
+	}
+	if err != nil && err != errPageFull {
 		return Page{}, err
 	}
 	return page, nil

@@ -1,13 +1,17 @@
 package audit_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -39,7 +43,13 @@ var queryRecords = []audit.Record{
 // queryLog returns a log, in namespace "app", holding queryRecords.
 func queryLog(t *testing.T) *audit.Log {
 	t.Helper()
-	l := newLog(t, audit.NewMemoryStore(), audit.Options{Namespace: "app", Clock: tickClock(queryStart)})
+	return queryLogOver(t, audit.NewMemoryStore())
+}
+
+// queryLogOver is queryLog over the store s.
+func queryLogOver(t *testing.T, s audit.Store) *audit.Log {
+	t.Helper()
+	l := newLog(t, s, audit.Options{Namespace: "app", Clock: tickClock(queryStart)})
 	for _, rec := range queryRecords {
 		if _, err := l.Log(t.Context(), rec); err != nil {
 			t.Fatalf("Log(%+v): %v", rec, err)
@@ -297,4 +307,50 @@ func TestQueryInvalidFilter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// scanQuerier is a Querier whose "index" is a scan: it passes every entry
+// from the cursor on, matching or not, without hashes, as the Querier
+// interface allows. Query must still return exactly the matches.
+type scanQuerier struct {
+	*audit.MemoryStore
+	calls atomic.Int64
+}
+
+var _ audit.Querier = (*scanQuerier)(nil)
+
+func (s *scanQuerier) QueryEntries(ctx context.Context, _ audit.Filter, from uint64, fn func(audit.Entry) error) error {
+	s.calls.Add(1)
+	return s.MemoryStore.Scan(ctx, from, math.MaxUint64, func(e audit.Entry) error {
+		e.Hashes = nil
+		return fn(e)
+	})
+}
+
+func TestQueryThroughQuerier(t *testing.T) {
+	s := &scanQuerier{MemoryStore: audit.NewMemoryStore()}
+	l := queryLogOver(t, s)
+	for _, tt := range queryFilters {
+		for _, limit := range []int{1, 3, audit.MaxLimit} {
+			t.Run(fmt.Sprintf("%s/limit %d", tt.name, limit), func(t *testing.T) {
+				f := tt.filter
+				f.Limit = limit
+				before := s.calls.Load()
+				got := queryAll(t, l, f)
+				if diff := cmp.Diff(tt.want, seqs(got)); diff != "" {
+					t.Errorf("records over all pages: Seqs mismatch (-want +got):\n%s", diff)
+				}
+				if s.calls.Load() == before {
+					t.Errorf("Query did not ask the store's QueryEntries")
+				}
+			})
+		}
+	}
+}
+
+// The conformance suite's Query check runs against a Querier.
+func TestQuerierStore(t *testing.T) {
+	audittest.Run(t, func(t *testing.T) audit.Store {
+		return &scanQuerier{MemoryStore: audit.NewMemoryStore()}
+	})
 }

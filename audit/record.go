@@ -2,10 +2,14 @@
 // decisions.
 //
 // Every Record is stored as one canonical byte encoding (see
-// EncodeRecord). The log hashes those bytes into a chain; Verify
-// recomputes the chain from the stored bytes and names the first record
-// that does not fit. Records live in a Store; NewMemoryStore is the
-// in-process one.
+// EncodeRecord). The records are the leaves of an RFC 6962 Merkle tree,
+// and the log signs checkpoints of the tree with an Ed25519 key. Verify
+// recomputes the tree from the stored bytes, checks it against every
+// signed checkpoint, and names the first record that does not fit;
+// inclusion and consistency proofs let an outsider check one record, or
+// that the log only grew, with nothing but the verifier key. Records live
+// in a Store: NewMemoryStore is the in-process one, and store/sqlite the
+// durable one. docs/audit-format.md describes the format.
 package audit
 
 import (

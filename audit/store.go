@@ -2,39 +2,77 @@ package audit
 
 import (
 	"context"
-	"encoding/hex"
+
+	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Hash is a SHA-256 hash.
-type Hash [32]byte
+// Hash is a SHA-256 hash: a node of the log's Merkle tree.
+type Hash = tlog.Hash
 
-// String returns the hash in lowercase hex.
-func (h Hash) String() string { return hex.EncodeToString(h[:]) }
-
-// An Entry is a record as stored: its position, its canonical bytes and
-// the chain hash through it.
+// An Entry is a record as stored: its position, its canonical bytes, and
+// the tree hashes appending it stored — its leaf hash first, then the hash
+// of each subtree it completed, lowest first (see tlog.StoredHashes).
 type Entry struct {
-	Seq  uint64
-	Data []byte
-	Hash Hash
+	Seq    uint64
+	Data   []byte
+	Hashes []Hash
+	// Record is Data decoded, when the appender has it at hand, so a
+	// store can fill its indexes without decoding; nil otherwise. Its Seq
+	// is not set. A store must not keep it.
+	Record *Record
 }
 
-// A Store keeps the log's entries in order. Implementations must be safe
-// for concurrent use; audittest.Run checks one.
+// A Store keeps the log's entries and signed checkpoints. Implementations
+// must be safe for concurrent use; audittest.Run checks one.
 type Store interface {
-	// Head returns the number of stored entries and the Hash of the
-	// last one, or the zero Hash if there are none.
-	Head(ctx context.Context) (size uint64, last Hash, err error)
+	// Size returns the number of stored entries.
+	Size(ctx context.Context) (uint64, error)
 	// Append stores entries, which continue the log: the first one's Seq
 	// equals the current size and the rest follow without gaps. Either
 	// all are stored or none is, and once Append returns nil they are as
 	// durable as the store promises. Append must not keep the entries'
-	// Data slices.
+	// Data or Hashes slices.
 	Append(ctx context.Context, entries []Entry) error
 	// Scan calls fn with each entry whose Seq is in [from, to), in order,
-	// stopping at the first error fn returns and returning it. An entry's
-	// Data is valid only until fn returns.
+	// stopping at the first error fn returns and returning it unwrapped.
+	// An entry's Data and Hashes are valid only until fn returns.
 	Scan(ctx context.Context, from, to uint64, fn func(Entry) error) error
+	// ReadHashes returns the stored tree hashes with the given stored
+	// hash indexes (tlog.StoredHashIndex). It is an error to ask for a
+	// hash not yet stored.
+	ReadHashes(ctx context.Context, indexes []int64) ([]Hash, error)
+	// AddCheckpoint stores a signed checkpoint of the tree of the first
+	// size entries. A store keeps one checkpoint per size; adding one for
+	// a size it has is an error unless the bytes are equal.
+	AddCheckpoint(ctx context.Context, size uint64, signed []byte) error
+	// Checkpoints calls fn with every stored checkpoint in increasing
+	// size, stopping at the first error fn returns and returning it.
+	Checkpoints(ctx context.Context, fn func(size uint64, signed []byte) error) error
+	// LatestCheckpoint returns the stored checkpoint of the largest size,
+	// or a nil signed checkpoint if there is none.
+	LatestCheckpoint(ctx context.Context) (size uint64, signed []byte, err error)
 	// Close releases the store's resources.
 	Close() error
+}
+
+// A Querier is a Store that can find the records matching a filter itself,
+// typically through indexes, instead of Query scanning the whole log.
+type Querier interface {
+	// QueryEntries calls fn, in order, with the entries from Seq from on
+	// that may match f, stopping at the first error fn returns and
+	// returning it unwrapped. It may pass entries that don't match —
+	// Query checks each record's own bytes against f — but must not skip
+	// one that does. Entries need not carry their Hashes.
+	QueryEntries(ctx context.Context, f Filter, from uint64, fn func(Entry) error) error
+}
+
+// storeHashReader reads tree hashes from a store for tlog's proof
+// functions.
+type storeHashReader struct {
+	ctx   context.Context
+	store Store
+}
+
+func (r storeHashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	return r.store.ReadHashes(r.ctx, indexes)
 }

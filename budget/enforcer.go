@@ -99,25 +99,26 @@ func (e *Enforcer) Usage(ctx context.Context, session string) (State, error) {
 // has used its call limit or its token limit. The reservation must be
 // committed with the tokens the call used, or released if the call did
 // not happen.
-func (e *Enforcer) Reserve(ctx context.Context, session string) (Reservation, error) {
+func (e *Enforcer) Reserve(ctx context.Context, session string) (*Reservation, error) {
 	if err := CheckSession(session); err != nil {
-		return Reservation{}, err
+		return nil, err
 	}
 	st, err := e.store.Reserve(ctx, session)
 	if errors.Is(err, ErrUnknownSession) {
 		if _, err = e.store.Create(ctx, session, e.defaults); err != nil {
-			return Reservation{}, err
+			return nil, err
 		}
 		st, err = e.store.Reserve(ctx, session)
 	}
 	if err != nil {
-		return Reservation{}, err
+		return nil, err
 	}
-	return Reservation{store: e.store, session: session, state: st}, nil
+	return &Reservation{store: e.store, session: session, state: st}, nil
 }
 
 // A Reservation holds one call slot of a session until it is committed or
-// released. Use it from one goroutine.
+// released. It is a pointer so that it closes once, however it is passed
+// around; use it from one goroutine.
 type Reservation struct {
 	store   Store
 	session string

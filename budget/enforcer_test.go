@@ -4,11 +4,10 @@ import (
 	"errors"
 	"math"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/budget/budgettest"
 )
 
 var defaults = budget.Limits{Tokens: 1000, Calls: 10}
@@ -31,7 +30,7 @@ func usage(t *testing.T, e *budget.Enforcer, session string) budget.State {
 	return st
 }
 
-func reserve(t *testing.T, e *budget.Enforcer, session string) budget.Reservation {
+func reserve(t *testing.T, e *budget.Enforcer, session string) *budget.Reservation {
 	t.Helper()
 	r, err := e.Reserve(t.Context(), session)
 	if err != nil {
@@ -278,33 +277,19 @@ func TestConcurrentReserve(t *testing.T) {
 		goroutines = 1000
 	)
 	e := newEnforcer(t, budget.Limits{Tokens: 1 << 40, Calls: callLimit})
-	var (
-		ok    atomic.Int64
-		wg    sync.WaitGroup
-		start = make(chan struct{})
-		errs  = make(chan error, goroutines)
-	)
+	ctx := t.Context()
 	// The session isn't created beforehand: the goroutines also race to
 	// create it.
-	for range goroutines {
-		wg.Go(func() {
-			<-start
-			_, err := e.Reserve(t.Context(), "s")
-			switch {
-			case err == nil:
-				ok.Add(1)
-			case !errors.Is(err, budget.ErrExceeded):
-				errs <- err
-			}
-		})
+	errs := budgettest.AtOnce(goroutines, func() error {
+		_, err := e.Reserve(ctx, "s")
+		return err
+	})
+	for _, err := range errs {
+		if !errors.Is(err, budget.ErrExceeded) {
+			t.Errorf("Reserve: got %v, want nil or %v", err, budget.ErrExceeded)
+		}
 	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Errorf("Reserve: got %v, want nil or %v", err, budget.ErrExceeded)
-	}
-	if got := ok.Load(); got != callLimit {
+	if got := goroutines - len(errs); got != callLimit {
 		t.Errorf("%d of %d concurrent Reserves succeeded, want %d", got, goroutines, callLimit)
 	}
 	if got := usage(t, e, "s").Used.Calls; got != callLimit {
@@ -319,26 +304,16 @@ func TestConcurrentRecordSpending(t *testing.T) {
 		total        = goroutines * perGoroutine
 	)
 	e := newEnforcer(t, defaults)
-	var (
-		wg    sync.WaitGroup
-		start = make(chan struct{})
-		errs  = make(chan error, goroutines)
-	)
-	for range goroutines {
-		wg.Go(func() {
-			<-start
-			for range perGoroutine {
-				if err := e.RecordSpending(t.Context(), "s", 1); err != nil {
-					errs <- err
-					return
-				}
+	ctx := t.Context()
+	errs := budgettest.AtOnce(goroutines, func() error {
+		for range perGoroutine {
+			if err := e.RecordSpending(ctx, "s", 1); err != nil {
+				return err
 			}
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+		}
+		return nil
+	})
+	for _, err := range errs {
 		t.Errorf("RecordSpending: %v", err)
 	}
 	want := budget.State{Limits: defaults, Used: budget.Usage{Calls: total, Tokens: total}}
@@ -366,10 +341,10 @@ func TestReservationClosed(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnforcer(t, defaults)
 			r := reserve(t, e, "s")
-			if err := tt.first(t, &r); err != nil {
+			if err := tt.first(t, r); err != nil {
 				t.Fatalf("first: %v", err)
 			}
-			if err := tt.second(t, &r); !errors.Is(err, budget.ErrReservationClosed) {
+			if err := tt.second(t, r); !errors.Is(err, budget.ErrReservationClosed) {
 				t.Errorf("second: got %v, want %v", err, budget.ErrReservationClosed)
 			}
 			want := budget.State{Limits: defaults, Used: budget.Usage{Calls: tt.wantCalls, Tokens: tt.wantTokens}}

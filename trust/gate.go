@@ -68,12 +68,17 @@ type Decision struct {
 	Agent   string
 	Scope   string
 	Tool    string
-	// Required is the level the tool requires; meaningless when Reason is
-	// ReasonNoRule.
+	// Required is the level the tool requires; meaningless unless
+	// HasRule.
 	Required Level
 	// Assigned is the level the agent holds for this request; meaningless
-	// when Reason is ReasonUnassigned.
+	// unless HasAssignment.
 	Assigned Level
+	// HasRule is true when a rule or the policy's default covers the tool.
+	HasRule bool
+	// HasAssignment is true when the agent has an assignment for the
+	// request, expired or not.
+	HasAssignment bool
 	// Expired is true when the agent's assignment had expired, so Assigned
 	// is the ladder's lowest level.
 	Expired bool
@@ -83,7 +88,7 @@ type Decision struct {
 // RequiredName returns the name of the required level, or "" if no rule
 // covers the tool.
 func (d Decision) RequiredName() string {
-	if d.ladder == nil || d.Reason == ReasonNoRule {
+	if d.ladder == nil || !d.HasRule {
 		return ""
 	}
 	return d.ladder.LevelName(d.Required)
@@ -92,7 +97,7 @@ func (d Decision) RequiredName() string {
 // AssignedName returns the name of the agent's level, or "" if the agent
 // has none.
 func (d Decision) AssignedName() string {
-	if d.ladder == nil || d.Reason == ReasonUnassigned {
+	if d.ladder == nil || !d.HasAssignment {
 		return ""
 	}
 	return d.ladder.LevelName(d.Assigned)
@@ -246,12 +251,13 @@ func (g *Gate) CheckAt(req Request, now time.Time) Decision {
 // when an expiry must be compared.
 func (g *Gate) check(req Request, now time.Time) Decision {
 	d := Decision{Agent: req.Agent, Scope: req.Scope, Tool: req.Tool, ladder: g.policy.ladder}
+	d.Required, d.HasRule = g.policy.Required(req.Tool)
 	gr, ok := g.lookup(req.Agent, req.Scope)
 	if !ok {
 		d.Reason = ReasonUnassigned
 		return d
 	}
-	d.Assigned = gr.level
+	d.Assigned, d.HasAssignment = gr.level, true
 	if !gr.expires.IsZero() {
 		if now.IsZero() {
 			now = time.Now()
@@ -260,14 +266,10 @@ func (g *Gate) check(req Request, now time.Time) Decision {
 			d.Assigned, d.Expired = g.policy.ladder.Lowest(), true
 		}
 	}
-	required, ok := g.policy.Required(req.Tool)
-	if !ok {
-		d.Reason = ReasonNoRule
-		return d
-	}
-	d.Required = required
 	switch {
-	case d.Assigned >= required:
+	case !d.HasRule:
+		d.Reason = ReasonNoRule
+	case d.Assigned >= d.Required:
 		d.Allowed, d.Reason = true, ReasonAllowed
 	case d.Expired:
 		d.Reason = ReasonExpired
@@ -291,8 +293,11 @@ func (g *Gate) lookup(agent, scope string) (grant, bool) {
 }
 
 // Validate reports whether a could be assigned now, without assigning it.
-func (g *Gate) Validate(a Assignment) error {
-	_, _, err := g.resolve(a, time.Now())
+func (g *Gate) Validate(a Assignment) error { return g.ValidateAt(a, time.Now()) }
+
+// ValidateAt reports whether a could be assigned at now.
+func (g *Gate) ValidateAt(a Assignment, now time.Time) error {
+	_, _, err := g.resolve(a, now)
 	return err
 }
 
@@ -300,8 +305,11 @@ func (g *Gate) Validate(a Assignment) error {
 // scope. It is an error for the agent to be empty, for the agent or scope
 // to be longer than 256 bytes, invalid UTF-8 or to contain control
 // characters, for the level to be unknown, or for Expires to have passed.
-func (g *Gate) Assign(a Assignment) error {
-	k, gr, err := g.resolve(a, time.Now())
+func (g *Gate) Assign(a Assignment) error { return g.AssignAt(a, time.Now()) }
+
+// AssignAt is Assign as of now: Expires must be after now.
+func (g *Gate) AssignAt(a Assignment, now time.Time) error {
+	k, gr, err := g.resolve(a, now)
 	if err != nil {
 		return err
 	}

@@ -1028,3 +1028,19 @@ func BenchmarkBaselineMapLookup(b *testing.B) {
 	}
 	runtime.KeepAlive(sink)
 }
+
+// A denial for an unassigned agent still names the level the tool
+// requires, so its audit record is true; a tool without a rule names none.
+func TestUnassignedDecisionNamesRequiredLevel(t *testing.T) {
+	p := mustPolicy(t, DefaultLadder(), []Rule{{Tool: "admin.*", Level: "privileged"}}, "")
+	g := mustGate(t, p)
+	d := g.Check(Request{Agent: "mallory", Tool: "admin.reboot"})
+	if d.Reason != ReasonUnassigned || !d.HasRule || d.RequiredName() != "privileged" || d.HasAssignment || d.AssignedName() != "" {
+		t.Errorf("Check = %+v, required %q assigned %q; want unassigned, required privileged, no assignment",
+			d, d.RequiredName(), d.AssignedName())
+	}
+	d = g.Check(Request{Agent: "mallory", Tool: "other"})
+	if d.HasRule || d.RequiredName() != "" {
+		t.Errorf("tool without a rule: HasRule %v, RequiredName %q; want false, \"\"", d.HasRule, d.RequiredName())
+	}
+}

@@ -73,7 +73,7 @@ func BuiltinLadder(name string) (*Ladder, error) {
 // bytes of ASCII letters, digits, '-', '_' and '.'.
 func NewLadder(name string, levels ...string) (*Ladder, error) {
 	if err := checkName("ladder name", name); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("trust: %w", err)
 	}
 	if len(levels) == 0 {
 		return nil, fmt.Errorf("trust: ladder %q has no levels", name)
@@ -145,15 +145,15 @@ func (l *Ladder) String() string {
 // checkName reports whether s is a valid ladder or level name.
 func checkName(what, s string) error {
 	if s == "" {
-		return fmt.Errorf("trust: empty %s", what)
+		return fmt.Errorf("empty %s", what)
 	}
 	if len(s) > maxNameLen {
-		return fmt.Errorf("trust: %s %.20q… is longer than %d bytes", what, s, maxNameLen)
+		return fmt.Errorf("%s %.20q… is longer than %d bytes", what, s, maxNameLen)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("trust: %s %q has character %q; use letters, digits, '-', '_' and '.'", what, s, c)
+			return fmt.Errorf("%s %q has character %q; use letters, digits, '-', '_' and '.'", what, s, c)
 		}
 	}
 	return nil

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -488,31 +487,17 @@ func testConcurrentReserve(t *testing.T, s budget.Store) {
 	)
 	limits := budget.Limits{Tokens: 1 << 40, Calls: callLimit}
 	id := create(t, s, limits)
-	var (
-		ok    atomic.Int64
-		wg    sync.WaitGroup
-		start = make(chan struct{})
-		errs  = make(chan error, goroutines)
-	)
-	for range goroutines {
-		wg.Go(func() {
-			<-start
-			_, err := s.Reserve(t.Context(), id)
-			switch {
-			case err == nil:
-				ok.Add(1)
-			case !errors.Is(err, budget.ErrExceeded):
-				errs <- err
-			}
-		})
+	ctx := t.Context()
+	errs := AtOnce(goroutines, func() error {
+		_, err := s.Reserve(ctx, id)
+		return err
+	})
+	for _, err := range errs {
+		if !errors.Is(err, budget.ErrExceeded) {
+			t.Errorf("Reserve: got %v, want nil or %v", err, budget.ErrExceeded)
+		}
 	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Errorf("Reserve: got %v, want nil or %v", err, budget.ErrExceeded)
-	}
-	if got := ok.Load(); got != callLimit {
+	if got := goroutines - len(errs); got != callLimit {
 		t.Errorf("%d of %d concurrent Reserves succeeded, want %d", got, goroutines, callLimit)
 	}
 	wantState(t, s, id, state(limits, callLimit, 0))
@@ -527,26 +512,16 @@ func testConcurrentRecord(t *testing.T, s budget.Store) {
 	// Limits far below the total: Record must not check them.
 	limits := budget.Limits{Tokens: 10, Calls: 10}
 	id := create(t, s, limits)
-	var (
-		wg    sync.WaitGroup
-		start = make(chan struct{})
-		errs  = make(chan error, goroutines)
-	)
-	for range goroutines {
-		wg.Go(func() {
-			<-start
-			for range perGoroutine {
-				if err := s.Record(t.Context(), id, 1); err != nil {
-					errs <- err
-					return
-				}
+	ctx := t.Context()
+	errs := AtOnce(goroutines, func() error {
+		for range perGoroutine {
+			if err := s.Record(ctx, id, 1); err != nil {
+				return err
 			}
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+		}
+		return nil
+	})
+	for _, err := range errs {
 		t.Errorf("Record: %v", err)
 	}
 	total := int64(goroutines * perGoroutine)

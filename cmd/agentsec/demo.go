@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -19,11 +20,24 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
 	calls := fs.Int64("calls", 3, "call limit of the demo session")
+	db := fs.String("db", "", "keep the audit log in this SQLite database instead of in memory")
+	keyFile := fs.String("key", "", "signer key file (from agentsec keygen) for the -db log's checkpoints")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("demo takes no arguments, got %q", fs.Args())
+	}
+	var auditCfg agentsec.AuditConfig
+	if *db != "" {
+		if *keyFile == "" {
+			return errors.New("demo -db needs -key; make a key pair with: agentsec keygen -name demo")
+		}
+		key, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("reading signer key: %w", err)
+		}
+		auditCfg = agentsec.AuditConfig{Path: *db, SignerKey: string(key)}
 	}
 
 	stack, err := agentsec.New(agentsec.Config{
@@ -37,6 +51,7 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 		},
 		Budget:         agentsec.BudgetConfig{TokenLimit: 10_000, CallLimit: *calls},
 		AuditNamespace: "demo",
+		Audit:          auditCfg,
 	})
 	if err != nil {
 		return err
@@ -102,7 +117,14 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("audit log does not verify: %w", err)
 	}
-	fmt.Fprintf(out, "\nVerified: %d records, hash chain intact.\n", n)
+	fmt.Fprintf(out, "\nVerified: %d records against the Merkle tree", n)
+	if *db != "" {
+		if _, err := stack.Audit.Checkpoint(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, " and its signed checkpoints; the log is in %s", *db)
+	}
+	fmt.Fprintln(out, ".")
 	return nil
 }
 

@@ -3,7 +3,11 @@
 // Usage:
 //
 //	agentsec demo       run the library's main flow and print its audit log
+//	agentsec keygen     make a key pair for signing audit checkpoints
+//	agentsec audit      verify, query, export and prove a durable audit log
 //	agentsec version    print the version
+//
+// docs/cli.md describes every command, flag and output format.
 package main
 
 import (
@@ -14,31 +18,55 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
+
+	"golang.org/x/term"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "devel"
 
-func main() {
+func main() { os.Exit(runMain()) }
+
+// runMain runs the command line and returns the exit code; the testscript
+// tests run it as the agentsec command.
+func runMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr}
-	err := m.Run(ctx, os.Args[1:])
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
-	default:
-		fmt.Fprintf(os.Stderr, "agentsec: %v\n", err)
-		os.Exit(1)
+	m := &Main{
+		Stdin:          os.Stdin,
+		Stdout:         os.Stdout,
+		Stderr:         os.Stderr,
+		StderrTerminal: term.IsTerminal(int(os.Stderr.Fd())),
 	}
+	return m.ExitCode(m.Run(ctx, os.Args[1:]))
 }
 
 // Main runs agentsec's commands; it is main without the process, so tests
 // can run commands in-process.
 type Main struct {
+	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
+	// StderrTerminal says Stderr is a terminal, where long commands show
+	// their progress on one line rewritten in place.
+	StderrTerminal bool
+}
+
+// ExitCode reports the error Run returned on Stderr, as one line, and
+// returns the process's exit code: 0 for success, 2 after usage was
+// printed, 1 for any other error.
+func (m *Main) ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	}
+	msg := strings.TrimPrefix(err.Error(), "agentsec: ")
+	msg = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(msg)
+	fmt.Fprintf(m.Stderr, "agentsec: %s\n", msg)
+	return 1
 }
 
 const usage = `agentsec is the security stack for AI agents.
@@ -51,6 +79,9 @@ Commands:
 
 	demo       run an allowed call, a trust denial and budget exhaustion,
 	           then print and verify the audit log
+	keygen     make a key pair for signing audit checkpoints
+	audit      verify, query, export and prove a durable audit log;
+	           run 'agentsec audit help' for its commands
 	version    print the version
 	help       print this help
 `
@@ -66,6 +97,10 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	switch cmd {
 	case "demo":
 		return m.runDemo(ctx, args)
+	case "keygen":
+		return m.runKeygen(ctx, args)
+	case "audit":
+		return m.runAudit(ctx, args)
 	case "version":
 		fmt.Fprintln(m.Stdout, "agentsec", version)
 		return nil

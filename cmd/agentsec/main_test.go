@@ -29,7 +29,7 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`(?m)^5 +read_file +denied by budget: call limit reached \(3 of 3 calls used\)$`),
 		regexp.MustCompile(`(?m)^Audit log \(6 records\):$`),
 		regexp.MustCompile(`(?m)^5 +\S+ +tool\.call +research-bot +read_file +deny +verified/verified +0 +call limit reached$`),
-		regexp.MustCompile(`(?m)^Verified: 6 records, hash chain intact\.$`),
+		regexp.MustCompile(`(?m)^Verified: 6 records against the Merkle tree\.$`),
 	} {
 		if !want.MatchString(out) {
 			t.Errorf("demo output lacks a line matching %s:\n%s", want, out)

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/store/sqlite"
+)
+
+const auditUsage = `agentsec audit reads a durable audit log, the SQLite database that
+'agentsec demo -db' or a Stack configured with Audit.Path writes. It opens
+the database read-only.
+
+Usage:
+
+	agentsec audit <command> [flags]
+
+Commands:
+
+	verify       check every record and signed checkpoint against a verifier key
+	query        print the records matching filters, a page at a time
+	export       write every matching record as JSON lines, CSV or CEF
+	checkpoint   print the latest signed checkpoint, to keep it elsewhere
+	prove        make an inclusion or consistency proof
+	check-proof  check a proof offline with only the verifier key
+
+Run 'agentsec audit <command> -h' for a command's flags.
+`
+
+func (m *Main) runAudit(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, auditUsage)
+		return flag.ErrHelp
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "verify":
+		return m.runAuditVerify(ctx, args)
+	case "query":
+		return m.runAuditQuery(ctx, args)
+	case "export":
+		return m.runAuditExport(ctx, args)
+	case "checkpoint":
+		return m.runAuditCheckpoint(ctx, args)
+	case "prove":
+		return m.runAuditProve(ctx, args)
+	case "check-proof":
+		return m.runAuditCheckProof(ctx, args)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(m.Stdout, auditUsage)
+		return nil
+	}
+	return fmt.Errorf("unknown command \"audit %s\"; run 'agentsec audit help' for the list", cmd)
+}
+
+// newFlagSet returns the flag set of the command "agentsec <name>", whose
+// usage line is synopsis and whose description is about.
+func newFlagSet(name, synopsis, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: agentsec %s %s\n\n%s\nFlags:\n", name, synopsis, about)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args, which must hold no positional arguments beyond
+// maxArgs. It keeps the flag package's own report off Stderr, so that a
+// bad flag is one error line; -h prints the usage and returns
+// flag.ErrHelp.
+func (m *Main) parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(m.Stderr)
+		fs.Usage()
+		return err
+	}
+	if err != nil && strings.HasPrefix(err.Error(), "invalid value") {
+		return fmt.Errorf("%s: %v", fs.Name(), err)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %v; run 'agentsec %s -h' for usage", fs.Name(), err, fs.Name())
+	}
+	if fs.NArg() > maxArgs {
+		return fmt.Errorf("%s: unexpected argument %q; flags come before arguments", fs.Name(), fs.Arg(maxArgs))
+	}
+	return nil
+}
+
+// openStore opens the log's database for reading.
+func openStore(ctx context.Context, cmd, path string) (*sqlite.Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%s needs -db, the audit log's SQLite database", cmd)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return nil, fmt.Errorf("%s is a directory; -db names the audit log's SQLite database file", path)
+	}
+	return sqlite.Open(ctx, path, sqlite.Options{ReadOnly: true})
+}
+
+// maxKeyFile bounds what a key file is read for: a note verifier key is
+// well under 300 bytes.
+const maxKeyFile = 4 << 10
+
+// readVerifier reads the verifier key file made by agentsec keygen.
+func readVerifier(cmd, path string) (note.Verifier, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%s needs -pubkey, the log's verifier key (NAME.pub from agentsec keygen)", cmd)
+	}
+	data, err := readFileMax(path, maxKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading verifier key: %w", err)
+	}
+	key := strings.TrimSpace(string(data))
+	if strings.HasPrefix(key, "PRIVATE+KEY+") {
+		return nil, fmt.Errorf("%s is a signer key, which must stay secret; pass the verifier key, the .pub file made with it", path)
+	}
+	v, err := audit.NewVerifier(key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w; pass the NAME.pub file agentsec keygen wrote", path, err)
+	}
+	return v, nil
+}
+
+// readCheckpointFile reads a signed checkpoint from a file and parses it
+// without checking its signature. What names the file in errors, such as
+// "checkpoint".
+func readCheckpointFile(what, path string) ([]byte, audit.Checkpoint, error) {
+	signed, err := readFileMax(path, 16<<10)
+	if err != nil {
+		return nil, audit.Checkpoint{}, fmt.Errorf("reading %s: %w", what, err)
+	}
+	cp, err := parseSignedCheckpoint(signed)
+	if err != nil {
+		return nil, audit.Checkpoint{}, fmt.Errorf("%s %s: %w; a checkpoint file holds one signed checkpoint, as 'agentsec audit checkpoint -o' writes it",
+			what, path, err)
+	}
+	return signed, cp, nil
+}
+
+// parseSignedCheckpoint parses a signed checkpoint without checking its
+// signature, for commands that don't hold the verifier key.
+func parseSignedCheckpoint(signed []byte) (audit.Checkpoint, error) {
+	_, err := note.Open(signed, note.VerifierList())
+	var unverified *note.UnverifiedNoteError
+	if !errors.As(err, &unverified) {
+		return audit.Checkpoint{}, fmt.Errorf("%w: not a signed note", audit.ErrCheckpoint)
+	}
+	return audit.ParseCheckpoint([]byte(unverified.Note.Text))
+}
+
+// matchCheckpoint checks that the log in store has the tree cp commits to,
+// so that a proof made against cp can check out.
+func matchCheckpoint(ctx context.Context, store audit.Store, name string, cp audit.Checkpoint) error {
+	size, err := store.Size(ctx)
+	if err != nil {
+		return err
+	}
+	if cp.Size > size {
+		return fmt.Errorf("%s covers %d records, but the log holds %d: it is from another log, or this log lost records (run agentsec audit verify)",
+			name, cp.Size, size)
+	}
+	root, err := tlog.TreeHash(int64(cp.Size), hashReader{ctx, store})
+	if err != nil {
+		return fmt.Errorf("computing the log's tree at %d records: %w", cp.Size, err)
+	}
+	if root != cp.Root {
+		return fmt.Errorf("%s does not match the log's tree at %d records: it is from another log, or this log was rewritten (run agentsec audit verify)",
+			name, cp.Size)
+	}
+	return nil
+}
+
+// hashReader reads a store's tree hashes for tlog.
+type hashReader struct {
+	ctx   context.Context
+	store audit.Store
+}
+
+func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	return r.store.ReadHashes(r.ctx, indexes)
+}
+
+// readFileMax reads a file, refusing one of more than max bytes.
+func readFileMax(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readMax(f, path, max)
+}
+
+func readMax(r io.Reader, name string, max int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, max)
+	}
+	return data, nil
+}
+
+// outputFile is where a command writes its output: standard output, or a
+// file that replaces path only once the output is complete, so a failed
+// command leaves no partial file behind.
+type outputFile struct {
+	io.Writer
+	path string
+	tmp  *os.File
+}
+
+func (m *Main) createOutput(path string) (*outputFile, error) {
+	if path == "" || path == "-" {
+		return &outputFile{Writer: m.Stdout}, nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("creating output file: %w", err)
+	}
+	return &outputFile{Writer: tmp, path: path, tmp: tmp}, nil
+}
+
+// commit puts a complete output file in place.
+func (o *outputFile) commit() error {
+	if o.tmp == nil {
+		return nil
+	}
+	tmp := o.tmp
+	o.tmp = nil
+	err := errors.Join(tmp.Sync(), tmp.Close())
+	if err == nil {
+		err = os.Rename(tmp.Name(), o.path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("writing %s: %w", o.path, err)
+	}
+	return nil
+}
+
+// discard removes an output file that was not committed.
+func (o *outputFile) discard() {
+	if o.tmp != nil {
+		o.tmp.Close()
+		os.Remove(o.tmp.Name())
+		o.tmp = nil
+	}
+}
+
+// plural returns "n thing" or "n things".
+func plural(n uint64, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
+
+// oneLine returns s for a terminal or a table cell: characters that are
+// not graphic, tabs and newlines among them, are escaped as in a Go
+// string, so a record cannot break the layout or send terminal escape
+// sequences.
+func oneLine(s string) string {
+	var b bytes.Buffer
+	for _, r := range s {
+		if r == ' ' || (r != '\ufffd' && unicode.IsGraphic(r)) {
+			b.WriteRune(r)
+			continue
+		}
+		q := fmt.Sprintf("%+q", r) // 'x' with x escaped
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
+}

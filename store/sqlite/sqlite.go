@@ -1,0 +1,215 @@
+// Package sqlite is agentsec's embedded store: the audit log in one SQLite
+// database file, through modernc.org/sqlite (no cgo).
+//
+// The database runs in WAL mode with synchronous=FULL, so a transaction is
+// on stable storage when it commits; the audit log commits each group of
+// concurrent appends in one transaction. Besides each record's canonical
+// bytes and tree hashes, a row holds the record's time, namespace, event,
+// agent, session, tool and outcome in indexed columns for queries. Those
+// columns only find candidates: audit.Query checks every record it returns
+// against its own bytes.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+
+	msqlite "modernc.org/sqlite"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// Options configure Open.
+type Options struct {
+	// Create makes the database file if it does not exist. Without it a
+	// missing file is an error, so a mistyped path can't silently start a
+	// second, empty log.
+	Create bool
+	// ReadOnly opens the database for reading only, as the audit CLI
+	// does; appends then fail.
+	ReadOnly bool
+}
+
+// Store is an audit.Store and audit.Querier in a SQLite database. It is
+// safe for concurrent use: writes go through one connection, reads through
+// a small pool.
+type Store struct {
+	path   string
+	writer *sql.DB
+	reader *sql.DB
+	insert *sql.Stmt // on writer
+
+	// appendMu serializes appends and guards nextSeq, the size of the log
+	// as this store last wrote or read it. Another process appending to
+	// the same database makes the next append here fail on its sequence
+	// number rather than fork the log.
+	appendMu sync.Mutex
+	nextSeq  uint64
+}
+
+var (
+	_ audit.Store   = (*Store)(nil)
+	_ audit.Querier = (*Store)(nil)
+)
+
+// schemaVersion is the version of the schema below; Open refuses a
+// database with another one.
+const schemaVersion = "1"
+
+var schema = []string{
+	`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT`,
+	`CREATE TABLE audit_records (
+		seq       INTEGER PRIMARY KEY,
+		data      BLOB NOT NULL,
+		hashes    BLOB NOT NULL,
+		time      INTEGER NOT NULL, -- Unix microseconds, rounded down
+		namespace TEXT NOT NULL,
+		event     TEXT NOT NULL,
+		agent     TEXT NOT NULL,
+		session   TEXT NOT NULL,
+		tool      TEXT NOT NULL,
+		outcome   TEXT NOT NULL
+	) STRICT`,
+	`CREATE INDEX audit_by_time ON audit_records (time)`,
+	`CREATE INDEX audit_by_namespace ON audit_records (namespace, seq)`,
+	`CREATE INDEX audit_by_event ON audit_records (event, seq)`,
+	`CREATE INDEX audit_by_agent ON audit_records (agent, seq)`,
+	`CREATE INDEX audit_by_session ON audit_records (session, seq)`,
+	`CREATE INDEX audit_by_tool ON audit_records (tool, seq)`,
+	`CREATE INDEX audit_by_outcome ON audit_records (outcome, seq)`,
+	`CREATE TABLE audit_checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL) STRICT`,
+	`INSERT INTO meta (key, value) VALUES ('schema_version', '` + schemaVersion + `')`,
+}
+
+// Open opens the SQLite database at path.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	_, statErr := os.Stat(path)
+	exists := statErr == nil
+	switch {
+	case statErr != nil && !errors.Is(statErr, os.ErrNotExist):
+		return nil, fmt.Errorf("sqlite: %w", statErr)
+	case !exists && (!opts.Create || opts.ReadOnly):
+		return nil, fmt.Errorf("sqlite: no database at %s (check the path; agentsec creates the database when it first starts with it)", path)
+	}
+	// Sync commits with fdatasync: as durable as fsync, without also
+	// flushing file timestamps.
+	if _, err := msqlite.Fdatasync(true); err != nil && !errors.Is(err, msqlite.ErrFdatasyncUnavailable) {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+
+	s := &Store{path: path}
+	var err error
+	if !opts.ReadOnly {
+		s.writer, err = openDB(path, "rwc", 1,
+			"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)")
+		if err != nil {
+			return nil, err
+		}
+	}
+	s.reader, err = openDB(path, map[bool]string{true: "ro", false: "rw"}[opts.ReadOnly], 4,
+		"busy_timeout(10000)", "query_only(1)")
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.prepare(ctx, exists); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.writer != nil {
+		if s.nextSeq, err = s.size(ctx, s.writer); err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.insert, err = s.writer.PrepareContext(ctx, `INSERT INTO audit_records
+			(seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			s.Close()
+			return nil, s.wrap("preparing", err)
+		}
+	}
+	return s, nil
+}
+
+func openDB(path, mode string, conns int, pragmas ...string) (*sql.DB, error) {
+	q := url.Values{"mode": {mode}, "_txlock": {"immediate"}}
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	return db, nil
+}
+
+// prepare creates the schema in a new database and checks an existing
+// one's version.
+func (s *Store) prepare(ctx context.Context, exists bool) error {
+	if !exists {
+		tx, err := s.writer.BeginTx(ctx, nil)
+		if err != nil {
+			return s.wrap("creating schema", err)
+		}
+		defer tx.Rollback()
+		for _, stmt := range schema {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return s.wrap("creating schema", err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return s.wrap("creating schema", err)
+		}
+	}
+	var version string
+	err := s.reader.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version)
+	switch {
+	case err != nil:
+		return s.wrap("reading schema version", err)
+	case version != schemaVersion:
+		return fmt.Errorf("sqlite: %s has schema version %s; this agentsec reads version %s", s.path, version, schemaVersion)
+	}
+	return nil
+}
+
+// wrap adds context and a hint to a database error.
+func (s *Store) wrap(what string, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "file is not a database"), strings.Contains(msg, "malformed"):
+		return fmt.Errorf("sqlite: %s: %s is not an agentsec database or is corrupt: %w", what, s.path, err)
+	case strings.Contains(msg, "no such table"):
+		return fmt.Errorf("sqlite: %s: %s is not an agentsec database: %w", what, s.path, err)
+	}
+	return fmt.Errorf("sqlite: %s: %w", what, err)
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the database.
+func (s *Store) Close() error {
+	var errs []error
+	if s.insert != nil {
+		errs = append(errs, s.insert.Close())
+	}
+	if s.writer != nil {
+		errs = append(errs, s.writer.Close())
+	}
+	if s.reader != nil {
+		errs = append(errs, s.reader.Close())
+	}
+	return errors.Join(errs...)
+}
