@@ -160,6 +160,9 @@ func fillLog(b *testing.B, st audit.Store, n int, sessions int) {
 // BenchmarkVerify verifies a 200,000-record SQLite log from its stored
 // bytes and reports records per second.
 func BenchmarkVerify(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a 200,000-record log first; run without -short")
+	}
 	const n = 200_000
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "audit.db"), sqlite.Options{Create: true})
@@ -182,6 +185,9 @@ func BenchmarkVerify(b *testing.B) {
 // BenchmarkSessionQuery asks for the first page (100 records) of one
 // session in a 1,000,000-record SQLite log of 10,000 sessions.
 func BenchmarkSessionQuery(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a 1,000,000-record log first; run without -short")
+	}
 	const n = 1_000_000
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "audit.db"), sqlite.Options{Create: true})
