@@ -50,29 +50,35 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 		return s.wrap("appending", err)
 	}
 	defer tx.Rollback()
-	insert := tx.StmtContext(ctx, s.insert)
-	defer insert.Close()
-	hashes := make([]byte, 0, 64*32)
+	rows := make([]indexRow, 0, len(entries))
+	args := make([]any, 0, 3*min(len(entries), rowsPerInsert))
 	for i, e := range entries {
 		if e.Seq != size+uint64(i) {
 			return fmt.Errorf("sqlite: entry %d follows entry %d", e.Seq, size+uint64(i)-1)
 		}
-		rec := e.Record
-		if rec == nil {
-			r, err := audit.DecodeRecord(e.Data)
-			if err != nil {
-				return fmt.Errorf("sqlite: entry %d: %w", e.Seq, err)
-			}
-			rec = &r
+		row, err := rowOf(e)
+		if err != nil {
+			return err
 		}
-		hashes = hashes[:0]
+		rows = append(rows, row)
+		hashes := make([]byte, 0, 32*len(e.Hashes))
 		for _, h := range e.Hashes {
 			hashes = append(hashes, h[:]...)
 		}
-		_, err := insert.ExecContext(ctx, int64(e.Seq), e.Data, hashes, rec.Time.UnixMicro(),
-			rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome))
-		if err != nil {
-			return s.wrap(fmt.Sprintf("appending entry %d", e.Seq), err)
+		args = append(args, int64(e.Seq), e.Data, hashes)
+		if len(args) == cap(args) || i == len(entries)-1 {
+			if _, err := tx.ExecContext(ctx, insertSQL("audit_records", 3, len(args)/3), args...); err != nil {
+				return s.wrap(fmt.Sprintf("appending entries up to %d", e.Seq), err)
+			}
+			args = args[:0]
+		}
+	}
+	// Index rows ride along once enough are waiting, so most appends
+	// write only the records' page.
+	flushed := len(s.pending)+len(rows) >= indexBatch
+	if flushed {
+		if err := s.writeIndex(ctx, tx, s.pending, rows); err != nil {
+			return err
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -84,6 +90,11 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 		return s.wrap("committing append", err)
 	}
 	s.nextSeq = size + uint64(len(entries))
+	if flushed {
+		s.pending = s.pending[:0]
+	} else {
+		s.pending = append(s.pending, rows...)
+	}
 	return nil
 }
 
@@ -242,23 +253,28 @@ func (s *Store) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
 	return uint64(size), note, nil
 }
 
-// QueryEntries implements audit.Querier through the indexed columns.
+// QueryEntries implements audit.Querier: it finds candidates through the
+// index table, then passes every record the index does not cover yet.
 func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, fn func(audit.Entry) error) error {
-	where := []string{"seq >= ?"}
-	args := []any{clampSeq(from)}
+	var indexed int64
+	if err := s.reader.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_index`).Scan(&indexed); err != nil {
+		return s.wrap("querying", err)
+	}
+	where := []string{"i.seq >= ?", "i.seq < ?"}
+	args := []any{clampSeq(from), indexed}
 	for _, c := range []struct{ col, v string }{
 		{"namespace", f.Namespace}, {"event", f.Event}, {"agent", f.Agent},
 		{"session", f.Session}, {"tool", f.Tool}, {"outcome", string(f.Outcome)},
 	} {
 		if c.v != "" {
-			where = append(where, c.col+" = ?")
+			where = append(where, "i."+c.col+" = ?")
 			args = append(args, c.v)
 		}
 	}
 	// The time column holds microseconds, rounded down; rounding the
 	// bounds outwards keeps every record in range.
 	if !f.Since.IsZero() {
-		where = append(where, "time >= ?")
+		where = append(where, "i.time >= ?")
 		args = append(args, f.Since.UnixMicro())
 	}
 	if !f.Until.IsZero() {
@@ -266,11 +282,19 @@ func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, f
 		if f.Until.Nanosecond()%1000 != 0 {
 			until++
 		}
-		where = append(where, "time < ?")
+		where = append(where, "i.time < ?")
 		args = append(args, until)
 	}
-	rows, err := s.reader.QueryContext(ctx,
-		`SELECT seq, data FROM audit_records WHERE `+strings.Join(where, " AND ")+` ORDER BY seq`, args...)
+	rows, err := s.reader.QueryContext(ctx, `SELECT r.seq, r.data FROM audit_index i JOIN audit_records r ON r.seq = i.seq
+		WHERE `+strings.Join(where, " AND ")+` ORDER BY i.seq`, args...)
+	if err != nil {
+		return s.wrap("querying", err)
+	}
+	if err := s.each(rows, false, fn); err != nil {
+		return err
+	}
+	rows, err = s.reader.QueryContext(ctx, `SELECT seq, data FROM audit_records WHERE seq >= ? ORDER BY seq`,
+		max(clampSeq(from), indexed))
 	if err != nil {
 		return s.wrap("querying", err)
 	}

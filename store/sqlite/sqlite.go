@@ -3,11 +3,12 @@
 //
 // The database runs in WAL mode with synchronous=FULL, so a transaction is
 // on stable storage when it commits; the audit log commits each group of
-// concurrent appends in one transaction. Besides each record's canonical
-// bytes and tree hashes, a row holds the record's time, namespace, event,
-// agent, session, tool and outcome in indexed columns for queries. Those
-// columns only find candidates: audit.Query checks every record it returns
-// against its own bytes.
+// concurrent appends in one transaction. A record's row holds its
+// canonical bytes and tree hashes. For queries, a separate index table
+// holds each record's time, namespace, event, agent, session, tool and
+// outcome; its rows ride along with a later append's transaction, so most
+// appends write one page. Index rows only find candidates: audit.Query
+// checks every record it returns against its own bytes.
 package sqlite
 
 import (
@@ -43,14 +44,15 @@ type Store struct {
 	path   string
 	writer *sql.DB
 	reader *sql.DB
-	insert *sql.Stmt // on writer
 
 	// appendMu serializes appends and guards nextSeq, the size of the log
-	// as this store last wrote or read it. Another process appending to
-	// the same database makes the next append here fail on its sequence
+	// as this store last wrote or read it, and pending, the index rows of
+	// records not yet in audit_index. Another process appending to the
+	// same database makes the next append here fail on its sequence
 	// number rather than fork the log.
 	appendMu sync.Mutex
 	nextSeq  uint64
+	pending  []indexRow
 }
 
 var (
@@ -65,9 +67,14 @@ const schemaVersion = "1"
 var schema = []string{
 	`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT`,
 	`CREATE TABLE audit_records (
+		seq    INTEGER PRIMARY KEY,
+		data   BLOB NOT NULL,
+		hashes BLOB NOT NULL
+	) STRICT`,
+	// The query index: what each record holds, derived from its bytes,
+	// written some appends after the record (see index.go).
+	`CREATE TABLE audit_index (
 		seq       INTEGER PRIMARY KEY,
-		data      BLOB NOT NULL,
-		hashes    BLOB NOT NULL,
 		time      INTEGER NOT NULL, -- Unix microseconds, rounded down
 		namespace TEXT NOT NULL,
 		event     TEXT NOT NULL,
@@ -76,13 +83,13 @@ var schema = []string{
 		tool      TEXT NOT NULL,
 		outcome   TEXT NOT NULL
 	) STRICT`,
-	`CREATE INDEX audit_by_time ON audit_records (time)`,
-	`CREATE INDEX audit_by_namespace ON audit_records (namespace, seq)`,
-	`CREATE INDEX audit_by_event ON audit_records (event, seq)`,
-	`CREATE INDEX audit_by_agent ON audit_records (agent, seq)`,
-	`CREATE INDEX audit_by_session ON audit_records (session, seq)`,
-	`CREATE INDEX audit_by_tool ON audit_records (tool, seq)`,
-	`CREATE INDEX audit_by_outcome ON audit_records (outcome, seq)`,
+	`CREATE INDEX audit_by_time ON audit_index (time)`,
+	`CREATE INDEX audit_by_namespace ON audit_index (namespace, seq)`,
+	`CREATE INDEX audit_by_event ON audit_index (event, seq)`,
+	`CREATE INDEX audit_by_agent ON audit_index (agent, seq)`,
+	`CREATE INDEX audit_by_session ON audit_index (session, seq)`,
+	`CREATE INDEX audit_by_tool ON audit_index (tool, seq)`,
+	`CREATE INDEX audit_by_outcome ON audit_index (outcome, seq)`,
 	`CREATE TABLE audit_checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL) STRICT`,
 	`INSERT INTO meta (key, value) VALUES ('schema_version', '` + schemaVersion + `')`,
 }
@@ -130,12 +137,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 			s.Close()
 			return nil, err
 		}
-		s.insert, err = s.writer.PrepareContext(ctx, `INSERT INTO audit_records
-			(seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
+		if err := s.catchUpIndex(ctx); err != nil {
 			s.Close()
-			return nil, s.wrap("preparing", err)
+			return nil, err
 		}
 	}
 	return s, nil
@@ -199,11 +203,11 @@ func (s *Store) wrap(what string, err error) error {
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the database.
+// Close writes the index rows still pending and closes the database.
 func (s *Store) Close() error {
 	var errs []error
-	if s.insert != nil {
-		errs = append(errs, s.insert.Close())
+	if s.writer != nil {
+		errs = append(errs, s.flushIndex(context.Background()))
 	}
 	if s.writer != nil {
 		errs = append(errs, s.writer.Close())
