@@ -79,7 +79,7 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
 			Reason: "budget store unavailable", Trust: d, Cause: err})
 	}
-	return s.run(ctx, &rec, res, d, fn)
+	return s.run(ctx, &rec, &res, d, fn)
 }
 
 // run calls fn under a reservation and records the outcome.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -342,5 +343,46 @@ func TestCheckpointStoreFailure(t *testing.T) {
 	}
 	if err := l.Close(); !errors.Is(err, errStore) {
 		t.Errorf("Close with AddCheckpoint failing: got error %v, want %v", err, errStore)
+	}
+}
+
+// A checkpoint directory keeps every checkpoint, by size, and the latest.
+func TestCheckpointDirectory(t *testing.T) {
+	skey, _, err := audit.GenerateKey("dir-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, verifier, err := audit.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctx := context.Background()
+	l := newLog(t, audit.NewMemoryStore(), audit.Options{Signer: signer, Verifier: verifier,
+		CheckpointEvery: 3, CheckpointInterval: -1, CheckpointFile: dir})
+	for range 7 {
+		if _, err := l.Log(ctx, audit.Record{Event: "e"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []uint64{3, 6, 7} {
+		signed, err := os.ReadFile(filepath.Join(dir, strconv.FormatUint(size, 10)))
+		if err != nil {
+			t.Fatalf("checkpoint of size %d not in the directory: %v", size, err)
+		}
+		cp, err := audit.OpenCheckpoint(signed, verifier)
+		if err != nil || cp.Size != size {
+			t.Errorf("file %d holds checkpoint %+v, %v", size, cp, err)
+		}
+	}
+	latest, err := os.ReadFile(filepath.Join(dir, "latest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := audit.OpenCheckpoint(latest, verifier); err != nil || cp.Size != 7 {
+		t.Errorf("latest = %+v, %v; want size 7", cp, err)
 	}
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"math/bits"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -12,8 +13,8 @@ import (
 // Appends are group-committed. A caller whose record is encoded and
 // hashed joins a queue; if no one is committing, it becomes the leader:
 // it takes the queue (up to maxBatch records), extends the Merkle tree,
-// writes the batch with one
-// Store.Append, and wakes the others with their results. If more records
+// writes the batch with one Store.Append, and wakes the others with their
+// results. If more records
 // queued meanwhile, it hands leadership to the first of them and returns,
 // so no caller commits for others indefinitely. Without contention every
 // caller is its own leader and never waits; under contention the store
@@ -138,14 +139,19 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 // is due.
 func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 	l.headMu.Lock()
-	size, front := l.size, l.front
+	size := l.size
 	l.headMu.Unlock()
 
+	// The batch extends the leader's working frontier; touched notes the
+	// levels it changes, to publish or roll back.
+	var touched uint64
 	hashes := l.hashes[:0]
 	entries := l.entries[:0]
 	for i, p := range batch {
 		start := len(hashes)
-		hashes = front.appendLeaf(hashes, size+uint64(i), p.leaf)
+		n := size + uint64(i)
+		touched |= 1 << bits.TrailingZeros64(^n)
+		hashes = l.work.appendLeaf(hashes, n, p.leaf)
 		entries = append(entries, Entry{Seq: size + uint64(i), Data: p.buf[1:],
 			Hashes: hashes[start:len(hashes):len(hashes)], Record: &p.rec})
 	}
@@ -162,10 +168,12 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 		for _, p := range batch {
 			p.err = failure
 		}
+		copyLevels(&l.work, &l.front, touched)
 	} else {
 		newSize := size + uint64(len(batch))
 		l.headMu.Lock()
-		l.size, l.front = newSize, front
+		l.size = newSize
+		copyLevels(&l.front, &l.work, touched)
 		l.headMu.Unlock()
 		if l.failure.Load() != nil {
 			l.failure.Store(nil)
@@ -210,4 +218,13 @@ func (l *Log) landed(ctx context.Context, entries []Entry) bool {
 		}
 	}
 	return true
+}
+
+// copyLevels copies the frontier levels set in mask from src to dst.
+func copyLevels(dst, src *frontier, mask uint64) {
+	for mask != 0 {
+		k := bits.TrailingZeros64(mask)
+		dst[k] = src[k]
+		mask &^= 1 << k
+	}
 }

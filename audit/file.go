@@ -3,7 +3,20 @@ package audit
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 )
+
+// writeCheckpointFile writes a signed checkpoint to path, or, if path is
+// a directory, to path/<size> and path/latest.
+func writeCheckpointFile(path string, size uint64, signed []byte) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		if err := writeFileAtomic(filepath.Join(path, strconv.FormatUint(size, 10)), signed); err != nil {
+			return err
+		}
+		return writeFileAtomic(filepath.Join(path, "latest"), signed)
+	}
+	return writeFileAtomic(path, signed)
+}
 
 // writeFileAtomic replaces path with data so that a crash leaves either
 // the old file or the new one: write a temporary file beside it, sync it,

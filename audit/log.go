@@ -42,7 +42,10 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// CheckpointFile, if set, receives every new signed checkpoint,
 	// replacing the file atomically: keep it away from the log's store,
-	// as the anchor that catches a rewritten or truncated log.
+	// as the anchor that catches a rewritten or truncated log. If it
+	// names an existing directory, each checkpoint is written there as a
+	// file of its own, named by its size, and "latest" is replaced with
+	// the newest.
 	CheckpointFile string
 }
 
@@ -80,6 +83,8 @@ type Log struct {
 	headMu sync.Mutex
 	size   uint64
 	front  frontier
+	// work is the leader's copy of front, equal to it between batches.
+	work frontier
 
 	cpMu   sync.Mutex // serializes signing; guards cpSize and hasCP
 	cpSize uint64
@@ -152,6 +157,7 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		for i, lv := range levels {
 			l.front[lv] = hashes[i]
 		}
+		l.work = l.front
 	}
 	l.size = size
 	if err := l.checkLatestCheckpoint(ctx); err != nil {
@@ -325,7 +331,7 @@ func (l *Log) checkpoint(ctx context.Context) error {
 		return l.failCheckpoint(fmt.Errorf("storing checkpoint: %w", err))
 	}
 	if l.cpFile != "" {
-		if err := writeFileAtomic(l.cpFile, signed); err != nil {
+		if err := writeCheckpointFile(l.cpFile, size, signed); err != nil {
 			return l.failCheckpoint(fmt.Errorf("writing checkpoint file: %w", err))
 		}
 	}

@@ -99,27 +99,30 @@ func (e *Enforcer) Usage(ctx context.Context, session string) (State, error) {
 // has used its call limit or its token limit. The reservation must be
 // committed with the tokens the call used, or released if the call did
 // not happen.
-func (e *Enforcer) Reserve(ctx context.Context, session string) (*Reservation, error) {
+func (e *Enforcer) Reserve(ctx context.Context, session string) (Reservation, error) {
 	if err := CheckSession(session); err != nil {
-		return nil, err
+		return Reservation{}, err
 	}
 	st, err := e.store.Reserve(ctx, session)
 	if errors.Is(err, ErrUnknownSession) {
 		if _, err = e.store.Create(ctx, session, e.defaults); err != nil {
-			return nil, err
+			return Reservation{}, err
 		}
 		st, err = e.store.Reserve(ctx, session)
 	}
 	if err != nil {
-		return nil, err
+		return Reservation{}, err
 	}
-	return &Reservation{store: e.store, session: session, state: st}, nil
+	return Reservation{store: e.store, session: session, state: st}, nil
 }
 
 // A Reservation holds one call slot of a session until it is committed or
-// released. It is a pointer so that it closes once, however it is passed
-// around; use it from one goroutine.
+// released. Use it from one goroutine, and never copy it: a copy could
+// give the slot back twice. go vet reports copies, as it does for
+// sync.Mutex; pass a *Reservation instead. It is a value so that taking a
+// slot allocates nothing.
 type Reservation struct {
+	_       noCopy
 	store   Store
 	session string
 	state   State
@@ -162,3 +165,10 @@ func (r *Reservation) Release(ctx context.Context) error {
 	r.closed = true
 	return nil
 }
+
+// noCopy makes go vet's copylocks check report copies of the struct that
+// holds it.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}

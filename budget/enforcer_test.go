@@ -36,7 +36,7 @@ func reserve(t *testing.T, e *budget.Enforcer, session string) *budget.Reservati
 	if err != nil {
 		t.Fatalf("Reserve(%q): %v", session, err)
 	}
-	return r
+	return &r
 }
 
 func TestNewEnforcer(t *testing.T) {
