@@ -17,6 +17,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 )
 
 // The test vectors in testdata/ pin the format docs/audit-format.md
@@ -69,28 +70,17 @@ func TestVectors(t *testing.T) {
 		leaf := tlog.RecordHash(data)
 		fmt.Fprintf(&records, `{"index":%d,"leaf_hash":%q,"record":%s}`+"\n", i, base64.StdEncoding.EncodeToString(leaf[:]), data)
 	}
-	// Tree hashes, computed independently of the audit package.
-	var all []tlog.Hash
-	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			out[i] = all[x]
-		}
-		return out, nil
-	})
+	// Tree hashes, computed with tlog, independently of the audit package.
+	var reader audittest.Tree
 	var tree bytes.Buffer
 	for n := 0; n <= len(datas); n++ {
-		root, err := tlog.TreeHash(int64(n), reader)
+		root, err := tlog.TreeHash(int64(n), &reader)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(&tree, "%d %s\n", n, base64.StdEncoding.EncodeToString(root[:]))
 		if n < len(datas) {
-			hs, err := tlog.StoredHashes(int64(n), datas[n], reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			all = append(all, hs...)
+			reader.Add(datas[n])
 		}
 	}
 
@@ -103,7 +93,7 @@ func TestVectors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		root, _ := tlog.TreeHash(int64(len(datas)), reader)
+		root, _ := tlog.TreeHash(int64(len(datas)), &reader)
 		cp, err := audit.SignCheckpoint(audit.Checkpoint{Origin: "vectors.agentsec.test", Size: uint64(len(datas)), Root: root}, signer)
 		if err != nil {
 			t.Fatal(err)

@@ -98,16 +98,18 @@ func encode(r *audit.Record) []byte {
 	return b
 }
 
-// A tree builds entries as audit.Log would, but with tlog's own
-// functions, so the suite does not trust the package it tests: each
-// entry's Hashes are tlog.StoredHashes over the hashes stored before it.
-type tree struct {
+// A Tree builds entries as audit.Log would, but with tlog's own
+// functions, so a test need not trust the package it tests: each entry's
+// Hashes are tlog.StoredHashes over the hashes stored before it. Tests use
+// it to fill a store quickly, or to forge a consistent log. The zero Tree
+// is empty and ready to use.
+type Tree struct {
 	hashes []audit.Hash // every stored hash, by stored hash index
 	size   uint64
 }
 
 // ReadHashes implements tlog.HashReader.
-func (tr *tree) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+func (tr *Tree) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
 		if x < 0 || x >= int64(len(tr.hashes)) {
@@ -118,8 +120,8 @@ func (tr *tree) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// add returns the entry that appends data to the tree.
-func (tr *tree) add(data []byte) audit.Entry {
+// Add returns the entry that appends data to the tree.
+func (tr *Tree) Add(data []byte) audit.Entry {
 	seq := tr.size
 	hashes, err := tlog.StoredHashes(int64(seq), data, tr)
 	if err != nil {
@@ -134,7 +136,7 @@ func (tr *tree) add(data []byte) audit.Entry {
 }
 
 // root returns the tree hash of its first n entries.
-func (tr *tree) root(t *testing.T, n uint64) audit.Hash {
+func (tr *Tree) root(t *testing.T, n uint64) audit.Hash {
 	t.Helper()
 	h, err := tlog.TreeHash(int64(n), tr)
 	if err != nil {
@@ -144,11 +146,11 @@ func (tr *tree) root(t *testing.T, n uint64) audit.Hash {
 }
 
 // makeEntries returns entries 0 to n-1 of the suite's log and their tree.
-func makeEntries(n int) ([]audit.Entry, *tree) {
-	tr := new(tree)
+func makeEntries(n int) ([]audit.Entry, *Tree) {
+	tr := new(Tree)
 	entries := make([]audit.Entry, n)
 	for i := range entries {
-		entries[i] = tr.add(recordData(uint64(i)))
+		entries[i] = tr.Add(recordData(uint64(i)))
 	}
 	return entries, tr
 }
@@ -231,7 +233,7 @@ func wantEntries(t *testing.T, what string, got, want []audit.Entry) {
 
 // wantHashes fails the test unless the store holds exactly the hashes of
 // tr's first n entries: each can be read, and the next index cannot.
-func wantHashes(t *testing.T, s audit.Store, tr *tree, n uint64) {
+func wantHashes(t *testing.T, s audit.Store, tr *Tree, n uint64) {
 	t.Helper()
 	count := tlog.StoredHashIndex(0, int64(n))
 	indexes := make([]int64, count)
@@ -573,7 +575,7 @@ func testKey(t *testing.T, name string) (note.Signer, note.Verifier) {
 }
 
 // sign returns a signed checkpoint of tr's first n entries.
-func sign(t *testing.T, signer note.Signer, tr *tree, n uint64) []byte {
+func sign(t *testing.T, signer note.Signer, tr *Tree, n uint64) []byte {
 	t.Helper()
 	signed, err := audit.SignCheckpoint(audit.Checkpoint{Origin: "audittest", Size: n, Root: tr.root(t, n)}, signer)
 	if err != nil {
@@ -1066,14 +1068,14 @@ func testQuery(t *testing.T, s audit.Store) {
 
 	// The first records are appended by hand, without Entry.Record, the
 	// rest by a Log, which may hand the store the decoded record.
-	tr := new(tree)
+	tr := new(Tree)
 	var entries []audit.Entry
 	for i, r := range recs[:40] {
 		r.Time = at(i)
 		if r.Namespace == "" {
 			r.Namespace = "app"
 		}
-		entries = append(entries, tr.add(encode(&r)))
+		entries = append(entries, tr.Add(encode(&r)))
 	}
 	appendEntries(t, s, entries)
 	var mu sync.Mutex

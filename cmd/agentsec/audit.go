@@ -40,29 +40,14 @@ Run 'agentsec audit <command> -h' for a command's flags.
 `
 
 func (m *Main) runAudit(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(m.Stderr, auditUsage)
-		return flag.ErrHelp
-	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "verify":
-		return m.runAuditVerify(ctx, args)
-	case "query":
-		return m.runAuditQuery(ctx, args)
-	case "export":
-		return m.runAuditExport(ctx, args)
-	case "checkpoint":
-		return m.runAuditCheckpoint(ctx, args)
-	case "prove":
-		return m.runAuditProve(ctx, args)
-	case "check-proof":
-		return m.runAuditCheckProof(ctx, args)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(m.Stdout, auditUsage)
-		return nil
-	}
-	return fmt.Errorf("unknown command \"audit %s\"; run 'agentsec audit help' for the list", cmd)
+	return m.dispatch(ctx, args, "audit ", auditUsage, map[string]func(context.Context, []string) error{
+		"verify":      m.runAuditVerify,
+		"query":       m.runAuditQuery,
+		"export":      m.runAuditExport,
+		"checkpoint":  m.runAuditCheckpoint,
+		"prove":       m.runAuditProve,
+		"check-proof": m.runAuditCheckProof,
+	})
 }
 
 // newFlagSet returns the flag set of the command "agentsec <name>", whose

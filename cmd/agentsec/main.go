@@ -89,24 +89,33 @@ Commands:
 // Run runs the command named by args[0]. It returns flag.ErrHelp after
 // printing usage for a missing command or for help.
 func (m *Main) Run(ctx context.Context, args []string) error {
+	return m.dispatch(ctx, args, "", usage, map[string]func(context.Context, []string) error{
+		"demo":   m.runDemo,
+		"keygen": m.runKeygen,
+		"audit":  m.runAudit,
+		"version": func(context.Context, []string) error {
+			fmt.Fprintln(m.Stdout, "agentsec", version)
+			return nil
+		},
+	})
+}
+
+// dispatch runs the command of cmds that args[0] names. group is the
+// words before it ("audit " for agentsec audit …), for messages; usage is
+// printed for help, and to stderr with flag.ErrHelp when args is empty.
+func (m *Main) dispatch(ctx context.Context, args []string, group, usage string, cmds map[string]func(context.Context, []string) error) error {
 	if len(args) == 0 {
 		fmt.Fprint(m.Stderr, usage)
 		return flag.ErrHelp
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
-	case "demo":
-		return m.runDemo(ctx, args)
-	case "keygen":
-		return m.runKeygen(ctx, args)
-	case "audit":
-		return m.runAudit(ctx, args)
-	case "version":
-		fmt.Fprintln(m.Stdout, "agentsec", version)
-		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(m.Stdout, usage)
 		return nil
 	}
-	return fmt.Errorf("unknown command %q; run 'agentsec help' for the list", cmd)
+	if run, ok := cmds[cmd]; ok {
+		return run(ctx, args)
+	}
+	return fmt.Errorf("unknown command \"%s%s\"; run 'agentsec %shelp' for the list", group, cmd, group)
 }

@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/mod/sumdb/tlog"
-
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -123,14 +122,7 @@ func BenchmarkDurableAppend(b *testing.B) {
 func fillLog(b *testing.B, st audit.Store, n int, sessions int) {
 	b.Helper()
 	ctx := context.Background()
-	var all []tlog.Hash
-	reader := tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(indexes))
-		for i, x := range indexes {
-			out[i] = all[x]
-		}
-		return out, nil
-	})
+	var tree audittest.Tree
 	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	batch := make([]audit.Entry, 0, 10_000)
 	for i := range n {
@@ -142,12 +134,9 @@ func fillLog(b *testing.B, st audit.Store, n int, sessions int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		hs, err := tlog.StoredHashes(int64(i), data, reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		all = append(all, hs...)
-		batch = append(batch, audit.Entry{Seq: uint64(i), Data: data, Hashes: hs, Record: &r})
+		e := tree.Add(data)
+		e.Record = &r
+		batch = append(batch, e)
 		if len(batch) == cap(batch) || i == n-1 {
 			if err := st.Append(ctx, batch); err != nil {
 				b.Fatal(err)

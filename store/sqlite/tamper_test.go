@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
-	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -309,22 +309,10 @@ func TestVerifyFindsRewrittenHashes(t *testing.T) {
 // who rewrites records would.
 func rebuildHashes(t *testing.T, entries []audit.Entry) [][]byte {
 	t.Helper()
-	var all []tlog.Hash
-	reader := tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(indexes))
-		for i, x := range indexes {
-			out[i] = all[x]
-		}
-		return out, nil
-	})
+	var tree audittest.Tree
 	blobs := make([][]byte, len(entries))
 	for i, e := range entries {
-		hs, err := tlog.StoredHashes(int64(i), e.Data, reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, hs...)
-		for _, h := range hs {
+		for _, h := range tree.Add(e.Data).Hashes {
 			blobs[i] = append(blobs[i], h[:]...)
 		}
 	}
