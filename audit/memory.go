@@ -18,6 +18,10 @@ import (
 // costs few allocations, no copying as it grows, and little
 // garbage-collector work.
 type MemoryStore struct {
+	chunkPool *warm[[]byte]
+	refPool   *warm[[memoryPageSize]dataRef]
+	hashPool  *warm[[memoryPageSize]Hash]
+
 	mu          sync.RWMutex
 	size        uint64
 	hashCount   int64
@@ -40,7 +44,12 @@ type dataRef struct{ chunk, off, n uint32 }
 
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{checkpoints: map[uint64][]byte{}}
+	return &MemoryStore{
+		checkpoints: map[uint64][]byte{},
+		chunkPool:   newWarm(func() *[]byte { b := make([]byte, 0, memoryChunk); return &b }, touchBytes),
+		refPool:     newWarm(func() *[memoryPageSize]dataRef { return new([memoryPageSize]dataRef) }, touchRefs),
+		hashPool:    newWarm(func() *[memoryPageSize]Hash { return new([memoryPageSize]Hash) }, touchHashes),
+	}
 }
 
 func (s *MemoryStore) ref(seq uint64) *dataRef {
@@ -72,12 +81,12 @@ func (s *MemoryStore) Append(_ context.Context, entries []Entry) error {
 	}
 	for _, e := range entries {
 		if s.size%memoryPageSize == 0 {
-			s.refs = append(s.refs, new([memoryPageSize]dataRef))
+			s.refs = append(s.refs, s.refPool.get())
 		}
 		*s.ref(s.size) = s.pack(e.Data)
 		for _, h := range e.Hashes {
 			if s.hashCount%memoryPageSize == 0 {
-				s.hashes = append(s.hashes, new([memoryPageSize]Hash))
+				s.hashes = append(s.hashes, s.hashPool.get())
 			}
 			*s.hash(s.hashCount) = h
 			s.hashCount++
@@ -91,7 +100,11 @@ func (s *MemoryStore) Append(_ context.Context, entries []Entry) error {
 func (s *MemoryStore) pack(data []byte) dataRef {
 	last := len(s.chunks) - 1
 	if last < 0 || len(s.chunks[last])+len(data) > cap(s.chunks[last]) {
-		s.chunks = append(s.chunks, make([]byte, 0, max(memoryChunk, len(data))))
+		chunk := *s.chunkPool.get()
+		if cap(chunk) < len(data) {
+			chunk = make([]byte, 0, len(data))
+		}
+		s.chunks = append(s.chunks, chunk)
 		last++
 	}
 	c := s.chunks[last]
