@@ -51,3 +51,39 @@ func TestLostAcknowledgement(t *testing.T) {
 		t.Fatalf("Verify = %d, %v", n, err)
 	}
 }
+
+// corruptStore serves record bad with one byte changed.
+type corruptStore struct {
+	audit.Store
+	bad uint64
+}
+
+func (s corruptStore) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
+	return s.Store.Scan(ctx, from, to, func(e audit.Entry) error {
+		if e.Seq == s.bad {
+			data := append([]byte(nil), e.Data...)
+			data[len(data)-3] ^= 1
+			e.Data = data
+		}
+		return fn(e)
+	})
+}
+
+// A failed Verify still says how many records checked out before the bad one.
+func TestVerifyCountsRecordsBeforeFailure(t *testing.T) {
+	ctx := context.Background()
+	mem := audit.NewMemoryStore()
+	l, err := audit.NewLog(ctx, mem, audit.Options{Namespace: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if _, err := l.Log(ctx, audit.Record{Event: "e"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := audit.Verify(ctx, corruptStore{mem, 6}, audit.VerifyOptions{})
+	if !errors.Is(err, audit.ErrVerify) || res.Records != 6 {
+		t.Fatalf("Verify = %d records, %v; want 6 and a verification error", res.Records, err)
+	}
+}

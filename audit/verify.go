@@ -35,7 +35,8 @@ type VerifyOptions struct {
 
 // VerifyResult describes a verified log.
 type VerifyResult struct {
-	// Records is how many records were checked.
+	// Records is how many records were checked; when Verify fails, how
+	// many checked out before the first failure.
 	Records uint64
 	// Root is the hash of the tree of those records.
 	Root Hash
@@ -164,6 +165,8 @@ func Verify(ctx context.Context, store Store, opts VerifyOptions) (VerifyResult,
 		}
 		return nil
 	})
+	// On failure, Records says how many records checked out before it.
+	res.Records = next
 	if err != nil {
 		if errors.Is(err, ErrVerify) {
 			return res, err
