@@ -371,7 +371,7 @@ func (g *Gate) resolve(a Assignment, now time.Time) (grantKey, grant, error) {
 	if err := checkID("scope", a.Scope); err != nil {
 		return grantKey{}, grant{}, fmt.Errorf("trust: %w", err)
 	}
-	lv, err := g.policy.ladder.Parse(a.Level)
+	lv, err := g.policy.ladder.parse(a.Level)
 	if err != nil {
 		return grantKey{}, grant{}, fmt.Errorf("trust: assignment for agent %q: %w", a.Agent, err)
 	}

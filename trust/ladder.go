@@ -122,10 +122,19 @@ func (l *Ladder) Highest() Level { return Level(len(l.levels) - 1) }
 // Parse returns the level named name. An unknown name is an error wrapping
 // ErrUnknownLevel that lists the ladder's levels.
 func (l *Ladder) Parse(name string) (Level, error) {
+	lv, err := l.parse(name)
+	if err != nil {
+		return 0, fmt.Errorf("trust: %w", err)
+	}
+	return lv, nil
+}
+
+// parse is Parse for errors that callers in this package wrap themselves.
+func (l *Ladder) parse(name string) (Level, error) {
 	if lv, ok := l.index[name]; ok {
 		return lv, nil
 	}
-	return 0, fmt.Errorf("trust: %w %q on ladder %q (levels: %s)",
+	return 0, fmt.Errorf("%w %q on ladder %q (levels: %s)",
 		ErrUnknownLevel, name, l.name, strings.Join(l.levels, " < "))
 }
 

@@ -53,7 +53,7 @@ func NewPolicy(ladder *Ladder, rules []Rule, defaultLevel string) (*Policy, erro
 			return nil, fmt.Errorf("trust: rule %d: tool %q already has a rule", i+1, r.Tool)
 		}
 		seen[r.Tool] = true
-		lv, err := ladder.Parse(r.Level)
+		lv, err := ladder.parse(r.Level)
 		if err != nil {
 			return nil, fmt.Errorf("trust: rule %d for tool %q: %w", i+1, r.Tool, err)
 		}
@@ -69,7 +69,7 @@ func NewPolicy(ladder *Ladder, rules []Rule, defaultLevel string) (*Policy, erro
 	}
 	slices.SortStableFunc(p.patterns, func(a, b patternRule) int { return cmp.Compare(b.level, a.level) })
 	if defaultLevel != "" {
-		lv, err := ladder.Parse(defaultLevel)
+		lv, err := ladder.parse(defaultLevel)
 		if err != nil {
 			return nil, fmt.Errorf("trust: default level: %w", err)
 		}

@@ -82,6 +82,8 @@ Commands:
 	keygen     make a key pair for signing audit checkpoints
 	audit      verify, query, export and prove a durable audit log;
 	           run 'agentsec audit help' for its commands
+	config     check an agentsec.yaml: agentsec config check FILE
+	token      make a bearer token for an agent, and its hash for the config
 	version    print the version
 	help       print this help
 `
@@ -93,6 +95,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		"demo":   m.runDemo,
 		"keygen": m.runKeygen,
 		"audit":  m.runAudit,
+		"config": m.runConfig,
+		"token":  m.runToken,
 		"version": func(context.Context, []string) error {
 			fmt.Fprintln(m.Stdout, "agentsec", version)
 			return nil

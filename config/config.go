@@ -1,0 +1,216 @@
+// Package config reads agentsec.yaml, the one file that configures an
+// agentsec gateway: the trust ladder, tool rules and agents, session
+// limits, the audit log and its signing key, the listen address and the
+// upstream MCP servers. docs/config.md documents every field.
+//
+// Decoding is strict: an unknown key, a value of the wrong type, or a
+// setting that fails validation is an error naming its line. Nothing is
+// started or created here; Load only reads the file and the files it
+// names.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is agentsec.yaml.
+type Config struct {
+	// Namespace is stamped on every audit record the gateway writes.
+	Namespace string `yaml:"namespace"`
+	Trust     Trust  `yaml:"trust"`
+	Budget    Budget `yaml:"budget"`
+	Audit     Audit  `yaml:"audit"`
+	// Listen is the address "agentsec serve" listens on, such as
+	// "127.0.0.1:8080".
+	Listen string `yaml:"listen"`
+	// StdioAgent is the agent "agentsec proxy" speaks for: over stdio the
+	// gateway serves one client, whose identity is configured, not
+	// claimed.
+	StdioAgent string `yaml:"stdio_agent"`
+	// Upstreams are the MCP servers the gateway fronts.
+	Upstreams []Upstream `yaml:"upstreams"`
+
+	// dir is the directory of the file, for relative paths in it.
+	dir string
+}
+
+// Trust configures the trust gate.
+type Trust struct {
+	// Ladder is "default" (public < verified < privileged), "aumos", or a
+	// list of level names, lowest first. Empty means "default".
+	Ladder Ladder `yaml:"ladder"`
+	// DefaultLevel is required by tools no rule covers; empty denies them.
+	DefaultLevel string `yaml:"default_level"`
+	// Rules map tool names or glob patterns to required levels.
+	Rules []Rule `yaml:"rules"`
+	// Agents are the agents and the levels an operator assigned them.
+	Agents []Agent `yaml:"agents"`
+}
+
+// Ladder names a built-in ladder or lists custom levels.
+type Ladder struct {
+	Builtin string
+	Levels  []string
+}
+
+// UnmarshalYAML accepts a name or a list of level names.
+func (l *Ladder) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return n.Decode(&l.Builtin)
+	case yaml.SequenceNode:
+		return n.Decode(&l.Levels)
+	}
+	return fmt.Errorf("line %d: ladder must be a name or a list of level names", n.Line)
+}
+
+// Rule says which level a tool requires.
+type Rule struct {
+	// Tool is a tool name or a glob pattern ('*', '?', '[…]').
+	Tool  string `yaml:"tool"`
+	Level string `yaml:"level"`
+}
+
+// Agent is one agent and the level assigned to it.
+type Agent struct {
+	// ID names the agent in decisions and audit records.
+	ID    string `yaml:"id"`
+	Level string `yaml:"level"`
+	// Scope, if set, limits the assignment to requests in that scope.
+	Scope string `yaml:"scope"`
+	// Expires, if set, is when the assignment lapses and the agent falls
+	// to the lowest level (RFC 3339).
+	Expires time.Time `yaml:"expires"`
+	// TokenSHA256 is the hex SHA-256 of the bearer token the agent
+	// presents over HTTP; "agentsec token" makes a token and its hash.
+	// The token itself is never stored.
+	TokenSHA256 string `yaml:"token_sha256"`
+}
+
+// Budget is every session's fixed limits.
+type Budget struct {
+	Tokens int64 `yaml:"tokens"`
+	Calls  int64 `yaml:"calls"`
+}
+
+// Audit configures the audit log.
+type Audit struct {
+	// Path is the SQLite database of the log, created on first start.
+	// Empty keeps the log in memory, which "agentsec serve" refuses.
+	Path string `yaml:"path"`
+	// KeyFile is the signer key made by "agentsec keygen"; required with
+	// Path.
+	KeyFile string `yaml:"key_file"`
+	// CheckpointEvery, CheckpointInterval and CheckpointFile: a checkpoint
+	// is signed after that many records (default 1000), at least that
+	// often while records arrive (default 10s), and each is written to
+	// that file or directory, which should be away from the log.
+	CheckpointEvery    uint64        `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	CheckpointFile     string        `yaml:"checkpoint_file"`
+}
+
+// Upstream is one MCP server behind the gateway: a command spoken to over
+// stdio, or a streamable-HTTP URL.
+type Upstream struct {
+	// Name prefixes the upstream's tool names when several upstreams are
+	// combined: "<name>.<tool>".
+	Name string `yaml:"name"`
+	// Command and Args start a stdio server; Env adds to its environment.
+	Command string            `yaml:"command"`
+	Args    []string          `yaml:"args"`
+	Env     map[string]string `yaml:"env"`
+	// URL is a streamable-HTTP server's endpoint.
+	URL string `yaml:"url"`
+}
+
+// maxFileSize bounds the configuration file.
+const maxFileSize = 1 << 20
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: reading %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("config: %s is larger than %d bytes", path, maxFileSize)
+	}
+	cfg, err := Parse(data, filepath.Dir(path))
+	if err != nil {
+		// Name the file on every line, as compilers do.
+		lines := strings.Split(err.Error(), "\n")
+		for i := range lines {
+			lines[i] = path + ": " + lines[i]
+		}
+		return nil, errors.New(strings.Join(lines, "\n"))
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates a configuration. Relative paths in it are
+// taken relative to dir. Every problem found is reported, each on a line
+// of its own starting with its line in the file.
+func Parse(data []byte, dir string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, yamlError(err)
+	}
+	if root.Kind == 0 {
+		return nil, errors.New("line 1: the configuration is empty")
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	cfg := &Config{dir: dir}
+	if err := dec.Decode(cfg); err != nil {
+		return nil, yamlError(err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); err != io.EOF {
+		return nil, fmt.Errorf("line %d: only one YAML document is allowed", more.Line)
+	}
+	v := &validator{root: &root}
+	cfg.validate(v)
+	if len(v.problems) > 0 {
+		return nil, errors.New(strings.Join(v.problems, "\n"))
+	}
+	return cfg, nil
+}
+
+var fieldNotFound = regexp.MustCompile(`field (\S+) not found in type config\.(\S+)`)
+
+// yamlError rewrites the YAML package's messages for people.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	lines := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		lines[i] = fieldNotFound.ReplaceAllString(e, `unknown key "$1" in $2`)
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// Path resolves a path from the file relative to the file's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}

@@ -1,0 +1,184 @@
+package config_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/config"
+)
+
+// exampleDir copies the example configuration and its key to a fresh
+// directory, so that the audit database it names is created there.
+func exampleDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"agentsec.yaml", "demo.key"} {
+		data, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "anchor"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestExample(t *testing.T) {
+	dir := exampleDir(t)
+	cfg, err := config.Load(filepath.Join(dir, "agentsec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Namespace != "my-gateway" || len(cfg.Trust.Rules) != 3 || len(cfg.Trust.Agents) != 3 ||
+		cfg.Audit.CheckpointInterval != 10*time.Second || len(cfg.Upstreams) != 2 ||
+		cfg.Upstreams[0].Args[1] != "@modelcontextprotocol/server-filesystem" || cfg.Upstreams[1].URL != "http://127.0.0.1:9000/mcp" {
+		t.Errorf("decoded %+v", cfg)
+	}
+	sc, err := cfg.StackConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Audit.Path != filepath.Join(dir, "audit.db") || sc.Audit.SignerKey == "" {
+		t.Errorf("audit path %q, key set %v; want the path resolved beside the file and the key read",
+			sc.Audit.Path, sc.Audit.SignerKey != "")
+	}
+	stack, err := agentsec.New(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stack.Close()
+	for _, tc := range []struct {
+		req  agentsec.Request
+		want bool
+	}{
+		{agentsec.Request{Agent: "claude-desktop", Tool: "fs.write_file"}, true},
+		{agentsec.Request{Agent: "ci-bot", Tool: "fs.write_file"}, false},
+		{agentsec.Request{Agent: "ci-bot", Tool: "shell.exec", Scope: "release"}, true},
+		{agentsec.Request{Agent: "claude-desktop", Tool: "unknown"}, false},
+	} {
+		if d := stack.TrustGate.Check(tc.req); d.Allowed != tc.want {
+			t.Errorf("Check(%+v) = %v, want allowed %v", tc.req, d, tc.want)
+		}
+	}
+	err = stack.Guard(context.Background(), agentsec.Request{Agent: "claude-desktop", Session: "s", Tool: "fs.read_file"},
+		func(context.Context) (int64, error) { return 1, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	dir := exampleDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "demo.pub"), []byte("config-test+12345678+AAAA\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := `namespace: n
+budget: {tokens: 10, calls: 10}
+`
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"empty", ``, "line 1: the configuration is empty"},
+		{"unknown key", "namespace: n\nbudgets: {}\n", `line 2: unknown key "budgets" in Config`},
+		{"unknown nested key", base + "trust:\n  rulez: []\n", `line 4: unknown key "rulez" in Trust`},
+		{"wrong type", base + "listen: [1]\n", "line 3: cannot unmarshal"},
+		{"two documents", base + "---\nnamespace: m\n", "only one YAML document"},
+		{"no namespace", "budget: {tokens: 1, calls: 1}\n", "namespace: is required"},
+		{"zero calls", "namespace: n\nbudget: {tokens: 10}\n", "line 2: budget: call limit must be positive"},
+		{"unknown ladder", base + "trust:\n  ladder: nine\n", `line 4: trust.ladder: no built-in ladder "nine"`},
+		{"custom ladder repeats", base + "trust:\n  ladder: [a, b, a]\n", `lists level "a" twice`},
+		{"rule level", base + "trust:\n  rules:\n    - {tool: x, level: admin}\n", `line 5: trust.rules[0]: for tool "x": unknown trust level "admin"`},
+		{"bad pattern", base + "trust:\n  rules:\n    - {tool: \"fs.[a\", level: public}\n", "line 5: trust.rules[0]: pattern"},
+		{"duplicate rule", base + "trust:\n  rules:\n    - {tool: x, level: public}\n    - {tool: x, level: verified}\n", `line 6: trust.rules[1].tool: tool "x" has a rule already`},
+		{"default level", base + "trust:\n  default_level: top\n", "trust.default_level: default level"},
+		{"agent level", base + "trust:\n  agents:\n    - {id: a, level: root}\n", `line 5: trust.agents[0].level: unknown trust level "root"`},
+		{"agent without id", base + "trust:\n  agents:\n    - {level: public}\n", "trust.agents[0]: assignment has an empty agent id"},
+		{"duplicate agent", base + "trust:\n  agents:\n    - {id: a, level: public}\n    - {id: a, level: verified}\n", `line 6: trust.agents[1].id: agent "a" is assigned twice`},
+		{"expired", base + "trust:\n  agents:\n    - {id: a, level: public, expires: 2001-01-01T00:00:00Z}\n", "which has passed"},
+		{"bad token", base + "trust:\n  agents:\n    - {id: a, level: public, token_sha256: abc}\n", "token_sha256: is not a SHA-256"},
+		{"shared token", base + "trust:\n  agents:\n    - {id: a, level: public, token_sha256: " + strings.Repeat("ab", 32) + "}\n    - {id: b, level: public, token_sha256: " + strings.Repeat("ab", 32) + "}\n", `is agent "a"'s token too`},
+		{"path without key", base + "audit:\n  path: a.db\n", "audit.key_file: is required with audit.path"},
+		{"missing key file", base + "audit:\n  path: a.db\n  key_file: nope.key\n", "no such file"},
+		{"public key as key", base + "audit:\n  path: a.db\n  key_file: demo.pub\n", "not a signer key"},
+		{"checkpoint file without log", base + "audit:\n  checkpoint_file: x\n", "audit.checkpoint_file: needs audit.path"},
+		{"listen", base + "listen: localhost\n", `listen: "localhost" is not host:port`},
+		{"listen everywhere", base + "listen: \":8080\"\n", "listens on every interface"},
+		{"stdio agent", base + "stdio_agent: ghost\n", `stdio_agent: agent "ghost" is not among trust.agents`},
+		{"upstream neither", base + "upstreams:\n  - name: a\n", "upstreams[0]: needs a command"},
+		{"upstream both", base + "upstreams:\n  - {name: a, command: x, url: \"http://h/\"}\n", "has both a command and a url"},
+		{"upstream url", base + "upstreams:\n  - {name: a, url: \"ftp://h/\"}\n", `upstreams[0].url: "ftp://h/" is not an http`},
+		{"upstream name", base + "upstreams:\n  - {name: \"a b\", command: x}\n", `upstreams[0].name: "a b" must be`},
+		{"upstream twice", base + "upstreams:\n  - {name: a, command: x}\n  - {name: a, command: y}\n", `line 5: upstreams[1].name: "a" names another upstream`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(tt.yaml), dir)
+			if err == nil {
+				t.Fatalf("Parse succeeded, want an error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Parse error:\n%s\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Every problem is reported, each on its own line.
+func TestAllProblemsReported(t *testing.T) {
+	_, err := config.Parse([]byte("budget: {tokens: 0, calls: 1}\nlisten: nowhere\n"), t.TempDir())
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 3 {
+		t.Errorf("got %d problems, want 3 (namespace, budget, listen):\n%s", len(lines), err)
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agentsec.yaml")
+	if err := os.WriteFile(path, []byte("namespace: n\nbogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := config.Load(path)
+	if err == nil || !strings.HasPrefix(err.Error(), path+": line 2:") {
+		t.Errorf("Load error = %v, want it to start with the path and line", err)
+	}
+	if _, err := config.Load(filepath.Join(t.TempDir(), "nope.yaml")); err == nil {
+		t.Error("Load of a missing file succeeded")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	example, err := os.ReadFile(filepath.Join("testdata", "agentsec.yaml"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(example)
+	f.Add([]byte("namespace: n\nbudget: {tokens: 1, calls: 1}\n"))
+	f.Add([]byte("trust:\n  ladder: [a, b]\n  rules: [{tool: '*', level: b}]\n"))
+	f.Add([]byte("&a [*a]"))
+	f.Add([]byte("{"))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := config.Parse(data, dir)
+		if err != nil {
+			if err.Error() == "" {
+				t.Error("empty error message")
+			}
+			return
+		}
+		if cfg.Namespace == "" || cfg.Budget.Calls <= 0 || cfg.Budget.Tokens <= 0 {
+			t.Errorf("accepted a configuration that should fail validation: %+v", cfg)
+		}
+	})
+}

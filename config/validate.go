@@ -1,0 +1,257 @@
+package config
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// validator collects problems, each located by the line of the value it
+// is about.
+type validator struct {
+	root     *yaml.Node
+	problems []string
+}
+
+// errorf records a problem with the value at path, a list of mapping keys
+// and sequence indexes from the top of the file.
+func (v *validator) errorf(path []any, format string, args ...any) {
+	v.problems = append(v.problems, fmt.Sprintf("line %d: %s: %s", v.line(path), pathString(path), fmt.Sprintf(format, args...)))
+}
+
+// line returns the line of the value at path, or of the nearest enclosing
+// value the file has.
+func (v *validator) line(path []any) int {
+	n := v.root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, p := range path {
+		var next *yaml.Node
+		switch p := p.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == p {
+						next = n.Content[i+1]
+						break
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && p < len(n.Content) {
+				next = n.Content[p]
+			}
+		}
+		if next == nil {
+			break
+		}
+		n, line = next, next.Line
+	}
+	return line
+}
+
+func pathString(path []any) string {
+	var b strings.Builder
+	for _, p := range path {
+		switch p := p.(type) {
+		case string:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(p)
+		case int:
+			fmt.Fprintf(&b, "[%d]", p)
+		}
+	}
+	return b.String()
+}
+
+func at(path ...any) []any { return path }
+
+// trimTrust drops the package prefix from errors of the trust package.
+func trimTrust(err error) string { return strings.TrimPrefix(err.Error(), "trust: ") }
+
+var upstreamName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func (c *Config) validate(v *validator) {
+	if c.Namespace == "" {
+		v.errorf(at("namespace"), "is required: name the application whose decisions are logged")
+	}
+	policy := c.validateTrust(v)
+	if err := (budget.Limits{Tokens: c.Budget.Tokens, Calls: c.Budget.Calls}).Validate(); err != nil {
+		v.errorf(at("budget"), "%s", strings.TrimPrefix(err.Error(), "budget: "))
+	}
+	c.validateAudit(v)
+	if c.Listen != "" {
+		host, port, err := net.SplitHostPort(c.Listen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+			v.errorf(at("listen"), "%q is not host:port, such as 127.0.0.1:8080", c.Listen)
+		} else if host == "" {
+			v.errorf(at("listen"), "%q listens on every interface; name one, such as 127.0.0.1:%s or 0.0.0.0:%s", c.Listen, port, port)
+		}
+	}
+	if c.StdioAgent != "" && policy != nil && !c.hasAgent(c.StdioAgent) {
+		v.errorf(at("stdio_agent"), "agent %q is not among trust.agents", c.StdioAgent)
+	}
+	c.validateUpstreams(v)
+}
+
+func (c *Config) hasAgent(id string) bool {
+	for _, a := range c.Trust.Agents {
+		if a.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Ladder returns the configured ladder.
+func (t *Trust) ladder() (*trust.Ladder, error) {
+	switch {
+	case len(t.Ladder.Levels) > 0:
+		return trust.NewLadder("custom", t.Ladder.Levels...)
+	case t.Ladder.Builtin == "":
+		return trust.DefaultLadder(), nil
+	}
+	return trust.BuiltinLadder(t.Ladder.Builtin)
+}
+
+// validateTrust checks the trust section and returns its policy, or nil if
+// the ladder is unusable.
+func (c *Config) validateTrust(v *validator) *trust.Policy {
+	t := &c.Trust
+	ladder, err := t.ladder()
+	if err != nil {
+		v.errorf(at("trust", "ladder"), "%s", trimTrust(err))
+		return nil
+	}
+	seen := map[string]bool{}
+	var rules []trust.Rule
+	for i, r := range t.Rules {
+		rule := trust.Rule{Tool: r.Tool, Level: r.Level}
+		if _, err := trust.NewPolicy(ladder, []trust.Rule{rule}, ""); err != nil {
+			msg := strings.TrimPrefix(trimTrust(err), "rule 1: ")
+			v.errorf(at("trust", "rules", i), "%s", strings.TrimPrefix(msg, "rule 1 "))
+			continue
+		}
+		if seen[r.Tool] {
+			v.errorf(at("trust", "rules", i, "tool"), "tool %q has a rule already", r.Tool)
+			continue
+		}
+		seen[r.Tool] = true
+		rules = append(rules, rule)
+	}
+	policy, err := trust.NewPolicy(ladder, rules, t.DefaultLevel)
+	if err != nil {
+		v.errorf(at("trust", "default_level"), "%s", trimTrust(err))
+		policy, _ = trust.NewPolicy(ladder, rules, "")
+	}
+	gate, err := trust.NewGate(policy)
+	if err != nil {
+		v.errorf(at("trust"), "%s", trimTrust(err))
+		return nil
+	}
+	type key struct{ id, scope string }
+	assigned := map[key]bool{}
+	tokens := map[string]int{}
+	for i, a := range t.Agents {
+		if _, err := ladder.Parse(a.Level); err != nil {
+			v.errorf(at("trust", "agents", i, "level"), "%s", trimTrust(err))
+			continue
+		}
+		as := trust.Assignment{Agent: a.ID, Scope: a.Scope, Level: a.Level, Expires: a.Expires}
+		if err := gate.Validate(as); err != nil {
+			v.errorf(at("trust", "agents", i), "%s", trimTrust(err))
+			continue
+		}
+		if assigned[key{a.ID, a.Scope}] {
+			v.errorf(at("trust", "agents", i, "id"), "agent %q is assigned twice in scope %q", a.ID, a.Scope)
+		}
+		assigned[key{a.ID, a.Scope}] = true
+		if a.TokenSHA256 == "" {
+			continue
+		}
+		if b, err := hex.DecodeString(a.TokenSHA256); err != nil || len(b) != 32 || strings.ToLower(a.TokenSHA256) != a.TokenSHA256 {
+			v.errorf(at("trust", "agents", i, "token_sha256"), "is not a SHA-256 in lowercase hex; make a token and its hash with 'agentsec token'")
+			continue
+		}
+		if j, dup := tokens[a.TokenSHA256]; dup && t.Agents[j].ID != a.ID {
+			v.errorf(at("trust", "agents", i, "token_sha256"), "is agent %q's token too; each agent needs its own", t.Agents[j].ID)
+		}
+		tokens[a.TokenSHA256] = i
+	}
+	return policy
+}
+
+func (c *Config) validateAudit(v *validator) {
+	a := &c.Audit
+	switch {
+	case a.Path != "" && a.KeyFile == "":
+		v.errorf(at("audit", "key_file"), "is required with audit.path: a durable log is signed; make a key with 'agentsec keygen'")
+	case a.Path == "" && a.CheckpointFile != "":
+		v.errorf(at("audit", "checkpoint_file"), "needs audit.path and audit.key_file")
+	}
+	if a.KeyFile != "" {
+		if _, err := c.signerKey(); err != nil {
+			v.errorf(at("audit", "key_file"), "%v", err)
+		}
+	}
+}
+
+// signerKey reads the audit signer key file.
+func (c *Config) signerKey() (string, error) {
+	data, err := os.ReadFile(c.Path(c.Audit.KeyFile))
+	if err != nil {
+		return "", err
+	}
+	key := strings.TrimSpace(string(data))
+	if _, _, err := audit.NewSigner(key); err != nil {
+		return "", fmt.Errorf("%s is not a signer key from 'agentsec keygen' (the .key file, not the .pub): %v",
+			c.Audit.KeyFile, strings.TrimPrefix(err.Error(), "audit: "))
+	}
+	return key, nil
+}
+
+func (c *Config) validateUpstreams(v *validator) {
+	names := map[string]bool{}
+	for i, u := range c.Upstreams {
+		if !upstreamName.MatchString(u.Name) {
+			v.errorf(at("upstreams", i, "name"), "%q must be 1 to 64 letters, digits, '-' or '_'", u.Name)
+		} else if names[u.Name] {
+			v.errorf(at("upstreams", i, "name"), "%q names another upstream already", u.Name)
+		}
+		names[u.Name] = true
+		switch {
+		case u.Command == "" && u.URL == "":
+			v.errorf(at("upstreams", i), "needs a command (a stdio server) or a url (a streamable-HTTP server)")
+		case u.Command != "" && u.URL != "":
+			v.errorf(at("upstreams", i), "has both a command and a url; give one")
+		case u.URL != "":
+			if len(u.Args) > 0 || len(u.Env) > 0 {
+				v.errorf(at("upstreams", i), "args and env apply to a command, not a url")
+			}
+			p, err := url.Parse(u.URL)
+			if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+				v.errorf(at("upstreams", i, "url"), "%q is not an http:// or https:// URL", u.URL)
+			}
+		}
+		for k := range u.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				v.errorf(at("upstreams", i, "env"), "%q is not an environment variable name", k)
+			}
+		}
+	}
+}
