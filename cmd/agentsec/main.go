@@ -83,6 +83,8 @@ Commands:
 	audit      verify, query, export and prove a durable audit log;
 	           run 'agentsec audit help' for its commands
 	config     check an agentsec.yaml: agentsec config check FILE
+	proxy      serve one MCP client over stdio in front of the configured
+	           MCP server, governing its tool calls
 	token      make a bearer token for an agent, and its hash for the config
 	version    print the version
 	help       print this help
@@ -96,6 +98,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		"keygen": m.runKeygen,
 		"audit":  m.runAudit,
 		"config": m.runConfig,
+		"proxy":  m.runProxy,
 		"token":  m.runToken,
 		"version": func(context.Context, []string) error {
 			fmt.Fprintln(m.Stdout, "agentsec", version)

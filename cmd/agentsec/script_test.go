@@ -11,6 +11,10 @@ import (
 // scripts run main's code, flag parsing and exit codes included, without
 // building the binary.
 func TestMain(m *testing.M) {
+	if os.Getenv(echoServerEnv) != "" {
+		runEchoServer() // the upstream MCP server of the proxy tests
+		return
+	}
 	testscript.Main(m, map[string]func(){
 		"agentsec": func() { os.Exit(runMain()) },
 	})

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/mcpgate"
+)
+
+// runProxy serves one MCP client over stdio — what desktop clients launch
+// — in front of the configured upstream, governing its tool calls as the
+// configuration's stdio_agent.
+func (m *Main) runProxy(ctx context.Context, args []string) error {
+	fs := newFlagSet("proxy", "-config FILE",
+		"Serves one MCP client on stdin and stdout, in front of the upstream MCP server the\n"+
+			"configuration names, applying the trust gate, the budget and the audit log to every\n"+
+			"tool call as the configuration's stdio_agent.\n")
+	configFile := fs.String("config", "agentsec.yaml", "the configuration `file`")
+	if err := m.parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configFile)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cfg.StdioAgent == "":
+		return fmt.Errorf("%s: proxy needs stdio_agent, the agent the stdio client acts as", *configFile)
+	case len(cfg.Upstreams) != 1:
+		return fmt.Errorf("%s: proxy fronts exactly one upstream for now; the file names %d", *configFile, len(cfg.Upstreams))
+	}
+	sc, err := cfg.StackConfig()
+	if err != nil {
+		return err
+	}
+	stack, err := agentsec.New(sc)
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+
+	upstream := upstreamTransport(cfg.Upstreams[0])
+	up, err := upstream.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("starting upstream %q: %w", cfg.Upstreams[0].Name, err)
+	}
+	stdin := m.Stdin
+	if stdin == nil {
+		stdin = os.Stdin
+	}
+	down, err := (&mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{m.Stdout}}).Connect(ctx)
+	if err != nil {
+		up.Close()
+		return err
+	}
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: cfg.StdioAgent}
+	if err := proxy.Serve(ctx, down, up); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	return nil
+}
+
+// upstreamTransport returns the transport to an upstream server.
+func upstreamTransport(u config.Upstream) mcp.Transport {
+	if u.URL != "" {
+		return &mcp.StreamableClientTransport{Endpoint: u.URL}
+	}
+	cmd := exec.Command(u.Command, u.Args...)
+	cmd.Env = os.Environ()
+	for k, v := range u.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stderr = os.Stderr // the server's own diagnostics
+	return &mcp.CommandTransport{Command: cmd}
+}
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }

@@ -1,0 +1,228 @@
+package mcpgate_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/trust"
+)
+
+type echoIn struct {
+	Text string `json:"text"`
+}
+
+// upstream is an MCP server with three tools, counting the calls that
+// reach it.
+type upstream struct {
+	server *mcp.Server
+	calls  atomic.Int64
+}
+
+func newUpstream() *upstream {
+	u := &upstream{server: mcp.NewServer(&mcp.Implementation{Name: "upstream", Version: "1"}, nil)}
+	handler := func(_ context.Context, _ *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, any, error) {
+		u.calls.Add(1)
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + in.Text}}}, nil, nil
+	}
+	for _, name := range []string{"fs.read", "fs.write", "shell.exec"} {
+		mcp.AddTool(u.server, &mcp.Tool{Name: name, Description: "echoes its text"}, handler)
+	}
+	u.server.AddResource(&mcp.Resource{URI: "file:///readme", Name: "readme", MIMEType: "text/plain"},
+		func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "file:///readme", Text: "hello"}}}, nil
+		})
+	return u
+}
+
+type gateway struct {
+	client *mcp.ClientSession
+	stack  *agentsec.Stack
+	up     *upstream
+	done   chan error
+}
+
+// newGateway connects an SDK client to an SDK server through a proxy, all
+// in memory.
+func newGateway(t *testing.T, calls int64) *gateway {
+	t.Helper()
+	ctx := context.Background()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			Rules: []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "fs.write", Level: "verified"},
+				{Tool: "shell.exec", Level: "privileged"}},
+			Agents: []trust.Assignment{{Agent: "desktop", Level: "verified"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: calls},
+		AuditNamespace: "gateway-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	up := newUpstream()
+	serverSide, proxyUp := mcp.NewInMemoryTransports()
+	proxyDown, clientSide := mcp.NewInMemoryTransports()
+	if _, err := up.server.Connect(ctx, serverSide, nil); err != nil {
+		t.Fatal(err)
+	}
+	upConn, err := proxyUp.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	downConn, err := proxyDown.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{stack: stack, up: up, done: make(chan error, 1)}
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Session: "s-1"}
+	go func() { g.done <- proxy.Serve(ctx, downConn, upConn) }()
+	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, nil)
+	if g.client, err = client.Connect(ctx, clientSide, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		g.client.Close()
+		select {
+		case err := <-g.done:
+			if err != nil {
+				t.Errorf("Serve = %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after the client closed")
+		}
+	})
+	return g
+}
+
+func (g *gateway) call(t *testing.T, tool, text string) *mcp.CallToolResult {
+	t.Helper()
+	res, err := g.client.CallTool(context.Background(), &mcp.CallToolParams{Name: tool, Arguments: map[string]any{"text": text}})
+	if err != nil {
+		t.Fatalf("CallTool(%s): %v", tool, err)
+	}
+	return res
+}
+
+func text(res *mcp.CallToolResult) string {
+	var parts []string
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			parts = append(parts, tc.Text)
+		}
+	}
+	return strings.Join(parts, "")
+}
+
+func TestToolsListIsFiltered(t *testing.T) {
+	g := newGateway(t, 100)
+	res, err := g.client.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range res.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"fs.read", "fs.write"}) {
+		t.Errorf("tools/list = %v, want fs.read and fs.write (shell.exec needs privileged)", names)
+	}
+}
+
+func TestAllowedCallReturnsTheServersResult(t *testing.T) {
+	g := newGateway(t, 100)
+	res := g.call(t, "fs.write", "héllo")
+	if res.IsError || text(res) != "echo: héllo" {
+		t.Errorf("result = %+v %q, want the server's echo", res.IsError, text(res))
+	}
+	if g.up.calls.Load() != 1 {
+		t.Errorf("server saw %d calls, want 1", g.up.calls.Load())
+	}
+	page, err := g.stack.Audit.Query(context.Background(), audit.Filter{Event: agentsec.EventToolCall})
+	if err != nil || len(page.Records) != 1 {
+		t.Fatalf("audit records: %d, %v", len(page.Records), err)
+	}
+	rec := page.Records[0]
+	if rec.Agent != "desktop" || rec.Tool != "fs.write" || rec.Outcome != audit.OutcomeAllowed || rec.Tokens <= 0 || rec.Session != "s-1" {
+		t.Errorf("record = %+v, want the allowed call with its tokens counted", rec)
+	}
+}
+
+func TestDeniedCallNeverReachesTheServer(t *testing.T) {
+	g := newGateway(t, 100)
+	res := g.call(t, "shell.exec", "rm -rf /")
+	if !res.IsError || !strings.Contains(text(res), "assigned level is below the required level") {
+		t.Errorf("result = %v %q, want an error naming the trust reason", res.IsError, text(res))
+	}
+	res = g.call(t, "no.such.tool", "x")
+	if !res.IsError || !strings.Contains(text(res), "no trust rule covers the tool") {
+		t.Errorf("result = %v %q, want an error naming the missing rule", res.IsError, text(res))
+	}
+	if g.up.calls.Load() != 0 {
+		t.Errorf("server saw %d calls, want none", g.up.calls.Load())
+	}
+	page, _ := g.stack.Audit.Query(context.Background(), audit.Filter{Outcome: audit.OutcomeDenied})
+	if len(page.Records) != 2 {
+		t.Errorf("%d denials recorded, want 2", len(page.Records))
+	}
+}
+
+func TestBudgetExhaustionMidSession(t *testing.T) {
+	g := newGateway(t, 2)
+	for i := range 2 {
+		if res := g.call(t, "fs.read", "x"); res.IsError {
+			t.Fatalf("call %d denied: %q", i, text(res))
+		}
+	}
+	res := g.call(t, "fs.read", "x")
+	if !res.IsError || !strings.Contains(text(res), "call limit reached") {
+		t.Errorf("third call = %v %q, want a budget denial", res.IsError, text(res))
+	}
+	if g.up.calls.Load() != 2 {
+		t.Errorf("server saw %d calls, want 2", g.up.calls.Load())
+	}
+	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestEverythingElsePassesThrough(t *testing.T) {
+	g := newGateway(t, 100)
+	ctx := context.Background()
+	if err := g.client.Ping(ctx, nil); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+	res, err := g.client.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///readme"})
+	if err != nil || len(res.Contents) != 1 || res.Contents[0].Text != "hello" {
+		t.Errorf("resources/read = %+v, %v", res, err)
+	}
+	list, err := g.client.ListResources(ctx, nil)
+	if err != nil || len(list.Resources) != 1 {
+		t.Errorf("resources/list = %+v, %v", list, err)
+	}
+	if g.client.InitializeResult().ServerInfo.Name != "upstream" {
+		t.Errorf("initialize went to %q, want the upstream", g.client.InitializeResult().ServerInfo.Name)
+	}
+}
+
+func TestTiktokenCounter(t *testing.T) {
+	c := &mcpgate.TiktokenCounter{}
+	res, _ := json.Marshal(map[string]any{"content": []map[string]string{{"type": "text", "text": "hello world"}}})
+	n, err := c.CountResult(res)
+	if err != nil || n != 2 {
+		t.Errorf("CountResult(hello world) = %d, %v; want 2 tokens", n, err)
+	}
+	if _, err := c.CountResult([]byte(`[1,2]`)); err == nil {
+		t.Error("CountResult of a non-result succeeded")
+	}
+}
