@@ -80,6 +80,13 @@ func (p *Proxy) Serve(ctx context.Context, down, up mcp.Connection) error {
 	go func() { errc <- r.fromClient(ctx) }()
 	go func() { errc <- r.fromServer(ctx) }()
 	err := <-errc
+	select {
+	case <-r.gone:
+		// The server's side ended: the calls waiting on it fail now, and
+		// tell the client so before its connection closes.
+		r.wg.Wait()
+	default:
+	}
 	cancel()
 	down.Close()
 	up.Close()

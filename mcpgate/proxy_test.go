@@ -24,12 +24,22 @@ type echoIn struct {
 // upstream is an MCP server with three tools, counting the calls that
 // reach it.
 type upstream struct {
-	server *mcp.Server
-	calls  atomic.Int64
+	server  *mcp.Server
+	calls   atomic.Int64
+	release chan struct{} // fs.block waits for it
 }
 
 func newUpstream() *upstream {
-	u := &upstream{server: mcp.NewServer(&mcp.Implementation{Name: "upstream", Version: "1"}, nil)}
+	u := &upstream{server: mcp.NewServer(&mcp.Implementation{Name: "upstream", Version: "1"}, nil), release: make(chan struct{})}
+	mcp.AddTool(u.server, &mcp.Tool{Name: "fs.block", Description: "waits"},
+		func(ctx context.Context, _ *mcp.CallToolRequest, _ echoIn) (*mcp.CallToolResult, any, error) {
+			u.calls.Add(1)
+			select {
+			case <-u.release:
+			case <-ctx.Done():
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released"}}}, nil, nil
+		})
 	handler := func(_ context.Context, _ *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, any, error) {
 		u.calls.Add(1)
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + in.Text}}}, nil, nil
@@ -37,6 +47,20 @@ func newUpstream() *upstream {
 	for _, name := range []string{"fs.read", "fs.write", "shell.exec"} {
 		mcp.AddTool(u.server, &mcp.Tool{Name: name, Description: "echoes its text"}, handler)
 	}
+	// fs.slow reports progress in the middle of the call: server-to-client
+	// notifications that must cross the gateway while the call is held.
+	mcp.AddTool(u.server, &mcp.Tool{Name: "fs.slow", Description: "reports progress"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, any, error) {
+			u.calls.Add(1)
+			for i := range 3 {
+				err := req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
+					ProgressToken: req.Params.GetProgressToken(), Progress: float64(i + 1), Total: 3, Message: in.Text})
+				if err != nil {
+					return nil, nil, err
+				}
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
+		})
 	u.server.AddResource(&mcp.Resource{URI: "file:///readme", Name: "readme", MIMEType: "text/plain"},
 		func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
 			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "file:///readme", Text: "hello"}}}, nil
@@ -45,7 +69,9 @@ func newUpstream() *upstream {
 }
 
 type gateway struct {
-	client *mcp.ClientSession
+	upConn   mcp.Connection // the proxy's connection to the server
+	progress chan *mcp.ProgressNotificationParams
+	client   *mcp.ClientSession
 	stack  *agentsec.Stack
 	up     *upstream
 	done   chan error
@@ -83,15 +109,23 @@ func newGateway(t *testing.T, calls int64) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gateway{stack: stack, up: up, done: make(chan error, 1)}
+	g := &gateway{stack: stack, up: up, done: make(chan error, 1), upConn: upConn}
 	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Session: "s-1"}
 	go func() { g.done <- proxy.Serve(ctx, downConn, upConn) }()
-	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, nil)
+	g.progress = make(chan *mcp.ProgressNotificationParams, 16)
+	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			g.progress <- req.Params
+		},
+	})
 	if g.client, err = client.Connect(ctx, clientSide, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		g.client.Close()
+		if g.done == nil {
+			return
+		}
 		select {
 		case err := <-g.done:
 			if err != nil {
@@ -134,8 +168,8 @@ func TestToolsListIsFiltered(t *testing.T) {
 		names = append(names, tool.Name)
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"fs.read", "fs.write"}) {
-		t.Errorf("tools/list = %v, want fs.read and fs.write (shell.exec needs privileged)", names)
+	if !slices.Equal(names, []string{"fs.block", "fs.read", "fs.slow", "fs.write"}) {
+		t.Errorf("tools/list = %v, want the fs tools (shell.exec needs privileged)", names)
 	}
 }
 
@@ -212,6 +246,65 @@ func TestEverythingElsePassesThrough(t *testing.T) {
 	}
 	if g.client.InitializeResult().ServerInfo.Name != "upstream" {
 		t.Errorf("initialize went to %q, want the upstream", g.client.InitializeResult().ServerInfo.Name)
+	}
+}
+
+// Progress notifications a server sends during a governed call reach the
+// client, in order, with the client's token.
+func TestProgressDuringACall(t *testing.T) {
+	g := newGateway(t, 100)
+	params := &mcp.CallToolParams{Name: "fs.slow", Arguments: map[string]any{"text": "working"}}
+	params.SetProgressToken("tok-1")
+	res, err := g.client.CallTool(context.Background(), params)
+	if err != nil || res.IsError || text(res) != "done" {
+		t.Fatalf("fs.slow = %+v, %v", res, err)
+	}
+	for i := range 3 {
+		select {
+		case p := <-g.progress:
+			if p.ProgressToken != "tok-1" || p.Progress != float64(i+1) || p.Message != "working" {
+				t.Errorf("progress %d = %+v", i, p)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("progress notification %d never arrived", i)
+		}
+	}
+}
+
+// A server that goes away mid-call: the client gets a clear error for the
+// pending call, the call is recorded, and the log still verifies.
+func TestUpstreamGoneMidCall(t *testing.T) {
+	g := newGateway(t, 100)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := g.client.CallTool(context.Background(), &mcp.CallToolParams{Name: "fs.block", Arguments: map[string]any{"text": "x"}})
+		errc <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for g.up.calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	g.upConn.Close()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "closed the connection before answering") {
+			t.Errorf("pending call = %v, want an error saying the server went away", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pending call never failed")
+	}
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not end when the server went away")
+	}
+	g.done = nil
+	page, err := g.stack.Audit.Query(context.Background(), audit.Filter{Tool: "fs.block"})
+	if err != nil || len(page.Records) != 1 || !strings.Contains(page.Records[0].Reason, "tool failed") {
+		t.Errorf("records of the call: %+v, %v", page.Records, err)
+	}
+	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
+		t.Error(err)
 	}
 }
 
