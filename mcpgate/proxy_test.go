@@ -72,9 +72,9 @@ type gateway struct {
 	upConn   mcp.Connection // the proxy's connection to the server
 	progress chan *mcp.ProgressNotificationParams
 	client   *mcp.ClientSession
-	stack  *agentsec.Stack
-	up     *upstream
-	done   chan error
+	stack    *agentsec.Stack
+	up       *upstream
+	done     chan error
 }
 
 // newGateway connects an SDK client to an SDK server through a proxy, all
