@@ -85,6 +85,8 @@ Commands:
 	config     check an agentsec.yaml: agentsec config check FILE
 	proxy      serve one MCP client over stdio in front of the configured
 	           MCP server, governing its tool calls
+	serve      serve many MCP clients over streamable HTTP, each with an
+	           agent's bearer token, in front of the configured MCP server
 	token      make a bearer token for an agent, and its hash for the config
 	version    print the version
 	help       print this help
@@ -99,6 +101,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		"audit":  m.runAudit,
 		"config": m.runConfig,
 		"proxy":  m.runProxy,
+		"serve":  m.runServe,
 		"token":  m.runToken,
 		"version": func(context.Context, []string) error {
 			fmt.Fprintln(m.Stdout, "agentsec", version)

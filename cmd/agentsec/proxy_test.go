@@ -2,16 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/store/sqlite"
 )
 
 // echoServerEnv makes the test binary run runEchoServer instead of the
@@ -128,5 +135,115 @@ func TestProxyConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("proxy -config %s = %v, want %q", filepath.Base(path), err, want)
 		}
+	}
+}
+
+// syncBuffer is a strings.Builder safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type bearerTransport struct{ token string }
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// agentsec serve, in-process, in front of the echo server as a child
+// process, driven by the Go SDK's streamable-HTTP client.
+func TestServeOverHTTP(t *testing.T) {
+	dir := t.TempDir()
+	skey, _, err := audit.GenerateKey("serve-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "serve.key"), []byte(skey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := "ags_test-token"
+	sum := sha256.Sum256([]byte(token))
+	cfg := fmt.Sprintf(`namespace: serve-test
+trust:
+  rules:
+    - {tool: read, level: public}
+    - {tool: admin, level: privileged}
+  agents:
+    - {id: bot, level: public, token_sha256: %x}
+budget: {tokens: 100000, calls: 10}
+audit: {path: audit.db, key_file: serve.key}
+listen: 127.0.0.1:0
+upstreams:
+  - name: echo
+    command: %q
+    env: {%s: %q}
+`, sum, os.Args[0], echoServerEnv, filepath.Join(dir, "calls"))
+	cfgPath := filepath.Join(dir, "agentsec.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, []string{"serve", "-config", cfgPath}) }()
+	addr := regexp.MustCompile(`serving MCP on (http://\S+)`)
+	var endpoint string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if m := addr.FindStringSubmatch(stderr.String()); m != nil {
+			endpoint = m[1]
+			break
+		}
+	}
+	if endpoint == "" {
+		t.Fatalf("serve did not start: %s", stderr.String())
+	}
+	client := mcp.NewClient(&mcp.Implementation{Name: "t", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint,
+		HTTPClient: &http.Client{Transport: bearerTransport{token}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v (stderr: %s)", err, stderr.String())
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "read", Arguments: map[string]any{"text": "over http"}})
+	if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "echo: over http" {
+		t.Errorf("read = %+v, %v", res, err)
+	}
+	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "admin", Arguments: map[string]any{"text": "x"}})
+	if err != nil || !res.IsError {
+		t.Errorf("admin = %+v, %v; want denied", res, err)
+	}
+	cs.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	// The durable log holds both calls and verifies.
+	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "audit.db"), sqlite.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	page, err := audit.Query(context.Background(), st, audit.Filter{Event: "tool.call"})
+	if err != nil || len(page.Records) != 2 || page.Records[0].Agent != "bot" || page.Records[0].Session != cs.ID() {
+		t.Errorf("records = %+v, %v", page.Records, err)
 	}
 }

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/mcpgate"
+)
+
+// runServe serves many MCP clients over streamable HTTP in front of the
+// configured upstream.
+func (m *Main) runServe(ctx context.Context, args []string) error {
+	fs := newFlagSet("serve", "-config FILE",
+		"Serves MCP clients over streamable HTTP on the configuration's listen address, in front\n"+
+			"of the upstream MCP server it names. Each client authenticates with an agent's bearer\n"+
+			"token (agentsec token); each MCP session is a budget session.\n")
+	configFile := fs.String("config", "agentsec.yaml", "the configuration `file`")
+	if err := m.parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configFile)
+	if err != nil {
+		return err
+	}
+	gw, err := gatewayFor(cfg, *configFile)
+	if err != nil {
+		return err
+	}
+	sc, err := cfg.StackConfig()
+	if err != nil {
+		return err
+	}
+	stack, err := agentsec.New(sc)
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+	gw.Stack = stack
+	gw.Log = slog.New(slog.NewTextHandler(m.Stderr, nil))
+	defer gw.Close()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %q\n", ln.Addr(), cfg.Upstreams[0].Name)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		gw.Close() // ends the sessions, whose open streams would hold Shutdown up
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return nil
+	}
+}
+
+// gatewayFor builds the HTTP gateway a configuration describes, without
+// its stack.
+func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
+	switch {
+	case cfg.Listen == "":
+		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
+	case len(cfg.Upstreams) != 1:
+		return nil, fmt.Errorf("%s: serve fronts exactly one upstream for now; the file names %d", file, len(cfg.Upstreams))
+	case cfg.Audit.Path == "":
+		return nil, fmt.Errorf("%s: serve keeps its audit log on disk: set audit.path and audit.key_file", file)
+	}
+	gw := &mcpgate.Gateway{}
+	for _, a := range cfg.Trust.Agents {
+		if a.TokenSHA256 == "" {
+			continue
+		}
+		var c mcpgate.Credential
+		if _, err := hex.Decode(c.TokenSHA256[:], []byte(a.TokenSHA256)); err != nil {
+			return nil, fmt.Errorf("%s: agent %q: %w", file, a.ID, err)
+		}
+		c.Agent = a.ID
+		gw.Agents = append(gw.Agents, c)
+	}
+	if len(gw.Agents) == 0 {
+		return nil, fmt.Errorf("%s: no agent has a token_sha256, so no client could connect; make one with agentsec token", file)
+	}
+	host, _, _ := net.SplitHostPort(cfg.Listen)
+	ip := net.ParseIP(host)
+	gw.LocalOnly = host == "localhost" || (ip != nil && ip.IsLoopback())
+	up := cfg.Upstreams[0]
+	gw.Upstream = func(ctx context.Context) (mcp.Connection, error) {
+		return upstreamTransport(up).Connect(ctx)
+	}
+	return gw, nil
+}
