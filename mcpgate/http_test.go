@@ -32,7 +32,7 @@ func newHTTPGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream)
 	t.Helper()
 	stack, err := agentsec.New(agentsec.Config{
 		TrustGate: agentsec.TrustGateConfig{
-			Rules: []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "shell.exec", Level: "privileged"}},
+			Rules:  []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "shell.exec", Level: "privileged"}},
 			Agents: []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "root", Level: "privileged"}},
 		},
 		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 2},
