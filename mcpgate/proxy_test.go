@@ -3,6 +3,7 @@ package mcpgate_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -81,8 +82,15 @@ type gateway struct {
 // in memory.
 func newGateway(t *testing.T, calls int64) *gateway {
 	t.Helper()
+	return newGatewayWithAudit(t, calls, nil)
+}
+
+// newGatewayWithAudit is newGateway with the stack's audit store given.
+func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway {
+	t.Helper()
 	ctx := context.Background()
 	stack, err := agentsec.New(agentsec.Config{
+		Audit: agentsec.AuditConfig{Store: store},
 		TrustGate: agentsec.TrustGateConfig{
 			Rules: []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "fs.write", Level: "verified"},
 				{Tool: "shell.exec", Level: "privileged"}},
@@ -302,6 +310,50 @@ func TestUpstreamGoneMidCall(t *testing.T) {
 	page, err := g.stack.Audit.Query(context.Background(), audit.Filter{Tool: "fs.block"})
 	if err != nil || len(page.Records) != 1 || !strings.Contains(page.Records[0].Reason, "tool failed") {
 		t.Errorf("records of the call: %+v, %v", page.Records, err)
+	}
+	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// failingStore is an audit store whose appends fail while fail is set.
+type failingStore struct {
+	audit.Store
+	fail atomic.Bool
+}
+
+func (s *failingStore) Append(ctx context.Context, entries []audit.Entry) error {
+	if s.fail.Load() {
+		return errors.New("disk full")
+	}
+	return s.Store.Append(ctx, entries)
+}
+
+// When the audit store starts failing, calls are denied with a clear
+// reason and never reach the server; when it recovers, calls flow again,
+// and the log verifies throughout.
+func TestAuditStoreFailsMidSession(t *testing.T) {
+	store := &failingStore{Store: audit.NewMemoryStore()}
+	g := newGatewayWithAudit(t, 100, store)
+	if res := g.call(t, "fs.read", "before"); res.IsError {
+		t.Fatalf("call before the failure: %q", text(res))
+	}
+	store.fail.Store(true)
+	// The first call after the failure runs but can't be recorded, so its
+	// result is withheld; the next is stopped before it runs.
+	for i := range 2 {
+		res := g.call(t, "fs.read", "during")
+		if !res.IsError || !strings.Contains(text(res), "could not be recorded") && !strings.Contains(text(res), "audit log unavailable") {
+			t.Errorf("call %d during the failure = %v %q, want an audit denial", i, res.IsError, text(res))
+		}
+	}
+	if got := g.up.calls.Load(); got != 2 {
+		t.Errorf("server saw %d calls, want 2: the one before, and the one whose record failed", got)
+	}
+	store.fail.Store(false)
+	g.call(t, "fs.read", "after") // recorded as a denial: the log was failed
+	if res := g.call(t, "fs.read", "after"); res.IsError {
+		t.Errorf("call after recovery = %q", text(res))
 	}
 	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
 		t.Error(err)

@@ -9,8 +9,11 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/trust"
 )
 
@@ -67,29 +70,44 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 	fmt.Fprintf(out, " other tools are denied.\nSession %q may make %d calls and use %d tokens.\n\n",
 		"session-1", *calls, 10_000)
 
+	// The gateway in front of a small MCP server, and an agent using it
+	// through the official SDK, all in this process.
+	agent, stop, err := demoGateway(ctx, stack)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	listed, err := agent.ListTools(ctx, nil)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, t := range listed.Tools {
+		names = append(names, t.Name)
+	}
+	fmt.Fprintf(out, "The MCP server offers read_file, shell.exec and web.search; through agentsec the agent sees: %s.\n\n",
+		strings.Join(names, ", "))
+
 	tools := []string{"read_file", "shell.exec", "web.search", "read_file", "read_file"}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CALL\tTOOL\tRESULT")
 	for i, tool := range tools {
-		req := agentsec.Request{Agent: "research-bot", Session: "session-1", Tool: tool}
-		err := stack.Guard(ctx, req, func(context.Context) (int64, error) {
-			return int64(100 * (i + 1)), nil // what a real tool's output would count
-		})
-		var result string
-		denied, isDenial := errors.AsType[*agentsec.DeniedError](err)
-		switch {
-		case err == nil:
-			result = fmt.Sprintf("allowed, %d tokens", 100*(i+1))
-		case isDenial && errors.Is(err, agentsec.ErrTrustDenied):
-			result = fmt.Sprintf("denied by trust gate: %s (assigned %s, required %s)",
-				denied.Reason, denied.Trust.AssignedName(), denied.Trust.RequiredName())
-		case isDenial && errors.Is(err, agentsec.ErrBudgetExceeded):
-			result = fmt.Sprintf("denied by budget: %s (%d of %d calls used)",
-				denied.Reason, denied.Budget.Used.Calls, denied.Budget.Limits.Calls)
-		default:
+		res, err := agent.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: map[string]any{"query": "agent security"}})
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\n", i+1, tool, result)
+		var text string
+		for _, c := range res.Content {
+			if tc, ok := c.(*mcp.TextContent); ok {
+				text += tc.Text
+			}
+		}
+		verdict := "allowed: "
+		if res.IsError {
+			verdict = "denied: "
+			text = strings.TrimPrefix(text, fmt.Sprintf("agentsec: call to tool %q denied: ", tool))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s%s\n", i+1, tool, verdict, text)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -133,4 +151,53 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// demoGateway serves a small MCP server through an agentsec proxy, in
+// memory, and returns a client session connected to the proxy.
+func demoGateway(ctx context.Context, stack *agentsec.Stack) (*mcp.ClientSession, func(), error) {
+	server := mcp.NewServer(&mcp.Implementation{Name: "demo-tools", Version: "1"}, nil)
+	type args struct {
+		Query string `json:"query"`
+	}
+	for _, tool := range []struct{ name, answer string }{
+		{"read_file", "notes.txt: agents call tools; operators need guarantees"},
+		{"web.search", "3 results for the query"},
+		{"shell.exec", "ran the command"},
+	} {
+		mcp.AddTool(server, &mcp.Tool{Name: tool.name, Description: "a demo tool"},
+			func(context.Context, *mcp.CallToolRequest, args) (*mcp.CallToolResult, any, error) {
+				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: tool.answer}}}, nil, nil
+			})
+	}
+	serverSide, proxyUp := mcp.NewInMemoryTransports()
+	proxyDown, clientSide := mcp.NewInMemoryTransports()
+	ctx, cancel := context.WithCancel(ctx)
+	if _, err := server.Connect(ctx, serverSide, nil); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	up, err := proxyUp.Connect(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	down, err := proxyDown.Connect(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p := &mcpgate.Proxy{Stack: stack, Agent: "research-bot", Session: "session-1"}
+		_ = p.Serve(ctx, down, up)
+	}()
+	client := mcp.NewClient(&mcp.Implementation{Name: "research-bot", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, clientSide, nil)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return cs, func() { cs.Close(); cancel(); <-done }, nil
 }

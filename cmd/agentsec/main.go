@@ -77,8 +77,9 @@ Usage:
 
 Commands:
 
-	demo       run an allowed call, a trust denial and budget exhaustion,
-	           then print and verify the audit log
+	demo       run the gateway in front of a small MCP server: an allowed
+	           call, a trust denial and budget exhaustion, then print and
+	           verify the audit log
 	keygen     make a key pair for signing audit checkpoints
 	audit      verify, query, export and prove a durable audit log;
 	           run 'agentsec audit help' for its commands

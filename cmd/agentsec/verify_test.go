@@ -89,7 +89,7 @@ func TestVerifyTampered(t *testing.T) {
 		want:   "audit: record 3: ",
 	}, {
 		name:   "edit the tokens",
-		tamper: execAll(`UPDATE audit_records SET data = CAST(replace(CAST(data AS TEXT), '"tokens":300', '"tokens":3') AS BLOB) WHERE seq = 9`),
+		tamper: execAll(`UPDATE audit_records SET data = CAST(replace(CAST(data AS TEXT), '"tokens":5', '"tokens":6') AS BLOB) WHERE seq = 9`),
 		want:   "audit: record 9: the record's bytes do not match its stored leaf hash",
 	}, {
 		name:   "delete a record",
