@@ -36,6 +36,8 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 		return fmt.Errorf("%s: proxy needs stdio_agent, the agent the stdio client acts as", *configFile)
 	case len(cfg.Upstreams) != 1:
 		return fmt.Errorf("%s: proxy fronts exactly one upstream for now; the file names %d", *configFile, len(cfg.Upstreams))
+	case cfg.Audit.Path == "":
+		return fmt.Errorf("%s: proxy keeps its audit log on disk: set audit.path and audit.key_file", *configFile)
 	}
 	sc, err := cfg.StackConfig()
 	if err != nil {

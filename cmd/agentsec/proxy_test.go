@@ -53,6 +53,13 @@ func runEchoServer() {
 func TestProxyOverStdio(t *testing.T) {
 	dir := t.TempDir()
 	callsFile := filepath.Join(dir, "calls")
+	skey, _, err := audit.GenerateKey("proxy-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "proxy.key"), []byte(skey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf(`namespace: proxy-test
 trust:
   rules:
@@ -61,6 +68,7 @@ trust:
   agents:
     - {id: desktop, level: verified}
 budget: {tokens: 100000, calls: 2}
+audit: {path: audit.db, key_file: proxy.key}
 stdio_agent: desktop
 upstreams:
   - name: echo
@@ -121,15 +129,26 @@ upstreams:
 		t.Error("proxy did not stop when the client went away")
 	}
 	cancel()
+	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "audit.db"), sqlite.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	page, err := audit.Query(context.Background(), st, audit.Filter{Event: "tool.call"})
+	if err != nil || len(page.Records) != 4 {
+		t.Errorf("the durable log holds %d tool calls (%v), want 4", len(page.Records), err)
+	}
 }
 
 func TestProxyConfigErrors(t *testing.T) {
 	dir := t.TempDir()
+	noDisk := filepath.Join(dir, "c.yaml")
+	os.WriteFile(noDisk, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\ntrust: {agents: [{id: a, level: public}]}\nstdio_agent: a\nupstreams: [{name: x, command: y}]\n"), 0o600)
 	noAgent := filepath.Join(dir, "a.yaml")
 	os.WriteFile(noAgent, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nupstreams: [{name: x, command: y}]\n"), 0o600)
 	twoUp := filepath.Join(dir, "b.yaml")
 	os.WriteFile(twoUp, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\ntrust: {agents: [{id: a, level: public}]}\nstdio_agent: a\nupstreams: [{name: x, command: y}, {name: z, command: w}]\n"), 0o600)
-	for path, want := range map[string]string{noAgent: "needs stdio_agent", twoUp: "exactly one upstream"} {
+	for path, want := range map[string]string{noAgent: "needs stdio_agent", twoUp: "exactly one upstream", noDisk: "keeps its audit log on disk"} {
 		m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard}
 		err := m.Run(context.Background(), []string{"proxy", "-config", path})
 		if err == nil || !strings.Contains(err.Error(), want) {
