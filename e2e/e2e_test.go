@@ -1,0 +1,348 @@
+// Package e2e tests the agentsec gateway end to end with real MCP servers
+// from npm (@modelcontextprotocol/server-everything and server-filesystem)
+// driven by the official TypeScript SDK client, over stdio and over
+// streamable HTTP. It needs Node.js and `npm ci` in this directory; .ci/run
+// does both.
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var agentsecBin string // built once by TestMain
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if _, err := os.Stat("node_modules/@modelcontextprotocol/sdk"); err != nil {
+			return m.Run() // the tests skip, saying why
+		}
+		dir, err := os.MkdirTemp("", "agentsec-e2e-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		agentsecBin = filepath.Join(dir, "agentsec")
+		build := exec.Command("go", "build", "-o", agentsecBin, "../cmd/agentsec")
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building agentsec:", err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func requireNode(t *testing.T) {
+	t.Helper()
+	if agentsecBin == "" {
+		t.Skip("needs the npm packages: run `npm ci` in e2e/ (.ci/run does)")
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("needs Node.js on PATH")
+	}
+}
+
+func abs(t *testing.T, p string) string {
+	t.Helper()
+	a, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// setup writes a signer key and a configuration for one upstream, and
+// returns the directory, the config path and the HTTP address.
+func setup(t *testing.T, rules, upstream string, calls int) (dir, cfg, addr string) {
+	t.Helper()
+	dir = t.TempDir()
+	run(t, dir, agentsecBin, "keygen", "-name", "e2e")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = ln.Addr().String()
+	ln.Close()
+	sum := sha256.Sum256([]byte("e2e-token"))
+	config := fmt.Sprintf(`namespace: e2e
+trust:
+  rules:
+%s
+  agents:
+    - {id: ts-client, level: verified, token_sha256: %x}
+budget: {tokens: 10000000, calls: %d}
+audit: {path: audit.db, key_file: e2e.key}
+listen: %s
+stdio_agent: ts-client
+upstreams:
+%s
+`, rules, sum, calls, addr, upstream)
+	cfg = filepath.Join(dir, "agentsec.yaml")
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, agentsecBin, "config", "check", cfg)
+	return dir, cfg, addr
+}
+
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+type step struct {
+	Op        string         `json:"op"`
+	Name      string         `json:"name,omitempty"`
+	Arguments map[string]any `json:"arguments,omitempty"`
+	Progress  bool           `json:"progress,omitempty"`
+	URI       string         `json:"uri,omitempty"`
+}
+
+type seen struct {
+	Op     string `json:"op"`
+	Name   string `json:"name"`
+	Error  string `json:"error"`
+	Tools  []string
+	Result struct {
+		IsError bool `json:"isError"`
+		Content []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		} `json:"content"`
+	} `json:"result"`
+	Progress  []float64 `json:"progress"`
+	Resources []string  `json:"resources"`
+	Contents  []struct {
+		URI  string `json:"uri"`
+		Text string `json:"text"`
+	} `json:"contents"`
+	Prompts  []string          `json:"prompts"`
+	Messages []json.RawMessage `json:"messages"`
+}
+
+func (s seen) text() string {
+	var b strings.Builder
+	for _, c := range s.Result.Content {
+		b.WriteString(c.Text)
+	}
+	return b.String()
+}
+
+// client runs the TypeScript SDK client with the steps against a gateway.
+func client(t *testing.T, mode string, steps []step, target ...string) []seen {
+	t.Helper()
+	stepsJSON, err := json.Marshal(steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{"client.mjs", mode, string(stepsJSON)}, target...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("client: %v\n%s", err, stderr.String())
+	}
+	var res struct {
+		Steps []seen `json:"steps"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("client output %q: %v\n%s", out, err, stderr.String())
+	}
+	if len(res.Steps) != len(steps) {
+		t.Fatalf("client ran %d of %d steps", len(res.Steps), len(steps))
+	}
+	return res.Steps
+}
+
+// serve starts agentsec serve and returns its URL and a function that
+// stops it, as an operator would, with an interrupt.
+func serve(t *testing.T, dir, cfg, addr string) (string, func()) {
+	t.Helper()
+	cmd := exec.Command(agentsecBin, "serve", "-config", cfg)
+	cmd.Dir = dir
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Error("agentsec serve did not stop on an interrupt")
+		}
+	}
+	t.Cleanup(stop)
+	started := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "serving MCP on") {
+				started <- true
+			}
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("agentsec serve did not start")
+	}
+	return "http://" + addr + "/", stop
+}
+
+const everythingRules = `    - {tool: echo, level: public}
+    - {tool: trigger-long-running-operation, level: public}
+    - {tool: get-env, level: privileged}`
+
+func everythingUpstream(t *testing.T) string {
+	return fmt.Sprintf("  - {name: everything, command: %q}", abs(t, "node_modules/.bin/mcp-server-everything"))
+}
+
+var everythingSteps = []step{
+	{Op: "list-tools"},
+	{Op: "call", Name: "echo", Arguments: map[string]any{"message": "hello through agentsec"}},
+	{Op: "call", Name: "get-env"},
+	{Op: "call", Name: "trigger-long-running-operation", Arguments: map[string]any{"duration": 1, "steps": 3}, Progress: true},
+	{Op: "list-resources"},
+	{Op: "read-resource", URI: "demo://resource/static/document/architecture.md"},
+	{Op: "list-prompts"},
+	{Op: "get-prompt", Name: "simple-prompt"},
+	{Op: "call", Name: "echo", Arguments: map[string]any{"message": "third"}},
+	{Op: "call", Name: "echo", Arguments: map[string]any{"message": "fourth"}},
+}
+
+func checkEverything(t *testing.T, got []seen, wantProgress bool) {
+	t.Helper()
+	for _, s := range got {
+		if s.Error != "" && s.Op != "call" {
+			t.Errorf("%s failed: %s", s.Op, s.Error)
+		}
+	}
+	if !slices.Equal(got[0].Tools, []string{"echo", "trigger-long-running-operation"}) {
+		t.Errorf("tools/list = %v, want echo and trigger-long-running-operation", got[0].Tools)
+	}
+	if got[1].Result.IsError || got[1].text() != "Echo: hello through agentsec" {
+		t.Errorf("echo = %+v, want the server's own answer", got[1])
+	}
+	if !got[2].Result.IsError || !strings.Contains(got[2].text(), "assigned level is below the required level") {
+		t.Errorf("get-env = %+v, want a trust denial", got[2])
+	}
+	if got[3].Result.IsError || !strings.Contains(got[3].text(), "Long running operation completed") {
+		t.Errorf("long-running = %+v", got[3])
+	}
+	if wantProgress && !slices.Equal(got[3].Progress, []float64{1, 2, 3}) {
+		t.Errorf("progress = %v, want 1, 2, 3", got[3].Progress)
+	}
+	if len(got[4].Resources) == 0 || len(got[5].Contents) != 1 || got[5].Contents[0].URI != "demo://resource/static/document/architecture.md" {
+		t.Errorf("resources: list %v, read %+v", got[4].Resources, got[5].Contents)
+	}
+	if !slices.Contains(got[6].Prompts, "simple-prompt") || len(got[7].Messages) == 0 {
+		t.Errorf("prompts: list %v, get %d messages", got[6].Prompts, len(got[7].Messages))
+	}
+	if got[8].Result.IsError {
+		t.Errorf("third call = %+v, want allowed", got[8])
+	}
+	if !got[9].Result.IsError || !strings.Contains(got[9].text(), "call limit reached") {
+		t.Errorf("fourth call = %+v, want the budget denial", got[9])
+	}
+}
+
+func verifyLog(t *testing.T, dir string) {
+	t.Helper()
+	out := run(t, dir, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
+	if !strings.HasPrefix(out, "verified ") {
+		t.Errorf("audit verify: %s", out)
+	}
+	calls := run(t, dir, agentsecBin, "audit", "query", "-db", "audit.db", "-event", "tool.call", "-format", "jsonl")
+	if n := strings.Count(calls, "\n"); n != 5 {
+		t.Errorf("%d tool.call records, want 5 (3 allowed, 2 denied):\n%s", n, calls)
+	}
+}
+
+func TestEverythingOverStdio(t *testing.T) {
+	requireNode(t)
+	dir, cfg, _ := setup(t, everythingRules, everythingUpstream(t), 3)
+	got := client(t, "stdio", everythingSteps, agentsecBin, "proxy", "-config", cfg)
+	checkEverything(t, got, true)
+	verifyLog(t, dir)
+}
+
+func TestEverythingOverHTTP(t *testing.T) {
+	requireNode(t)
+	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 3)
+	url, stop := serve(t, dir, cfg, addr)
+	got := client(t, "http", everythingSteps, url, "e2e-token")
+	checkEverything(t, got, true)
+	// A wrong token gets nowhere.
+	stepsJSON, _ := json.Marshal([]step{{Op: "list-tools"}})
+	cmd := exec.Command("node", "client.mjs", "http", string(stepsJSON), url, "wrong-token")
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Errorf("a wrong token connected: %s", out)
+	}
+	stop() // a clean stop signs the final checkpoint
+	verifyLog(t, dir)
+}
+
+// server-filesystem: reading is allowed, writing is not, and a denied
+// write leaves the disk untouched.
+func TestFilesystemOverStdio(t *testing.T) {
+	requireNode(t)
+	data := t.TempDir()
+	if err := os.WriteFile(filepath.Join(data, "notes.txt"), []byte("agentsec e2e"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rules := `    - {tool: read_text_file, level: public}
+    - {tool: list_directory, level: public}
+    - {tool: write_file, level: privileged}`
+	upstream := fmt.Sprintf("  - {name: fs, command: %q, args: [%q]}", abs(t, "node_modules/.bin/mcp-server-filesystem"), data)
+	_, cfg, _ := setup(t, rules, upstream, 100)
+	got := client(t, "stdio", []step{
+		{Op: "list-tools"},
+		{Op: "call", Name: "read_text_file", Arguments: map[string]any{"path": filepath.Join(data, "notes.txt")}},
+		{Op: "call", Name: "write_file", Arguments: map[string]any{"path": filepath.Join(data, "evil.txt"), "content": "x"}},
+	}, agentsecBin, "proxy", "-config", cfg)
+	if !slices.Equal(got[0].Tools, []string{"list_directory", "read_text_file"}) {
+		t.Errorf("tools = %v", got[0].Tools)
+	}
+	if got[1].Result.IsError || !strings.Contains(got[1].text(), "agentsec e2e") {
+		t.Errorf("read = %+v", got[1])
+	}
+	if !got[2].Result.IsError {
+		t.Errorf("write = %+v, want denied", got[2])
+	}
+	if _, err := os.Stat(filepath.Join(data, "evil.txt")); err == nil {
+		t.Error("the denied write reached the disk")
+	}
+}
