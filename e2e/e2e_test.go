@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 var agentsecBin string // built once by TestMain
@@ -344,5 +347,62 @@ func TestFilesystemOverStdio(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(data, "evil.txt")); err == nil {
 		t.Error("the denied write reached the disk")
+	}
+}
+
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// The Go SDK's client against server-everything, through agentsec serve
+// and through agentsec proxy.
+func TestEverythingWithTheGoClient(t *testing.T) {
+	requireNode(t)
+	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 3)
+	url, stop := serve(t, dir, cfg, addr)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		transport mcp.Transport
+	}{
+		{"http", &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{"e2e-token"}}, MaxRetries: -1}},
+		{"stdio", &mcp.CommandTransport{Command: exec.Command(agentsecBin, "proxy", "-config", cfg)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx, tc.transport, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			tools, err := cs.ListTools(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, tool := range tools.Tools {
+				names = append(names, tool.Name)
+			}
+			slices.Sort(names)
+			if !slices.Equal(names, []string{"echo", "trigger-long-running-operation"}) {
+				t.Errorf("tools = %v", names)
+			}
+			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "from Go"}})
+			if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "Echo: from Go" {
+				t.Errorf("echo = %+v, %v", res, err)
+			}
+			res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "get-env"})
+			if err != nil || !res.IsError {
+				t.Errorf("get-env = %+v, %v; want denied", res, err)
+			}
+		})
+	}
+	stop()
+	out := run(t, dir, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
+	if !strings.HasPrefix(out, "verified ") {
+		t.Errorf("audit verify: %s", out)
 	}
 }
