@@ -19,31 +19,16 @@ import (
 // — in front of the configured upstream, governing its tool calls as the
 // configuration's stdio_agent.
 func (m *Main) runProxy(ctx context.Context, args []string) error {
-	fs := newFlagSet("proxy", "-config FILE",
+	cfg, _, stack, err := m.openGateway("proxy",
 		"Serves one MCP client on stdin and stdout, in front of the upstream MCP server the\n"+
 			"configuration names, applying the trust gate, the budget and the audit log to every\n"+
-			"tool call as the configuration's stdio_agent.\n")
-	configFile := fs.String("config", "agentsec.yaml", "the configuration `file`")
-	if err := m.parseFlags(fs, args, 0); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*configFile)
-	if err != nil {
-		return err
-	}
-	switch {
-	case cfg.StdioAgent == "":
-		return fmt.Errorf("%s: proxy needs stdio_agent, the agent the stdio client acts as", *configFile)
-	case len(cfg.Upstreams) != 1:
-		return fmt.Errorf("%s: proxy fronts exactly one upstream for now; the file names %d", *configFile, len(cfg.Upstreams))
-	case cfg.Audit.Path == "":
-		return fmt.Errorf("%s: proxy keeps its audit log on disk: set audit.path and audit.key_file", *configFile)
-	}
-	sc, err := cfg.StackConfig()
-	if err != nil {
-		return err
-	}
-	stack, err := agentsec.New(sc)
+			"tool call as the configuration's stdio_agent.\n", args,
+		func(cfg *config.Config, file string) error {
+			if cfg.StdioAgent == "" {
+				return fmt.Errorf("%s: proxy needs stdio_agent, the agent the stdio client acts as", file)
+			}
+			return nil
+		})
 	if err != nil {
 		return err
 	}
@@ -68,6 +53,39 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 		return fmt.Errorf("proxy: %w", err)
 	}
 	return nil
+}
+
+// openGateway reads the -config flag of the gateway command cmd, loads
+// the file, checks what every gateway needs — one upstream, a durable
+// audit log — and what check adds, and builds the stack.
+func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error) (*config.Config, string, *agentsec.Stack, error) {
+	fs := newFlagSet(cmd, "-config FILE", about)
+	file := fs.String("config", "agentsec.yaml", "the configuration `file`")
+	if err := m.parseFlags(fs, args, 0); err != nil {
+		return nil, "", nil, err
+	}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if err := check(cfg, *file); err != nil {
+		return nil, "", nil, err
+	}
+	switch {
+	case len(cfg.Upstreams) != 1:
+		return nil, "", nil, fmt.Errorf("%s: %s fronts exactly one upstream for now; the file names %d", *file, cmd, len(cfg.Upstreams))
+	case cfg.Audit.Path == "":
+		return nil, "", nil, fmt.Errorf("%s: %s keeps its audit log on disk: set audit.path and audit.key_file", *file, cmd)
+	}
+	sc, err := cfg.StackConfig()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	stack, err := agentsec.New(sc)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return cfg, *file, stack, nil
 }
 
 // upstreamTransport returns the transport to an upstream server.

@@ -148,11 +148,20 @@ func TestProxyConfigErrors(t *testing.T) {
 	os.WriteFile(noAgent, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nupstreams: [{name: x, command: y}]\n"), 0o600)
 	twoUp := filepath.Join(dir, "b.yaml")
 	os.WriteFile(twoUp, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\ntrust: {agents: [{id: a, level: public}]}\nstdio_agent: a\nupstreams: [{name: x, command: y}, {name: z, command: w}]\n"), 0o600)
-	for path, want := range map[string]string{noAgent: "needs stdio_agent", twoUp: "exactly one upstream", noDisk: "keeps its audit log on disk"} {
+	noUpstream := filepath.Join(dir, "d.yaml")
+	os.WriteFile(noUpstream, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nlisten: 127.0.0.1:1\n"), 0o600)
+	for _, tc := range []struct{ cmd, path, want string }{
+		{"proxy", noAgent, "needs stdio_agent"},
+		{"proxy", twoUp, "exactly one upstream"},
+		{"proxy", noDisk, "keeps its audit log on disk"},
+		{"serve", noUpstream, "exactly one upstream"},
+		{"serve", noDisk, "serve needs listen"},
+	} {
+		cmd, path, want := tc.cmd, tc.path, tc.want
 		m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard}
-		err := m.Run(context.Background(), []string{"proxy", "-config", path})
+		err := m.Run(context.Background(), []string{cmd, "-config", path})
 		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("proxy -config %s = %v, want %q", filepath.Base(path), err, want)
+			t.Errorf("%s -config %s = %v, want %q", cmd, filepath.Base(path), err, want)
 		}
 	}
 }

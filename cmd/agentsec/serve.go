@@ -12,7 +12,6 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/mcpgate"
 )
@@ -20,27 +19,15 @@ import (
 // runServe serves many MCP clients over streamable HTTP in front of the
 // configured upstream.
 func (m *Main) runServe(ctx context.Context, args []string) error {
-	fs := newFlagSet("serve", "-config FILE",
+	var gw *mcpgate.Gateway
+	cfg, _, stack, err := m.openGateway("serve",
 		"Serves MCP clients over streamable HTTP on the configuration's listen address, in front\n"+
 			"of the upstream MCP server it names. Each client authenticates with an agent's bearer\n"+
-			"token (agentsec token); each MCP session is a budget session.\n")
-	configFile := fs.String("config", "agentsec.yaml", "the configuration `file`")
-	if err := m.parseFlags(fs, args, 0); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*configFile)
-	if err != nil {
-		return err
-	}
-	gw, err := gatewayFor(cfg, *configFile)
-	if err != nil {
-		return err
-	}
-	sc, err := cfg.StackConfig()
-	if err != nil {
-		return err
-	}
-	stack, err := agentsec.New(sc)
+			"token (agentsec token); each MCP session is a budget session.\n", args,
+		func(cfg *config.Config, file string) (err error) {
+			gw, err = gatewayFor(cfg, file)
+			return err
+		})
 	if err != nil {
 		return err
 	}
@@ -79,8 +66,6 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
 	case len(cfg.Upstreams) != 1:
 		return nil, fmt.Errorf("%s: serve fronts exactly one upstream for now; the file names %d", file, len(cfg.Upstreams))
-	case cfg.Audit.Path == "":
-		return nil, fmt.Errorf("%s: serve keeps its audit log on disk: set audit.path and audit.key_file", file)
 	}
 	gw := &mcpgate.Gateway{}
 	for _, a := range cfg.Trust.Agents {
