@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -188,6 +189,15 @@ func serve(t *testing.T, dir, cfg, addr string) (string, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var log strings.Builder
+	var logMu sync.Mutex
+	t.Cleanup(func() {
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("agentsec serve said:\n%s", log.String())
+			logMu.Unlock()
+		}
+	})
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -212,6 +222,9 @@ func serve(t *testing.T, dir, cfg, addr string) (string, func()) {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			logMu.Lock()
+			log.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
 			if strings.Contains(sc.Text(), "serving MCP on") {
 				started <- true
 			}

@@ -167,8 +167,12 @@ func (r *relay) fromServer(ctx context.Context) error {
 				msg = r.filterTools(resp)
 			}
 		}
-		if err := r.down.Write(ctx, msg); err != nil {
-			return err
+		// A message the client's side can't take now — over HTTP, a
+		// notification while no stream is open — is lost, as it would be
+		// without the gateway; it doesn't end the session. A client that
+		// is gone ends it through fromClient's Read.
+		if err := r.down.Write(ctx, msg); err != nil && ctx.Err() != nil {
+			return ctx.Err()
 		}
 	}
 }
