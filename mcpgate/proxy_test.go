@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsec/agentsec"
@@ -85,6 +86,20 @@ func newGateway(t *testing.T, calls int64) *gateway {
 	return newGatewayWithAudit(t, calls, nil)
 }
 
+// dropNotifications makes newGateway's client side refuse server
+// notifications, as the HTTP transport does while no stream is open.
+var dropNotifications bool
+
+// refusingConn refuses to deliver notifications to the client.
+type refusingConn struct{ mcp.Connection }
+
+func (c refusingConn) Write(ctx context.Context, msg jsonrpc.Message) error {
+	if req, ok := msg.(*jsonrpc.Request); ok && !req.IsCall() {
+		return errors.New("undelivered message: stream not connected")
+	}
+	return c.Connection.Write(ctx, msg)
+}
+
 // newGatewayWithAudit is newGateway with the stack's audit store given.
 func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway {
 	t.Helper()
@@ -116,6 +131,9 @@ func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway 
 	downConn, err := proxyDown.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if dropNotifications {
+		downConn = refusingConn{downConn}
 	}
 	g := &gateway{stack: stack, up: up, done: make(chan error, 1), upConn: upConn}
 	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Session: "s-1"}
@@ -357,6 +375,23 @@ func TestAuditStoreFailsMidSession(t *testing.T) {
 	}
 	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
 		t.Error(err)
+	}
+}
+
+// A notification the client's side refuses is lost, but the session and
+// the call it came during go on.
+func TestUndeliverableNotificationKeepsTheSession(t *testing.T) {
+	dropNotifications = true
+	g := newGateway(t, 100)
+	dropNotifications = false
+	params := &mcp.CallToolParams{Name: "fs.slow", Arguments: map[string]any{"text": "x"}}
+	params.SetProgressToken("tok")
+	res, err := g.client.CallTool(context.Background(), params)
+	if err != nil || res.IsError || text(res) != "done" {
+		t.Fatalf("fs.slow = %+v, %v; want it done despite the refused progress", res, err)
+	}
+	if res := g.call(t, "fs.read", "still here"); res.IsError {
+		t.Errorf("next call = %q", text(res))
 	}
 }
 
