@@ -248,7 +248,7 @@ standard input if PROOF_FILE is -. It exits 0 only if the proof holds.
 		if err != nil {
 			return fmt.Errorf("%w%s", err, keyHint(err, *pubkey))
 		}
-		fmt.Fprintf(m.Stdout, "record %d is in the log %q of %s: %s\n", rec.Seq, cp.Origin, plural(cp.Size, "record"), p.Record)
+		fmt.Fprintf(m.Stdout, "record %d is in the log %q of %s: %s\n", rec.Seq, cp.Origin, plural(cp.Size, "record"), oneLine(string(p.Record)))
 	case bytes.HasPrefix(first, []byte("agentsec consistency proof ")):
 		var p audit.ConsistencyProof
 		if err := p.UnmarshalText(text); err != nil {

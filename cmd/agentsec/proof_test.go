@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/store/sqlite"
 )
 
 // TestCheckProofTampered alters valid proofs and checks that check-proof
@@ -71,4 +76,53 @@ func swapCheckpoints(t *testing.T, proof string) string {
 	first := parts[0] + parts[1][:j+1]
 	second := parts[1][j+1:] + parts[2]
 	return proof[:i] + second + first
+}
+
+// check-proof shows a proved record with control characters escaped, so a
+// record can't send escape sequences to the terminal of whoever checks it.
+func TestCheckProofEscapesControlCharacters(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	skey, vkey, err := audit.GenerateKey("esc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, verifier, err := audit.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "audit.db")
+	st, err := sqlite.Open(ctx, db, sqlite.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.NewLog(ctx, st, audit.Options{Namespace: "esc", Signer: signer, Verifier: verifier})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Reason: "csi \u009b31m and bidi \u202e here"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(dir, "esc.pub")
+	if err := os.WriteFile(pub, []byte(vkey+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	proof, _, err := run(t, "audit", "prove", "-db", db, "-record", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proofFile := filepath.Join(dir, "proof.txt")
+	if err := os.WriteFile(proofFile, []byte(proof), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "audit", "check-proof", "-pubkey", pub, proofFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(out, "\u009b\u202e") || !strings.Contains(out, `\u009b31m`) || !strings.Contains(out, `\u202e`) {
+		t.Errorf("check-proof printed %q, want the control characters escaped", out)
+	}
 }
