@@ -13,31 +13,19 @@ import (
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/budget"
 	"github.com/agentsec/agentsec/trust"
 )
 
-// flakyStore is an audit store whose appends fail while fail is set.
-type flakyStore struct {
-	audit.Store
-	fail atomic.Bool
-}
-
-func (s *flakyStore) Append(ctx context.Context, entries []audit.Entry) error {
-	if s.fail.Load() {
-		return errors.New("disk on fire")
-	}
-	return s.Store.Append(ctx, entries)
-}
-
 type fixture struct {
 	stack *agentsec.Stack
-	audit *flakyStore
+	audit *audittest.FailingStore
 }
 
 func newFixture(t *testing.T, calls, tokens int64) *fixture {
 	t.Helper()
-	store := &flakyStore{Store: audit.NewMemoryStore()}
+	store := &audittest.FailingStore{Store: audit.NewMemoryStore()}
 	stack, err := agentsec.New(agentsec.Config{
 		TrustGate: agentsec.TrustGateConfig{
 			Rules: []trust.Rule{
@@ -271,7 +259,7 @@ func TestGuardFailsClosedWhenAuditFails(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, 10, 1000)
 	req := agentsec.Request{Agent: "alice", Session: "s", Tool: "write"}
-	f.audit.fail.Store(true)
+	f.audit.Fail.Store(true)
 
 	// The log has not failed yet, so the call runs, but its record can't
 	// be written: Guard denies and the caller must not use the result.
@@ -304,7 +292,7 @@ func TestGuardFailsClosedWhenAuditFails(t *testing.T) {
 
 	// When the store recovers, the next denial is recorded, which shows
 	// the log works again, and calls after it run.
-	f.audit.fail.Store(false)
+	f.audit.Fail.Store(false)
 	if err := f.stack.Guard(ctx, req, tokens(3)); !errors.Is(err, agentsec.ErrAuditUnavailable) {
 		t.Fatalf("first call after recovery = %v, want the recorded denial", err)
 	}
@@ -536,7 +524,7 @@ func TestAssignmentsAreAudited(t *testing.T) {
 	}
 
 	// If the record can't be written, the assignment is not applied.
-	f.audit.fail.Store(true)
+	f.audit.Fail.Store(true)
 	if err := f.stack.TrustGate.Assign(ctx, trust.Assignment{Agent: "bob", Level: "privileged"}); !errors.Is(err, agentsec.ErrAuditUnavailable) {
 		t.Errorf("Assign on a failing log = %v, want ErrAuditUnavailable", err)
 	}
@@ -546,7 +534,7 @@ func TestAssignmentsAreAudited(t *testing.T) {
 	if err := f.stack.TrustGate.Revoke(ctx, "bob", "ops"); !errors.Is(err, agentsec.ErrAuditUnavailable) {
 		t.Errorf("Revoke on a failing log = %v, want ErrAuditUnavailable", err)
 	}
-	f.audit.fail.Store(false)
+	f.audit.Fail.Store(false)
 
 	if err := f.stack.TrustGate.Revoke(ctx, "bob", "ops"); err != nil {
 		t.Fatal(err)

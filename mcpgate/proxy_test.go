@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/trust"
 )
@@ -334,29 +335,16 @@ func TestUpstreamGoneMidCall(t *testing.T) {
 	}
 }
 
-// failingStore is an audit store whose appends fail while fail is set.
-type failingStore struct {
-	audit.Store
-	fail atomic.Bool
-}
-
-func (s *failingStore) Append(ctx context.Context, entries []audit.Entry) error {
-	if s.fail.Load() {
-		return errors.New("disk full")
-	}
-	return s.Store.Append(ctx, entries)
-}
-
 // When the audit store starts failing, calls are denied with a clear
 // reason and never reach the server; when it recovers, calls flow again,
 // and the log verifies throughout.
 func TestAuditStoreFailsMidSession(t *testing.T) {
-	store := &failingStore{Store: audit.NewMemoryStore()}
+	store := &audittest.FailingStore{Store: audit.NewMemoryStore()}
 	g := newGatewayWithAudit(t, 100, store)
 	if res := g.call(t, "fs.read", "before"); res.IsError {
 		t.Fatalf("call before the failure: %q", text(res))
 	}
-	store.fail.Store(true)
+	store.Fail.Store(true)
 	// The first call after the failure runs but can't be recorded, so its
 	// result is withheld; the next is stopped before it runs.
 	for i := range 2 {
@@ -368,7 +356,7 @@ func TestAuditStoreFailsMidSession(t *testing.T) {
 	if got := g.up.calls.Load(); got != 2 {
 		t.Errorf("server saw %d calls, want 2: the one before, and the one whose record failed", got)
 	}
-	store.fail.Store(false)
+	store.Fail.Store(false)
 	g.call(t, "fs.read", "after") // recorded as a denial: the log was failed
 	if res := g.call(t, "fs.read", "after"); res.IsError {
 		t.Errorf("call after recovery = %q", text(res))
