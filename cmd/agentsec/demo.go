@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -20,16 +19,14 @@ import (
 // runDemo drives one agent through the main flow: allowed calls, a trust
 // denial and budget exhaustion, then prints and verifies the audit log.
 func (m *Main) runDemo(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
+	fs := newFlagSet("demo", "[-calls N] [-db FILE -key NAME.key]",
+		"Runs the gateway in front of a small MCP server and drives an agent through an allowed\n"+
+			"call, a trust denial and budget exhaustion, then prints and verifies the audit log.\n")
 	calls := fs.Int64("calls", 3, "call limit of the demo session")
 	db := fs.String("db", "", "keep the audit log in this SQLite database instead of in memory")
 	keyFile := fs.String("key", "", "signer key file (from agentsec keygen) for the -db log's checkpoints")
-	if err := fs.Parse(args); err != nil {
+	if err := m.parseFlags(fs, args, 0); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("demo takes no arguments, got %q", fs.Args())
 	}
 	var auditCfg agentsec.AuditConfig
 	if *db != "" {

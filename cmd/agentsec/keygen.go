@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,15 +15,13 @@ import (
 // NAME.key, the signer key, readable by its owner only, and NAME.pub, the
 // verifier key to hand to whoever verifies the log.
 func (m *Main) runKeygen(_ context.Context, args []string) error {
-	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
+	fs := newFlagSet("keygen", "-name NAME [-dir DIR]",
+		"Writes DIR/NAME.key, the signer key for audit checkpoints (keep it secret), and\n"+
+			"DIR/NAME.pub, the verifier key to hand to whoever verifies the log.\n")
 	name := fs.String("name", "", "key name, shown in every signature (for example the host name)")
 	dir := fs.String("dir", ".", "directory to write NAME.key and NAME.pub to")
-	if err := fs.Parse(args); err != nil {
+	if err := m.parseFlags(fs, args, 0); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("keygen takes no arguments, got %q", fs.Args())
 	}
 	if *name == "" {
 		return errors.New("keygen needs -name; for example: agentsec keygen -name audit.example.com")

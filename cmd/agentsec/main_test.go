@@ -55,7 +55,7 @@ func TestBadInvocations(t *testing.T) {
 		want string
 	}{
 		{[]string{"frobnicate"}, `unknown command "frobnicate"; run 'agentsec help'`},
-		{[]string{"demo", "extra"}, "demo takes no arguments"},
+		{[]string{"demo", "extra"}, `demo: unexpected argument "extra"`},
 		{[]string{"demo", "-calls", "0"}, "call limit must be positive"},
 		{[]string{"demo", "-calls", "many"}, "invalid value"},
 	}
