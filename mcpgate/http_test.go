@@ -115,6 +115,31 @@ func TestHTTPGatewayGovernsEachAgent(t *testing.T) {
 	}
 }
 
+// postMCP posts one JSON-RPC body to the gateway with the given headers
+// ("Host" sets the request's host) and returns the status code.
+func postMCP(t *testing.T, url, body string, headers map[string]string) int {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range headers {
+		if k == "Host" {
+			req.Host = v
+		} else {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // A valid session id used with another agent's token is not found.
 func TestHTTPSessionBelongsToItsAgent(t *testing.T) {
 	srv, _, _ := newHTTPGateway(t)
@@ -123,18 +148,10 @@ func TestHTTPSessionBelongsToItsAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/list"}`))
-	req.Header.Set("Authorization", "Bearer alice-token")
-	req.Header.Set("Mcp-Session-Id", root.ID())
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("alice using root's session: status %d, want 404", resp.StatusCode)
+	got := postMCP(t, srv.URL, `{"jsonrpc":"2.0","id":9,"method":"tools/list"}`,
+		map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": root.ID()})
+	if got != http.StatusNotFound {
+		t.Errorf("alice using root's session: status %d, want 404", got)
 	}
 }
 
@@ -143,51 +160,23 @@ func TestHTTPGatewayRejects(t *testing.T) {
 	if _, err := connect(t, srv, "wrong-token"); err == nil {
 		t.Error("a wrong token connected")
 	}
-	post := func(host, origin, auth, body string) int {
-		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(body))
-		if host != "" {
-			req.Host = host
-		}
-		if origin != "" {
-			req.Header.Set("Origin", origin)
-		}
-		if auth != "" {
-			req.Header.Set("Authorization", auth)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
 	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}`
+	alice := "Bearer alice-token"
 	for _, tc := range []struct {
-		name, host, origin, auth, body string
-		want                           int
+		name    string
+		headers map[string]string
+		body    string
+		want    int
 	}{
-		{"no token", "", "", "", initialize, http.StatusUnauthorized},
-		{"wrong scheme", "", "", "Basic abc", initialize, http.StatusUnauthorized},
-		{"rebinding host", "evil.example:80", "", "Bearer alice-token", initialize, http.StatusForbidden},
-		{"foreign origin", "", "http://evil.example", "Bearer alice-token", initialize, http.StatusForbidden},
-		{"too large", "", "", "Bearer alice-token", `{"x":"` + strings.Repeat("a", 5<<20) + `"}`, http.StatusRequestEntityTooLarge},
+		{"no token", nil, initialize, http.StatusUnauthorized},
+		{"wrong scheme", map[string]string{"Authorization": "Basic abc"}, initialize, http.StatusUnauthorized},
+		{"rebinding host", map[string]string{"Authorization": alice, "Host": "evil.example:80"}, initialize, http.StatusForbidden},
+		{"foreign origin", map[string]string{"Authorization": alice, "Origin": "http://evil.example"}, initialize, http.StatusForbidden},
+		{"too large", map[string]string{"Authorization": alice}, `{"x":"` + strings.Repeat("a", 5<<20) + `"}`, http.StatusRequestEntityTooLarge},
+		{"unknown session", map[string]string{"Authorization": alice, "Mcp-Session-Id": "nope"}, `{"jsonrpc":"2.0","id":2,"method":"ping"}`, http.StatusNotFound},
 	} {
-		if got := post(tc.host, tc.origin, tc.auth, tc.body); got != tc.want {
+		if got := postMCP(t, srv.URL, tc.body, tc.headers); got != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.name, got, tc.want)
 		}
-	}
-	// A session id that isn't the agent's is not found.
-	req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(`{"jsonrpc":"2.0","id":2,"method":"ping"}`))
-	req.Header.Set("Authorization", "Bearer alice-token")
-	req.Header.Set("Mcp-Session-Id", "nope")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("unknown session: status %d, want 404", resp.StatusCode)
 	}
 }

@@ -3,12 +3,12 @@
 // the audit log to every tool call, without either side changing.
 //
 // The gateway works on JSON-RPC messages, through the official SDK's
-// transports (github.com/modelcontextprotocol/go-sdk). Everything passes
-// through unchanged in both directions — initialization, ping, resources,
-// prompts, completion, logging, progress, cancellation, server-to-client
-// requests — except two things: a tools/list result is filtered to the
-// tools the agent may call, and a tools/call request goes through
-// agentsec.Stack.Guard, so a denied call never reaches the server.
+// transports (github.com/modelcontextprotocol/go-sdk). Every message is
+// relayed unchanged in both directions, except two: a tools/list result is
+// filtered to the tools the agent may call, and a tools/call request goes
+// through agentsec.Stack.Guard, so a denied call never reaches the server.
+// A notifications/cancelled for a governed call also stops the gateway
+// waiting for it.
 package mcpgate
 
 import (
