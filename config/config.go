@@ -123,8 +123,8 @@ type Audit struct {
 // Upstream is one MCP server behind the gateway: a command spoken to over
 // stdio, or a streamable-HTTP URL.
 type Upstream struct {
-	// Name prefixes the upstream's tool names when several upstreams are
-	// combined: "<name>.<tool>".
+	// Name identifies the upstream; when several upstreams are combined
+	// it prefixes their tool and prompt names: "<name>__<tool>".
 	Name string `yaml:"name"`
 	// Command and Args start a stdio server; Env adds to its environment.
 	Command string            `yaml:"command"`
@@ -132,6 +132,9 @@ type Upstream struct {
 	Env     map[string]string `yaml:"env"`
 	// URL is a streamable-HTTP server's endpoint.
 	URL string `yaml:"url"`
+	// Timeout bounds how long a request waits for the server's answer;
+	// progress notifications restart the wait. 0 means 60s.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // maxFileSize bounds the configuration file.

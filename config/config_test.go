@@ -40,7 +40,7 @@ func TestExample(t *testing.T) {
 	}
 	if cfg.Namespace != "my-gateway" || len(cfg.Trust.Rules) != 3 || len(cfg.Trust.Agents) != 3 ||
 		cfg.Audit.CheckpointInterval != 10*time.Second || len(cfg.Upstreams) != 2 ||
-		cfg.Upstreams[0].Args[1] != "@modelcontextprotocol/server-filesystem" || cfg.Upstreams[1].URL != "http://127.0.0.1:9000/mcp" {
+		cfg.Upstreams[0].Args[1] != "@modelcontextprotocol/server-filesystem" || cfg.Upstreams[1].URL != "http://127.0.0.1:9000/mcp" || cfg.Upstreams[1].Timeout != 30*time.Second {
 		t.Errorf("decoded %+v", cfg)
 	}
 	sc, err := cfg.StackConfig()
@@ -60,16 +60,16 @@ func TestExample(t *testing.T) {
 		req  agentsec.Request
 		want bool
 	}{
-		{agentsec.Request{Agent: "claude-desktop", Tool: "fs.write_file"}, true},
-		{agentsec.Request{Agent: "ci-bot", Tool: "fs.write_file"}, false},
-		{agentsec.Request{Agent: "ci-bot", Tool: "shell.exec", Scope: "release"}, true},
+		{agentsec.Request{Agent: "claude-desktop", Tool: "fs__write_file"}, true},
+		{agentsec.Request{Agent: "ci-bot", Tool: "fs__write_file"}, false},
+		{agentsec.Request{Agent: "ci-bot", Tool: "search__query", Scope: "release"}, true},
 		{agentsec.Request{Agent: "claude-desktop", Tool: "unknown"}, false},
 	} {
 		if d := stack.TrustGate.Check(tc.req); d.Allowed != tc.want {
 			t.Errorf("Check(%+v) = %v, want allowed %v", tc.req, d, tc.want)
 		}
 	}
-	err = stack.Guard(context.Background(), agentsec.Request{Agent: "claude-desktop", Session: "s", Tool: "fs.read_file"},
+	err = stack.Guard(context.Background(), agentsec.Request{Agent: "claude-desktop", Session: "s", Tool: "fs__read_file"},
 		func(context.Context) (int64, error) { return 1, nil })
 	if err != nil {
 		t.Fatal(err)
@@ -117,6 +117,10 @@ budget: {tokens: 10, calls: 10}
 		{"upstream both", base + "upstreams:\n  - {name: a, command: x, url: \"http://h/\"}\n", "has both a command and a url"},
 		{"upstream url", base + "upstreams:\n  - {name: a, url: \"ftp://h/\"}\n", `upstreams[0].url: "ftp://h/" is not an http`},
 		{"upstream name", base + "upstreams:\n  - {name: \"a b\", command: x}\n", `upstreams[0].name: "a b" must be`},
+		{"upstream name with separator", base + "upstreams:\n  - {name: a__b, command: x}\n", `upstreams[0].name: "a__b" must be`},
+		{"upstream timeout", base + "upstreams:\n  - {name: a, command: x, timeout: -1s}\n", `upstreams[0].timeout: -1s is negative`},
+		{"bare rule, several upstreams", base + "trust:\n  rules:\n    - {tool: \"read_*\", level: public}\nupstreams:\n  - {name: a, command: x}\n  - {name: b, command: y}\n",
+			`line 5: trust.rules[0].tool: "read_*" matches no tool: in front of several upstreams, tools are named <upstream>__<tool>, such as "a__read_*"`},
 		{"upstream twice", base + "upstreams:\n  - {name: a, command: x}\n  - {name: a, command: y}\n", `line 5: upstreams[1].name: "a" names another upstream`},
 	}
 	for _, tt := range tests {

@@ -107,6 +107,33 @@ func (c *Config) validate(v *validator) {
 		v.errorf(at("stdio_agent"), "agent %q is not among trust.agents", c.StdioAgent)
 	}
 	c.validateUpstreams(v)
+	c.validatePrefixedRules(v)
+}
+
+// validatePrefixedRules catches rules written for bare tool names in front
+// of several upstreams, where every tool is offered as <name>__<tool>: a
+// rule that can match none of those names governs nothing.
+func (c *Config) validatePrefixedRules(v *validator) {
+	if len(c.Upstreams) < 2 {
+		return
+	}
+	for i, r := range c.Trust.Rules {
+		literal := r.Tool
+		if j := strings.IndexAny(literal, "*?[\\"); j >= 0 {
+			literal = literal[:j]
+		}
+		matches := literal == ""
+		for _, u := range c.Upstreams {
+			prefix := u.Name + "__"
+			if strings.HasPrefix(literal, prefix) || strings.HasPrefix(prefix, literal) {
+				matches = true
+			}
+		}
+		if !matches {
+			v.errorf(at("trust", "rules", i, "tool"), "%q matches no tool: in front of several upstreams, tools are named <upstream>__<tool>, such as %q",
+				r.Tool, c.Upstreams[0].Name+"__"+r.Tool)
+		}
+	}
 }
 
 func (c *Config) hasAgent(id string) bool {
@@ -228,8 +255,8 @@ func (c *Config) signerKey() (string, error) {
 func (c *Config) validateUpstreams(v *validator) {
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
-		if !upstreamName.MatchString(u.Name) {
-			v.errorf(at("upstreams", i, "name"), "%q must be 1 to 64 letters, digits, '-' or '_'", u.Name)
+		if !upstreamName.MatchString(u.Name) || strings.Contains(u.Name, "__") || strings.HasSuffix(u.Name, "_") {
+			v.errorf(at("upstreams", i, "name"), "%q must be 1 to 64 letters, digits, '-' or '_', with no \"__\" and no '_' at the end: tools are offered as <name>__<tool>", u.Name)
 		} else if names[u.Name] {
 			v.errorf(at("upstreams", i, "name"), "%q names another upstream already", u.Name)
 		}
@@ -247,6 +274,9 @@ func (c *Config) validateUpstreams(v *validator) {
 			if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 				v.errorf(at("upstreams", i, "url"), "%q is not an http:// or https:// URL", u.URL)
 			}
+		}
+		if u.Timeout < 0 {
+			v.errorf(at("upstreams", i, "timeout"), "%v is negative", u.Timeout)
 		}
 		for k := range u.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {

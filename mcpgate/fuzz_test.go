@@ -1,7 +1,11 @@
 package mcpgate
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -26,7 +30,7 @@ func FuzzFilterTools(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer stack.Close()
-	r := &relay{p: &Proxy{Stack: stack, Agent: "a"}, session: "s"}
+	r := &router{p: &Proxy{Stack: stack, Agent: "a"}, session: "s"}
 	f.Add([]byte(`{"tools":[{"name":"ok.read"},{"name":"secret"},{"name":"other"}],"nextCursor":"x"}`))
 	f.Add([]byte(`{"tools":[]}`))
 	f.Add([]byte(`{"tools":null}`))
@@ -35,7 +39,7 @@ func FuzzFilterTools(f *testing.F) {
 	f.Add([]byte(`{"tools":[{"name":"ok.a","name":"secret"}]}`))
 	f.Fuzz(func(t *testing.T, result []byte) {
 		id, _ := jsonrpc.MakeID(int64(1))
-		out := r.filterTools(&jsonrpc.Response{ID: id, Result: result})
+		out := r.rewriteList(&jsonrpc.Response{ID: id, Result: result}, listTools, nil, "")
 		if out.Error != nil {
 			return
 		}
@@ -50,6 +54,47 @@ func FuzzFilterTools(f *testing.F) {
 		for _, tool := range got.Tools {
 			if !stack.TrustGate.Check(agentsec.Request{Agent: "a", Tool: tool.Name}).Allowed {
 				t.Errorf("filter let through %q from %s", tool.Name, result)
+			}
+		}
+	})
+}
+
+// FuzzStdioFrames feeds arbitrary bytes to the stdio connection: it must
+// never panic or stop early, every line it writes back must be a JSON-RPC
+// error response, and every message it passes on must encode again.
+func FuzzStdioFrames(f *testing.F) {
+	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"method":"ping"}` + "\n"))
+	f.Add([]byte("{not json\n\n\r\n[1,2]\n"))
+	f.Add([]byte(`{"jsonrpc":"2.0","id":{"a":1},"method":"x"}` + "\n" + `{"jsonrpc":"1.0","id":2}` + "\n"))
+	f.Add([]byte(`{"jsonrpc":"2.0","id":"s","result":{}}` + "\r\n" + `{"jsonrpc":"2.0","method":""}`))
+	f.Add([]byte(strings.Repeat("x", 300) + "\n" + `{"jsonrpc":"2.0","method":"notifications/initialized"}`))
+	f.Fuzz(func(t *testing.T, input []byte) {
+		var out bytes.Buffer
+		conn := NewStdioConn(bytes.NewReader(input), &out, 256)
+		defer conn.Close()
+		for {
+			msg, err := conn.Read(context.Background())
+			if err != nil {
+				if err != io.EOF {
+					t.Fatalf("Read = %v, want io.EOF at the end", err)
+				}
+				break
+			}
+			if _, err := jsonrpc.EncodeMessage(msg); err != nil {
+				t.Errorf("message %+v does not encode: %v", msg, err)
+			}
+		}
+		for _, line := range bytes.Split(bytes.TrimSuffix(out.Bytes(), []byte("\n")), []byte("\n")) {
+			if len(line) == 0 {
+				continue
+			}
+			var r struct {
+				JSONRPC string          `json:"jsonrpc"`
+				ID      json.RawMessage `json:"id"`
+				Error   *jsonrpc.Error  `json:"error"`
+			}
+			if err := json.Unmarshal(line, &r); err != nil || r.JSONRPC != "2.0" || r.Error == nil || len(r.ID) == 0 {
+				t.Errorf("reply %q is not a JSON-RPC error response", line)
 			}
 		}
 	})

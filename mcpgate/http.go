@@ -26,8 +26,9 @@ type Gateway struct {
 	// Agents are the agents that may connect, by the SHA-256 of their
 	// bearer token.
 	Agents []Credential
-	// Upstream opens a new connection to the upstream server.
-	Upstream func(context.Context) (mcp.Connection, error)
+	// Upstreams are the servers behind the gateway; each session
+	// connects to each of them.
+	Upstreams []Upstream
 	// MaxRequestBytes bounds a request body; 0 means 4 MiB.
 	MaxRequestBytes int64
 	// LocalOnly refuses requests whose Host or Origin is not a loopback
@@ -136,17 +137,11 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 
 func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	up, err := g.Upstream(ctx)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
 	id := rand.Text()
 	t := &mcp.StreamableServerTransport{SessionID: id}
 	down, err := t.Connect(ctx)
 	if err != nil {
 		cancel()
-		up.Close()
 		return nil, err
 	}
 	s := &httpSession{agent: agent, transport: t, cancel: cancel}
@@ -154,8 +149,8 @@ func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	g.sessions[id] = s
 	g.mu.Unlock()
 	go func() {
-		p := &Proxy{Stack: g.Stack, Agent: agent, Session: id, Tokens: g.Tokens}
-		if err := p.Serve(ctx, down, up); err != nil {
+		p := &Proxy{Stack: g.Stack, Agent: agent, Session: id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
+		if err := p.Serve(ctx, down); err != nil {
 			g.Log.Warn("agentsec: session ended", "session", id, "agent", agent, "err", err)
 		}
 		g.endSession(id)

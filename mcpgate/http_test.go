@@ -44,15 +44,9 @@ func newHTTPGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream)
 	t.Cleanup(func() { stack.Close() })
 	up := newUpstream()
 	gw := &mcpgate.Gateway{
-		Stack:  stack,
-		Agents: []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("alice-token")), Agent: "alice"}, {TokenSHA256: sha256.Sum256([]byte("root-token")), Agent: "root"}},
-		Upstream: func(ctx context.Context) (mcp.Connection, error) {
-			serverSide, proxySide := mcp.NewInMemoryTransports()
-			if _, err := up.server.Connect(ctx, serverSide, nil); err != nil {
-				return nil, err
-			}
-			return proxySide.Connect(ctx)
-		},
+		Stack:     stack,
+		Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("alice-token")), Agent: "alice"}, {TokenSHA256: sha256.Sum256([]byte("root-token")), Agent: "root"}},
+		Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}},
 		LocalOnly: true,
 	}
 	srv := httptest.NewServer(gw)

@@ -1,14 +1,23 @@
 // Package mcpgate is agentsec's MCP governance gateway: it sits between an
-// MCP client and an MCP server and applies the trust gate, the budget and
-// the audit log to every tool call, without either side changing.
+// MCP client and one or more MCP servers and applies the trust gate, the
+// budget and the audit log to every tool call, without either side
+// changing.
 //
-// The gateway works on JSON-RPC messages, through the official SDK's
-// transports (github.com/modelcontextprotocol/go-sdk). Every message is
-// relayed unchanged in both directions, except two: a tools/list result is
-// filtered to the tools the agent may call, and a tools/call request goes
-// through agentsec.Stack.Guard, so a denied call never reaches the server.
-// A notifications/cancelled for a governed call also stops the gateway
-// waiting for it.
+// The gateway works on JSON-RPC messages. In front of one server, every
+// message is relayed unchanged in both directions except two: a
+// tools/list result is filtered to the tools the agent may call, and a
+// tools/call request goes through agentsec.Stack.Guard, so a denied call
+// never reaches the server. In front of several, the gateway answers the
+// client as one server: it initializes each upstream with the client's
+// parameters and merges their answers, offers each upstream's tools and
+// prompts as "<upstream>__<name>", pages through each upstream's lists in
+// turn, and routes every request to the upstream it is for.
+//
+// Requests reach an upstream under the gateway's own ids, so answers are
+// matched whoever asked; requests an upstream sends the client (sampling,
+// elicitation, roots, ping) are relayed the same way in the other
+// direction. A lost upstream is reconnected, and re-initialized as the
+// client initialized it, when a request next needs it.
 package mcpgate
 
 import (
@@ -17,8 +26,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -27,8 +36,8 @@ import (
 	"github.com/agentsec/agentsec"
 )
 
-// A Proxy relays one client's MCP session to one server and governs its
-// tool calls.
+// A Proxy serves one client's MCP session in front of its upstream
+// servers and governs its tool calls.
 type Proxy struct {
 	// Stack decides, counts and records every tool call.
 	Stack *agentsec.Stack
@@ -38,27 +47,38 @@ type Proxy struct {
 	// Session is the budget session the calls are charged to. Empty means
 	// a new random one for this connection.
 	Session string
+	// Upstreams are the servers behind the gateway; at least one, with
+	// distinct names.
+	Upstreams []Upstream
 	// Tokens counts what a tool result costs; nil means a
 	// TiktokenCounter.
 	Tokens TokenCounter
+	// Log receives the proxy's own events; nil means slog.Default().
+	Log *slog.Logger
 }
 
 // JSON-RPC error codes of the gateway's own replies.
 const (
-	codeInvalidParams = -32602
-	codeInternal      = -32603
+	codeInvalidRequest   = jsonrpc.CodeInvalidRequest
+	codeMethodNotFound   = jsonrpc.CodeMethodNotFound
+	codeInvalidParams    = jsonrpc.CodeInvalidParams
+	codeInternal         = jsonrpc.CodeInternalError
+	codeResourceNotFound = jsonrpc.CodeInvalidParams // an unknown resource, as MCP says since SEP-2164
 )
 
-// errUpstreamGone is the failure of a call whose server connection closed
-// before it answered.
-var errUpstreamGone = errors.New("the MCP server closed the connection before answering")
-
-// Serve relays messages between down, the client's connection, and up,
-// the server's, until either closes or ctx is done. It returns nil when a
-// side closed normally.
-func (p *Proxy) Serve(ctx context.Context, down, up mcp.Connection) error {
-	if p.Stack == nil || p.Agent == "" {
-		return errors.New("mcpgate: a proxy needs a Stack and an Agent")
+// Serve relays the session on down, the client's connection, until the
+// client closes it or ctx is done. It returns nil when the client closed
+// normally.
+func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
+	if p.Stack == nil || p.Agent == "" || len(p.Upstreams) == 0 {
+		return errors.New("mcpgate: a proxy needs a Stack, an Agent and an upstream")
+	}
+	names := map[string]bool{}
+	for _, u := range p.Upstreams {
+		if u.Name == "" || u.Connect == nil || names[u.Name] {
+			return errors.New("mcpgate: every upstream needs a distinct name and a Connect function")
+		}
+		names[u.Name] = true
 	}
 	session := p.Session
 	if session == "" {
@@ -68,263 +88,417 @@ func (p *Proxy) Serve(ctx context.Context, down, up mcp.Connection) error {
 		}
 		session = "mcp-" + hex.EncodeToString(b[:])
 	}
-	tokens := p.Tokens
-	if tokens == nil {
-		tokens = &TiktokenCounter{}
+	r := &router{p: p, session: session, down: down, tokens: p.Tokens, log: p.Log,
+		inflight: map[jsonrpc.ID]*clientRequest{}, outbound: map[int64]outboundRequest{}}
+	if r.tokens == nil {
+		r.tokens = &TiktokenCounter{}
 	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	for _, u := range p.Upstreams {
+		r.ups = append(r.ups, &upstreamConn{Upstream: u, r: r, log: r.log})
+	}
+	r.multi = len(r.ups) > 1
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &relay{p: p, session: session, tokens: tokens, down: down, up: up,
-		calls: map[jsonrpc.ID]*pendingCall{}, lists: map[jsonrpc.ID]bool{}, gone: make(chan struct{})}
-	errc := make(chan error, 2)
-	go func() { errc <- r.fromClient(ctx) }()
-	go func() { errc <- r.fromServer(ctx) }()
-	err := <-errc
-	select {
-	case <-r.gone:
-		// The server's side ended: the calls waiting on it fail now, and
-		// tell the client so before its connection closes.
-		r.wg.Wait()
-	default:
+	// Connect at once, so a server that can't start says so early; a
+	// failure here is retried when a request needs the server.
+	var wg sync.WaitGroup
+	for _, u := range r.ups {
+		wg.Go(func() { u.connected(ctx) })
 	}
+	wg.Wait()
+	err := r.fromClient(ctx)
 	cancel()
 	down.Close()
-	up.Close()
-	<-errc
-	r.wg.Wait()
+	for _, u := range r.ups {
+		u.close()
+	}
+	r.calls.Wait()
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
 }
 
-// relay is the state of one proxied connection.
-type relay struct {
-	p        *Proxy
-	session  string
-	tokens   TokenCounter
-	down, up mcp.Connection
+// router is the state of one proxied session.
+type router struct {
+	p       *Proxy
+	session string
+	tokens  TokenCounter
+	log     *slog.Logger
+	down    mcp.Connection
+	ups     []*upstreamConn
+	multi   bool // several upstreams: names prefixed, answers merged
 
-	mu    sync.Mutex
-	calls map[jsonrpc.ID]*pendingCall // governed tools/call awaiting the server
-	lists map[jsonrpc.ID]bool         // tools/list awaiting the server
-	gone  chan struct{}               // closed when the server's side ends
-	wg    sync.WaitGroup
+	mu       sync.Mutex
+	init     json.RawMessage // the client's initialize params, once answered
+	inflight map[jsonrpc.ID]*clientRequest
+	outbound map[int64]outboundRequest // the upstreams' requests to the client, by the gateway's id
+	nextOut  int64
+	owners   resourceOwners
+
+	calls sync.WaitGroup // requests handled off the read loop
 }
 
-type pendingCall struct {
-	resp      chan *jsonrpc.Response
+// A clientRequest is a request of the client's in progress.
+type clientRequest struct {
 	cancelled chan struct{}
+	up        *upstreamConn // where it went, once sent
+	upID      int64
 }
 
-func (r *relay) fromClient(ctx context.Context) error {
+// An outboundRequest is an upstream's request the gateway relayed to the
+// client.
+type outboundRequest struct {
+	up  *upstreamConn
+	gen int
+	id  jsonrpc.ID // the upstream's own id
+}
+
+func (r *router) initParams() json.RawMessage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.init
+}
+
+func (r *router) fromClient(ctx context.Context) error {
 	for {
 		msg, err := r.down.Read(ctx)
 		if err != nil {
 			return err
 		}
-		if req, ok := msg.(*jsonrpc.Request); ok {
-			switch {
-			case req.Method == "tools/call" && req.IsCall():
-				r.wg.Add(1)
-				go func() {
-					defer r.wg.Done()
-					r.call(ctx, req)
-				}()
-				continue
-			case req.Method == "tools/list" && req.IsCall():
-				r.mu.Lock()
-				r.lists[req.ID] = true
-				r.mu.Unlock()
-			case req.Method == "notifications/cancelled":
-				r.cancelled(req)
+		switch m := msg.(type) {
+		case *jsonrpc.Response:
+			r.clientAnswered(ctx, m)
+		case *jsonrpc.Request:
+			if m.IsCall() {
+				r.clientRequest(ctx, m)
+			} else {
+				r.clientNotification(ctx, m)
 			}
-		}
-		if err := r.up.Write(ctx, msg); err != nil {
-			return err
 		}
 	}
 }
 
-func (r *relay) fromServer(ctx context.Context) error {
-	defer close(r.gone)
-	for {
-		msg, err := r.up.Read(ctx)
-		if err != nil {
-			return err
+// clientRequest dispatches one of the client's requests.
+func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request) {
+	r.mu.Lock()
+	_, dup := r.inflight[req.ID]
+	initialized := r.init != nil
+	r.mu.Unlock()
+	switch {
+	case dup:
+		r.replyError(ctx, req.ID, codeInvalidRequest, "agentsec: a request with this id is already in progress")
+		return
+	case !initialized && !allowedBeforeInitialize(req):
+		r.replyError(ctx, req.ID, codeInvalidRequest, "agentsec: "+req.Method+" before initialize: initialize the session first")
+		return
+	}
+	cr := r.track(req.ID)
+	switch req.Method {
+	case "initialize":
+		r.async(func() { r.initialize(ctx, req, cr) })
+	case "server/discover":
+		r.async(func() { r.discover(ctx, req, cr) })
+	case "tools/call":
+		r.async(func() { r.callTool(ctx, req, cr) })
+	case "tools/list":
+		r.list(ctx, req, cr, listTools)
+	case "prompts/list":
+		r.list(ctx, req, cr, listPrompts)
+	case "resources/list":
+		r.list(ctx, req, cr, listResources)
+	case "resources/templates/list":
+		r.list(ctx, req, cr, listTemplates)
+	case "prompts/get":
+		r.routeByName(ctx, req, cr)
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		r.async(func() { r.routeByURI(ctx, req, cr) })
+	case "completion/complete":
+		r.async(func() { r.complete(ctx, req, cr) })
+	case "logging/setLevel":
+		r.async(func() { r.broadcast(ctx, req, cr, "logging") })
+	case "ping":
+		if r.multi {
+			r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: json.RawMessage("{}")})
+			return
 		}
-		if resp, ok := msg.(*jsonrpc.Response); ok {
-			r.mu.Lock()
-			call := r.calls[resp.ID]
-			isList := r.lists[resp.ID]
-			delete(r.lists, resp.ID)
-			r.mu.Unlock()
-			switch {
-			case call != nil:
-				call.resp <- resp
-				continue
-			case isList:
-				msg = r.filterTools(resp)
-			}
+		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
+	default:
+		if r.multi {
+			r.replyError(ctx, req.ID, codeMethodNotFound, "agentsec: "+req.Method+" is not supported in front of several MCP servers")
+			r.untrack(req.ID)
+			return
 		}
-		// A message the client's side can't take now — over HTTP, a
-		// notification while no stream is open — is lost, as it would be
-		// without the gateway; it doesn't end the session. A client that
-		// is gone ends it through fromClient's Read.
-		if err := r.down.Write(ctx, msg); err != nil && ctx.Err() != nil {
-			return ctx.Err()
-		}
+		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
 	}
 }
 
-// cancelled wakes a governed call the client cancelled; the notification
-// itself still goes on to the server.
-func (r *relay) cancelled(req *jsonrpc.Request) {
+// allowedBeforeInitialize reports whether a request may come before the
+// session is initialized: the handshake itself, ping, and requests of the
+// sessionless protocol (2026-07-28), which carry their protocol version
+// in _meta instead.
+func allowedBeforeInitialize(req *jsonrpc.Request) bool {
+	switch req.Method {
+	case "initialize", "ping", "server/discover":
+		return true
+	}
 	var params struct {
-		RequestID any `json:"requestId"`
+		Meta map[string]json.RawMessage `json:"_meta"`
+	}
+	if json.Unmarshal(req.Params, &params) != nil {
+		return false
+	}
+	_, ok := params.Meta[mcp.MetaKeyProtocolVersion]
+	return ok
+}
+
+func (r *router) async(f func()) {
+	r.calls.Go(f)
+}
+
+func (r *router) track(id jsonrpc.ID) *clientRequest {
+	cr := &clientRequest{cancelled: make(chan struct{})}
+	r.mu.Lock()
+	r.inflight[id] = cr
+	r.mu.Unlock()
+	return cr
+}
+
+func (r *router) untrack(id jsonrpc.ID) {
+	r.mu.Lock()
+	delete(r.inflight, id)
+	r.mu.Unlock()
+}
+
+// sent records where a request went, so the client can cancel it. It
+// reports false if the client cancelled it meanwhile; the caller then
+// cancels it upstream.
+func (r *router) sent(cr *clientRequest, u *upstreamConn, id int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cr.up, cr.upID = u, id
+	select {
+	case <-cr.cancelled:
+		return false
+	default:
+		return true
+	}
+}
+
+func isCancelled(cr *clientRequest) bool {
+	select {
+	case <-cr.cancelled:
+		return true
+	default:
+		return false
+	}
+}
+
+// reply answers the client's request id and ends it. A cancelled request
+// gets no answer, as the protocol asks.
+func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, resp *jsonrpc.Response) {
+	r.untrack(id)
+	if cr != nil && isCancelled(cr) {
+		return
+	}
+	out := &jsonrpc.Response{ID: id, Result: resp.Result, Error: resp.Error}
+	_ = r.down.Write(ctx, out) // a client that is gone needs no answer
+}
+
+func (r *router) replyError(ctx context.Context, id jsonrpc.ID, code int64, msg string) {
+	r.untrack(id)
+	_ = r.down.Write(ctx, &jsonrpc.Response{ID: id, Error: &jsonrpc.Error{Code: code, Message: msg}})
+}
+
+// replyFailure answers a request that did not get an answer upstream.
+func (r *router) replyFailure(ctx context.Context, cr *clientRequest, id jsonrpc.ID, err error) {
+	var we *jsonrpc.Error
+	if errors.As(err, &we) {
+		r.reply(ctx, cr, id, &jsonrpc.Response{Error: we})
+		return
+	}
+	r.reply(ctx, cr, id, &jsonrpc.Response{Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}})
+}
+
+// forward sends a request to one upstream with the given params and
+// relays its answer, changed by rewrite if that is not nil.
+func (r *router) forward(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, u *upstreamConn, params json.RawMessage,
+	rewrite func(*jsonrpc.Response) *jsonrpc.Response) {
+	id, err := u.send(ctx, req.Method, params, "", func(resp *jsonrpc.Response, err error) {
+		if err != nil {
+			r.replyFailure(ctx, cr, req.ID, err)
+			return
+		}
+		if rewrite != nil {
+			resp = rewrite(resp)
+		}
+		r.reply(ctx, cr, req.ID, resp)
+	})
+	if err != nil {
+		r.replyFailure(ctx, cr, req.ID, err)
+		return
+	}
+	if !r.sent(cr, u, id) {
+		u.cancel(ctx, id, "cancelled by the client")
+		r.untrack(req.ID)
+	}
+}
+
+// clientNotification handles a notification from the client.
+func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) {
+	switch req.Method {
+	case "notifications/cancelled":
+		r.clientCancelled(ctx, req)
+		return
+	case "notifications/initialized":
+		// Each upstream was initialized with the client's parameters;
+		// the client's initialized completes each handshake.
+	}
+	for _, u := range r.ups {
+		_ = u.notify(ctx, req)
+	}
+}
+
+// clientCancelled stops a request the client gave up on, and tells the
+// upstream that has it.
+func (r *router) clientCancelled(ctx context.Context, req *jsonrpc.Request) {
+	var params struct {
+		RequestID any    `json:"requestId"`
+		Reason    string `json:"reason"`
 	}
 	if json.Unmarshal(req.Params, &params) != nil {
 		return
-	}
-	if f, ok := params.RequestID.(float64); ok && f == float64(int64(f)) {
-		params.RequestID = int64(f)
 	}
 	id, err := jsonrpc.MakeID(params.RequestID)
 	if err != nil {
 		return
 	}
 	r.mu.Lock()
-	call := r.calls[id]
+	cr := r.inflight[id]
+	var u *upstreamConn
+	var upID int64
+	if cr != nil && !isCancelled(cr) {
+		close(cr.cancelled)
+		u, upID = cr.up, cr.upID
+	}
 	r.mu.Unlock()
-	if call != nil {
-		select {
-		case <-call.cancelled:
-		default:
-			close(call.cancelled)
+	if u != nil {
+		reason := params.Reason
+		if reason == "" {
+			reason = "cancelled by the client"
 		}
+		u.cancel(ctx, upID, reason)
 	}
 }
 
-// call governs one tools/call: the request reaches the server only if
-// Guard allows it, and the client gets the server's answer only if the
-// call was recorded.
-func (r *relay) call(ctx context.Context, req *jsonrpc.Request) {
-	var params struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(req.Params, &params); err != nil || params.Name == "" {
-		r.reply(ctx, &jsonrpc.Response{ID: req.ID, Error: &jsonrpc.Error{Code: codeInvalidParams,
-			Message: "tools/call needs params with a tool name"}})
+// clientAnswered relays the client's answer to an upstream's request.
+func (r *router) clientAnswered(ctx context.Context, resp *jsonrpc.Response) {
+	id, ok := resp.ID.Raw().(int64)
+	if !ok {
 		return
 	}
-	pc := &pendingCall{resp: make(chan *jsonrpc.Response, 1), cancelled: make(chan struct{})}
 	r.mu.Lock()
-	if _, dup := r.calls[req.ID]; dup {
-		r.mu.Unlock()
-		r.reply(ctx, &jsonrpc.Response{ID: req.ID, Error: &jsonrpc.Error{Code: codeInvalidParams,
-			Message: "a call with this id is already in progress"}})
+	out, ok := r.outbound[id]
+	delete(r.outbound, id)
+	r.mu.Unlock()
+	if !ok {
 		return
 	}
-	r.calls[req.ID] = pc
-	r.mu.Unlock()
-	defer func() {
+	out.up.mu.Lock()
+	current := out.up.gen == out.gen
+	out.up.mu.Unlock()
+	if current {
+		_ = out.up.notify(ctx, &jsonrpc.Response{ID: out.id, Result: resp.Result, Error: resp.Error})
+	}
+}
+
+// fromUpstream relays an upstream's request or notification to the
+// client.
+func (r *router) fromUpstream(u *upstreamConn, gen int, req *jsonrpc.Request) {
+	ctx := context.Background()
+	if req.IsCall() {
 		r.mu.Lock()
-		delete(r.calls, req.ID)
+		r.nextOut++
+		id := r.nextOut
+		r.outbound[id] = outboundRequest{up: u, gen: gen, id: req.ID}
 		r.mu.Unlock()
-	}()
-
-	var resp *jsonrpc.Response
-	err := r.p.Stack.Guard(ctx, agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: params.Name},
-		func(ctx context.Context) (int64, error) {
-			if err := r.up.Write(ctx, req); err != nil {
-				return 0, fmt.Errorf("forwarding to the MCP server: %w", err)
-			}
-			select {
-			case resp = <-pc.resp:
-			case <-pc.cancelled:
-				return 0, errors.New("cancelled by the client")
-			case <-r.gone:
-				return 0, errUpstreamGone
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-			if resp.Error != nil {
-				return 0, resp.Error
-			}
-			n, err := r.tokens.CountResult(resp.Result)
-			if err != nil {
-				return 0, err
-			}
-			return n, nil
-		})
-
-	var denied *agentsec.DeniedError
-	switch {
-	case err == nil:
-		r.reply(ctx, resp)
-	case errors.As(err, &denied):
-		// The model sees why, as a tool error it can act on; the server
-		// never saw the call, or its answer was not recorded and is
-		// withheld.
-		r.reply(ctx, deniedResult(req.ID, denied))
-	case resp != nil && resp.Error != nil:
-		r.reply(ctx, resp) // the server's own error, recorded
-	default:
-		select {
-		case <-pc.cancelled:
-			return // a cancelled request gets no answer
-		default:
+		if err := r.down.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: req.Method, Params: req.Params}); err != nil {
+			r.mu.Lock()
+			delete(r.outbound, id)
+			r.mu.Unlock()
+			_ = u.notify(ctx, &jsonrpc.Response{ID: req.ID, Error: &jsonrpc.Error{Code: codeInternal,
+				Message: "agentsec: the client could not be reached: " + err.Error()}})
 		}
-		r.reply(ctx, &jsonrpc.Response{ID: req.ID, Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}})
+		return
 	}
+	switch req.Method {
+	case "notifications/progress":
+		var params struct {
+			Token json.RawMessage `json:"progressToken"`
+		}
+		if json.Unmarshal(req.Params, &params) == nil && len(params.Token) > 0 {
+			u.progressed(string(params.Token))
+		}
+	case "notifications/cancelled":
+		// The upstream gave up on one of its requests to the client: name
+		// it by the id the client knows.
+		if req = r.outboundCancelled(u, gen, req); req == nil {
+			return
+		}
+	}
+	// A message the client's side can't take now — over HTTP, a
+	// notification while no stream is open — is lost, as it would be
+	// without the gateway; it doesn't end the session.
+	_ = r.down.Write(ctx, req)
 }
 
-// deniedResult is the CallToolResult a denied call gets.
-func deniedResult(id jsonrpc.ID, d *agentsec.DeniedError) *jsonrpc.Response {
-	result, _ := json.Marshal(map[string]any{
-		"isError": true,
-		"content": []map[string]string{{"type": "text", "text": d.Error()}},
-	})
-	return &jsonrpc.Response{ID: id, Result: result}
-}
-
-func (r *relay) reply(ctx context.Context, resp *jsonrpc.Response) {
-	_ = r.down.Write(ctx, resp) // a client that is gone needs no answer
-}
-
-// filterTools removes from a tools/list result the tools the agent may
-// not call. A result it cannot read is replaced by an error: the client
-// must never see tools the gate would not check.
-func (r *relay) filterTools(resp *jsonrpc.Response) *jsonrpc.Response {
-	if resp.Error != nil {
-		return resp
+func (r *router) outboundCancelled(u *upstreamConn, gen int, req *jsonrpc.Request) *jsonrpc.Request {
+	var params map[string]json.RawMessage
+	if json.Unmarshal(req.Params, &params) != nil {
+		return nil
 	}
-	var result map[string]json.RawMessage
-	var tools []json.RawMessage
-	if json.Unmarshal(resp.Result, &result) != nil || json.Unmarshal(result["tools"], &tools) != nil {
-		return &jsonrpc.Response{ID: resp.ID, Error: &jsonrpc.Error{Code: codeInternal,
-			Message: "agentsec: the MCP server's tools/list result is malformed"}}
+	var raw any
+	if json.Unmarshal(params["requestId"], &raw) != nil {
+		return nil
 	}
-	kept := tools[:0]
-	for _, t := range tools {
-		var tool struct {
-			Name string `json:"name"`
-		}
-		if json.Unmarshal(t, &tool) != nil {
-			continue
-		}
-		if r.p.Stack.TrustGate.Check(agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: tool.Name}).Allowed {
-			kept = append(kept, t)
-		}
-	}
-	filtered, err := json.Marshal(kept)
+	upID, err := jsonrpc.MakeID(raw)
 	if err != nil {
-		return &jsonrpc.Response{ID: resp.ID, Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}}
+		return nil
 	}
-	result["tools"] = filtered
-	out, err := json.Marshal(result)
-	if err != nil {
-		return &jsonrpc.Response{ID: resp.ID, Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, out := range r.outbound {
+		if out.up == u && out.gen == gen && out.id == upID {
+			delete(r.outbound, id)
+			params["requestId"], _ = json.Marshal(id)
+			p, _ := json.Marshal(params)
+			return &jsonrpc.Request{Method: req.Method, Params: p}
+		}
 	}
-	return &jsonrpc.Response{ID: resp.ID, Result: out}
+	return nil
+}
+
+// upstreamLost fails the requests the upstream had asked of the client:
+// their answers have nowhere to go.
+func (r *router) upstreamLost(u *upstreamConn, gen int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, out := range r.outbound {
+		if out.up == u && out.gen == gen {
+			delete(r.outbound, id)
+		}
+	}
+}
+
+// upstreamRestarted tells the client that a reconnected upstream's lists
+// may have changed.
+func (r *router) upstreamRestarted(u *upstreamConn) {
+	for _, kind := range []string{"tools", "prompts", "resources"} {
+		if u.serves(kind) {
+			_ = r.down.Write(context.Background(), &jsonrpc.Request{Method: "notifications/" + kind + "/list_changed"})
+		}
+	}
 }

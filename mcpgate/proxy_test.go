@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -71,8 +72,19 @@ func newUpstream() *upstream {
 	return u
 }
 
+// connect opens a new in-memory connection to the upstream server, as a
+// fresh process of a stdio server would be.
+func (u *upstream) connect(ctx context.Context) (mcp.Connection, error) {
+	serverSide, proxySide := mcp.NewInMemoryTransports()
+	if _, err := u.server.Connect(ctx, serverSide, nil); err != nil {
+		return nil, err
+	}
+	return proxySide.Connect(ctx)
+}
+
 type gateway struct {
-	upConn   mcp.Connection // the proxy's connection to the server
+	mu       sync.Mutex
+	upConn   mcp.Connection // the proxy's latest connection to the server
 	progress chan *mcp.ProgressNotificationParams
 	client   *mcp.ClientSession
 	stack    *agentsec.Stack
@@ -120,15 +132,7 @@ func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway 
 	}
 	t.Cleanup(func() { stack.Close() })
 	up := newUpstream()
-	serverSide, proxyUp := mcp.NewInMemoryTransports()
 	proxyDown, clientSide := mcp.NewInMemoryTransports()
-	if _, err := up.server.Connect(ctx, serverSide, nil); err != nil {
-		t.Fatal(err)
-	}
-	upConn, err := proxyUp.Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	downConn, err := proxyDown.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -136,9 +140,18 @@ func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway 
 	if dropNotifications {
 		downConn = refusingConn{downConn}
 	}
-	g := &gateway{stack: stack, up: up, done: make(chan error, 1), upConn: upConn}
-	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Session: "s-1"}
-	go func() { g.done <- proxy.Serve(ctx, downConn, upConn) }()
+	g := &gateway{stack: stack, up: up, done: make(chan error, 1)}
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Session: "s-1",
+		Upstreams: []mcpgate.Upstream{{Name: "files", Connect: func(ctx context.Context) (mcp.Connection, error) {
+			conn, err := up.connect(ctx)
+			if err == nil {
+				g.mu.Lock()
+				g.upConn = conn
+				g.mu.Unlock()
+			}
+			return conn, err
+		}}}}
+	go func() { g.done <- proxy.Serve(ctx, downConn) }()
 	g.progress = make(chan *mcp.ProgressNotificationParams, 16)
 	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
@@ -299,7 +312,9 @@ func TestProgressDuringACall(t *testing.T) {
 }
 
 // A server that goes away mid-call: the client gets a clear error for the
-// pending call, the call is recorded, and the log still verifies.
+// pending call, the call is recorded, the session stays up, and the next
+// call reaches a new connection to the server, initialized as the client
+// initialized the first.
 func TestUpstreamGoneMidCall(t *testing.T) {
 	g := newGateway(t, 100)
 	errc := make(chan error, 1)
@@ -311,24 +326,24 @@ func TestUpstreamGoneMidCall(t *testing.T) {
 	for g.up.calls.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
+	g.mu.Lock()
 	g.upConn.Close()
+	g.mu.Unlock()
 	select {
 	case err := <-errc:
-		if err == nil || !strings.Contains(err.Error(), "closed the connection before answering") {
+		if err == nil || !strings.Contains(err.Error(), `the MCP server "files" closed the connection before answering`) {
 			t.Errorf("pending call = %v, want an error saying the server went away", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the pending call never failed")
 	}
-	select {
-	case <-g.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not end when the server went away")
-	}
-	g.done = nil
 	page, err := g.stack.Audit.Query(context.Background(), audit.Filter{Tool: "fs.block"})
 	if err != nil || len(page.Records) != 1 || !strings.Contains(page.Records[0].Reason, "tool failed") {
 		t.Errorf("records of the call: %+v, %v", page.Records, err)
+	}
+	time.Sleep(1100 * time.Millisecond) // reconnects wait a second after a loss
+	if res := g.call(t, "fs.read", "again"); res.IsError || text(res) != "echo: again" {
+		t.Errorf("call after the server came back = %v %q", res.IsError, text(res))
 	}
 	if _, err := g.stack.Audit.Verify(context.Background()); err != nil {
 		t.Error(err)

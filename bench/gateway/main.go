@@ -226,9 +226,9 @@ func serveGateway(upstream string) (string, func()) {
 	gw := &mcpgate.Gateway{
 		Stack:  stack,
 		Agents: []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("bench-token")), Agent: "bench"}},
-		Upstream: func(ctx context.Context) (mcp.Connection, error) {
+		Upstreams: []mcpgate.Upstream{{Name: "noop", Connect: func(ctx context.Context) (mcp.Connection, error) {
 			return (&mcp.StreamableClientTransport{Endpoint: upstream, MaxRetries: -1}).Connect(ctx)
-		},
+		}}},
 		LocalOnly: true,
 		Log:       slog.New(slog.DiscardHandler),
 	}

@@ -167,18 +167,8 @@ func demoGateway(ctx context.Context, stack *agentsec.Stack) (*mcp.ClientSession
 				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: tool.answer}}}, nil, nil
 			})
 	}
-	serverSide, proxyUp := mcp.NewInMemoryTransports()
 	proxyDown, clientSide := mcp.NewInMemoryTransports()
 	ctx, cancel := context.WithCancel(ctx)
-	if _, err := server.Connect(ctx, serverSide, nil); err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	up, err := proxyUp.Connect(ctx)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
 	down, err := proxyDown.Connect(ctx)
 	if err != nil {
 		cancel()
@@ -187,8 +177,15 @@ func demoGateway(ctx context.Context, stack *agentsec.Stack) (*mcp.ClientSession
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p := &mcpgate.Proxy{Stack: stack, Agent: "research-bot", Session: "session-1"}
-		_ = p.Serve(ctx, down, up)
+		p := &mcpgate.Proxy{Stack: stack, Agent: "research-bot", Session: "session-1",
+			Upstreams: []mcpgate.Upstream{{Name: "demo-tools", Connect: func(ctx context.Context) (mcp.Connection, error) {
+				serverSide, proxyUp := mcp.NewInMemoryTransports()
+				if _, err := server.Connect(ctx, serverSide, nil); err != nil {
+					return nil, err
+				}
+				return proxyUp.Connect(ctx)
+			}}}}
+		_ = p.Serve(ctx, down)
 	}()
 	client := mcp.NewClient(&mcp.Implementation{Name: "research-bot", Version: "1"}, nil)
 	cs, err := client.Connect(ctx, clientSide, nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 
@@ -34,29 +35,20 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 	}
 	defer stack.Close()
 
-	upstream := upstreamTransport(cfg.Upstreams[0])
-	up, err := upstream.Connect(ctx)
-	if err != nil {
-		return fmt.Errorf("starting upstream %q: %w", cfg.Upstreams[0].Name, err)
-	}
 	stdin := m.Stdin
 	if stdin == nil {
 		stdin = os.Stdin
 	}
-	down, err := (&mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{m.Stdout}}).Connect(ctx)
-	if err != nil {
-		up.Close()
-		return err
-	}
-	proxy := &mcpgate.Proxy{Stack: stack, Agent: cfg.StdioAgent}
-	if err := proxy.Serve(ctx, down, up); err != nil && !errors.Is(err, context.Canceled) {
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: cfg.StdioAgent, Upstreams: upstreams(cfg, m.Stderr),
+		Log: slog.New(slog.NewTextHandler(m.Stderr, nil))}
+	if err := proxy.Serve(ctx, mcpgate.NewStdioConn(stdin, m.Stdout, 0)); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("proxy: %w", err)
 	}
 	return nil
 }
 
 // openGateway reads the -config flag of the gateway command cmd, loads
-// the file, checks what every gateway needs — one upstream, a durable
+// the file, checks what every gateway needs — an upstream, a durable
 // audit log — and what check adds, and builds the stack.
 func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error) (*config.Config, string, *agentsec.Stack, error) {
 	fs := newFlagSet(cmd, "-config FILE", about)
@@ -68,13 +60,13 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if len(cfg.Upstreams) == 0 {
+		return nil, "", nil, fmt.Errorf("%s: %s needs an upstream MCP server: add one under upstreams", *file, cmd)
+	}
 	if err := check(cfg, *file); err != nil {
 		return nil, "", nil, err
 	}
-	switch {
-	case len(cfg.Upstreams) != 1:
-		return nil, "", nil, fmt.Errorf("%s: %s fronts exactly one upstream for now; the file names %d", *file, cmd, len(cfg.Upstreams))
-	case cfg.Audit.Path == "":
+	if cfg.Audit.Path == "" {
 		return nil, "", nil, fmt.Errorf("%s: %s keeps its audit log on disk: set audit.path and audit.key_file", *file, cmd)
 	}
 	sc, err := cfg.StackConfig()
@@ -88,20 +80,24 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	return cfg, *file, stack, nil
 }
 
-// upstreamTransport returns the transport to an upstream server.
-func upstreamTransport(u config.Upstream) mcp.Transport {
-	if u.URL != "" {
-		return &mcp.StreamableClientTransport{Endpoint: u.URL}
+// upstreams returns the gateway's upstream servers. A stdio server is a
+// new process for each connection; its diagnostics go to stderr.
+func upstreams(cfg *config.Config, stderr io.Writer) []mcpgate.Upstream {
+	var ups []mcpgate.Upstream
+	for _, u := range cfg.Upstreams {
+		ups = append(ups, mcpgate.Upstream{Name: u.Name, Timeout: u.Timeout,
+			Connect: func(ctx context.Context) (mcp.Connection, error) {
+				if u.URL != "" {
+					return (&mcp.StreamableClientTransport{Endpoint: u.URL}).Connect(ctx)
+				}
+				cmd := exec.Command(u.Command, u.Args...)
+				cmd.Env = os.Environ()
+				for k, v := range u.Env {
+					cmd.Env = append(cmd.Env, k+"="+v)
+				}
+				cmd.Stderr = stderr
+				return (&mcp.CommandTransport{Command: cmd}).Connect(ctx)
+			}})
 	}
-	cmd := exec.Command(u.Command, u.Args...)
-	cmd.Env = os.Environ()
-	for k, v := range u.Env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.Stderr = os.Stderr // the server's own diagnostics
-	return &mcp.CommandTransport{Command: cmd}
+	return ups
 }
-
-type nopWriteCloser struct{ io.Writer }
-
-func (nopWriteCloser) Close() error { return nil }

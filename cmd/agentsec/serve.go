@@ -8,9 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
-
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/mcpgate"
@@ -33,6 +32,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	}
 	defer stack.Close()
 	gw.Stack = stack
+	gw.Upstreams = upstreams(cfg, m.Stderr)
 	gw.Log = slog.New(slog.NewTextHandler(m.Stderr, nil))
 	defer gw.Close()
 
@@ -41,7 +41,11 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
 	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %q\n", ln.Addr(), cfg.Upstreams[0].Name)
+	names := make([]string, len(cfg.Upstreams))
+	for i, u := range cfg.Upstreams {
+		names[i] = u.Name
+	}
+	fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %s\n", ln.Addr(), strings.Join(names, ", "))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -64,8 +68,6 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 	switch {
 	case cfg.Listen == "":
 		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
-	case len(cfg.Upstreams) != 1:
-		return nil, fmt.Errorf("%s: serve fronts exactly one upstream for now; the file names %d", file, len(cfg.Upstreams))
 	}
 	gw := &mcpgate.Gateway{}
 	for _, a := range cfg.Trust.Agents {
@@ -85,9 +87,5 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 	host, _, _ := net.SplitHostPort(cfg.Listen)
 	ip := net.ParseIP(host)
 	gw.LocalOnly = host == "localhost" || (ip != nil && ip.IsLoopback())
-	up := cfg.Upstreams[0]
-	gw.Upstream = func(ctx context.Context) (mcp.Connection, error) {
-		return upstreamTransport(up).Connect(ctx)
-	}
 	return gw, nil
 }

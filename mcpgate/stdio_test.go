@@ -1,0 +1,161 @@
+package mcpgate_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// stdioGateway runs a proxy on a stdio connection over pipes, in front of
+// the test upstream, and returns the client's ends: a writer of lines and
+// a reader of the gateway's.
+func stdioGateway(t *testing.T, upstreams int, maxBytes int) (io.Writer, *bufio.Scanner) {
+	t.Helper()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			Rules:  []trust.Rule{{Tool: "*", Level: "public"}},
+			Agents: []trust.Assignment{{Agent: "desktop", Level: "public"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
+		AuditNamespace: "stdio-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	var ups []mcpgate.Upstream
+	for _, name := range []string{"files", "search"}[:upstreams] {
+		ups = append(ups, mcpgate.Upstream{Name: name, Connect: newUpstream().connect})
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- (&mcpgate.Proxy{Stack: stack, Agent: "desktop", Upstreams: ups}).Serve(context.Background(), mcpgate.NewStdioConn(inR, outW, maxBytes))
+	}()
+	t.Cleanup(func() {
+		inW.Close()
+		outR.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return when stdin closed")
+		}
+	})
+	sc := bufio.NewScanner(outR)
+	sc.Buffer(nil, 1<<20)
+	return inW, sc
+}
+
+type reply struct {
+	ID     any             `json:"id"`
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Code    int64  `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func readReply(t *testing.T, sc *bufio.Scanner) reply {
+	t.Helper()
+	if !sc.Scan() {
+		t.Fatalf("no reply: %v", sc.Err())
+	}
+	var r reply
+	if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		t.Fatalf("reply %q is not JSON: %v", sc.Text(), err)
+	}
+	return r
+}
+
+const initializeLine = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}` + "\n"
+
+// Bad input over stdio gets the proper JSON-RPC error, and the session
+// goes on: a call after all of it still works.
+func TestStdioBadInput(t *testing.T) {
+	for _, upstreams := range []int{1, 2} {
+		t.Run(map[int]string{1: "one upstream", 2: "two upstreams"}[upstreams], func(t *testing.T) {
+			in, out := stdioGateway(t, upstreams, 1024)
+			send := func(line string) { io.WriteString(in, line) }
+
+			send(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"fs.read"}}` + "\n")
+			if r := readReply(t, out); r.Error == nil || r.Error.Code != -32600 || !strings.Contains(r.Error.Message, "before initialize") || r.ID != 7.0 {
+				t.Errorf("call before initialize: %+v", r)
+			}
+			send(initializeLine)
+			if r := readReply(t, out); r.Error != nil || r.ID != 1.0 {
+				t.Fatalf("initialize: %+v", r)
+			}
+			send(`{"jsonrpc":"2.0","method":"notifications/initialized"}` + "\n")
+
+			for _, tc := range []struct {
+				name, line string
+				code       int64
+				id         any
+			}{
+				{"not JSON", "{not json\n", -32700, nil},
+				{"not JSON-RPC", `{"id":3,"method":"ping"}` + "\n", -32600, 3.0},
+				{"batch", `[{"jsonrpc":"2.0","id":4,"method":"ping"}]` + "\n", -32600, nil},
+				{"over the limit", `{"jsonrpc":"2.0","id":5,"method":"ping","params":{"x":"` + strings.Repeat("a", 2000) + `"}}` + "\n", -32600, nil},
+				{"unknown method", `{"jsonrpc":"2.0","id":6,"method":"no/such/method"}` + "\n", -32601, 6.0},
+				{"call without a name", `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{}}` + "\n", -32602, 8.0},
+			} {
+				send(tc.line)
+				r := readReply(t, out)
+				if r.Error == nil || r.Error.Code != tc.code || r.ID != tc.id {
+					t.Errorf("%s: reply %+v, want error %d for id %v", tc.name, r, tc.code, tc.id)
+				}
+			}
+			tool := "fs.read"
+			if upstreams == 2 {
+				tool = "files__fs.read"
+			}
+			send(`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"` + tool + `","arguments":{"text":"still here"}}}` + "\n")
+			r := readReply(t, out)
+			if r.Error != nil || !strings.Contains(string(r.Result), "echo: still here") {
+				t.Errorf("call after the bad input: %+v %s", r, r.Result)
+			}
+		})
+	}
+}
+
+// The gateway's stdio connection is a real MCP transport: the SDK's own
+// client works over it.
+func TestStdioConnCarriesAnSDKSession(t *testing.T) {
+	up := newUpstream()
+	aR, aW := io.Pipe()
+	bR, bW := io.Pipe()
+	conn := mcpgate.NewStdioConn(aR, bW, 0)
+	defer conn.Close()
+	srv := up.server
+	ctx := context.Background()
+	ss, err := srv.Connect(ctx, connTransport{conn}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.IOTransport{Reader: bR, Writer: aW}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fs.read", Arguments: map[string]any{"text": "over stdio"}})
+	if err != nil || text(res) != "echo: over stdio" {
+		t.Errorf("call = %+v, %v", res, err)
+	}
+}
+
+type connTransport struct{ conn mcp.Connection }
+
+func (t connTransport) Connect(context.Context) (mcp.Connection, error) { return t.conn, nil }

@@ -1,0 +1,371 @@
+package mcpgate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// An Upstream is one MCP server behind the gateway.
+type Upstream struct {
+	// Name identifies the server in errors and logs. With several
+	// upstreams it also prefixes the server's tool and prompt names:
+	// "<name>__<tool>".
+	Name string
+	// Connect opens a new connection to the server. It is called again
+	// when a connection is lost, so it must start afresh each time (a new
+	// process for a stdio server).
+	Connect func(context.Context) (mcp.Connection, error)
+	// Timeout bounds how long a request waits for the server's answer;
+	// progress notifications for a call restart the wait. 0 means
+	// DefaultTimeout.
+	Timeout time.Duration
+}
+
+// DefaultTimeout is how long a request waits for an upstream's answer
+// unless Upstream.Timeout says otherwise.
+const DefaultTimeout = 60 * time.Second
+
+// retryAfter is how soon a lost upstream may be reconnected.
+const retryAfter = time.Second
+
+// Errors of requests an upstream did not answer.
+var (
+	errUpstreamGone    = errors.New("closed the connection before answering")
+	errUpstreamTimeout = errors.New("did not answer in time")
+	errSessionEnded    = errors.New("the session ended")
+)
+
+// An upstreamError says which upstream failed a request, and how.
+type upstreamError struct {
+	name string
+	err  error
+}
+
+func (e *upstreamError) Error() string {
+	return fmt.Sprintf("the MCP server %q %v", e.name, e.err)
+}
+
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// replyFunc receives an upstream's answer to a request, or the error that
+// means no answer will come.
+type replyFunc func(*jsonrpc.Response, error)
+
+// upstreamConn is a session's connection to one upstream, reconnected on
+// demand. Requests to it carry the gateway's own ids, so that answers can
+// be matched whoever asked: the client, or the gateway itself.
+type upstreamConn struct {
+	Upstream
+	r   *router
+	log *slog.Logger
+
+	mu          sync.Mutex
+	conn        mcp.Connection // nil while not connected
+	gen         int            // counts connections, so stale readers can tell
+	lastAttempt time.Time
+	lastErr     error
+	initialized bool // this connection was initialized for the client
+	caps        map[string]json.RawMessage
+	nextID      int64
+	pending     map[int64]*pendingRequest
+}
+
+type pendingRequest struct {
+	reply replyFunc
+	timer *time.Timer
+	token string // the request's progress token, JSON-encoded; "" if none
+	gen   int
+}
+
+func (u *upstreamConn) timeout() time.Duration {
+	if u.Timeout > 0 {
+		return u.Timeout
+	}
+	return DefaultTimeout
+}
+
+// connected returns the live connection, connecting if there is none and
+// the last attempt is not too recent. A new connection is initialized with
+// the client's own initialize parameters, if it has sent them, so the
+// server sees the client it would have seen without the gateway.
+func (u *upstreamConn) connected(ctx context.Context) (mcp.Connection, int, error) {
+	u.mu.Lock()
+	if u.conn != nil {
+		defer u.mu.Unlock()
+		return u.conn, u.gen, nil
+	}
+	if !u.lastAttempt.IsZero() && time.Since(u.lastAttempt) < retryAfter {
+		defer u.mu.Unlock()
+		return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: %v", u.lastErr)}
+	}
+	u.lastAttempt = time.Now()
+	u.mu.Unlock()
+
+	conn, err := u.Connect(context.WithoutCancel(ctx))
+	u.mu.Lock()
+	if err != nil {
+		u.lastErr = fmt.Errorf("it could not be reached (%w)", err)
+		u.mu.Unlock()
+		u.log.Warn("agentsec: connecting to upstream", "upstream", u.Name, "err", err)
+		return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: it could not be reached (%v)", err)}
+	}
+	if u.conn != nil { // another request connected meanwhile
+		defer u.mu.Unlock()
+		conn.Close()
+		return u.conn, u.gen, nil
+	}
+	u.conn, u.initialized, u.lastErr = conn, false, nil
+	u.gen++
+	gen := u.gen
+	u.mu.Unlock()
+	go u.read(conn, gen)
+
+	if params := u.r.initParams(); params != nil {
+		if err := u.replayInitialize(ctx, params); err != nil {
+			u.lost(conn, gen, err)
+			return nil, 0, &upstreamError{u.Name, fmt.Errorf("failed to initialize: %v", err)}
+		}
+		u.r.upstreamRestarted(u)
+	}
+	return conn, gen, nil
+}
+
+// replayInitialize initializes a reconnected server as the client
+// initialized its first connection.
+func (u *upstreamConn) replayInitialize(ctx context.Context, params json.RawMessage) error {
+	resp, err := u.call(ctx, "initialize", params, "")
+	if err != nil {
+		return err
+	}
+	if resp.Error != nil {
+		return resp.Error
+	}
+	if err := u.setInitialized(resp.Result); err != nil {
+		return err
+	}
+	return u.notify(ctx, &jsonrpc.Request{Method: "notifications/initialized"})
+}
+
+// setInitialized records what an initialize result says the server
+// serves.
+func (u *upstreamConn) setInitialized(result json.RawMessage) error {
+	if err := u.setCapabilities(result); err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.initialized = true
+	u.mu.Unlock()
+	return nil
+}
+
+// setCapabilities records the capabilities an initialize or
+// server/discover result declares.
+func (u *upstreamConn) setCapabilities(result json.RawMessage) error {
+	var r struct {
+		Capabilities map[string]json.RawMessage `json:"capabilities"`
+	}
+	if err := json.Unmarshal(result, &r); err != nil {
+		return fmt.Errorf("initialize result is malformed: %v", err)
+	}
+	u.mu.Lock()
+	u.caps = r.Capabilities
+	if u.caps == nil {
+		u.caps = map[string]json.RawMessage{}
+	}
+	u.mu.Unlock()
+	return nil
+}
+
+// serves reports whether the server declared the capability (tools,
+// resources, prompts, logging, completions). A server that has not said,
+// as under the sessionless protocol before server/discover, is assumed to.
+func (u *upstreamConn) serves(capability string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.caps == nil {
+		return true
+	}
+	_, ok := u.caps[capability]
+	return ok
+}
+
+// send forwards a request to the server under a fresh id and calls reply
+// with its answer, or with an error once the server is gone or the
+// request timed out. It returns the id used, for cancellation.
+func (u *upstreamConn) send(ctx context.Context, method string, params json.RawMessage, token string, reply replyFunc) (int64, error) {
+	conn, gen, err := u.connected(ctx)
+	if err != nil {
+		return 0, err
+	}
+	u.mu.Lock()
+	if u.gen != gen || u.conn == nil {
+		u.mu.Unlock()
+		return 0, &upstreamError{u.Name, errUpstreamGone}
+	}
+	u.nextID++
+	id := u.nextID
+	p := &pendingRequest{reply: reply, token: token, gen: gen}
+	p.timer = time.AfterFunc(u.timeout(), func() { u.expire(id) })
+	if u.pending == nil {
+		u.pending = map[int64]*pendingRequest{}
+	}
+	u.pending[id] = p
+	u.mu.Unlock()
+	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
+	if err != nil {
+		if u.take(id) != nil {
+			return 0, &upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)}
+		}
+	}
+	return id, nil
+}
+
+// call is send, waiting for the answer.
+func (u *upstreamConn) call(ctx context.Context, method string, params json.RawMessage, token string) (*jsonrpc.Response, error) {
+	type answer struct {
+		resp *jsonrpc.Response
+		err  error
+	}
+	ch := make(chan answer, 1)
+	id, err := u.send(ctx, method, params, token, func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} })
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case a := <-ch:
+		return a.resp, a.err
+	case <-ctx.Done():
+		u.cancel(ctx, id, "the client went away")
+		return nil, ctx.Err()
+	}
+}
+
+// notify sends a notification, or a response to one of the server's own
+// requests, on the current connection. An upstream not connected gets
+// nothing: a reconnected one is told afresh.
+func (u *upstreamConn) notify(ctx context.Context, msg jsonrpc.Message) error {
+	u.mu.Lock()
+	conn := u.conn
+	u.mu.Unlock()
+	if conn == nil {
+		return nil
+	}
+	return conn.Write(ctx, msg)
+}
+
+// cancel abandons a request: its answer will be dropped, and the server
+// is asked to stop.
+func (u *upstreamConn) cancel(ctx context.Context, id int64, reason string) {
+	if u.take(id) == nil {
+		return
+	}
+	params, _ := json.Marshal(map[string]any{"requestId": id, "reason": reason})
+	_ = u.notify(context.WithoutCancel(ctx), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+}
+
+// take removes a pending request, stopping its timer.
+func (u *upstreamConn) take(id int64) *pendingRequest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	p := u.pending[id]
+	if p != nil {
+		delete(u.pending, id)
+		p.timer.Stop()
+	}
+	return p
+}
+
+func (u *upstreamConn) expire(id int64) {
+	if p := u.take(id); p != nil {
+		params, _ := json.Marshal(map[string]any{"requestId": id, "reason": "timed out"})
+		_ = u.notify(context.Background(), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+		p.reply(nil, &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())})
+	}
+}
+
+// progressed restarts the wait of the requests with this progress token.
+func (u *upstreamConn) progressed(token string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, p := range u.pending {
+		if p.token == token {
+			p.timer.Reset(u.timeout())
+		}
+	}
+}
+
+// read delivers the server's messages until its connection ends.
+func (u *upstreamConn) read(conn mcp.Connection, gen int) {
+	ctx := context.Background()
+	for {
+		msg, err := conn.Read(ctx)
+		if err != nil {
+			u.lost(conn, gen, err)
+			return
+		}
+		switch m := msg.(type) {
+		case *jsonrpc.Response:
+			id, ok := m.ID.Raw().(int64)
+			if !ok {
+				continue
+			}
+			if p := u.take(id); p != nil {
+				p.reply(m, nil)
+			}
+		case *jsonrpc.Request:
+			u.r.fromUpstream(u, gen, m)
+		}
+	}
+}
+
+// lost forgets a connection that ended and fails the requests waiting on
+// it.
+func (u *upstreamConn) lost(conn mcp.Connection, gen int, err error) {
+	u.mu.Lock()
+	if u.gen != gen {
+		u.mu.Unlock()
+		return
+	}
+	if u.conn != nil && !errors.Is(err, errSessionEnded) {
+		u.log.Warn("agentsec: upstream connection ended", "upstream", u.Name, "err", err)
+	}
+	u.conn, u.initialized, u.lastErr = nil, false, fmt.Errorf("its connection ended (%w)", err)
+	var failed []*pendingRequest
+	for id, p := range u.pending {
+		if p.gen == gen {
+			delete(u.pending, id)
+			p.timer.Stop()
+			failed = append(failed, p)
+		}
+	}
+	u.mu.Unlock()
+	conn.Close()
+	for _, p := range failed {
+		p.reply(nil, &upstreamError{u.Name, errUpstreamGone})
+	}
+	u.r.upstreamLost(u, gen)
+}
+
+// close ends the connection.
+func (u *upstreamConn) close() {
+	u.mu.Lock()
+	conn, gen := u.conn, u.gen
+	u.mu.Unlock()
+	if conn != nil {
+		u.lost(conn, gen, errSessionEnded)
+	}
+}
+
+// intID is a JSON-RPC id of the gateway's own: an integer.
+func intID(n int64) jsonrpc.ID {
+	id, _ := jsonrpc.MakeID(float64(n))
+	return id
+}
