@@ -33,6 +33,12 @@ type Config struct {
 	// Listen is the address "agentsec serve" listens on, such as
 	// "127.0.0.1:8080".
 	Listen string `yaml:"listen"`
+	// MaxSessions bounds the MCP sessions "agentsec serve" holds at once;
+	// 0 means 1000.
+	MaxSessions int `yaml:"max_sessions"`
+	// SessionIdleTimeout ends an HTTP session no request has touched for
+	// that long; 0 means 30 minutes.
+	SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
 	// StdioAgent is the agent "agentsec proxy" speaks for: over stdio the
 	// gateway serves one client, whose identity is configured, not
 	// claimed.

@@ -40,7 +40,8 @@ func TestExample(t *testing.T) {
 	}
 	if cfg.Namespace != "my-gateway" || len(cfg.Trust.Rules) != 3 || len(cfg.Trust.Agents) != 3 ||
 		cfg.Audit.CheckpointInterval != 10*time.Second || len(cfg.Upstreams) != 2 ||
-		cfg.Upstreams[0].Args[1] != "@modelcontextprotocol/server-filesystem" || cfg.Upstreams[1].URL != "http://127.0.0.1:9000/mcp" || cfg.Upstreams[1].Timeout != 30*time.Second {
+		cfg.Upstreams[0].Args[1] != "@modelcontextprotocol/server-filesystem" || cfg.Upstreams[1].URL != "http://127.0.0.1:9000/mcp" || cfg.Upstreams[1].Timeout != 30*time.Second ||
+		cfg.MaxSessions != 1000 || cfg.SessionIdleTimeout != 30*time.Minute {
 		t.Errorf("decoded %+v", cfg)
 	}
 	sc, err := cfg.StackConfig()
@@ -112,6 +113,8 @@ budget: {tokens: 10, calls: 10}
 		{"checkpoint file without log", base + "audit:\n  checkpoint_file: x\n", "audit.checkpoint_file: needs audit.path"},
 		{"listen", base + "listen: localhost\n", `listen: "localhost" is not host:port`},
 		{"listen everywhere", base + "listen: \":8080\"\n", "listens on every interface"},
+		{"negative sessions", base + "max_sessions: -1\n", "line 3: max_sessions: -1 is negative"},
+		{"negative idle timeout", base + "session_idle_timeout: -5m\n", "line 3: session_idle_timeout: -5m0s is negative"},
 		{"stdio agent", base + "stdio_agent: ghost\n", `stdio_agent: agent "ghost" is not among trust.agents`},
 		{"upstream neither", base + "upstreams:\n  - name: a\n", "upstreams[0]: needs a command"},
 		{"upstream both", base + "upstreams:\n  - {name: a, command: x, url: \"http://h/\"}\n", "has both a command and a url"},

@@ -103,6 +103,12 @@ func (c *Config) validate(v *validator) {
 			v.errorf(at("listen"), "%q listens on every interface; name one, such as 127.0.0.1:%s or 0.0.0.0:%s", c.Listen, port, port)
 		}
 	}
+	if c.MaxSessions < 0 {
+		v.errorf(at("max_sessions"), "%d is negative", c.MaxSessions)
+	}
+	if c.SessionIdleTimeout < 0 {
+		v.errorf(at("session_idle_timeout"), "%v is negative", c.SessionIdleTimeout)
+	}
 	if c.StdioAgent != "" && policy != nil && !c.hasAgent(c.StdioAgent) {
 		v.errorf(at("stdio_agent"), "agent %q is not among trust.agents", c.StdioAgent)
 	}

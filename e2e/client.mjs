@@ -9,9 +9,15 @@
 // <steps> is a JSON array of {op, ...}: list-tools, call {name, arguments,
 // progress}, list-resources, read-resource {uri}, list-prompts,
 // get-prompt {name, arguments}.
+//
+// The client offers sampling, elicitation and roots, so servers can ask it
+// things during a call: sampling answers "sampled: <the prompt's text>",
+// elicitation accepts with {name: "e2e"}, and the one root is
+// file:///e2e-root. It counts what it was asked in the output's "asked".
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [mode, stepsJSON, ...rest] = process.argv.slice(2);
 const steps = JSON.parse(stepsJSON);
@@ -27,9 +33,24 @@ if (mode === "stdio") {
   throw new Error(`unknown mode ${mode}`);
 }
 
-const client = new Client({ name: "agentsec-e2e", version: "1.0.0" });
+const client = new Client({ name: "agentsec-e2e", version: "1.0.0" },
+  { capabilities: { sampling: {}, elicitation: {}, roots: { listChanged: true } } });
+const asked = { sampling: 0, elicitation: 0, roots: 0 };
+client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
+  asked.sampling++;
+  const text = req.params.messages.map((m) => m.content?.text ?? "").join(" ");
+  return { model: "e2e-model", role: "assistant", content: { type: "text", text: `sampled: ${text}` } };
+});
+client.setRequestHandler(ElicitRequestSchema, async () => {
+  asked.elicitation++;
+  return { action: "accept", content: { name: "e2e" } };
+});
+client.setRequestHandler(ListRootsRequestSchema, async () => {
+  asked.roots++;
+  return { roots: [{ uri: "file:///e2e-root", name: "e2e root" }] };
+});
 await client.connect(transport);
-const out = { server: client.getServerVersion(), steps: [] };
+const out = { server: client.getServerVersion(), steps: [], asked };
 for (const step of steps) {
   const seen = { op: step.op };
   try {

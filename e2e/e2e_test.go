@@ -154,6 +154,14 @@ func (s seen) text() string {
 // client runs the TypeScript SDK client with the steps against a gateway.
 func client(t *testing.T, mode string, steps []step, target ...string) []seen {
 	t.Helper()
+	got, _ := clientAsked(t, mode, steps, target...)
+	return got
+}
+
+// clientAsked is client, also returning how often the servers asked the
+// client to sample, elicit and list its roots.
+func clientAsked(t *testing.T, mode string, steps []step, target ...string) ([]seen, map[string]int) {
+	t.Helper()
 	stepsJSON, err := json.Marshal(steps)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +176,8 @@ func client(t *testing.T, mode string, steps []step, target ...string) []seen {
 		t.Fatalf("client: %v\n%s", err, stderr.String())
 	}
 	var res struct {
-		Steps []seen `json:"steps"`
+		Steps []seen         `json:"steps"`
+		Asked map[string]int `json:"asked"`
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("client output %q: %v\n%s", out, err, stderr.String())
@@ -176,7 +185,7 @@ func client(t *testing.T, mode string, steps []step, target ...string) []seen {
 	if len(res.Steps) != len(steps) {
 		t.Fatalf("client ran %d of %d steps", len(res.Steps), len(steps))
 	}
-	return res.Steps
+	return res.Steps, res.Asked
 }
 
 // serve starts agentsec serve and returns its URL and a function that
@@ -360,6 +369,111 @@ func TestFilesystemOverStdio(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(data, "evil.txt")); err == nil {
 		t.Error("the denied write reached the disk")
+	}
+}
+
+// The servers' requests of the client during a call — sampling,
+// elicitation, roots — cross the gateway both ways, over stdio and HTTP.
+func TestEverythingAsksTheClient(t *testing.T) {
+	requireNode(t)
+	rules := `    - {tool: trigger-sampling-request, level: public}
+    - {tool: trigger-elicitation-request, level: public}
+    - {tool: get-roots-list, level: public}`
+	steps := []step{
+		{Op: "call", Name: "trigger-sampling-request", Arguments: map[string]any{"prompt": "hello", "maxTokens": 5}},
+		{Op: "call", Name: "trigger-elicitation-request"},
+		{Op: "call", Name: "get-roots-list"},
+	}
+	for _, mode := range []string{"stdio", "http"} {
+		t.Run(mode, func(t *testing.T) {
+			dir, cfg, addr := setup(t, rules, everythingUpstream(t), 100)
+			target := []string{agentsecBin, "proxy", "-config", cfg}
+			var stop func()
+			if mode == "http" {
+				var url string
+				url, stop = serve(t, dir, cfg, addr)
+				target = []string{url, "e2e-token"}
+			}
+			got, asked := clientAsked(t, mode, steps, target...)
+			if got[0].Error != "" || got[0].Result.IsError || !strings.Contains(got[0].text(), "sampled: Resource trigger-sampling-request context: hello") {
+				t.Errorf("sampling = %+v, want the client's sample in the server's answer", got[0])
+			}
+			if got[1].Error != "" || got[1].Result.IsError || !strings.Contains(got[1].text(), "User provided the requested information") || !strings.Contains(got[1].text(), "e2e") {
+				t.Errorf("elicitation = %+v, want the client's answer in the server's", got[1])
+			}
+			if got[2].Error != "" || !strings.Contains(got[2].text(), "file:///e2e-root") {
+				t.Errorf("roots = %+v, want the client's root", got[2])
+			}
+			if asked["sampling"] != 1 || asked["elicitation"] != 1 || asked["roots"] < 1 {
+				t.Errorf("the client was asked %v, want one sampling, one elicitation and the roots", asked)
+			}
+			if stop != nil {
+				stop()
+			}
+			out := run(t, dir, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
+			if !strings.HasPrefix(out, "verified ") {
+				t.Errorf("audit verify: %s", out)
+			}
+		})
+	}
+}
+
+// Both real servers behind one gateway: the client sees one server whose
+// tools are named <upstream>__<tool>, and each call reaches its own.
+func TestEverythingAndFilesystemTogether(t *testing.T) {
+	requireNode(t)
+	data := t.TempDir()
+	if err := os.WriteFile(filepath.Join(data, "notes.txt"), []byte("two servers, one gateway"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rules := `    - {tool: "everything__echo", level: public}
+    - {tool: "fs__read_*", level: public}
+    - {tool: "fs__write_file", level: privileged}`
+	upstreams := everythingUpstream(t) + "\n" +
+		fmt.Sprintf("  - {name: fs, command: %q, args: [%q]}", abs(t, "node_modules/.bin/mcp-server-filesystem"), data)
+	steps := []step{
+		{Op: "list-tools"},
+		{Op: "call", Name: "everything__echo", Arguments: map[string]any{"message": "to everything"}},
+		{Op: "call", Name: "fs__read_text_file", Arguments: map[string]any{"path": filepath.Join(data, "notes.txt")}},
+		{Op: "call", Name: "fs__write_file", Arguments: map[string]any{"path": filepath.Join(data, "evil.txt"), "content": "x"}},
+		{Op: "list-resources"},
+		{Op: "read-resource", URI: "demo://resource/static/document/architecture.md"},
+		{Op: "list-prompts"},
+		{Op: "get-prompt", Name: "everything__simple-prompt"},
+	}
+	for _, mode := range []string{"stdio", "http"} {
+		t.Run(mode, func(t *testing.T) {
+			dir, cfg, addr := setup(t, rules, upstreams, 100)
+			target := []string{agentsecBin, "proxy", "-config", cfg}
+			if mode == "http" {
+				url, stop := serve(t, dir, cfg, addr)
+				defer stop()
+				target = []string{url, "e2e-token"}
+			}
+			got := client(t, mode, steps, target...)
+			if !slices.Equal(got[0].Tools, []string{"everything__echo", "fs__read_media_file", "fs__read_multiple_files", "fs__read_text_file"}) &&
+				!slices.Equal(got[0].Tools, []string{"everything__echo", "fs__read_file", "fs__read_media_file", "fs__read_multiple_files", "fs__read_text_file"}) {
+				t.Errorf("tools = %v, want each server's allowed tools under its prefix", got[0].Tools)
+			}
+			if got[1].Result.IsError || got[1].text() != "Echo: to everything" {
+				t.Errorf("everything__echo = %+v", got[1])
+			}
+			if got[2].Result.IsError || !strings.Contains(got[2].text(), "two servers, one gateway") {
+				t.Errorf("fs__read_text_file = %+v", got[2])
+			}
+			if !got[3].Result.IsError || !strings.Contains(got[3].text(), "below the required level") {
+				t.Errorf("fs__write_file = %+v, want denied", got[3])
+			}
+			if _, err := os.Stat(filepath.Join(data, "evil.txt")); err == nil {
+				t.Error("the denied write reached the disk")
+			}
+			if len(got[4].Resources) == 0 || len(got[5].Contents) != 1 {
+				t.Errorf("resources: list %v, read %+v", got[4].Resources, got[5].Contents)
+			}
+			if !slices.Contains(got[6].Prompts, "everything__simple-prompt") || len(got[7].Messages) == 0 {
+				t.Errorf("prompts: list %v, get %+v", got[6].Prompts, got[7])
+			}
+		})
 	}
 }
 

@@ -39,10 +39,11 @@ func FuzzFilterTools(f *testing.F) {
 	f.Add([]byte(`{"tools":[{"name":"ok.a","name":"secret"}]}`))
 	f.Fuzz(func(t *testing.T, result []byte) {
 		id, _ := jsonrpc.MakeID(int64(1))
-		out := r.rewriteList(&jsonrpc.Response{ID: id, Result: result}, listTools, nil, "")
-		if out.Error != nil {
+		items, werr := r.listItems(&jsonrpc.Response{ID: id, Result: result}, listTools, nil)
+		if werr != nil {
 			return
 		}
+		out := r.listPage(result, listTools, items, nil)
 		var got struct {
 			Tools []struct {
 				Name string `json:"name"`

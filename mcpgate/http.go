@@ -1,26 +1,41 @@
 package mcpgate
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/agentsec/agentsec"
 )
 
 // A Gateway serves many MCP clients over streamable HTTP. Each client
 // authenticates with a bearer token, which names its agent; each MCP
-// session is proxied to a connection of its own to the upstream server,
+// session is proxied to connections of its own to the upstream servers,
 // and its session id is its budget session.
+//
+// The gateway speaks the server side of MCP's streamable HTTP transport
+// itself: a POST carries one message; a request's answer comes back as
+// JSON, or as an event stream when the upstream sends something first
+// (progress, or a request of its own such as sampling); a GET opens the
+// session's stream for messages that belong to no request; DELETE ends
+// the session. A session starts with initialize, whose answer carries its
+// Mcp-Session-Id.
 type Gateway struct {
 	Stack *agentsec.Stack
 	// Agents are the agents that may connect, by the SHA-256 of their
@@ -29,8 +44,15 @@ type Gateway struct {
 	// Upstreams are the servers behind the gateway; each session
 	// connects to each of them.
 	Upstreams []Upstream
-	// MaxRequestBytes bounds a request body; 0 means 4 MiB.
+	// MaxRequestBytes bounds a request body; 0 means
+	// DefaultMaxMessageBytes (4 MiB).
 	MaxRequestBytes int64
+	// MaxSessions bounds the sessions open at once; 0 means
+	// DefaultMaxSessions. A new session beyond it is refused with 503.
+	MaxSessions int
+	// IdleTimeout ends a session no request has touched for that long;
+	// 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
 	// LocalOnly refuses requests whose Host or Origin is not a loopback
 	// name or address, which stops DNS-rebinding attacks on a gateway
 	// listening on loopback.
@@ -43,7 +65,15 @@ type Gateway struct {
 	once     sync.Once
 	mu       sync.Mutex
 	sessions map[string]*httpSession
+	stop     chan struct{}
+	closed   bool
 }
+
+// Defaults of a Gateway's limits.
+const (
+	DefaultMaxSessions = 1000
+	DefaultIdleTimeout = 30 * time.Minute
+)
 
 // A Credential maps a bearer token, by its SHA-256, to an agent.
 type Credential struct {
@@ -51,26 +81,28 @@ type Credential struct {
 	Agent       string
 }
 
-type httpSession struct {
-	agent     string
-	transport *mcp.StreamableServerTransport
-	cancel    context.CancelFunc
-}
-
-const defaultMaxRequestBytes = 4 << 20
+const sessionHeader = "Mcp-Session-Id"
 
 func (g *Gateway) init() {
 	g.once.Do(func() {
 		g.sessions = map[string]*httpSession{}
+		g.stop = make(chan struct{})
 		if g.Tokens == nil {
 			g.Tokens = &TiktokenCounter{}
 		}
 		if g.Log == nil {
 			g.Log = slog.Default()
 		}
-		if g.MaxRequestBytes == 0 {
-			g.MaxRequestBytes = defaultMaxRequestBytes
+		if g.MaxRequestBytes <= 0 {
+			g.MaxRequestBytes = DefaultMaxMessageBytes
 		}
+		if g.MaxSessions <= 0 {
+			g.MaxSessions = DefaultMaxSessions
+		}
+		if g.IdleTimeout <= 0 {
+			g.IdleTimeout = DefaultIdleTimeout
+		}
+		go g.reapIdle()
 	})
 }
 
@@ -87,35 +119,132 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "agentsec: a valid bearer token is required (Authorization: Bearer <token>)", http.StatusUnauthorized)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, g.MaxRequestBytes)
+	var s *httpSession
+	if id := r.Header.Get(sessionHeader); id != "" {
+		g.mu.Lock()
+		s = g.sessions[id]
+		g.mu.Unlock()
+		// Another agent's session is as unknown as one that never existed.
+		if s == nil || s.agent != agent {
+			http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
+			return
+		}
+		s.touch(+1)
+		defer s.touch(-1)
+	}
+	switch r.Method {
+	case http.MethodPost:
+		g.post(w, r, agent, s)
+	case http.MethodGet:
+		if s == nil {
+			http.Error(w, "agentsec: GET needs an Mcp-Session-Id; start a session with initialize (POST)", http.StatusBadRequest)
+			return
+		}
+		if !acceptsEventStream(r) {
+			http.Error(w, "agentsec: GET opens an event stream: Accept must include text/event-stream", http.StatusNotAcceptable)
+			return
+		}
+		s.serveStandalone(w, r)
+	case http.MethodDelete:
+		if s == nil {
+			http.Error(w, "agentsec: DELETE needs an Mcp-Session-Id", http.StatusBadRequest)
+			return
+		}
+		s.Close()
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		w.Header().Set("Allow", "GET, POST, DELETE")
+		http.Error(w, "agentsec: MCP over HTTP uses POST, GET and DELETE", http.StatusMethodNotAllowed)
+	}
+}
 
-	id := r.Header.Get("Mcp-Session-Id")
-	if id == "" {
-		if r.Method != http.MethodPost {
-			http.Error(w, "agentsec: start a session with an initialize request (POST)", http.StatusBadRequest)
-			return
-		}
-		s, err := g.newSession(agent)
-		if err != nil {
-			g.Log.Error("agentsec: opening upstream", "err", err)
-			http.Error(w, "agentsec: the upstream MCP server is unavailable", http.StatusBadGateway)
-			return
-		}
-		s.transport.ServeHTTP(w, r)
+// post takes one JSON-RPC message from the client.
+func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *httpSession) {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+		http.Error(w, "agentsec: a POST carries one JSON-RPC message: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	g.mu.Lock()
-	s := g.sessions[id]
-	g.mu.Unlock()
-	// Another agent's session is as unknown as one that never existed.
-	if s == nil || s.agent != agent {
-		http.Error(w, "agentsec: unknown MCP session", http.StatusNotFound)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.MaxRequestBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeJSONError(w, http.StatusRequestEntityTooLarge, nil, codeInvalidRequest, fmt.Sprintf("agentsec: message larger than %d bytes", g.MaxRequestBytes))
+			return
+		}
+		http.Error(w, "agentsec: reading the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	s.transport.ServeHTTP(w, r)
-	if r.Method == http.MethodDelete {
-		g.endSession(id)
+	msg, errFrame := decodeFrame(body)
+	if errFrame != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		w.Write(errFrame)
+		return
 	}
+	if msg == nil {
+		writeJSONError(w, http.StatusBadRequest, nil, codeInvalidRequest, "agentsec: the request body is empty")
+		return
+	}
+	req, isRequest := msg.(*jsonrpc.Request)
+	call := isRequest && req.IsCall()
+	if s == nil {
+		switch {
+		case call && req.Method == "initialize":
+			if s, err = g.newSession(agent); err != nil {
+				writeJSONError(w, http.StatusServiceUnavailable, idJSON(req.ID), codeInternal, "agentsec: "+err.Error())
+				return
+			}
+			s.touch(+1)
+			defer s.touch(-1)
+			w.Header().Set(sessionHeader, s.id)
+		case call && req.Method == "server/discover":
+			// The gateway keeps sessions: each is a budget session. Clients
+			// of the sessionless protocol fall back to initialize on this.
+			writeJSONError(w, http.StatusOK, idJSON(req.ID), codeMethodNotFound,
+				"agentsec: this gateway keeps MCP sessions (each is a budget session): send initialize")
+			return
+		default:
+			writeJSONError(w, http.StatusBadRequest, idJSON(reqID(msg)), codeInvalidRequest,
+				"agentsec: no MCP session: send initialize first, then its Mcp-Session-Id with every request")
+			return
+		}
+	}
+	if !call {
+		if !s.deliver(r.Context(), msg) {
+			http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	st, ok := s.openStream(req)
+	if !ok {
+		writeJSONError(w, http.StatusBadRequest, idJSON(req.ID), codeInvalidRequest, "agentsec: a request with this id is already in progress")
+		return
+	}
+	if !s.deliver(r.Context(), msg) {
+		s.dropStream(st)
+		http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
+		return
+	}
+	s.serveRequest(w, r, st, acceptsJSON(r))
+}
+
+// reqID is the id of a request or response, if it has one.
+func reqID(msg jsonrpc.Message) jsonrpc.ID {
+	switch m := msg.(type) {
+	case *jsonrpc.Request:
+		return m.ID
+	case *jsonrpc.Response:
+		return m.ID
+	}
+	return jsonrpc.ID{}
+}
+
+func writeJSONError(w http.ResponseWriter, status int, id json.RawMessage, code int64, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(errorFrame(id, code, msg))
 }
 
 // authenticate returns the agent whose token the request bears. Every
@@ -137,23 +266,28 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 
 func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	id := rand.Text()
-	t := &mcp.StreamableServerTransport{SessionID: id}
-	down, err := t.Connect(ctx)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	s := &httpSession{agent: agent, transport: t, cancel: cancel}
+	s := &httpSession{id: rand.Text(), agent: agent, cancel: cancel,
+		incoming: make(chan jsonrpc.Message, 64), closed: make(chan struct{}),
+		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
 	g.mu.Lock()
-	g.sessions[id] = s
+	switch {
+	case g.closed:
+		g.mu.Unlock()
+		cancel()
+		return nil, errors.New("the gateway is shutting down")
+	case len(g.sessions) >= g.MaxSessions:
+		g.mu.Unlock()
+		cancel()
+		return nil, fmt.Errorf("the gateway has %d sessions open, its limit; end one (DELETE) or try later", g.MaxSessions)
+	}
+	g.sessions[s.id] = s
 	g.mu.Unlock()
 	go func() {
-		p := &Proxy{Stack: g.Stack, Agent: agent, Session: id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
-		if err := p.Serve(ctx, down); err != nil {
-			g.Log.Warn("agentsec: session ended", "session", id, "agent", agent, "err", err)
+		p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
+		if err := p.Serve(ctx, s); err != nil {
+			g.Log.Warn("agentsec: session ended", "session", s.id, "agent", agent, "err", err)
 		}
-		g.endSession(id)
+		g.endSession(s.id)
 	}()
 	return s, nil
 }
@@ -164,14 +298,44 @@ func (g *Gateway) endSession(id string) {
 	delete(g.sessions, id)
 	g.mu.Unlock()
 	if s != nil {
+		s.Close()
 		s.cancel()
 	}
 }
 
-// Close ends every session.
+// reapIdle ends the sessions nothing has touched for IdleTimeout.
+func (g *Gateway) reapIdle() {
+	tick := time.NewTicker(min(g.IdleTimeout/4, 30*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-tick.C:
+		}
+		var idle []string
+		g.mu.Lock()
+		for id, s := range g.sessions {
+			if s.idleFor() > g.IdleTimeout {
+				idle = append(idle, id)
+			}
+		}
+		g.mu.Unlock()
+		for _, id := range idle {
+			g.Log.Info("agentsec: ending idle session", "session", id)
+			g.endSession(id)
+		}
+	}
+}
+
+// Close ends every session and refuses new ones.
 func (g *Gateway) Close() error {
 	g.init()
 	g.mu.Lock()
+	if !g.closed {
+		g.closed = true
+		close(g.stop)
+	}
 	ids := make([]string, 0, len(g.sessions))
 	for id := range g.sessions {
 		ids = append(ids, id)
@@ -181,6 +345,31 @@ func (g *Gateway) Close() error {
 		g.endSession(id)
 	}
 	return nil
+}
+
+// acceptsJSON reports whether the client takes a plain JSON answer.
+func acceptsJSON(r *http.Request) bool {
+	return accepts(r, "application/json")
+}
+
+func acceptsEventStream(r *http.Request) bool {
+	return accepts(r, "text/event-stream")
+}
+
+func accepts(r *http.Request, mediaType string) bool {
+	values := r.Header.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			t, _, _ := mime.ParseMediaType(strings.TrimSpace(part))
+			if t == mediaType || t == "*/*" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // localRequest reports whether the request is addressed to a loopback
@@ -209,4 +398,20 @@ func loopbackHost(hostport string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// progressToken is a request's _meta.progressToken, JSON-encoded, or "".
+func progressToken(params json.RawMessage) string {
+	if !bytes.Contains(params, []byte(`"progressToken"`)) {
+		return ""
+	}
+	var p struct {
+		Meta struct {
+			ProgressToken json.RawMessage `json:"progressToken"`
+		} `json:"_meta"`
+	}
+	if json.Unmarshal(params, &p) != nil {
+		return ""
+	}
+	return string(p.Meta.ProgressToken)
 }

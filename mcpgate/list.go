@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"maps"
+	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -28,14 +30,22 @@ var (
 
 // list answers a list request. In front of one upstream it is forwarded
 // as it is, cursors and all, and only a tool list is changed (filtered).
-// In front of several, a cursor names an upstream and that upstream's own
-// cursor; each page comes from one upstream, and the last page of one
-// leads to the first of the next.
+// In front of several, each gateway page merges one page of every
+// upstream: the first, of each upstream's first — the whole list, for
+// servers that don't page, so a client that never follows nextCursor
+// still sees every upstream — and the next, of each upstream that said it
+// has more, whose cursors the gateway's cursor carries.
 func (r *router) list(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, kind listKind) {
 	if !r.multi {
 		var rewrite func(*jsonrpc.Response) *jsonrpc.Response
 		if kind.governed {
-			rewrite = func(resp *jsonrpc.Response) *jsonrpc.Response { return r.rewriteList(resp, kind, nil, "") }
+			rewrite = func(resp *jsonrpc.Response) *jsonrpc.Response {
+				items, err := r.listItems(resp, kind, nil)
+				if err != nil {
+					return &jsonrpc.Response{Error: err}
+				}
+				return r.listPage(resp.Result, kind, items, nil)
+			}
 		}
 		r.forward(ctx, req, cr, r.ups[0], req.Params, rewrite)
 		return
@@ -50,106 +60,167 @@ func (r *router) list(ctx context.Context, req *jsonrpc.Request, cr *clientReque
 		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: the cursor must be a string")
 		return
 	}
-	i, inner := 0, ""
-	if cursor != "" {
-		var ok bool
-		if i, inner, ok = r.decodeCursor(cursor); !ok {
-			r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: invalid cursor")
-			return
+	var pages []pageCursor
+	if cursor == "" {
+		for _, u := range r.ups {
+			if u.serves(kind.capability) {
+				pages = append(pages, pageCursor{Upstream: u.Name})
+			}
 		}
-	}
-	r.async(func() { r.listPage(ctx, req, cr, kind, params, i, inner) })
-}
-
-// listPage answers with a page of upstream i's list. An upstream that is
-// down is passed over, so the others' tools stay usable; calls to it fail
-// clearly.
-func (r *router) listPage(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, kind listKind, params map[string]json.RawMessage, i int, inner string) {
-	for ; i < len(r.ups); i, inner = i+1, "" {
-		u := r.ups[i]
-		if inner == "" && !u.serves(kind.capability) {
-			continue
-		}
-		if params == nil {
-			params = map[string]json.RawMessage{}
-		}
-		if inner != "" {
-			params["cursor"], _ = json.Marshal(inner)
-		} else {
-			delete(params, "cursor")
-		}
-		upParams, _ := json.Marshal(params)
-		resp, err := u.call(ctx, req.Method, upParams, "")
-		var ue *upstreamError
-		if errors.As(err, &ue) {
-			r.log.Warn("agentsec: listing upstream", "upstream", u.Name, "method", req.Method, "err", err)
-			continue
-		}
-		if err != nil {
-			r.replyFailure(ctx, cr, req.ID, err)
-			return
-		}
-		if resp.Error != nil {
-			r.reply(ctx, cr, req.ID, resp)
-			return
-		}
-		r.reply(ctx, cr, req.ID, r.rewriteList(resp, kind, u, r.nextCursor(kind, i)))
+	} else if pages = r.decodeCursor(cursor); pages == nil {
+		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: invalid cursor")
 		return
 	}
-	empty, _ := json.Marshal(map[string]any{kind.key: []any{}})
-	r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: empty})
+	r.async(func() { r.mergePages(ctx, req, cr, kind, params, pages) })
 }
 
-// nextCursor is the cursor of the first page after upstream i's last.
-func (r *router) nextCursor(kind listKind, i int) string {
-	for j := i + 1; j < len(r.ups); j++ {
-		if r.ups[j].serves(kind.capability) {
-			return r.encodeCursor(j, "")
+// mergePages asks each upstream for its page at once and answers with
+// them merged, in the upstreams' order. An upstream that is down or
+// fails is passed over, so the others' tools stay usable; calls to it
+// fail clearly.
+func (r *router) mergePages(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, kind listKind, params map[string]json.RawMessage, pages []pageCursor) {
+	type page struct {
+		items []json.RawMessage
+		next  string
+		err   error
+	}
+	got := make([]page, len(pages))
+	var wg sync.WaitGroup
+	for i, pc := range pages {
+		u := r.upstream(pc.Upstream)
+		wg.Go(func() {
+			p := maps.Clone(params)
+			if p == nil {
+				p = map[string]json.RawMessage{}
+			}
+			delete(p, "cursor")
+			if pc.Cursor != "" {
+				p["cursor"], _ = json.Marshal(pc.Cursor)
+			}
+			upParams, _ := json.Marshal(p)
+			resp, err := u.call(ctx, req.Method, upParams, "")
+			if err == nil && resp.Error != nil {
+				err = resp.Error
+			}
+			if err != nil {
+				got[i].err = err
+				return
+			}
+			items, werr := r.listItems(resp, kind, u)
+			if werr != nil {
+				got[i].err = werr
+				return
+			}
+			var next struct {
+				NextCursor string `json:"nextCursor"`
+			}
+			json.Unmarshal(resp.Result, &next)
+			got[i] = page{items: items, next: next.NextCursor}
+		})
+	}
+	wg.Wait()
+	var items []json.RawMessage
+	var more []pageCursor
+	var firstErr error
+	failed := 0
+	for i, p := range got {
+		if p.err != nil {
+			r.log.Warn("agentsec: listing upstream", "upstream", pages[i].Upstream, "method", req.Method, "err", p.err)
+			failed++
+			if firstErr == nil {
+				firstErr = p.err
+			}
+			continue
+		}
+		items = append(items, p.items...)
+		if p.next != "" {
+			more = append(more, pageCursor{Upstream: pages[i].Upstream, Cursor: p.next})
 		}
 	}
-	return ""
+	if failed > 0 && failed == len(got) {
+		r.replyFailure(ctx, cr, req.ID, firstErr)
+		return
+	}
+	r.reply(ctx, cr, req.ID, r.listPage(nil, kind, items, more))
 }
 
-type cursor struct {
+// pageCursor is where one upstream's list goes on.
+type pageCursor struct {
 	Upstream string `json:"u"`
-	Cursor   string `json:"c,omitempty"`
+	Cursor   string `json:"c"`
 }
 
-func (r *router) encodeCursor(i int, inner string) string {
-	b, _ := json.Marshal(cursor{r.ups[i].Name, inner})
+func (r *router) encodeCursor(pages []pageCursor) string {
+	b, _ := json.Marshal(pages)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func (r *router) decodeCursor(s string) (int, string, bool) {
+// decodeCursor reads a cursor of the gateway's; nil means it is not one.
+func (r *router) decodeCursor(s string) []pageCursor {
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	var c cursor
-	if err != nil || json.Unmarshal(b, &c) != nil {
-		return 0, "", false
+	var pages []pageCursor
+	if err != nil || json.Unmarshal(b, &pages) != nil || len(pages) == 0 || len(pages) > len(r.ups) {
+		return nil
 	}
-	for i, u := range r.ups {
-		if u.Name == c.Upstream {
-			return i, c.Cursor, true
+	for _, p := range pages {
+		if r.upstream(p.Upstream) == nil || p.Cursor == "" {
+			return nil
 		}
 	}
-	return 0, "", false
+	return pages
 }
 
-// rewriteList prepares an upstream's page for the client: tools the agent
-// may not call are removed, names get their upstream's prefix, and, in
-// front of several upstreams, the page's next cursor becomes the
-// gateway's. Each item is re-encoded from what was checked, so an item
-// with a duplicated "name" key can't show the client a name other than
-// the one the gate saw. A page it can't read becomes an error: the
-// client must never see tools the gate would not check.
-func (r *router) rewriteList(resp *jsonrpc.Response, kind listKind, u *upstreamConn, next string) *jsonrpc.Response {
+func (r *router) upstream(name string) *upstreamConn {
+	for _, u := range r.ups {
+		if u.Name == name {
+			return u
+		}
+	}
+	return nil
+}
+
+// listPage is a list result: base's other fields (in front of one
+// upstream: its page as it was, but for the items), the items, and the
+// gateway's next cursor in front of several.
+func (r *router) listPage(base json.RawMessage, kind listKind, items []json.RawMessage, more []pageCursor) *jsonrpc.Response {
+	result := map[string]json.RawMessage{}
+	json.Unmarshal(base, &result)
+	if items == nil {
+		items = []json.RawMessage{}
+	}
+	result[kind.key], _ = json.Marshal(items)
+	if r.multi {
+		delete(result, "nextCursor")
+		if len(more) > 0 {
+			result["nextCursor"], _ = json.Marshal(r.encodeCursor(more))
+		}
+	}
+	out, err := json.Marshal(result)
+	if err != nil {
+		return &jsonrpc.Response{Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}}
+	}
+	return &jsonrpc.Response{Result: out}
+}
+
+// listItems prepares an upstream's page for the client: tools the agent
+// may not call are removed, and, in front of several upstreams, names get
+// their upstream's prefix and resources are remembered as u's. Each item
+// is re-encoded from what was checked, so an item with a duplicated
+// "name" key can't show the client a name other than the one the gate
+// saw. A page it can't read is an error: the client must never see
+// tools the gate would not check.
+func (r *router) listItems(resp *jsonrpc.Response, kind listKind, u *upstreamConn) ([]json.RawMessage, *jsonrpc.Error) {
 	if resp.Error != nil {
-		return resp
+		var we *jsonrpc.Error
+		if errors.As(resp.Error, &we) {
+			return nil, we
+		}
+		return nil, &jsonrpc.Error{Code: codeInternal, Message: resp.Error.Error()}
 	}
 	var result map[string]json.RawMessage
 	var items []json.RawMessage
 	if json.Unmarshal(resp.Result, &result) != nil || result == nil || json.Unmarshal(result[kind.key], &items) != nil {
-		return &jsonrpc.Response{Error: &jsonrpc.Error{Code: codeInternal,
-			Message: "agentsec: the MCP server's " + kind.key + " list is malformed"}}
+		return nil, &jsonrpc.Error{Code: codeInternal, Message: "agentsec: the MCP server's " + kind.key + " list is malformed"}
 	}
 	kept := make([]json.RawMessage, 0, len(items))
 	for _, raw := range items {
@@ -181,31 +252,5 @@ func (r *router) rewriteList(resp *jsonrpc.Response, kind listKind, u *upstreamC
 		}
 		kept = append(kept, b)
 	}
-	result[kind.key], _ = json.Marshal(kept)
-	if r.multi {
-		var inner string
-		json.Unmarshal(result["nextCursor"], &inner)
-		switch {
-		case inner != "" && u != nil:
-			result["nextCursor"], _ = json.Marshal(r.encodeCursor(r.index(u), inner))
-		case next != "":
-			result["nextCursor"], _ = json.Marshal(next)
-		default:
-			delete(result, "nextCursor")
-		}
-	}
-	out, err := json.Marshal(result)
-	if err != nil {
-		return &jsonrpc.Response{Error: &jsonrpc.Error{Code: codeInternal, Message: "agentsec: " + err.Error()}}
-	}
-	return &jsonrpc.Response{Result: out}
-}
-
-func (r *router) index(u *upstreamConn) int {
-	for i, v := range r.ups {
-		if v == u {
-			return i
-		}
-	}
-	return 0
+	return kept, nil
 }

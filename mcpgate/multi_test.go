@@ -226,10 +226,17 @@ func TestSeveralUpstreamsListEveryPageOfEach(t *testing.T) {
 		}
 		tools = append(tools, tool.Name)
 	}
+	slices.Sort(tools)
 	want := []string{"files__ask", "files__confirm", "files__echo", "files__hang", "files__roots",
 		"search__ask", "search__confirm", "search__echo", "search__hang", "search__roots"}
 	if !slices.Equal(tools, want) {
-		t.Errorf("tools = %v,\nwant %v (prefixed, one page each, secret hidden)", tools, want)
+		t.Errorf("tools = %v,\nwant %v (prefixed, every page, secret hidden)", tools, want)
+	}
+	// A client that never follows nextCursor still sees every upstream:
+	// the first page holds each one's first.
+	first, err := m.client.ListTools(ctx, nil)
+	if err != nil || len(first.Tools) != 2 || first.Tools[0].Name != "files__ask" || first.Tools[1].Name != "search__ask" || first.NextCursor == "" {
+		t.Errorf("first page = %+v, %v; want files__ask and search__ask, and more to come", first, err)
 	}
 	var prompts []string
 	for p, err := range m.client.Prompts(ctx, nil) {
@@ -238,6 +245,7 @@ func TestSeveralUpstreamsListEveryPageOfEach(t *testing.T) {
 		}
 		prompts = append(prompts, p.Name)
 	}
+	slices.Sort(prompts)
 	if !slices.Equal(prompts, []string{"files__summarize", "search__summarize"}) {
 		t.Errorf("prompts = %v", prompts)
 	}
@@ -248,6 +256,7 @@ func TestSeveralUpstreamsListEveryPageOfEach(t *testing.T) {
 		}
 		resources = append(resources, r.URI)
 	}
+	slices.Sort(resources)
 	if !slices.Equal(resources, []string{"files://index", "search://index"}) {
 		t.Errorf("resources = %v, want each upstream's, URIs unchanged", resources)
 	}
@@ -258,6 +267,7 @@ func TestSeveralUpstreamsListEveryPageOfEach(t *testing.T) {
 		}
 		templates = append(templates, r.URITemplate)
 	}
+	slices.Sort(templates)
 	if !slices.Equal(templates, []string{"files://logs/{day}", "search://logs/{day}"}) {
 		t.Errorf("templates = %v", templates)
 	}

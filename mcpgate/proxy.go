@@ -113,8 +113,9 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 	cancel()
 	down.Close()
 	for _, u := range r.ups {
-		u.close()
+		wg.Go(u.close) // at once: closing may wait for a process to exit
 	}
+	wg.Wait()
 	r.calls.Wait()
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
 		return nil

@@ -28,9 +28,10 @@ type echoIn struct {
 // upstream is an MCP server with three tools, counting the calls that
 // reach it.
 type upstream struct {
-	server  *mcp.Server
-	calls   atomic.Int64
-	release chan struct{} // fs.block waits for it
+	server   *mcp.Server
+	calls    atomic.Int64
+	connects atomic.Int64
+	release  chan struct{} // fs.block waits for it
 }
 
 func newUpstream() *upstream {
@@ -75,6 +76,7 @@ func newUpstream() *upstream {
 // connect opens a new in-memory connection to the upstream server, as a
 // fresh process of a stdio server would be.
 func (u *upstream) connect(ctx context.Context) (mcp.Connection, error) {
+	u.connects.Add(1)
 	serverSide, proxySide := mcp.NewInMemoryTransports()
 	if _, err := u.server.Connect(ctx, serverSide, nil); err != nil {
 		return nil, err

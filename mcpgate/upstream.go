@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -368,4 +369,25 @@ func (u *upstreamConn) close() {
 func intID(n int64) jsonrpc.ID {
 	id, _ := jsonrpc.MakeID(float64(n))
 	return id
+}
+
+// upstreamHTTP is the HTTP client of every streamable-HTTP upstream: one
+// pool of keep-alive connections shared by all sessions, large enough
+// that concurrent calls don't re-dial (http.DefaultTransport keeps two
+// idle connections per host).
+var upstreamHTTP = &http.Client{Transport: &http.Transport{
+	Proxy:               http.ProxyFromEnvironment,
+	ForceAttemptHTTP2:   true,
+	MaxIdleConns:        1024,
+	MaxIdleConnsPerHost: 256,
+	IdleConnTimeout:     90 * time.Second,
+	TLSHandshakeTimeout: 10 * time.Second,
+}}
+
+// HTTPUpstream is an upstream that speaks streamable HTTP at endpoint.
+// Its connections come from a pool shared by all sessions.
+func HTTPUpstream(name, endpoint string, timeout time.Duration) Upstream {
+	return Upstream{Name: name, Timeout: timeout, Connect: func(ctx context.Context) (mcp.Connection, error) {
+		return (&mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: upstreamHTTP}).Connect(ctx)
+	}}
 }

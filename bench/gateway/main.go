@@ -224,16 +224,19 @@ func serveGateway(upstream string) (string, func()) {
 		log.Fatal(err)
 	}
 	gw := &mcpgate.Gateway{
-		Stack:  stack,
-		Agents: []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("bench-token")), Agent: "bench"}},
-		Upstreams: []mcpgate.Upstream{{Name: "noop", Connect: func(ctx context.Context) (mcp.Connection, error) {
-			return (&mcp.StreamableClientTransport{Endpoint: upstream, MaxRetries: -1}).Connect(ctx)
-		}}},
+		Stack:     stack,
+		Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("bench-token")), Agent: "bench"}},
+		Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("noop", upstream, 0)},
 		LocalOnly: true,
 		Log:       slog.New(slog.DiscardHandler),
 	}
 	ln := listen()
-	srv := &http.Server{Handler: gw}
+	// The gateway's goroutines carry a profiler label, so a CPU profile
+	// (-cpuprofile) can tell its share: go tool pprof -tagfocus side=gateway.
+	labelled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pprof.Do(r.Context(), pprof.Labels("side", "gateway"), func(context.Context) { gw.ServeHTTP(w, r) })
+	})
+	srv := &http.Server{Handler: labelled}
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String() + "/", func() {
 		gw.Close()
@@ -253,8 +256,12 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	if b.token != "" {
 		r.Header.Set("Authorization", "Bearer "+b.token)
 	}
-	return http.DefaultTransport.RoundTrip(r)
+	return clientTransport.RoundTrip(r)
 }
+
+// clientTransport is the benchmark client's connection pool, for both
+// paths: large enough that concurrent calls don't re-dial.
+var clientTransport = &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
 
 func connectAll(url, token string, n int) []*mcp.ClientSession {
 	out := make([]*mcp.ClientSession, n)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -85,18 +86,22 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 func upstreams(cfg *config.Config, stderr io.Writer) []mcpgate.Upstream {
 	var ups []mcpgate.Upstream
 	for _, u := range cfg.Upstreams {
+		if u.URL != "" {
+			ups = append(ups, mcpgate.HTTPUpstream(u.Name, u.URL, u.Timeout))
+			continue
+		}
 		ups = append(ups, mcpgate.Upstream{Name: u.Name, Timeout: u.Timeout,
 			Connect: func(ctx context.Context) (mcp.Connection, error) {
-				if u.URL != "" {
-					return (&mcp.StreamableClientTransport{Endpoint: u.URL}).Connect(ctx)
-				}
 				cmd := exec.Command(u.Command, u.Args...)
 				cmd.Env = os.Environ()
 				for k, v := range u.Env {
 					cmd.Env = append(cmd.Env, k+"="+v)
 				}
 				cmd.Stderr = stderr
-				return (&mcp.CommandTransport{Command: cmd}).Connect(ctx)
+				// A server that outlives its closed stdin gets a second,
+				// then SIGTERM, then SIGKILL a second later: clients that
+				// launched the gateway don't wait long for it to exit.
+				return (&mcp.CommandTransport{Command: cmd, TerminateDuration: time.Second}).Connect(ctx)
 			}})
 	}
 	return ups

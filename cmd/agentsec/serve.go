@@ -69,7 +69,7 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 	case cfg.Listen == "":
 		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
 	}
-	gw := &mcpgate.Gateway{}
+	gw := &mcpgate.Gateway{MaxSessions: cfg.MaxSessions, IdleTimeout: cfg.SessionIdleTimeout}
 	for _, a := range cfg.Trust.Agents {
 		if a.TokenSHA256 == "" {
 			continue

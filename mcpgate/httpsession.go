@@ -1,0 +1,317 @@
+package mcpgate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// An httpSession is one MCP session over HTTP, seen by its Proxy as the
+// client's connection: Read returns what the client posts, and Write
+// routes each message to the HTTP response it belongs to — a request's
+// answer, and what comes before it, to that request's response; anything
+// else to the session's GET stream, or, when none is open, to the
+// request the client opened last.
+type httpSession struct {
+	id, agent string
+	cancel    context.CancelFunc
+	incoming  chan jsonrpc.Message
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu         sync.Mutex
+	streams    map[jsonrpc.ID]*stream // requests waiting for their answer
+	byToken    map[string]*stream     // the same, by progress token
+	standalone *stream                // the GET stream, if open
+	newest     *stream                // the request stream opened last
+	active     int                    // HTTP requests in progress
+	lastActive time.Time
+}
+
+// errNoStream is the failure of a message to the client while it has no
+// response open to carry it.
+var errNoStream = errors.New("the client has no open stream to take the message")
+
+// stream is the queue of messages for one HTTP response.
+type stream struct {
+	id    jsonrpc.ID // the request it answers; invalid for the GET stream
+	token string     // the request's progress token, JSON-encoded
+	wake  chan struct{}
+
+	mu    sync.Mutex
+	queue []jsonrpc.Message
+	done  bool // the response is over; nothing more is taken
+}
+
+func newStream() *stream { return &stream{wake: make(chan struct{}, 1)} }
+
+// push queues a message, reporting false if the response is over.
+func (st *stream) push(msg jsonrpc.Message) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return false
+	}
+	st.queue = append(st.queue, msg)
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (st *stream) take() []jsonrpc.Message {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	q := st.queue
+	st.queue = nil
+	return q
+}
+
+func (st *stream) finish() {
+	st.mu.Lock()
+	st.done = true
+	st.mu.Unlock()
+}
+
+// touch counts an HTTP request of the session starting (+1) or ending (-1).
+func (s *httpSession) touch(delta int) {
+	s.mu.Lock()
+	s.active += delta
+	s.lastActive = time.Now()
+	s.mu.Unlock()
+}
+
+func (s *httpSession) idleFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active > 0 {
+		return 0
+	}
+	return time.Since(s.lastActive)
+}
+
+// deliver hands a client message to the proxy.
+func (s *httpSession) deliver(ctx context.Context, msg jsonrpc.Message) bool {
+	select {
+	case s.incoming <- msg:
+		return true
+	case <-s.closed:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// openStream registers the response that will carry a request's answer.
+func (s *httpSession) openStream(req *jsonrpc.Request) (*stream, bool) {
+	st := newStream()
+	st.id, st.token = req.ID, progressToken(req.Params)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.streams[req.ID]; dup {
+		return nil, false
+	}
+	s.streams[req.ID] = st
+	if st.token != "" {
+		s.byToken[st.token] = st
+	}
+	s.newest = st
+	return st, true
+}
+
+func (s *httpSession) dropStream(st *stream) {
+	st.finish()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[st.id] == st {
+		delete(s.streams, st.id)
+	}
+	if st.token != "" && s.byToken[st.token] == st {
+		delete(s.byToken, st.token)
+	}
+	if s.newest == st {
+		s.newest = nil
+		for _, other := range s.streams {
+			s.newest = other
+			break
+		}
+	}
+	if s.standalone == st {
+		s.standalone = nil
+	}
+}
+
+// Read implements mcp.Connection.
+func (s *httpSession) Read(ctx context.Context) (jsonrpc.Message, error) {
+	select {
+	case msg := <-s.incoming:
+		return msg, nil
+	case <-s.closed:
+		return nil, io.EOF
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Write implements mcp.Connection.
+func (s *httpSession) Write(ctx context.Context, msg jsonrpc.Message) error {
+	var st *stream
+	s.mu.Lock()
+	switch m := msg.(type) {
+	case *jsonrpc.Response:
+		st = s.streams[m.ID]
+	case *jsonrpc.Request:
+		if m.Method == "notifications/progress" {
+			st = s.byToken[progressToken(m.Params)]
+		}
+		if st == nil {
+			st = s.standalone
+		}
+		if st == nil {
+			st = s.newest
+		}
+	}
+	s.mu.Unlock()
+	if st == nil || !st.push(msg) {
+		if _, isResponse := msg.(*jsonrpc.Response); isResponse {
+			return nil // the client left before its answer: nobody to tell
+		}
+		return errNoStream
+	}
+	return nil
+}
+
+// Close implements mcp.Connection: it ends the session.
+func (s *httpSession) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	return nil
+}
+
+// SessionID implements mcp.Connection.
+func (s *httpSession) SessionID() string { return s.id }
+
+// serveRequest writes the response of one request: its answer as JSON
+// when that is all there is and the client takes JSON, otherwise an event
+// stream of everything routed to it, ending with the answer.
+func (s *httpSession) serveRequest(w http.ResponseWriter, r *http.Request, st *stream, jsonOK bool) {
+	defer s.dropStream(st)
+	started := false
+	for {
+		select {
+		case <-st.wake:
+		case <-r.Context().Done():
+			return // the answer, when it comes, has nowhere to go
+		case <-s.closed:
+			if !started {
+				writeJSONError(w, http.StatusServiceUnavailable, idJSON(st.id), codeInternal, "agentsec: the MCP session ended before answering")
+			}
+			return
+		}
+		msgs := st.take()
+		if len(msgs) == 0 {
+			continue
+		}
+		if resp, ok := msgs[0].(*jsonrpc.Response); ok && !started && len(msgs) == 1 && jsonOK {
+			data, err := jsonrpc.EncodeMessage(resp)
+			if err != nil {
+				writeJSONError(w, http.StatusInternalServerError, idJSON(st.id), codeInternal, "agentsec: "+err.Error())
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(data)
+			return
+		}
+		if !started {
+			startEventStream(w)
+			started = true
+		}
+		for _, msg := range msgs {
+			if writeEvent(w, msg) != nil {
+				return
+			}
+			if _, ok := msg.(*jsonrpc.Response); ok {
+				flush(w)
+				return
+			}
+		}
+		flush(w)
+	}
+}
+
+// keepAlive is how often an idle GET stream carries a comment, so that
+// proxies between the client and the gateway keep it open.
+const keepAlive = 25 * time.Second
+
+// serveStandalone serves the session's GET stream, for messages that
+// belong to no request, until the client leaves or the session ends.
+func (s *httpSession) serveStandalone(w http.ResponseWriter, r *http.Request) {
+	st := newStream()
+	s.mu.Lock()
+	if s.standalone != nil {
+		s.mu.Unlock()
+		http.Error(w, "agentsec: this session's GET stream is open already", http.StatusConflict)
+		return
+	}
+	s.standalone = st
+	s.mu.Unlock()
+	defer s.dropStream(st)
+	startEventStream(w)
+	flush(w)
+	tick := time.NewTicker(keepAlive)
+	defer tick.Stop()
+	for {
+		select {
+		case <-st.wake:
+		case <-tick.C:
+			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			flush(w)
+			continue
+		case <-r.Context().Done():
+			return
+		case <-s.closed:
+			return
+		}
+		for _, msg := range st.take() {
+			if writeEvent(w, msg) != nil {
+				return
+			}
+		}
+		flush(w)
+	}
+}
+
+func startEventStream(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache, no-transform")
+	w.WriteHeader(http.StatusOK)
+}
+
+// writeEvent writes one message as a server-sent event. JSON-RPC
+// encoding has no raw newlines, so the message fits one data line.
+func writeEvent(w http.ResponseWriter, msg jsonrpc.Message) error {
+	data, err := jsonrpc.EncodeMessage(msg)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 0, len(data)+24)
+	buf = append(buf, "event: message\ndata: "...)
+	buf = append(buf, data...)
+	buf = append(buf, "\n\n"...)
+	_, err = w.Write(buf)
+	return err
+}
+
+func flush(w http.ResponseWriter) {
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
