@@ -100,3 +100,95 @@ func FuzzStdioFrames(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWire checks the gateway's JSON-RPC codec: what it decodes encodes
+// on one line and decodes to the same message, and it agrees with the
+// SDK's decoder on what a message is — except that it is stricter: it
+// refuses ids with a fraction, which the SDK truncates, and trailing
+// bytes after the message, which the SDK ignores.
+func FuzzWire(f *testing.F) {
+	for _, seed := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":[1,2]}}}`,
+		`{"jsonrpc":"2.0","id":"s-1","result":{"content":[]}}`,
+		`{"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no","data":{"x":1}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}`,
+		"{\"jsonrpc\":\"2.0\",\"id\":2,\n\"result\":{\n\"pretty\": true\n}}",
+		`{"jsonrpc":"2.0","id":1.5,"method":"x"}`,
+		`{"jsonrpc":"2.0","id":null,"result":{}}`,
+		`{"jsonrpc":"1.0","id":1,"method":"x"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := decodeMessage(data)
+		sdk, sdkErr := jsonrpc.DecodeMessage(data)
+		if err != nil {
+			if sdkErr == nil && json.Valid(data) && !fractionalID(data) {
+				t.Fatalf("the SDK decodes %q as %+v; the gateway refuses it: %v", data, sdk, err)
+			}
+			return
+		}
+		if sdkErr != nil {
+			t.Fatalf("the gateway decodes %q; the SDK refuses it: %v", data, sdkErr)
+		}
+		if kind(msg) != kind(sdk) {
+			t.Fatalf("%q: the gateway reads a %s, the SDK a %s", data, kind(msg), kind(sdk))
+		}
+		enc, err := encodeMessage(msg)
+		if err != nil {
+			t.Fatalf("encoding %+v: %v", msg, err)
+		}
+		if bytes.ContainsAny(enc, "\r\n") {
+			t.Fatalf("encoding %q spans lines: %q", data, enc)
+		}
+		again, err := decodeMessage(enc)
+		if err != nil || kind(again) != kind(msg) {
+			t.Fatalf("re-decoding %q: %+v, %v", enc, again, err)
+		}
+		switch m := msg.(type) {
+		case *jsonrpc.Request:
+			a := again.(*jsonrpc.Request)
+			if a.ID != m.ID || a.Method != m.Method || !sameJSON(a.Params, m.Params) {
+				t.Fatalf("round trip of %q: %+v, want %+v", data, a, m)
+			}
+		case *jsonrpc.Response:
+			a := again.(*jsonrpc.Response)
+			if a.ID != m.ID || !sameJSON(a.Result, m.Result) && m.Error == nil || (a.Error == nil) != (m.Error == nil) {
+				t.Fatalf("round trip of %q: %+v, want %+v", data, a, m)
+			}
+		}
+	})
+}
+
+func kind(msg jsonrpc.Message) string {
+	switch m := msg.(type) {
+	case *jsonrpc.Request:
+		if m.IsCall() {
+			return "request"
+		}
+		return "notification"
+	case *jsonrpc.Response:
+		return "response"
+	}
+	return "nothing"
+}
+
+func fractionalID(data []byte) bool {
+	var m struct {
+		ID any `json:"id"`
+	}
+	json.Unmarshal(data, &m)
+	f, ok := m.ID.(float64)
+	return ok && f != float64(int64(f))
+}
+
+func sameJSON(a, b json.RawMessage) bool {
+	var x, y bytes.Buffer
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b) || string(a) == "{}" || string(b) == "{}"
+	}
+	if json.Compact(&x, a) != nil || json.Compact(&y, b) != nil {
+		return false
+	}
+	return bytes.Equal(x.Bytes(), y.Bytes())
+}

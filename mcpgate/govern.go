@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
@@ -15,52 +16,32 @@ import (
 // if Guard allows it, and the client gets the upstream's answer only if
 // the call was recorded.
 func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
-	var params struct {
-		Name string `json:"name"`
-		Meta struct {
-			ProgressToken json.RawMessage `json:"progressToken"`
-		} `json:"_meta"`
-	}
-	if err := json.Unmarshal(req.Params, &params); err != nil || params.Name == "" {
+	// The name checked is the one the server will read: keys are matched
+	// exactly, and the server is sent the params re-encoded from what was
+	// read, one "name" and all.
+	params := object(req.Params)
+	name := stringField(params, "name")
+	if name == "" {
 		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: tools/call needs params with a tool name")
 		return
 	}
-	u, upParams, routeErr := r.toolRoute(params.Name, req.Params)
+	var token string
+	if meta := object(params["_meta"]); meta != nil {
+		token = string(meta["progressToken"])
+	}
+	u, upParams, routeErr := r.toolRoute(name, params)
 
 	var resp *jsonrpc.Response
-	err := r.p.Stack.Guard(ctx, agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: params.Name},
+	err := r.p.Stack.Guard(ctx, agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: name},
 		func(ctx context.Context) (int64, error) {
 			if routeErr != nil {
 				return 0, routeErr
 			}
-			if isCancelled(cr) {
-				return 0, errors.New("cancelled by the client")
-			}
-			type answer struct {
-				resp *jsonrpc.Response
-				err  error
-			}
-			ch := make(chan answer, 1)
-			id, err := u.send(ctx, "tools/call", upParams, string(params.Meta.ProgressToken),
-				func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} })
+			var err error
+			resp, err = u.exchange(ctx, "tools/call", upParams, token,
+				func(id int64) bool { return r.sent(cr, u, id) })
 			if err != nil {
 				return 0, err
-			}
-			if !r.sent(cr, u, id) {
-				u.cancel(ctx, id, "cancelled by the client")
-				return 0, errors.New("cancelled by the client")
-			}
-			select {
-			case a := <-ch:
-				if a.err != nil {
-					return 0, a.err
-				}
-				resp = a.resp
-			case <-cr.cancelled:
-				return 0, errors.New("cancelled by the client")
-			case <-ctx.Done():
-				u.cancel(ctx, id, "the client went away")
-				return 0, ctx.Err()
 			}
 			if resp.Error != nil {
 				return 0, resp.Error
@@ -85,16 +66,23 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 }
 
 // toolRoute finds the upstream that serves a tool and the params to send
-// it: in front of several upstreams, the name without its prefix.
-func (r *router) toolRoute(name string, params json.RawMessage) (*upstreamConn, json.RawMessage, error) {
-	if !r.multi {
-		return r.ups[0], params, nil
+// it: in front of several upstreams, with the name without its prefix.
+func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*upstreamConn, json.RawMessage, error) {
+	u, inner := r.ups[0], name
+	if r.multi {
+		if u, inner = r.split(name); u == nil {
+			return nil, nil, fmt.Errorf("no upstream serves the tool %q; names are <upstream>%s<tool>", name, Separator)
+		}
 	}
-	u, inner := r.split(name)
-	if u == nil {
-		return nil, nil, fmt.Errorf("no upstream serves the tool %q; names are <upstream>%s<tool>", name, Separator)
+	for k := range params {
+		// No other spelling of "name" reaches the server: one that reads
+		// keys without regard to case must find only the name checked.
+		if k != "name" && strings.EqualFold(k, "name") {
+			delete(params, k)
+		}
 	}
-	upParams, err := withField(params, "name", inner)
+	params["name"], _ = json.Marshal(inner)
+	upParams, err := json.Marshal(params)
 	return u, upParams, err
 }
 

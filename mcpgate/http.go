@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net"
@@ -164,10 +163,10 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		http.Error(w, "agentsec: a POST carries one JSON-RPC message: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.MaxRequestBytes))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, g.MaxRequestBytes), r.ContentLength, int(g.MaxRequestBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		if errors.As(err, &tooLarge) || r.ContentLength > g.MaxRequestBytes {
 			writeJSONError(w, http.StatusRequestEntityTooLarge, nil, codeInvalidRequest, fmt.Sprintf("agentsec: message larger than %d bytes", g.MaxRequestBytes))
 			return
 		}
@@ -210,7 +209,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		}
 	}
 	if !call {
-		if !s.deliver(r.Context(), msg) {
+		if !s.deliver(msg) {
 			http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
 			return
 		}
@@ -222,12 +221,13 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		writeJSONError(w, http.StatusBadRequest, idJSON(req.ID), codeInvalidRequest, "agentsec: a request with this id is already in progress")
 		return
 	}
-	if !s.deliver(r.Context(), msg) {
+	st.bind(w, r, acceptsJSON(r), s.closed)
+	if !s.deliver(msg) {
 		s.dropStream(st)
 		http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
 		return
 	}
-	s.serveRequest(w, r, st, acceptsJSON(r))
+	s.serveRequest(st)
 }
 
 // reqID is the id of a request or response, if it has one.
@@ -267,7 +267,7 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &httpSession{id: rand.Text(), agent: agent, cancel: cancel,
-		incoming: make(chan jsonrpc.Message, 64), closed: make(chan struct{}),
+		closed:  make(chan struct{}),
 		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
 	g.mu.Lock()
 	switch {
@@ -282,9 +282,14 @@ func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	}
 	g.sessions[s.id] = s
 	g.mu.Unlock()
+	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
+	r, err := p.router(ctx, s)
+	if err != nil {
+		g.endSession(s.id)
+		return nil, err
+	}
 	go func() {
-		p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
-		if err := p.Serve(ctx, s); err != nil {
+		if err := r.serve(); err != nil {
 			g.Log.Warn("agentsec: session ended", "session", s.id, "agent", agent, "err", err)
 		}
 		g.endSession(s.id)
@@ -405,13 +410,5 @@ func progressToken(params json.RawMessage) string {
 	if !bytes.Contains(params, []byte(`"progressToken"`)) {
 		return ""
 	}
-	var p struct {
-		Meta struct {
-			ProgressToken json.RawMessage `json:"progressToken"`
-		} `json:"_meta"`
-	}
-	if json.Unmarshal(params, &p) != nil {
-		return ""
-	}
-	return string(p.Meta.ProgressToken)
+	return string(object(object(params)["_meta"])["progressToken"])
 }

@@ -20,9 +20,10 @@ import (
 type httpSession struct {
 	id, agent string
 	cancel    context.CancelFunc
-	incoming  chan jsonrpc.Message
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	receive func(jsonrpc.Message) // the proxy's, set before the first message
 
 	mu         sync.Mutex
 	streams    map[jsonrpc.ID]*stream // requests waiting for their answer
@@ -37,18 +38,41 @@ type httpSession struct {
 // response open to carry it.
 var errNoStream = errors.New("the client has no open stream to take the message")
 
-// stream is the queue of messages for one HTTP response.
+// stream is the queue of messages for one HTTP response, and who writes
+// them. The POST handler that opened it hands the request to the proxy
+// first (a tools/call is governed on its goroutine) and then writes the
+// response itself; a message that comes before the answer while the
+// handler is still busy — progress, or a server's request the client must
+// answer for the call to finish — starts a writer goroutine, which then
+// writes the whole response while the handler waits for it.
 type stream struct {
-	id    jsonrpc.ID // the request it answers; invalid for the GET stream
-	token string     // the request's progress token, JSON-encoded
-	wake  chan struct{}
+	id     jsonrpc.ID // the request it answers; invalid for the GET stream
+	token  string     // the request's progress token, JSON-encoded
+	wake   chan struct{}
+	w      http.ResponseWriter
+	req    *http.Request
+	jsonOK bool
+	closed <-chan struct{} // the session's
 
-	mu    sync.Mutex
-	queue []jsonrpc.Message
-	done  bool // the response is over; nothing more is taken
+	mu      sync.Mutex
+	queue   []jsonrpc.Message
+	done    bool          // the response is over; nothing more is taken
+	owner   int           // who writes: ownerNone (yet), ownerHandler, ownerWriter
+	written chan struct{} // closed when the writer goroutine is finished
 }
 
+const (
+	ownerNone = iota
+	ownerHandler
+	ownerWriter
+)
+
 func newStream() *stream { return &stream{wake: make(chan struct{}, 1)} }
+
+// bind gives the stream the response it writes.
+func (st *stream) bind(w http.ResponseWriter, r *http.Request, jsonOK bool, closed <-chan struct{}) {
+	st.w, st.req, st.jsonOK, st.closed = w, r, jsonOK, closed
+}
 
 // push queues a message, reporting false if the response is over.
 func (st *stream) push(msg jsonrpc.Message) bool {
@@ -61,6 +85,13 @@ func (st *stream) push(msg jsonrpc.Message) bool {
 	select {
 	case st.wake <- struct{}{}:
 	default:
+	}
+	if _, answer := msg.(*jsonrpc.Response); !answer && st.owner == ownerNone && st.w != nil {
+		st.owner, st.written = ownerWriter, make(chan struct{})
+		go func() {
+			defer close(st.written)
+			st.write()
+		}()
 	}
 	return true
 }
@@ -96,16 +127,19 @@ func (s *httpSession) idleFor() time.Duration {
 	return time.Since(s.lastActive)
 }
 
-// deliver hands a client message to the proxy.
-func (s *httpSession) deliver(ctx context.Context, msg jsonrpc.Message) bool {
+// setReceiver implements pushConn.
+func (s *httpSession) setReceiver(f func(jsonrpc.Message)) { s.receive = f }
+
+// deliver hands a client message to the proxy, which handles it on this
+// goroutine: a tools/call is governed before deliver returns.
+func (s *httpSession) deliver(msg jsonrpc.Message) bool {
 	select {
-	case s.incoming <- msg:
-		return true
 	case <-s.closed:
 		return false
-	case <-ctx.Done():
-		return false
+	default:
 	}
+	s.receive(msg)
+	return true
 }
 
 // openStream registers the response that will carry a request's answer.
@@ -147,11 +181,10 @@ func (s *httpSession) dropStream(st *stream) {
 	}
 }
 
-// Read implements mcp.Connection.
+// Read implements mcp.Connection. Messages are pushed (deliver), so
+// Read only waits for the session to end.
 func (s *httpSession) Read(ctx context.Context) (jsonrpc.Message, error) {
 	select {
-	case msg := <-s.incoming:
-		return msg, nil
 	case <-s.closed:
 		return nil, io.EOF
 	case <-ctx.Done():
@@ -196,18 +229,34 @@ func (s *httpSession) Close() error {
 // SessionID implements mcp.Connection.
 func (s *httpSession) SessionID() string { return s.id }
 
-// serveRequest writes the response of one request: its answer as JSON
-// when that is all there is and the client takes JSON, otherwise an event
-// stream of everything routed to it, ending with the answer.
-func (s *httpSession) serveRequest(w http.ResponseWriter, r *http.Request, st *stream, jsonOK bool) {
+// serveRequest writes the response of a request the proxy has been
+// handed, or waits for the writer goroutine that took it over.
+func (s *httpSession) serveRequest(st *stream) {
 	defer s.dropStream(st)
+	st.mu.Lock()
+	if st.owner == ownerWriter {
+		written := st.written
+		st.mu.Unlock()
+		<-written
+		return
+	}
+	st.owner = ownerHandler
+	st.mu.Unlock()
+	st.write()
+}
+
+// write writes the response: the answer as JSON when that is all there
+// is and the client takes JSON, otherwise an event stream of everything
+// routed to the stream, ending with the answer.
+func (st *stream) write() {
+	w := st.w
 	started := false
 	for {
 		select {
 		case <-st.wake:
-		case <-r.Context().Done():
+		case <-st.req.Context().Done():
 			return // the answer, when it comes, has nowhere to go
-		case <-s.closed:
+		case <-st.closed:
 			if !started {
 				writeJSONError(w, http.StatusServiceUnavailable, idJSON(st.id), codeInternal, "agentsec: the MCP session ended before answering")
 			}
@@ -217,8 +266,8 @@ func (s *httpSession) serveRequest(w http.ResponseWriter, r *http.Request, st *s
 		if len(msgs) == 0 {
 			continue
 		}
-		if resp, ok := msgs[0].(*jsonrpc.Response); ok && !started && len(msgs) == 1 && jsonOK {
-			data, err := jsonrpc.EncodeMessage(resp)
+		if resp, ok := msgs[0].(*jsonrpc.Response); ok && !started && len(msgs) == 1 && st.jsonOK {
+			data, err := encodeMessage(resp)
 			if err != nil {
 				writeJSONError(w, http.StatusInternalServerError, idJSON(st.id), codeInternal, "agentsec: "+err.Error())
 				return
@@ -252,6 +301,7 @@ const keepAlive = 25 * time.Second
 // belong to no request, until the client leaves or the session ends.
 func (s *httpSession) serveStandalone(w http.ResponseWriter, r *http.Request) {
 	st := newStream()
+	st.owner = ownerHandler
 	s.mu.Lock()
 	if s.standalone != nil {
 		s.mu.Unlock()
@@ -298,7 +348,7 @@ func startEventStream(w http.ResponseWriter) {
 // writeEvent writes one message as a server-sent event. JSON-RPC
 // encoding has no raw newlines, so the message fits one data line.
 func writeEvent(w http.ResponseWriter, msg jsonrpc.Message) error {
-	data, err := jsonrpc.EncodeMessage(msg)
+	data, err := encodeMessage(msg)
 	if err != nil {
 		return err
 	}

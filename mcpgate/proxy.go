@@ -70,13 +70,32 @@ const (
 // client closes it or ctx is done. It returns nil when the client closed
 // normally.
 func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
+	r, err := p.router(ctx, down)
+	if err != nil {
+		return err
+	}
+	return r.serve()
+}
+
+// A pushConn hands the client's messages to the proxy itself, on the
+// goroutine that received each, rather than through Read: the HTTP
+// front, where each message comes on a request of its own. A pushed
+// tools/call is governed on that goroutine, so its answer needs no
+// hand-off to reach the response. Read on a pushConn only waits for it
+// to close.
+type pushConn interface {
+	setReceiver(func(jsonrpc.Message))
+}
+
+// router checks the proxy's settings and makes its session's state.
+func (p *Proxy) router(ctx context.Context, down mcp.Connection) (*router, error) {
 	if p.Stack == nil || p.Agent == "" || len(p.Upstreams) == 0 {
-		return errors.New("mcpgate: a proxy needs a Stack, an Agent and an upstream")
+		return nil, errors.New("mcpgate: a proxy needs a Stack, an Agent and an upstream")
 	}
 	names := map[string]bool{}
 	for _, u := range p.Upstreams {
 		if u.Name == "" || u.Connect == nil || names[u.Name] {
-			return errors.New("mcpgate: every upstream needs a distinct name and a Connect function")
+			return nil, errors.New("mcpgate: every upstream needs a distinct name and a Connect function")
 		}
 		names[u.Name] = true
 	}
@@ -84,12 +103,13 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 	if session == "" {
 		var b [16]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			return err
+			return nil, err
 		}
 		session = "mcp-" + hex.EncodeToString(b[:])
 	}
 	r := &router{p: p, session: session, down: down, tokens: p.Tokens, log: p.Log,
 		inflight: map[jsonrpc.ID]*clientRequest{}, outbound: map[int64]outboundRequest{}}
+	r.ctx, r.cancel = context.WithCancel(ctx)
 	if r.tokens == nil {
 		r.tokens = &TiktokenCounter{}
 	}
@@ -100,8 +120,16 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 		r.ups = append(r.ups, &upstreamConn{Upstream: u, r: r, log: r.log})
 	}
 	r.multi = len(r.ups) > 1
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	if pc, ok := down.(pushConn); ok {
+		pc.setReceiver(func(msg jsonrpc.Message) { r.dispatch(r.ctx, msg, true) })
+	}
+	return r, nil
+}
+
+// serve runs the session until the client's connection ends.
+func (r *router) serve() error {
+	ctx := r.ctx
+	defer r.cancel()
 	// Connect at once, so a server that can't start says so early; a
 	// failure here is retried when a request needs the server.
 	var wg sync.WaitGroup
@@ -110,12 +138,15 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 	}
 	wg.Wait()
 	err := r.fromClient(ctx)
-	cancel()
-	down.Close()
+	r.cancel()
+	r.down.Close()
 	for _, u := range r.ups {
 		wg.Go(u.close) // at once: closing may wait for a process to exit
 	}
 	wg.Wait()
+	r.mu.Lock()
+	r.ending = true
+	r.mu.Unlock()
 	r.calls.Wait()
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
 		return nil
@@ -125,6 +156,8 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 
 // router is the state of one proxied session.
 type router struct {
+	ctx     context.Context // the session's; cancelled when it ends
+	cancel  context.CancelFunc
 	p       *Proxy
 	session string
 	tokens  TokenCounter
@@ -140,7 +173,8 @@ type router struct {
 	nextOut  int64
 	owners   resourceOwners
 
-	calls sync.WaitGroup // requests handled off the read loop
+	calls  sync.WaitGroup // requests handled off the read loop
+	ending bool           // the session is ending: no more of them
 }
 
 // A clientRequest is a request of the client's in progress.
@@ -170,21 +204,27 @@ func (r *router) fromClient(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		switch m := msg.(type) {
-		case *jsonrpc.Response:
-			r.clientAnswered(ctx, m)
-		case *jsonrpc.Request:
-			if m.IsCall() {
-				r.clientRequest(ctx, m)
-			} else {
-				r.clientNotification(ctx, m)
-			}
+		r.dispatch(ctx, msg, false)
+	}
+}
+
+// dispatch handles one message from the client. A pushed tools/call
+// (inline) is governed before dispatch returns.
+func (r *router) dispatch(ctx context.Context, msg jsonrpc.Message, inline bool) {
+	switch m := msg.(type) {
+	case *jsonrpc.Response:
+		r.clientAnswered(ctx, m)
+	case *jsonrpc.Request:
+		if m.IsCall() {
+			r.clientRequest(ctx, m, inline)
+		} else {
+			r.clientNotification(ctx, m)
 		}
 	}
 }
 
 // clientRequest dispatches one of the client's requests.
-func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request) {
+func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request, inline bool) {
 	r.mu.Lock()
 	_, dup := r.inflight[req.ID]
 	initialized := r.init != nil
@@ -204,6 +244,13 @@ func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request) {
 	case "server/discover":
 		r.async(func() { r.discover(ctx, req, cr) })
 	case "tools/call":
+		if inline {
+			if r.begin() {
+				defer r.calls.Done()
+				r.callTool(ctx, req, cr)
+			}
+			return
+		}
 		r.async(func() { r.callTool(ctx, req, cr) })
 	case "tools/list":
 		r.list(ctx, req, cr, listTools)
@@ -246,18 +293,29 @@ func allowedBeforeInitialize(req *jsonrpc.Request) bool {
 	case "initialize", "ping", "server/discover":
 		return true
 	}
-	var params struct {
-		Meta map[string]json.RawMessage `json:"_meta"`
-	}
-	if json.Unmarshal(req.Params, &params) != nil {
-		return false
-	}
-	_, ok := params.Meta[mcp.MetaKeyProtocolVersion]
+	_, ok := object(object(req.Params)["_meta"])[mcp.MetaKeyProtocolVersion]
 	return ok
 }
 
 func (r *router) async(f func()) {
-	r.calls.Go(f)
+	if r.begin() {
+		go func() {
+			defer r.calls.Done()
+			f()
+		}()
+	}
+}
+
+// begin counts a request handled off the read loop, unless the session is
+// ending.
+func (r *router) begin() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ending {
+		return false
+	}
+	r.calls.Add(1)
+	return true
 }
 
 func (r *router) track(id jsonrpc.ID) *clientRequest {
@@ -366,15 +424,9 @@ func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) {
 // clientCancelled stops a request the client gave up on, and tells the
 // upstream that has it.
 func (r *router) clientCancelled(ctx context.Context, req *jsonrpc.Request) {
-	var params struct {
-		RequestID any    `json:"requestId"`
-		Reason    string `json:"reason"`
-	}
-	if json.Unmarshal(req.Params, &params) != nil {
-		return
-	}
-	id, err := jsonrpc.MakeID(params.RequestID)
-	if err != nil {
+	params := object(req.Params)
+	id, err := decodeID(params["requestId"])
+	if err != nil || !id.IsValid() {
 		return
 	}
 	r.mu.Lock()
@@ -387,7 +439,7 @@ func (r *router) clientCancelled(ctx context.Context, req *jsonrpc.Request) {
 	}
 	r.mu.Unlock()
 	if u != nil {
-		reason := params.Reason
+		reason := stringField(params, "reason")
 		if reason == "" {
 			reason = "cancelled by the client"
 		}
@@ -437,11 +489,8 @@ func (r *router) fromUpstream(u *upstreamConn, gen int, req *jsonrpc.Request) {
 	}
 	switch req.Method {
 	case "notifications/progress":
-		var params struct {
-			Token json.RawMessage `json:"progressToken"`
-		}
-		if json.Unmarshal(req.Params, &params) == nil && len(params.Token) > 0 {
-			u.progressed(string(params.Token))
+		if token := object(req.Params)["progressToken"]; len(token) > 0 {
+			u.progressed(string(token))
 		}
 	case "notifications/cancelled":
 		// The upstream gave up on one of its requests to the client: name

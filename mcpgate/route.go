@@ -37,13 +37,10 @@ func (r *router) routeByName(ctx context.Context, req *jsonrpc.Request, cr *clie
 		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
 		return
 	}
-	var params struct {
-		Name string `json:"name"`
-	}
-	_ = json.Unmarshal(req.Params, &params)
-	u, inner := r.split(params.Name)
+	name := stringField(object(req.Params), "name")
+	u, inner := r.split(name)
 	if u == nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q; names are <upstream>%s<prompt>", params.Name, Separator))
+		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q; names are <upstream>%s<prompt>", name, Separator))
 		return
 	}
 	upParams, err := withField(req.Params, "name", inner)
@@ -62,20 +59,18 @@ func (r *router) routeByURI(ctx context.Context, req *jsonrpc.Request, cr *clien
 		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
 		return
 	}
-	var params struct {
-		URI string `json:"uri"`
-	}
-	if json.Unmarshal(req.Params, &params) != nil || params.URI == "" {
+	uri := stringField(object(req.Params), "uri")
+	if uri == "" {
 		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: "+req.Method+" needs params with a uri")
 		return
 	}
-	resp, u, err := r.tryEach(ctx, r.resourceCandidates(params.URI), req.Method, req.Params)
+	resp, u, err := r.tryEach(ctx, r.resourceCandidates(uri), req.Method, req.Params)
 	if err != nil {
 		r.replyFailure(ctx, cr, req.ID, err)
 		return
 	}
 	if resp.Error == nil {
-		r.owners.set(params.URI, u)
+		r.owners.set(uri, u)
 	}
 	r.reply(ctx, cr, req.ID, resp)
 }
@@ -87,35 +82,31 @@ func (r *router) complete(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
 		return
 	}
-	var params map[string]json.RawMessage
-	var ref struct {
-		Type string `json:"type"`
-		Name string `json:"name"`
-		URI  string `json:"uri"`
-	}
-	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params["ref"], &ref) != nil {
+	params := object(req.Params)
+	ref := object(params["ref"])
+	if ref == nil {
 		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: completion/complete needs params with a ref")
 		return
 	}
-	switch ref.Type {
+	switch refType, refName := stringField(ref, "type"), stringField(ref, "name"); refType {
 	case "ref/prompt":
-		u, inner := r.split(ref.Name)
+		u, inner := r.split(refName)
 		if u == nil {
-			r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q", ref.Name))
+			r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q", refName))
 			return
 		}
 		params["ref"], _ = withField(params["ref"], "name", inner)
 		upParams, _ := json.Marshal(params)
 		r.forward(ctx, req, cr, u, upParams, nil)
 	case "ref/resource":
-		resp, _, err := r.tryEach(ctx, r.resourceCandidates(ref.URI), req.Method, req.Params)
+		resp, _, err := r.tryEach(ctx, r.resourceCandidates(stringField(ref, "uri")), req.Method, req.Params)
 		if err != nil {
 			r.replyFailure(ctx, cr, req.ID, err)
 			return
 		}
 		r.reply(ctx, cr, req.ID, resp)
 	default:
-		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: unknown completion ref type %q", ref.Type))
+		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: unknown completion ref type %q", refType))
 	}
 }
 

@@ -101,14 +101,14 @@ func decodeFrame(line []byte) (jsonrpc.Message, []byte) {
 	if len(line) == 0 {
 		return nil, nil
 	}
-	if !json.Valid(line) {
+	msg, err := decodeMessage(line)
+	switch {
+	case err == nil:
+	case !json.Valid(line):
 		return nil, errorFrame(nil, jsonrpc.CodeParseError, "agentsec: the message is not valid JSON")
-	}
-	if line[0] == '[' {
+	case line[0] == '[':
 		return nil, errorFrame(nil, codeInvalidRequest, "agentsec: JSON-RPC batches are not supported; send one message per line")
-	}
-	msg, err := jsonrpc.DecodeMessage(line)
-	if err != nil {
+	default:
 		var probe struct {
 			ID json.RawMessage `json:"id"`
 		}
@@ -182,7 +182,7 @@ func (c *stdioConn) Read(ctx context.Context) (jsonrpc.Message, error) {
 
 // Write implements mcp.Connection.
 func (c *stdioConn) Write(ctx context.Context, msg jsonrpc.Message) error {
-	data, err := jsonrpc.EncodeMessage(msg)
+	data, err := encodeMessage(msg)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -21,9 +22,17 @@ import (
 // a reader of the gateway's.
 func stdioGateway(t *testing.T, upstreams int, maxBytes int) (io.Writer, *bufio.Scanner) {
 	t.Helper()
+	in, out, _ := stdioGatewayWith(t, upstreams, maxBytes, []trust.Rule{{Tool: "*", Level: "public"}})
+	return in, out
+}
+
+// stdioGatewayWith is stdioGateway with the given rules, also returning
+// the first upstream.
+func stdioGatewayWith(t *testing.T, upstreams int, maxBytes int, rules []trust.Rule) (io.Writer, *bufio.Scanner, *upstream) {
+	t.Helper()
 	stack, err := agentsec.New(agentsec.Config{
 		TrustGate: agentsec.TrustGateConfig{
-			Rules:  []trust.Rule{{Tool: "*", Level: "public"}},
+			Rules:  rules,
 			Agents: []trust.Assignment{{Agent: "desktop", Level: "public"}},
 		},
 		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
@@ -34,8 +43,13 @@ func stdioGateway(t *testing.T, upstreams int, maxBytes int) (io.Writer, *bufio.
 	}
 	t.Cleanup(func() { stack.Close() })
 	var ups []mcpgate.Upstream
+	var first *upstream
 	for _, name := range []string{"files", "search"}[:upstreams] {
-		ups = append(ups, mcpgate.Upstream{Name: name, Connect: newUpstream().connect})
+		u := newUpstream()
+		if first == nil {
+			first = u
+		}
+		ups = append(ups, mcpgate.Upstream{Name: name, Connect: u.connect})
 	}
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
@@ -54,7 +68,36 @@ func stdioGateway(t *testing.T, upstreams int, maxBytes int) (io.Writer, *bufio.
 	})
 	sc := bufio.NewScanner(outR)
 	sc.Buffer(nil, 1<<20)
-	return inW, sc
+	return inW, sc, first
+}
+
+// A tool name spelled twice — in another case, or as a duplicate key — is
+// read as the server will read it: the gate checks the name the server
+// runs, and the server gets no other spelling.
+func TestToolNameIsReadAsTheServerReadsIt(t *testing.T) {
+	in, out, up := stdioGatewayWith(t, 1, 0, []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "shell.exec", Level: "privileged"}})
+	io.WriteString(in, initializeLine)
+	readReply(t, out)
+	io.WriteString(in, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n")
+	for i, params := range []string{
+		`{"name":"shell.exec","NAME":"fs.read","arguments":{"text":"x"}}`,
+		`{"name":"shell.exec","Name":"fs.read","arguments":{"text":"x"}}`,
+		`{"NAME":"fs.read","name":"shell.exec","arguments":{"text":"x"}}`,
+	} {
+		io.WriteString(in, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":%s}`+"\n", 10+i, params))
+		r := readReply(t, out)
+		if r.Error != nil || !strings.Contains(string(r.Result), "below the required level") {
+			t.Errorf("params %s: %+v %s, want shell.exec denied", params, r, r.Result)
+		}
+	}
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("the server ran %d calls, want none", n)
+	}
+	// And the allowed spelling still works, with its stray variants gone.
+	io.WriteString(in, `{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"fs.read","NAME":"shell.exec","arguments":{"text":"ok"}}}`+"\n")
+	if r := readReply(t, out); r.Error != nil || !strings.Contains(string(r.Result), "echo: ok") {
+		t.Errorf("fs.read: %+v %s", r, r.Result)
+	}
 }
 
 type reply struct {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 
@@ -71,6 +70,7 @@ type upstreamConn struct {
 	mu          sync.Mutex
 	conn        mcp.Connection // nil while not connected
 	gen         int            // counts connections, so stale readers can tell
+	connecting  chan struct{}  // closed when a connection attempt in progress ends
 	lastAttempt time.Time
 	lastErr     error
 	initialized bool // this connection was initialized for the client
@@ -80,11 +80,24 @@ type upstreamConn struct {
 }
 
 type pendingRequest struct {
-	reply replyFunc
+	reply replyFunc // for a request sent with send
+	abort func()    // for one carried by exchange: stops its round trip
+	err   error     // why it was taken from the table, for exchange
 	timer *time.Timer
 	token string // the request's progress token, JSON-encoded; "" if none
 	gen   int
 }
+
+// A roundTripper is a connection that can carry one request and its
+// answer on the caller's goroutine, as an HTTP POST does; anything else
+// the server sends meanwhile still comes through Read. It saves the
+// hand-offs between goroutines that a reply through Read costs.
+type roundTripper interface {
+	roundTrip(ctx context.Context, req *jsonrpc.Request) (*jsonrpc.Response, error)
+}
+
+// errCancelled is the failure of a request the client cancelled.
+var errCancelled = errors.New("cancelled by the client")
 
 func (u *upstreamConn) timeout() time.Duration {
 	if u.Timeout > 0 {
@@ -98,31 +111,55 @@ func (u *upstreamConn) timeout() time.Duration {
 // the client's own initialize parameters, if it has sent them, so the
 // server sees the client it would have seen without the gateway.
 func (u *upstreamConn) connected(ctx context.Context) (mcp.Connection, int, error) {
-	u.mu.Lock()
-	if u.conn != nil {
-		defer u.mu.Unlock()
-		return u.conn, u.gen, nil
+	for {
+		u.mu.Lock()
+		if ch := u.connecting; ch != nil {
+			// Another request is connecting: its connection, once
+			// initialized, is this one's too.
+			u.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, 0, ctx.Err()
+			}
+		}
+		if u.conn != nil {
+			defer u.mu.Unlock()
+			return u.conn, u.gen, nil
+		}
+		if !u.lastAttempt.IsZero() && time.Since(u.lastAttempt) < retryAfter {
+			defer u.mu.Unlock()
+			if u.lastErr == nil {
+				return nil, 0, &upstreamError{u.Name, errors.New("is unavailable")}
+			}
+			return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: %v", u.lastErr)}
+		}
+		u.lastAttempt = time.Now()
+		ch := make(chan struct{})
+		u.connecting = ch
+		u.mu.Unlock()
+		conn, gen, err := u.connect(ctx)
+		u.mu.Lock()
+		u.connecting = nil
+		u.mu.Unlock()
+		close(ch)
+		return conn, gen, err
 	}
-	if !u.lastAttempt.IsZero() && time.Since(u.lastAttempt) < retryAfter {
-		defer u.mu.Unlock()
-		return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: %v", u.lastErr)}
-	}
-	u.lastAttempt = time.Now()
-	u.mu.Unlock()
+}
 
+// connect opens a new connection, initialized as the client initialized
+// the session, if it has.
+func (u *upstreamConn) connect(ctx context.Context) (mcp.Connection, int, error) {
 	conn, err := u.Connect(context.WithoutCancel(ctx))
-	u.mu.Lock()
 	if err != nil {
+		u.mu.Lock()
 		u.lastErr = fmt.Errorf("it could not be reached (%w)", err)
 		u.mu.Unlock()
 		u.log.Warn("agentsec: connecting to upstream", "upstream", u.Name, "err", err)
 		return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: it could not be reached (%v)", err)}
 	}
-	if u.conn != nil { // another request connected meanwhile
-		defer u.mu.Unlock()
-		conn.Close()
-		return u.conn, u.gen, nil
-	}
+	u.mu.Lock()
 	u.conn, u.initialized, u.lastErr = conn, false, nil
 	u.gen++
 	gen := u.gen
@@ -130,7 +167,7 @@ func (u *upstreamConn) connected(ctx context.Context) (mcp.Connection, int, erro
 	go u.read(conn, gen)
 
 	if params := u.r.initParams(); params != nil {
-		if err := u.replayInitialize(ctx, params); err != nil {
+		if err := u.replayInitialize(ctx, conn, gen, params); err != nil {
 			u.lost(conn, gen, err)
 			return nil, 0, &upstreamError{u.Name, fmt.Errorf("failed to initialize: %v", err)}
 		}
@@ -141,18 +178,33 @@ func (u *upstreamConn) connected(ctx context.Context) (mcp.Connection, int, erro
 
 // replayInitialize initializes a reconnected server as the client
 // initialized its first connection.
-func (u *upstreamConn) replayInitialize(ctx context.Context, params json.RawMessage) error {
-	resp, err := u.call(ctx, "initialize", params, "")
-	if err != nil {
+func (u *upstreamConn) replayInitialize(ctx context.Context, conn mcp.Connection, gen int, params json.RawMessage) error {
+	type answer struct {
+		resp *jsonrpc.Response
+		err  error
+	}
+	ch := make(chan answer, 1)
+	if _, err := u.sendOn(ctx, conn, gen, "initialize", params, "", func(resp *jsonrpc.Response, err error) {
+		ch <- answer{resp, err}
+	}); err != nil {
 		return err
 	}
-	if resp.Error != nil {
-		return resp.Error
+	var a answer
+	select {
+	case a = <-ch:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if err := u.setInitialized(resp.Result); err != nil {
+	if a.err != nil {
+		return a.err
+	}
+	if a.resp.Error != nil {
+		return a.resp.Error
+	}
+	if err := u.setInitialized(a.resp.Result); err != nil {
 		return err
 	}
-	return u.notify(ctx, &jsonrpc.Request{Method: "notifications/initialized"})
+	return conn.Write(ctx, &jsonrpc.Request{Method: "notifications/initialized"})
 }
 
 // setInitialized records what an initialize result says the server
@@ -206,27 +258,105 @@ func (u *upstreamConn) send(ctx context.Context, method string, params json.RawM
 	if err != nil {
 		return 0, err
 	}
+	return u.sendOn(ctx, conn, gen, method, params, token, reply)
+}
+
+// sendOn is send on a given connection.
+func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc) (int64, error) {
+	id, err := u.register(&pendingRequest{reply: reply, token: token, gen: gen})
+	if err != nil {
+		return 0, err
+	}
+	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
+	if err != nil {
+		if u.take(id, nil) != nil {
+			return 0, &upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)}
+		}
+	}
+	return id, nil
+}
+
+// register gives a request its id and its place in the table, timed.
+func (u *upstreamConn) register(p *pendingRequest) (int64, error) {
 	u.mu.Lock()
-	if u.gen != gen || u.conn == nil {
-		u.mu.Unlock()
+	defer u.mu.Unlock()
+	if u.gen != p.gen || u.conn == nil {
 		return 0, &upstreamError{u.Name, errUpstreamGone}
 	}
 	u.nextID++
 	id := u.nextID
-	p := &pendingRequest{reply: reply, token: token, gen: gen}
 	p.timer = time.AfterFunc(u.timeout(), func() { u.expire(id) })
 	if u.pending == nil {
 		u.pending = map[int64]*pendingRequest{}
 	}
 	u.pending[id] = p
-	u.mu.Unlock()
-	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
-	if err != nil {
-		if u.take(id) != nil {
-			return 0, &upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)}
-		}
-	}
 	return id, nil
+}
+
+// exchange sends a request and waits for its answer, on the caller's
+// goroutine when the connection is a roundTripper. sent, if not nil, is
+// told the request's id before it goes, so that the client can cancel
+// it; if it returns false the client already has, and the request is not
+// sent.
+func (u *upstreamConn) exchange(ctx context.Context, method string, params json.RawMessage, token string, sent func(int64) bool) (*jsonrpc.Response, error) {
+	conn, gen, err := u.connected(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rt, direct := conn.(roundTripper)
+	if !direct {
+		return u.callAndWait(ctx, method, params, token, sent)
+	}
+	rctx, abort := context.WithCancel(ctx)
+	defer abort()
+	p := &pendingRequest{abort: abort, token: token, gen: gen}
+	id, err := u.register(p)
+	if err != nil {
+		return nil, err
+	}
+	if sent != nil && !sent(id) {
+		u.take(id, errCancelled)
+		return nil, errCancelled
+	}
+	resp, rerr := rt.roundTrip(rctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
+	if u.take(id, nil) == nil {
+		// Timed out, cancelled or lost meanwhile: that is the answer.
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return nil, p.err
+	}
+	if rerr != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &upstreamError{u.Name, rerr}
+	}
+	return resp, nil
+}
+
+// callAndWait is exchange through send, for connections whose answers
+// come through Read.
+func (u *upstreamConn) callAndWait(ctx context.Context, method string, params json.RawMessage, token string, sent func(int64) bool) (*jsonrpc.Response, error) {
+	type answer struct {
+		resp *jsonrpc.Response
+		err  error
+	}
+	ch := make(chan answer, 1)
+	id, err := u.send(ctx, method, params, token, func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} })
+	if err != nil {
+		return nil, err
+	}
+	if sent != nil && !sent(id) {
+		u.cancel(ctx, id, "cancelled by the client")
+		return nil, errCancelled
+	}
+	select {
+	case a := <-ch:
+		return a.resp, a.err
+	case <-ctx.Done():
+		u.cancel(ctx, id, "the client went away")
+		return nil, ctx.Err()
+	}
 }
 
 // call is send, waiting for the answer.
@@ -265,30 +395,52 @@ func (u *upstreamConn) notify(ctx context.Context, msg jsonrpc.Message) error {
 // cancel abandons a request: its answer will be dropped, and the server
 // is asked to stop.
 func (u *upstreamConn) cancel(ctx context.Context, id int64, reason string) {
-	if u.take(id) == nil {
+	p := u.take(id, errCancelled)
+	if p == nil {
 		return
+	}
+	if p.reply != nil {
+		defer p.reply(nil, errCancelled) // whoever waits for it stops waiting
 	}
 	params, _ := json.Marshal(map[string]any{"requestId": id, "reason": reason})
 	_ = u.notify(context.WithoutCancel(ctx), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+	p.stop()
 }
 
-// take removes a pending request, stopping its timer.
-func (u *upstreamConn) take(id int64) *pendingRequest {
+// take removes a pending request, stopping its timer. err, if not nil,
+// is why: the answer exchange gives once its round trip, which the caller
+// then stops (p.stop), returns.
+func (u *upstreamConn) take(id int64, err error) *pendingRequest {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	p := u.pending[id]
 	if p != nil {
 		delete(u.pending, id)
 		p.timer.Stop()
+		p.err = err
 	}
 	return p
 }
 
+// stop ends the round trip of a request carried by exchange, if it is
+// one. The server is told first (notifications/cancelled): a server that
+// saw the connection drop first might forget the request, and its
+// handler would run on.
+func (p *pendingRequest) stop() {
+	if p.abort != nil {
+		p.abort()
+	}
+}
+
 func (u *upstreamConn) expire(id int64) {
-	if p := u.take(id); p != nil {
+	err := &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())}
+	if p := u.take(id, err); p != nil {
 		params, _ := json.Marshal(map[string]any{"requestId": id, "reason": "timed out"})
 		_ = u.notify(context.Background(), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
-		p.reply(nil, &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())})
+		p.stop()
+		if p.reply != nil {
+			p.reply(nil, err)
+		}
 	}
 }
 
@@ -318,7 +470,7 @@ func (u *upstreamConn) read(conn mcp.Connection, gen int) {
 			if !ok {
 				continue
 			}
-			if p := u.take(id); p != nil {
+			if p := u.take(id, nil); p != nil && p.reply != nil {
 				p.reply(m, nil)
 			}
 		case *jsonrpc.Request:
@@ -339,18 +491,23 @@ func (u *upstreamConn) lost(conn mcp.Connection, gen int, err error) {
 		u.log.Warn("agentsec: upstream connection ended", "upstream", u.Name, "err", err)
 	}
 	u.conn, u.initialized, u.lastErr = nil, false, fmt.Errorf("its connection ended (%w)", err)
+	gone := &upstreamError{u.Name, errUpstreamGone}
 	var failed []*pendingRequest
 	for id, p := range u.pending {
 		if p.gen == gen {
 			delete(u.pending, id)
 			p.timer.Stop()
+			p.err = gone
+			p.stop()
 			failed = append(failed, p)
 		}
 	}
 	u.mu.Unlock()
 	conn.Close()
 	for _, p := range failed {
-		p.reply(nil, &upstreamError{u.Name, errUpstreamGone})
+		if p.reply != nil {
+			p.reply(nil, gone)
+		}
 	}
 	u.r.upstreamLost(u, gen)
 }
@@ -369,25 +526,4 @@ func (u *upstreamConn) close() {
 func intID(n int64) jsonrpc.ID {
 	id, _ := jsonrpc.MakeID(float64(n))
 	return id
-}
-
-// upstreamHTTP is the HTTP client of every streamable-HTTP upstream: one
-// pool of keep-alive connections shared by all sessions, large enough
-// that concurrent calls don't re-dial (http.DefaultTransport keeps two
-// idle connections per host).
-var upstreamHTTP = &http.Client{Transport: &http.Transport{
-	Proxy:               http.ProxyFromEnvironment,
-	ForceAttemptHTTP2:   true,
-	MaxIdleConns:        1024,
-	MaxIdleConnsPerHost: 256,
-	IdleConnTimeout:     90 * time.Second,
-	TLSHandshakeTimeout: 10 * time.Second,
-}}
-
-// HTTPUpstream is an upstream that speaks streamable HTTP at endpoint.
-// Its connections come from a pool shared by all sessions.
-func HTTPUpstream(name, endpoint string, timeout time.Duration) Upstream {
-	return Upstream{Name: name, Timeout: timeout, Connect: func(ctx context.Context) (mcp.Connection, error) {
-		return (&mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: upstreamHTTP}).Connect(ctx)
-	}}
 }

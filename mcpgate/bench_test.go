@@ -1,0 +1,165 @@
+package mcpgate_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// noopServer is the least an MCP server over streamable HTTP can be:
+// every request is answered at once with plain JSON, a tool call with
+// "ok". It keeps the benchmark's cost the gateway's.
+func noopServer() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		id := jsonField(body, `"id":`)
+		if id == nil {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		result := `{"content":[{"type":"text","text":"ok"}]}`
+		if bytes.Contains(body, []byte(`"method":"initialize"`)) {
+			result = `{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"noop","version":"1"}}`
+			w.Header().Set("Mcp-Session-Id", "noop-session")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"jsonrpc":"2.0","id":`+string(id)+`,"result":`+result+`}`)
+	})
+}
+
+// jsonField returns the number or string after key in a flat JSON
+// message, or nil.
+func jsonField(body []byte, key string) []byte {
+	i := bytes.Index(body, []byte(key))
+	if i < 0 {
+		return nil
+	}
+	rest := body[i+len(key):]
+	end := bytes.IndexAny(rest, ",}")
+	if end < 0 {
+		return nil
+	}
+	return rest[:end]
+}
+
+// mcpClient posts JSON-RPC messages over one pool of connections.
+type mcpClient struct {
+	url, token, session string
+	http                *http.Client
+	next                atomic.Int64
+}
+
+func (c *mcpClient) post(b *testing.B, body string) *http.Response {
+	req, _ := http.NewRequest(http.MethodPost, c.url, bytes.NewBufferString(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.session != "" {
+		req.Header.Set("Mcp-Session-Id", c.session)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return resp
+}
+
+func (c *mcpClient) open(b *testing.B) {
+	resp := c.post(b, `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	c.session = resp.Header.Get("Mcp-Session-Id")
+	resp = c.post(b, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	resp.Body.Close()
+}
+
+func (c *mcpClient) callTool(b *testing.B) {
+	id := strconv.FormatInt(c.next.Add(1), 10)
+	resp := c.post(b, `{"jsonrpc":"2.0","id":`+id+`,"method":"tools/call","params":{"name":"noop","arguments":{}}}`)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"text":"ok"`)) {
+		b.Fatalf("tools/call: %d %s", resp.StatusCode, body)
+	}
+}
+
+// BenchmarkToolCall measures one tools/call over streamable HTTP from a
+// lean client to a no-op server: straight, and through the gateway with
+// the audit log in memory and durable in SQLite. The difference from
+// direct is what the gateway costs; -benchmem counts its allocations.
+func BenchmarkToolCall(b *testing.B) {
+	upstream := httptest.NewServer(noopServer())
+	defer upstream.Close()
+	pool := &http.Transport{MaxIdleConnsPerHost: 256}
+	defer pool.CloseIdleConnections()
+
+	b.Run("direct", func(b *testing.B) {
+		c := &mcpClient{url: upstream.URL, http: &http.Client{Transport: pool}}
+		c.open(b)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				c.callTool(b)
+			}
+		})
+	})
+	for _, durable := range []bool{false, true} {
+		name := map[bool]string{false: "gateway-memory-audit", true: "gateway-sqlite-audit"}[durable]
+		b.Run(name, func(b *testing.B) {
+			cfg := agentsec.Config{
+				TrustGate: agentsec.TrustGateConfig{ToolName: "noop", RequiredLevel: "public",
+					Agents: []trust.Assignment{{Agent: "bench", Level: "public"}}},
+				Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 62, CallLimit: 1 << 62},
+				AuditNamespace: "bench",
+			}
+			if durable {
+				key, _, err := audit.GenerateKey("bench")
+				if err != nil {
+					b.Fatal(err)
+				}
+				cfg.Audit = agentsec.AuditConfig{Path: filepath.Join(b.TempDir(), "audit.db"), SignerKey: key}
+			}
+			stack, err := agentsec.New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer stack.Close()
+			gw := &mcpgate.Gateway{Stack: stack,
+				Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("t")), Agent: "bench"}},
+				Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("noop", upstream.URL, 0)}}
+			srv := httptest.NewServer(gw)
+			defer srv.Close()
+			defer gw.Close()
+			c := &mcpClient{url: srv.URL, token: "t", http: &http.Client{Transport: pool}}
+			c.open(b)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					c.callTool(b)
+				}
+			})
+			b.StopTimer()
+			if _, err := stack.Audit.Verify(context.Background()); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+}

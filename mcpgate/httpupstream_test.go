@@ -1,0 +1,153 @@
+package mcpgate_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// httpUpstreamGateway serves newServer("files") over streamable HTTP (as
+// an event stream, or as plain JSON answers), and connects an SDK client
+// to it through a proxy whose upstream is HTTPUpstream. handler, if not
+// nil, wraps the server's handler.
+func httpUpstreamGateway(t *testing.T, jsonAnswers bool, handler func(http.Handler) http.Handler) (*multi, *httptest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	files := newServer("files")
+	var h http.Handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return files.srv },
+		&mcp.StreamableHTTPOptions{JSONResponse: jsonAnswers})
+	if handler != nil {
+		h = handler(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			Rules:  []trust.Rule{{Tool: "*", Level: "public"}},
+			Agents: []trust.Assignment{{Agent: "desktop", Level: "public"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
+		AuditNamespace: "http-upstream-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	m := &multi{stack: stack, files: files}
+	proxyDown, clientSide := mcp.NewInMemoryTransports()
+	down, err := proxyDown.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop",
+		Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("files", srv.URL, 2*time.Second)}}
+	done := make(chan error, 1)
+	go func() { done <- proxy.Serve(ctx, down) }()
+	progress := make(chan float64, 16)
+	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, &mcp.ClientOptions{
+		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			m.sampled.Add(1)
+			return &mcp.CreateMessageResult{Model: "m", Role: "assistant", Content: &mcp.TextContent{Text: "sampled"}}, nil
+		},
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			progress <- req.Params.Progress
+		},
+	})
+	if m.client, err = client.Connect(ctx, clientSide, &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		m.client.Close()
+		<-done
+	})
+	return m, srv
+}
+
+func TestHTTPUpstream(t *testing.T) {
+	for _, jsonAnswers := range []bool{false, true} {
+		t.Run(map[bool]string{false: "event streams", true: "JSON answers"}[jsonAnswers], func(t *testing.T) {
+			m, _ := httpUpstreamGateway(t, jsonAnswers, nil)
+			ctx := context.Background()
+			if res, err := m.call(t, "echo", "over http"); err != nil || text(res) != "files echo: over http" {
+				t.Errorf("echo = %+v, %v", res, err)
+			}
+			if !jsonAnswers { // a server answering with JSON can't ask the client mid-call
+				if res, err := m.call(t, "ask", "hi"); err != nil || text(res) != "files heard: sampled" {
+					t.Errorf("ask = %+v, %v; want the client's sample relayed both ways", res, err)
+				}
+			}
+			var n int
+			for _, err := range m.client.Tools(ctx, nil) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				n++
+			}
+			if n != 6 {
+				t.Errorf("%d tools listed, want 6 (every page)", n)
+			}
+			res, err := m.client.ReadResource(ctx, &mcp.ReadResourceParams{URI: "files://index"})
+			if err != nil || res.Contents[0].Text != "files index" {
+				t.Errorf("read = %+v, %v", res, err)
+			}
+			if _, err := m.call(t, "hang", "x"); err == nil || !strings.Contains(err.Error(), "did not answer in time") {
+				t.Errorf("hang = %v, want a timeout", err)
+			}
+			select {
+			case <-m.files.cancelled:
+			case <-time.After(5 * time.Second):
+				t.Error("the server was not told the timed-out call was cancelled")
+			}
+		})
+	}
+}
+
+// A server that forgets the session (restarted, say) answers 404; the
+// gateway reconnects, initializes afresh, and the call after goes
+// through.
+func TestHTTPUpstreamSessionLost(t *testing.T) {
+	var forget atomic.Bool
+	m, _ := httpUpstreamGateway(t, false, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Mcp-Session-Id") != "" && forget.CompareAndSwap(true, false) {
+				http.Error(w, "session not found", http.StatusNotFound)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	if res, err := m.call(t, "echo", "one"); err != nil || text(res) != "files echo: one" {
+		t.Fatalf("echo = %+v, %v", res, err)
+	}
+	forget.Store(true)
+	if _, err := m.call(t, "echo", "lost"); err == nil || !strings.Contains(err.Error(), `"files"`) {
+		t.Errorf("the call that found the session gone = %v, want an error naming the server", err)
+	}
+	time.Sleep(1100 * time.Millisecond) // reconnects wait a second after a loss
+	if res, err := m.call(t, "echo", "again"); err != nil || text(res) != "files echo: again" {
+		t.Errorf("echo after reconnecting = %+v, %v", res, err)
+	}
+}
+
+func TestHTTPUpstreamUnreachable(t *testing.T) {
+	m, srv := httpUpstreamGateway(t, false, nil)
+	srv.CloseClientConnections() // the GET stream would hold Close up
+	srv.Close()
+	_, err := m.call(t, "echo", "x")
+	if err == nil || !strings.Contains(err.Error(), `the MCP server "files"`) {
+		t.Errorf("a call to a server that is gone = %v, want an error naming it", err)
+	}
+	if _, err := m.stack.Audit.Verify(context.Background()); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,195 @@
+package mcpgate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// The gateway decodes and encodes JSON-RPC messages itself, into and from
+// the SDK's jsonrpc types: the SDK's own decoder allocates a large buffer
+// for every message, which was most of the gateway's garbage. The rules
+// are the SDK's: "jsonrpc" must be "2.0"; a message with a "method" key
+// is a request (a notification without an id); one without is a response
+// and needs an id; an id is a string or an integer.
+
+var (
+	errNotJSONRPC = errors.New(`"jsonrpc" must be "2.0"`)
+	errBadID      = errors.New("the id must be a string or an integer")
+	errNoID       = errors.New("a response needs an id")
+	errBadMethod  = errors.New("the method must be a string")
+)
+
+// decodeMessage decodes one JSON-RPC message. Keys are matched exactly:
+// Go's decoder would also take "Method" or "NAME" for a field, where the
+// servers behind the gateway read only the exact key, and a message must
+// mean to the gateway what it means to them.
+func decodeMessage(data []byte) (jsonrpc.Message, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	if m == nil || string(m["jsonrpc"]) != `"2.0"` {
+		return nil, errNotJSONRPC
+	}
+	id, err := decodeID(m["id"])
+	if err != nil {
+		return nil, err
+	}
+	if raw, ok := m["method"]; ok {
+		var method string
+		if err := json.Unmarshal(raw, &method); err != nil {
+			return nil, errBadMethod
+		}
+		return &jsonrpc.Request{ID: id, Method: method, Params: nullIsAbsent(m["params"])}, nil
+	}
+	if !id.IsValid() {
+		return nil, errNoID
+	}
+	resp := &jsonrpc.Response{ID: id, Result: nullIsAbsent(m["result"])}
+	if raw := nullIsAbsent(m["error"]); raw != nil {
+		var we jsonrpc.Error
+		if err := json.Unmarshal(raw, &we); err != nil {
+			return nil, fmt.Errorf("malformed error: %w", err)
+		}
+		resp.Error = &we
+	}
+	return resp, nil
+}
+
+// object decodes a JSON object with its keys exactly as they are; nil if
+// raw is not an object.
+func object(raw json.RawMessage) map[string]json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	return m
+}
+
+// stringField is an object's string under exactly key, or "".
+func stringField(m map[string]json.RawMessage, key string) string {
+	var s string
+	json.Unmarshal(m[key], &s)
+	return s
+}
+
+func nullIsAbsent(raw json.RawMessage) json.RawMessage {
+	if string(raw) == "null" {
+		return nil
+	}
+	return raw
+}
+
+// decodeID reads an id: absent or null is no id.
+func decodeID(raw json.RawMessage) (jsonrpc.ID, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return jsonrpc.ID{}, nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return jsonrpc.ID{}, errBadID
+		}
+		return jsonrpc.MakeID(s)
+	}
+	n, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil {
+		// 1.0 and 1e3 are integers too, as JSON numbers go.
+		f, ferr := strconv.ParseFloat(string(raw), 64)
+		if ferr != nil || f != float64(int64(f)) {
+			return jsonrpc.ID{}, errBadID
+		}
+		n = int64(f)
+	}
+	return jsonrpc.MakeID(float64(n))
+}
+
+// encodeMessage encodes one JSON-RPC message on one line: params and
+// results are copied as they are, compacted only if they hold a line
+// break, so that a message fits one line of stdio or one data line of an
+// event stream.
+func encodeMessage(msg jsonrpc.Message) ([]byte, error) {
+	buf := make([]byte, 0, 128+messageSize(msg))
+	buf = append(buf, `{"jsonrpc":"2.0"`...)
+	var err error
+	switch m := msg.(type) {
+	case *jsonrpc.Request:
+		if m.ID.IsValid() {
+			buf = appendID(append(buf, `,"id":`...), m.ID)
+		}
+		buf = append(buf, `,"method":`...)
+		buf = appendString(buf, m.Method)
+		if len(m.Params) > 0 {
+			if buf, err = appendRaw(append(buf, `,"params":`...), m.Params); err != nil {
+				return nil, err
+			}
+		}
+	case *jsonrpc.Response:
+		buf = appendID(append(buf, `,"id":`...), m.ID)
+		if m.Error != nil {
+			var we *jsonrpc.Error
+			if !errors.As(m.Error, &we) {
+				we = &jsonrpc.Error{Code: codeInternal, Message: m.Error.Error()}
+			}
+			b, err := json.Marshal(we)
+			if err != nil {
+				return nil, err
+			}
+			buf = append(append(buf, `,"error":`...), b...)
+		} else {
+			result := m.Result
+			if len(result) == 0 {
+				result = json.RawMessage("{}")
+			}
+			if buf, err = appendRaw(append(buf, `,"result":`...), result); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		return nil, errors.New("not a JSON-RPC message")
+	}
+	return append(buf, '}'), nil
+}
+
+func messageSize(msg jsonrpc.Message) int {
+	switch m := msg.(type) {
+	case *jsonrpc.Request:
+		return len(m.Method) + len(m.Params)
+	case *jsonrpc.Response:
+		return len(m.Result)
+	}
+	return 0
+}
+
+func appendID(buf []byte, id jsonrpc.ID) []byte {
+	switch v := id.Raw().(type) {
+	case int64:
+		return strconv.AppendInt(buf, v, 10)
+	case string:
+		return appendString(buf, v)
+	}
+	return append(buf, "null"...)
+}
+
+func appendString(buf []byte, s string) []byte {
+	b, _ := json.Marshal(s)
+	return append(buf, b...)
+}
+
+// appendRaw appends a JSON value the gateway decoded, so known to be
+// valid, compacting it only if it spans lines.
+func appendRaw(buf []byte, raw json.RawMessage) ([]byte, error) {
+	if bytes.IndexByte(raw, '\n') < 0 && bytes.IndexByte(raw, '\r') < 0 {
+		return append(buf, raw...), nil
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, raw); err != nil {
+		return nil, err
+	}
+	return append(buf, out.Bytes()...), nil
+}
