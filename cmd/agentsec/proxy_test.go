@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,7 +31,9 @@ type echoArgs struct {
 }
 
 // runEchoServer serves two echoing tools over stdio, and counts the calls
-// that reach it in the file named by the environment variable.
+// that reach it in the file named by the environment variable. A third,
+// block, writes the server's process id beside that file (".pid") and
+// never answers.
 func runEchoServer() {
 	server := mcp.NewServer(&mcp.Implementation{Name: "echo", Version: "1"}, nil)
 	var calls atomic.Int64
@@ -41,6 +44,12 @@ func runEchoServer() {
 	}
 	mcp.AddTool(server, &mcp.Tool{Name: "read", Description: "echo"}, handler)
 	mcp.AddTool(server, &mcp.Tool{Name: "admin", Description: "echo"}, handler)
+	mcp.AddTool(server, &mcp.Tool{Name: "block", Description: "never answers"},
+		func(ctx context.Context, _ *mcp.CallToolRequest, _ echoArgs) (*mcp.CallToolResult, any, error) {
+			_ = os.WriteFile(os.Getenv(echoServerEnv)+".pid", []byte(fmt.Sprint(os.Getpid())), 0o600)
+			<-ctx.Done()
+			return nil, nil, ctx.Err()
+		})
 	if err := server.Run(context.Background(), &mcp.StdioTransport{}); err != nil {
 		fmt.Fprintln(os.Stderr, "echo server:", err)
 		os.Exit(1)
@@ -137,6 +146,89 @@ upstreams:
 	page, err := audit.Query(context.Background(), st, audit.Filter{Event: "tool.call"})
 	if err != nil || len(page.Records) != 4 {
 		t.Errorf("the durable log holds %d tool calls (%v), want 4", len(page.Records), err)
+	}
+}
+
+// The upstream server killed (SIGKILL) in the middle of a call: the call
+// gets an error naming it, the proxy stays up and starts the server
+// afresh for the next call, and the audit log verifies.
+func TestProxyUpstreamKilledMidCall(t *testing.T) {
+	dir := t.TempDir()
+	callsFile := filepath.Join(dir, "calls")
+	skey, vkey, err := audit.GenerateKey("proxy-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	skeyFile, pubFile := filepath.Join(dir, "proxy.key"), filepath.Join(dir, "proxy.pub")
+	if err := os.WriteFile(skeyFile, []byte(skey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`namespace: proxy-test
+trust:
+  rules: [{tool: read, level: public}, {tool: block, level: public}]
+  agents: [{id: desktop, level: verified}]
+budget: {tokens: 100000, calls: 100}
+audit: {path: audit.db, key_file: proxy.key}
+stdio_agent: desktop
+upstreams:
+  - {name: echo, command: %q, env: {%s: %q}}
+`, os.Args[0], echoServerEnv, callsFile)
+	cfgPath := filepath.Join(dir, "agentsec.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clientToProxy, proxyIn := io.Pipe()
+	proxyOut, proxyToClient := io.Pipe()
+	var stderr syncBuffer
+	m := &Main{Stdin: clientToProxy, Stdout: proxyToClient, Stderr: &stderr}
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, []string{"proxy", "-config", cfgPath}) }()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).Connect(ctx, &mcp.IOTransport{Reader: proxyOut, Writer: proxyIn}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v (stderr: %s)", err, stderr.String())
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "block", Arguments: map[string]any{"text": "x"}})
+		errc <- err
+	}()
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		data, _ := os.ReadFile(callsFile + ".pid")
+		fmt.Sscan(string(data), &pid)
+	}
+	if pid == 0 {
+		t.Fatal("the blocking call never reached the server")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), `the MCP server "echo" closed the connection before answering`) {
+			t.Errorf("the call whose server was killed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call whose server was killed never ended")
+	}
+	time.Sleep(1100 * time.Millisecond) // reconnects wait a second after a loss
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "read", Arguments: map[string]any{"text": "again"}})
+	if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "echo: again" {
+		t.Errorf("the call after the restart = %+v, %v (stderr: %s)", res, err, stderr.String())
+	}
+	cs.Close()
+	proxyIn.Close()
+	if err := <-done; err != nil {
+		t.Errorf("proxy = %v", err)
+	}
+	if err := os.WriteFile(pubFile, []byte(vkey+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	v := &Main{Stdout: &out, Stderr: &out}
+	if err := v.Run(ctx, []string{"audit", "verify", "-db", filepath.Join(dir, "audit.db"), "-pubkey", pubFile}); err != nil {
+		t.Errorf("audit verify: %v\n%s", err, out.String())
 	}
 }
 
