@@ -149,7 +149,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "agentsec: DELETE needs an Mcp-Session-Id", http.StatusBadRequest)
 			return
 		}
-		s.Close()
+		g.endSession(s.id) // at once: its place is free when DELETE returns
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")

@@ -141,8 +141,11 @@ func TestHTTPUpstreamSessionLost(t *testing.T) {
 
 func TestHTTPUpstreamUnreachable(t *testing.T) {
 	m, srv := httpUpstreamGateway(t, false, nil)
-	srv.CloseClientConnections() // the GET stream would hold Close up
-	srv.Close()
+	// The server goes away: no new connections, and the open ones cut.
+	// (srv.Close would wait for the SDK's GET stream handler, which ends
+	// only when the gateway's session does, at cleanup.)
+	srv.Listener.Close()
+	srv.CloseClientConnections()
 	_, err := m.call(t, "echo", "x")
 	if err == nil || !strings.Contains(err.Error(), `the MCP server "files"`) {
 		t.Errorf("a call to a server that is gone = %v, want an error naming it", err)
