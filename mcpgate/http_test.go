@@ -41,18 +41,7 @@ func newHTTPGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream)
 // before it serves.
 func newHTTPGatewayWith(t *testing.T, set func(*mcpgate.Gateway)) (*httptest.Server, *agentsec.Stack, *upstream, *mcpgate.Gateway) {
 	t.Helper()
-	stack, err := agentsec.New(agentsec.Config{
-		TrustGate: agentsec.TrustGateConfig{
-			Rules:  []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "shell.exec", Level: "privileged"}},
-			Agents: []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "root", Level: "privileged"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 2},
-		AuditNamespace: "http-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "shell.exec", Level: "privileged"}}, []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "root", Level: "privileged"}}, 2, nil)
 	up := newUpstream()
 	gw := &mcpgate.Gateway{
 		Stack:     stack,

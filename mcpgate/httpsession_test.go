@@ -25,18 +25,7 @@ import (
 // every tool public, in front of the given servers.
 func openGateway(t *testing.T, calls int64, servers ...*server) (*httptest.Server, *agentsec.Stack) {
 	t.Helper()
-	stack, err := agentsec.New(agentsec.Config{
-		TrustGate: agentsec.TrustGateConfig{
-			Rules:  []trust.Rule{{Tool: "*", Level: "public"}},
-			Agents: []trust.Assignment{{Agent: "bot", Level: "public"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: calls},
-		AuditNamespace: "http-session-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "bot", Level: "public"}}, calls, nil)
 	var ups []mcpgate.Upstream
 	for _, s := range servers {
 		ups = append(ups, mcpgate.Upstream{Name: s.name, Connect: s.connect})

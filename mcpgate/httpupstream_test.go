@@ -11,7 +11,6 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/trust"
 )
@@ -31,18 +30,7 @@ func httpUpstreamGateway(t *testing.T, jsonAnswers bool, handler func(http.Handl
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	stack, err := agentsec.New(agentsec.Config{
-		TrustGate: agentsec.TrustGateConfig{
-			Rules:  []trust.Rule{{Tool: "*", Level: "public"}},
-			Agents: []trust.Assignment{{Agent: "desktop", Level: "public"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
-		AuditNamespace: "http-upstream-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 100, nil)
 	m := &multi{stack: stack, files: files}
 	proxyDown, clientSide := mcp.NewInMemoryTransports()
 	down, err := proxyDown.Connect(ctx)

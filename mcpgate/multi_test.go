@@ -132,19 +132,8 @@ type multi struct {
 func newMulti(t *testing.T, protocolVersion string, timeout time.Duration) *multi {
 	t.Helper()
 	ctx := context.Background()
-	stack, err := agentsec.New(agentsec.Config{
-		TrustGate: agentsec.TrustGateConfig{
-			Rules: []trust.Rule{{Tool: "files__*", Level: "public"}, {Tool: "search__*", Level: "public"},
-				{Tool: "*__secret", Level: "privileged"}, {Tool: "ghost__*", Level: "public"}},
-			Agents: []trust.Assignment{{Agent: "desktop", Level: "verified"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
-		AuditNamespace: "multi-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, []trust.Rule{{Tool: "files__*", Level: "public"}, {Tool: "search__*", Level: "public"},
+		{Tool: "*__secret", Level: "privileged"}, {Tool: "ghost__*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "verified"}}, 100, nil)
 	m := &multi{stack: stack, files: newServer("files"), search: newServer("search")}
 	proxyDown, clientSide := mcp.NewInMemoryTransports()
 	down, err := proxyDown.Connect(ctx)

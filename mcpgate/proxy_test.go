@@ -94,6 +94,23 @@ type gateway struct {
 	done     chan error
 }
 
+// newStack builds a stack whose agents hold the given levels, each
+// session allowed calls calls, its audit log in memory (or in store).
+func newStack(t *testing.T, rules []trust.Rule, agents []trust.Assignment, calls int64, store audit.Store) *agentsec.Stack {
+	t.Helper()
+	stack, err := agentsec.New(agentsec.Config{
+		Audit:          agentsec.AuditConfig{Store: store},
+		TrustGate:      agentsec.TrustGateConfig{Rules: rules, Agents: agents},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: calls},
+		AuditNamespace: "mcpgate-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	return stack
+}
+
 // newGateway connects an SDK client to an SDK server through a proxy, all
 // in memory.
 func newGateway(t *testing.T, calls int64) *gateway {
@@ -119,20 +136,9 @@ func (c refusingConn) Write(ctx context.Context, msg jsonrpc.Message) error {
 func newGatewayWithAudit(t *testing.T, calls int64, store audit.Store) *gateway {
 	t.Helper()
 	ctx := context.Background()
-	stack, err := agentsec.New(agentsec.Config{
-		Audit: agentsec.AuditConfig{Store: store},
-		TrustGate: agentsec.TrustGateConfig{
-			Rules: []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "fs.write", Level: "verified"},
-				{Tool: "shell.exec", Level: "privileged"}},
-			Agents: []trust.Assignment{{Agent: "desktop", Level: "verified"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: calls},
-		AuditNamespace: "gateway-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}, {Tool: "fs.write", Level: "verified"},
+		{Tool: "shell.exec", Level: "privileged"}},
+		[]trust.Assignment{{Agent: "desktop", Level: "verified"}}, calls, store)
 	up := newUpstream()
 	proxyDown, clientSide := mcp.NewInMemoryTransports()
 	downConn, err := proxyDown.Connect(ctx)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/trust"
 )
@@ -30,18 +29,7 @@ func stdioGateway(t *testing.T, upstreams int, maxBytes int) (io.Writer, *bufio.
 // the first upstream.
 func stdioGatewayWith(t *testing.T, upstreams int, maxBytes int, rules []trust.Rule) (io.Writer, *bufio.Scanner, *upstream) {
 	t.Helper()
-	stack, err := agentsec.New(agentsec.Config{
-		TrustGate: agentsec.TrustGateConfig{
-			Rules:  rules,
-			Agents: []trust.Assignment{{Agent: "desktop", Level: "public"}},
-		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100},
-		AuditNamespace: "stdio-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
+	stack := newStack(t, rules, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 100, nil)
 	var ups []mcpgate.Upstream
 	var first *upstream
 	for _, name := range []string{"files", "search"}[:upstreams] {

@@ -361,22 +361,7 @@ func (u *upstreamConn) callAndWait(ctx context.Context, method string, params js
 
 // call is send, waiting for the answer.
 func (u *upstreamConn) call(ctx context.Context, method string, params json.RawMessage, token string) (*jsonrpc.Response, error) {
-	type answer struct {
-		resp *jsonrpc.Response
-		err  error
-	}
-	ch := make(chan answer, 1)
-	id, err := u.send(ctx, method, params, token, func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} })
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case a := <-ch:
-		return a.resp, a.err
-	case <-ctx.Done():
-		u.cancel(ctx, id, "the client went away")
-		return nil, ctx.Err()
-	}
+	return u.callAndWait(ctx, method, params, token, nil)
 }
 
 // notify sends a notification, or a response to one of the server's own
