@@ -26,6 +26,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -225,19 +226,15 @@ func (r *router) dispatch(ctx context.Context, msg jsonrpc.Message, inline bool)
 
 // clientRequest dispatches one of the client's requests.
 func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request, inline bool) {
-	r.mu.Lock()
-	_, dup := r.inflight[req.ID]
-	initialized := r.init != nil
-	r.mu.Unlock()
-	switch {
-	case dup:
-		r.replyError(ctx, req.ID, codeInvalidRequest, "agentsec: a request with this id is already in progress")
-		return
-	case !initialized && !allowedBeforeInitialize(req):
-		r.replyError(ctx, req.ID, codeInvalidRequest, "agentsec: "+req.Method+" before initialize: initialize the session first")
+	if !r.initParamsSet() && !allowedBeforeInitialize(req) {
+		r.writeError(ctx, req.ID, codeInvalidRequest, "agentsec: "+req.Method+" before initialize: initialize the session first")
 		return
 	}
-	cr := r.track(req.ID)
+	cr, refusal := r.track(req.ID)
+	if refusal != "" {
+		r.writeError(ctx, req.ID, codeInvalidRequest, refusal)
+		return
+	}
 	switch req.Method {
 	case "initialize":
 		r.async(func() { r.initialize(ctx, req, cr) })
@@ -318,13 +315,26 @@ func (r *router) begin() bool {
 	return true
 }
 
-func (r *router) track(id jsonrpc.ID) *clientRequest {
-	cr := &clientRequest{cancelled: make(chan struct{})}
+// maxInflight bounds the requests of one session in progress at once.
+const maxInflight = 1024
+
+// track records a request of the client's as in progress, or says why it
+// can't be: its id is in use, or the session has too many.
+func (r *router) track(id jsonrpc.ID) (*clientRequest, string) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.inflight[id]; dup {
+		return nil, "agentsec: a request with this id is already in progress"
+	}
+	if len(r.inflight) >= maxInflight {
+		return nil, fmt.Sprintf("agentsec: the session has %d requests in progress, the most it may; wait for some to finish", maxInflight)
+	}
+	cr := &clientRequest{cancelled: make(chan struct{})}
 	r.inflight[id] = cr
-	r.mu.Unlock()
-	return cr
+	return cr, ""
 }
+
+func (r *router) initParamsSet() bool { return r.initParams() != nil }
 
 func (r *router) untrack(id jsonrpc.ID) {
 	r.mu.Lock()
@@ -367,8 +377,15 @@ func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, re
 	_ = r.down.Write(ctx, out) // a client that is gone needs no answer
 }
 
+// replyError answers a tracked request with an error and ends it.
 func (r *router) replyError(ctx context.Context, id jsonrpc.ID, code int64, msg string) {
 	r.untrack(id)
+	r.writeError(ctx, id, code, msg)
+}
+
+// writeError answers a request that was never tracked: the id may belong
+// to another request in progress, which must go on.
+func (r *router) writeError(ctx context.Context, id jsonrpc.ID, code int64, msg string) {
 	_ = r.down.Write(ctx, &jsonrpc.Response{ID: id, Error: &jsonrpc.Error{Code: code, Message: msg}})
 }
 
@@ -474,6 +491,12 @@ func (r *router) fromUpstream(u *upstreamConn, gen int, req *jsonrpc.Request) {
 	ctx := context.Background()
 	if req.IsCall() {
 		r.mu.Lock()
+		if len(r.outbound) >= maxInflight {
+			r.mu.Unlock()
+			_ = u.notify(ctx, &jsonrpc.Response{ID: req.ID, Error: &jsonrpc.Error{Code: codeInternal,
+				Message: fmt.Sprintf("agentsec: %d requests to the client are waiting already", maxInflight)}})
+			return
+		}
 		r.nextOut++
 		id := r.nextOut
 		r.outbound[id] = outboundRequest{up: u, gen: gen, id: req.ID}

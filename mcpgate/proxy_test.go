@@ -32,6 +32,7 @@ type upstream struct {
 	calls    atomic.Int64
 	connects atomic.Int64
 	release  chan struct{} // fs.block waits for it
+	stopped  atomic.Int64  // fs.block calls cancelled by the client
 }
 
 func newUpstream() *upstream {
@@ -42,6 +43,7 @@ func newUpstream() *upstream {
 			select {
 			case <-u.release:
 			case <-ctx.Done():
+				u.stopped.Add(1)
 			}
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released"}}}, nil, nil
 		})

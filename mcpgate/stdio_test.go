@@ -190,3 +190,32 @@ func TestStdioConnCarriesAnSDKSession(t *testing.T) {
 type connTransport struct{ conn mcp.Connection }
 
 func (t connTransport) Connect(context.Context) (mcp.Connection, error) { return t.conn, nil }
+
+// A second request with the id of one in progress is refused, and the
+// first goes on: the client can still cancel it, and the server hears.
+func TestDuplicateIDLeavesTheFirstRequest(t *testing.T) {
+	in, out, up := stdioGatewayWith(t, 1, 0, []trust.Rule{{Tool: "*", Level: "public"}})
+	io.WriteString(in, initializeLine)
+	readReply(t, out)
+	io.WriteString(in, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n")
+	io.WriteString(in, `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"fs.block","arguments":{"text":"x"}}}`+"\n")
+	for deadline := time.Now().Add(5 * time.Second); up.calls.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first call never reached the server")
+		}
+	}
+	io.WriteString(in, `{"jsonrpc":"2.0","id":5,"method":"ping"}`+"\n")
+	if r := readReply(t, out); r.ID != 5.0 || r.Error == nil || !strings.Contains(r.Error.Message, "already in progress") {
+		t.Errorf("the second request with id 5: %+v", r)
+	}
+	io.WriteString(in, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}`+"\n")
+	for deadline := time.Now().Add(5 * time.Second); up.stopped.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server never heard the first call was cancelled")
+		}
+	}
+	io.WriteString(in, `{"jsonrpc":"2.0","id":6,"method":"ping"}`+"\n")
+	if r := readReply(t, out); r.ID != 6.0 || r.Error != nil {
+		t.Errorf("ping after the cancellation: %+v (a cancelled call gets no answer)", r)
+	}
+}
