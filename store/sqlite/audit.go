@@ -45,7 +45,7 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	if entries[0].Seq != size {
 		return fmt.Errorf("sqlite: append of entry %d to a log of size %d", entries[0].Seq, size)
 	}
-	tx, err := s.writer.BeginTx(ctx, nil)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return s.wrap("appending", err)
 	}
@@ -192,7 +192,7 @@ func (s *Store) AddCheckpoint(ctx context.Context, size uint64, signed []byte) e
 	if s.writer == nil {
 		return errors.New("sqlite: the store is read-only")
 	}
-	tx, err := s.writer.BeginTx(ctx, nil)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return s.wrap("storing checkpoint", err)
 	}

@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 	"sync"
@@ -42,7 +41,7 @@ func rowOf(e audit.Entry) (indexRow, error) {
 }
 
 // writeIndex writes rows within tx, many to a statement.
-func (s *Store) writeIndex(ctx context.Context, tx *sql.Tx, batches ...[]indexRow) error {
+func (s *Store) writeIndex(ctx context.Context, tx *writeTx, batches ...[]indexRow) error {
 	args := make([]any, 0, 8*rowsPerInsert)
 	flush := func() error {
 		if len(args) == 0 {
@@ -107,7 +106,7 @@ func (s *Store) flushIndex(ctx context.Context) error {
 	if len(s.pending) == 0 {
 		return nil
 	}
-	tx, err := s.writer.BeginTx(ctx, nil)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return s.wrap("indexing", err)
 	}

@@ -163,7 +163,7 @@ func openDB(path, mode string, conns int, pragmas ...string) (*sql.DB, error) {
 // one's version.
 func (s *Store) prepare(ctx context.Context, exists bool) error {
 	if !exists {
-		tx, err := s.writer.BeginTx(ctx, nil)
+		tx, err := s.begin(ctx)
 		if err != nil {
 			return s.wrap("creating schema", err)
 		}
