@@ -29,9 +29,30 @@ import (
 // closing the store. Stores may be shared or persist between calls:
 // every subtest works on session ids no other subtest or run uses.
 //
-// The concurrency subtests make 160,000 calls on one session; with
-// -short they make a tenth of that, for slow stores.
+// ConcurrentRecord makes 160,000 calls on one session; with -short, or
+// with RunWith's Options, fewer.
 func Run(t *testing.T, newStore func(t *testing.T) budget.Store) {
+	RunWith(t, Options{}, newStore)
+}
+
+// Options tune RunWith for a store.
+type Options struct {
+	// ConcurrentRecords is how many calls the ConcurrentRecord subtest
+	// makes on one session, from 8 goroutines: 160,000 if zero, a tenth
+	// of that with -short. A store across a network, where each call is
+	// a round trip to one contended row, wants fewer.
+	ConcurrentRecords int
+}
+
+// RunWith is Run with options.
+func RunWith(t *testing.T, opts Options, newStore func(t *testing.T) budget.Store) {
+	records := opts.ConcurrentRecords
+	if records == 0 {
+		records = 160_000
+		if testing.Short() {
+			records /= 10
+		}
+	}
 	tests := []struct {
 		name string
 		fn   func(*testing.T, budget.Store)
@@ -52,7 +73,7 @@ func Run(t *testing.T, newStore func(t *testing.T) budget.Store) {
 		{"RecordRejectsInvalidTokens", testRecordRejectsInvalidTokens},
 		{"UnknownSession", testUnknownSession},
 		{"ConcurrentReserve", testConcurrentReserve},
-		{"ConcurrentRecord", testConcurrentRecord},
+		{"ConcurrentRecord", func(t *testing.T, s budget.Store) { testConcurrentRecord(t, s, records) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -503,12 +524,9 @@ func testConcurrentReserve(t *testing.T, s budget.Store) {
 	wantState(t, s, id, state(limits, callLimit, 0))
 }
 
-func testConcurrentRecord(t *testing.T, s budget.Store) {
+func testConcurrentRecord(t *testing.T, s budget.Store, records int) {
 	const goroutines = 8
-	perGoroutine := 20_000
-	if testing.Short() {
-		perGoroutine /= 10
-	}
+	perGoroutine := max(1, records/goroutines)
 	// Limits far below the total: Record must not check them.
 	limits := budget.Limits{Tokens: 10, Calls: 10}
 	id := create(t, s, limits)

@@ -1,0 +1,316 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// AuditStore is an audit.Store and audit.Querier in PostgreSQL. An
+// append is one statement that inserts its records and advances the
+// log's head only if the head still has the size the appender expects,
+// so two appenders can never both extend the log from the same size.
+type AuditStore struct {
+	db    *DB
+	close sync.Once
+}
+
+var (
+	_ audit.Store   = (*AuditStore)(nil)
+	_ audit.Querier = (*AuditStore)(nil)
+)
+
+// Size implements audit.Store.
+func (s *AuditStore) Size(ctx context.Context) (uint64, error) {
+	var size int64
+	if err := s.db.pool.QueryRow(ctx, `SELECT size FROM agentsec_audit_head`).Scan(&size); err != nil {
+		return 0, unavailable("reading the log's size", err)
+	}
+	return uint64(size), nil
+}
+
+// appendSQL advances the head from $1 by the number of records and
+// inserts them, in one statement: if the head has moved, nothing is
+// inserted. Updating the head row also holds it until the statement's
+// transaction commits, so appends from any number of replicas take turns.
+const appendSQL = `WITH head AS (
+	UPDATE agentsec_audit_head SET size = size + cardinality($2::bigint[]) WHERE size = $1 RETURNING size
+)
+INSERT INTO agentsec_audit_records (seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
+SELECT * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bigint[],
+	$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+WHERE EXISTS (SELECT 1 FROM head)`
+
+// Append implements audit.Store. The entries are committed together, on
+// the server's stable storage when Append returns nil (with PostgreSQL's
+// default synchronous_commit).
+func (s *AuditStore) Append(ctx context.Context, entries []audit.Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	n := len(entries)
+	var (
+		seqs                                             = make([]int64, n)
+		data, hashes                                     = make([][]byte, n), make([][]byte, n)
+		times                                            = make([]int64, n)
+		namespaces, events, agents, sessions, tools, out = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	)
+	first := entries[0].Seq
+	for i, e := range entries {
+		if e.Seq != first+uint64(i) {
+			return fmt.Errorf("postgres: entry %d follows entry %d", e.Seq, first+uint64(i)-1)
+		}
+		if e.Seq > maxInt64 {
+			return fmt.Errorf("postgres: entry %d is beyond the log's largest sequence number", e.Seq)
+		}
+		rec := e.Record
+		if rec == nil {
+			r, err := audit.DecodeRecord(e.Data)
+			if err != nil {
+				return fmt.Errorf("postgres: entry %d: %w", e.Seq, err)
+			}
+			rec = &r
+		}
+		seqs[i], data[i] = int64(e.Seq), e.Data
+		h := make([]byte, 0, 32*len(e.Hashes))
+		for _, x := range e.Hashes {
+			h = append(h, x[:]...)
+		}
+		hashes[i] = h
+		times[i] = rec.Time.UnixMicro()
+		namespaces[i], events[i], agents[i] = rec.Namespace, rec.Event, rec.Agent
+		sessions[i], tools[i], out[i] = rec.Session, rec.Tool, string(rec.Outcome)
+	}
+	tag, err := s.db.pool.Exec(ctx, appendSQL, int64(first), seqs, data, hashes, times,
+		namespaces, events, agents, sessions, tools, out)
+	if err != nil {
+		return unavailable(fmt.Sprintf("appending entries %d to %d", first, first+uint64(n)-1), err)
+	}
+	if tag.RowsAffected() != int64(n) {
+		size, err := s.Size(ctx)
+		if err != nil {
+			return fmt.Errorf("postgres: append of entry %d refused: the log has another size", first)
+		}
+		return fmt.Errorf("postgres: append of entry %d to a log of size %d", first, size)
+	}
+	return nil
+}
+
+// Scan implements audit.Store.
+func (s *AuditStore) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
+	if to <= from || from > maxInt64 {
+		return nil
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT seq, data, hashes FROM agentsec_audit_records
+		WHERE seq >= $1 AND seq < $2 ORDER BY seq`, int64(from), clampSeq(to))
+	if err != nil {
+		return unavailable("scanning the log", err)
+	}
+	return each(rows, true, fn)
+}
+
+// clampSeq keeps a sequence number within PostgreSQL's bigint.
+func clampSeq(seq uint64) int64 { return int64(min(seq, maxInt64)) }
+
+// each calls fn for each row of (seq, data[, hashes]) and closes rows.
+func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
+	defer rows.Close()
+	var hashes [64]audit.Hash
+	for _, fd := range rows.FieldDescriptions()[1:] {
+		if fd.Format != pgx.BinaryFormatCode {
+			return errors.New("postgres: records arrived in text format; use the default query mode")
+		}
+	}
+	for rows.Next() {
+		var seq int64
+		dest := []any{&seq, nil} // nil: read from the raw values below
+		if withHashes {
+			dest = append(dest, nil)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return unavailable("reading a record", err)
+		}
+		raw := rows.RawValues()
+		e := audit.Entry{Seq: uint64(seq), Data: raw[1]}
+		if withHashes {
+			h := raw[2]
+			if len(h)%32 != 0 || len(h)/32 > len(hashes) {
+				return fmt.Errorf("postgres: record %d: tree hashes of %d bytes", seq, len(h))
+			}
+			k := len(h) / 32
+			for i := range k {
+				hashes[i] = audit.Hash(h[32*i : 32*i+32])
+			}
+			e.Hashes = hashes[:k:k]
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return unavailable("reading records", err)
+	}
+	return nil
+}
+
+// ReadHashes implements audit.Store. The hash with stored index i was
+// stored by the last record of its subtree, at its level's offset in that
+// record's hashes; one query reads every record needed.
+func (s *AuditStore) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, error) {
+	out := make([]audit.Hash, len(indexes))
+	type slot struct{ i, level int }
+	byRecord := map[int64][]slot{}
+	var seqs []int64
+	for i, idx := range indexes {
+		if idx < 0 {
+			return nil, fmt.Errorf("postgres: negative tree hash index %d", idx)
+		}
+		level, n := tlog.SplitStoredHashIndex(idx)
+		rec := (n+1)<<level - 1
+		if _, ok := byRecord[rec]; !ok {
+			seqs = append(seqs, rec)
+		}
+		byRecord[rec] = append(byRecord[rec], slot{i, level})
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT seq, hashes FROM agentsec_audit_records WHERE seq = ANY($1)`, seqs)
+	if err != nil {
+		return nil, unavailable("reading tree hashes", err)
+	}
+	defer rows.Close()
+	found := 0
+	for rows.Next() {
+		var seq int64
+		var raw []byte
+		if err := rows.Scan(&seq, &raw); err != nil {
+			return nil, unavailable("reading tree hashes", err)
+		}
+		found++
+		for _, sl := range byRecord[seq] {
+			if len(raw) < 32*(sl.level+1) {
+				return nil, fmt.Errorf("postgres: record %d has no tree hash at level %d", seq, sl.level)
+			}
+			out[sl.i] = audit.Hash(raw[32*sl.level : 32*sl.level+32])
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, unavailable("reading tree hashes", err)
+	}
+	if found != len(seqs) {
+		return nil, errors.New("postgres: a tree hash asked for is not stored")
+	}
+	return out, nil
+}
+
+// AddCheckpoint implements audit.Store.
+func (s *AuditStore) AddCheckpoint(ctx context.Context, size uint64, signed []byte) error {
+	if size > maxInt64 {
+		return fmt.Errorf("postgres: checkpoint of size %d is beyond the log's largest size", size)
+	}
+	var old []byte
+	err := s.db.pool.QueryRow(ctx, `WITH ins AS (
+		INSERT INTO agentsec_audit_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING RETURNING note
+	) SELECT note FROM ins UNION ALL SELECT note FROM agentsec_audit_checkpoints WHERE size = $1 LIMIT 1`,
+		int64(size), signed).Scan(&old)
+	if noRows(err) {
+		// Another appender inserted it concurrently, after this
+		// statement's snapshot: read it again.
+		err = s.db.pool.QueryRow(ctx, `SELECT note FROM agentsec_audit_checkpoints WHERE size = $1`, int64(size)).Scan(&old)
+	}
+	if err != nil {
+		return unavailable("storing a checkpoint", err)
+	}
+	if !bytes.Equal(old, signed) {
+		return fmt.Errorf("postgres: a different checkpoint of size %d is stored", size)
+	}
+	return nil
+}
+
+// Checkpoints implements audit.Store.
+func (s *AuditStore) Checkpoints(ctx context.Context, fn func(uint64, []byte) error) error {
+	rows, err := s.db.pool.Query(ctx, `SELECT size, note FROM agentsec_audit_checkpoints ORDER BY size`)
+	if err != nil {
+		return unavailable("reading checkpoints", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var size int64
+		var note []byte
+		if err := rows.Scan(&size, &note); err != nil {
+			return unavailable("reading checkpoints", err)
+		}
+		if err := fn(uint64(size), note); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return unavailable("reading checkpoints", err)
+	}
+	return nil
+}
+
+// LatestCheckpoint implements audit.Store.
+func (s *AuditStore) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
+	var size int64
+	var note []byte
+	err := s.db.pool.QueryRow(ctx, `SELECT size, note FROM agentsec_audit_checkpoints ORDER BY size DESC LIMIT 1`).Scan(&size, &note)
+	if noRows(err) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, unavailable("reading the latest checkpoint", err)
+	}
+	return uint64(size), note, nil
+}
+
+// QueryEntries implements audit.Querier through the records' columns.
+func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint64, fn func(audit.Entry) error) error {
+	if from > maxInt64 {
+		return nil
+	}
+	where := []string{"seq >= $1"}
+	args := []any{int64(from)}
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	for _, c := range []struct{ col, v string }{
+		{"namespace", f.Namespace}, {"event", f.Event}, {"agent", f.Agent},
+		{"session", f.Session}, {"tool", f.Tool}, {"outcome", string(f.Outcome)},
+	} {
+		if c.v != "" {
+			add(c.col+" = $%d", c.v)
+		}
+	}
+	// The time column holds microseconds, rounded down; rounding the
+	// bounds outwards keeps every record in range.
+	if !f.Since.IsZero() {
+		add("time >= $%d", f.Since.UnixMicro())
+	}
+	if !f.Until.IsZero() {
+		until := f.Until.UnixMicro()
+		if f.Until.Nanosecond()%1000 != 0 {
+			until++
+		}
+		add("time < $%d", until)
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT seq, data FROM agentsec_audit_records WHERE `+
+		strings.Join(where, " AND ")+` ORDER BY seq`, args...)
+	if err != nil {
+		return unavailable("querying the log", err)
+	}
+	return each(rows, false, fn)
+}
+
+// Close implements audit.Store: it releases the store's hold on the DB.
+func (s *AuditStore) Close() error {
+	s.close.Do(func() { s.db.Close() })
+	return nil
+}

@@ -1,0 +1,125 @@
+// Package postgres is agentsec's shared store: budgets and the audit log
+// in one PostgreSQL database, so that several replicas of the gateway
+// enforce one budget per session and append to one log.
+//
+// The schema is created and upgraded only by Migrate (the "agentsec
+// migrate" command), never as a side effect of opening the store: Open
+// refuses a database whose schema is missing or of another version, and
+// says what to run.
+//
+// Every operation is a single statement where it can be, so that its
+// check and its change are one atomic step in the database: a budget
+// reservation is one UPDATE that takes a call slot only if the session
+// has one, and an audit append is one statement that extends the log only
+// if it still has the size the appender expects.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// A DB is a connection pool to an agentsec database. Its Budgets and
+// Audit stores share the pool; it is closed once the DB and every store
+// taken from it are closed.
+type DB struct {
+	pool *pgxpool.Pool
+
+	mu   sync.Mutex
+	refs int
+}
+
+// Open connects to the database at dsn, a PostgreSQL connection string
+// ("postgres://user:password@host:5432/agentsec" or key=value pairs), and
+// checks that its schema is the one this agentsec uses.
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	pool, err := connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	version, err := schemaVersion(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	switch {
+	case version == 0:
+		pool.Close()
+		return nil, errors.New("postgres: the database has no agentsec schema; create it with 'agentsec migrate -config FILE'")
+	case version < currentVersion:
+		pool.Close()
+		return nil, fmt.Errorf("postgres: the database has schema version %d and this agentsec uses %d; upgrade it with 'agentsec migrate -config FILE'", version, currentVersion)
+	case version > currentVersion:
+		pool.Close()
+		return nil, fmt.Errorf("postgres: the database has schema version %d, newer than this agentsec's %d; run a newer agentsec", version, currentVersion)
+	}
+	return &DB{pool: pool, refs: 1}, nil
+}
+
+// connect makes a pool and checks that the server answers.
+func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx's message may quote the connection string, password and
+		// all; say only what is wrong with it.
+		return nil, errors.New("postgres: the connection string is not valid (want postgres://user:password@host:port/database or key=value pairs)")
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connecting to %s:%d: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
+	}
+	return pool, nil
+}
+
+// Budgets returns the DB's budget store. Close it, or the DB, when done.
+func (db *DB) Budgets() *BudgetStore {
+	db.acquire()
+	return &BudgetStore{db: db}
+}
+
+// Audit returns the DB's audit log store. Close it, or the DB, when done.
+func (db *DB) Audit() *AuditStore {
+	db.acquire()
+	return &AuditStore{db: db}
+}
+
+func (db *DB) acquire() {
+	db.mu.Lock()
+	db.refs++
+	db.mu.Unlock()
+}
+
+// Close releases the caller's hold on the pool, which closes once every
+// store taken from the DB is closed too.
+func (db *DB) Close() error {
+	db.mu.Lock()
+	db.refs--
+	last := db.refs == 0
+	db.mu.Unlock()
+	if last {
+		db.pool.Close()
+	}
+	return nil
+}
+
+// unavailable wraps a database error for the caller: what was being done,
+// and the error, with PostgreSQL's detail when there is one.
+func unavailable(what string, err error) error {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Detail != "" {
+		return fmt.Errorf("postgres: %s: %w (%s)", what, err, pe.Detail)
+	}
+	return fmt.Errorf("postgres: %s: %w", what, err)
+}
+
+// noRows reports whether err is a query's finding no row.
+func noRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

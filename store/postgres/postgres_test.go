@@ -1,0 +1,113 @@
+package postgres_test
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
+	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/budget/budgettest"
+	"github.com/agentsec/agentsec/internal/pgtest"
+	"github.com/agentsec/agentsec/store/postgres"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgtest.StopShared()
+	os.Exit(code)
+}
+
+// migrated returns an open DB on a new, migrated database.
+func migrated(t *testing.T) *postgres.DB {
+	t.Helper()
+	dsn := pgtest.DB(t)
+	if _, _, err := postgres.Migrate(t.Context(), dsn); err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestAuditStoreConformance(t *testing.T) {
+	audittest.Run(t, func(t *testing.T) audit.Store {
+		s := migrated(t).Audit()
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestBudgetStoreConformance(t *testing.T) {
+	// One database for every subtest: the suite keeps its sessions apart.
+	db := migrated(t)
+	// Each Record is a round trip to one hot row: 8,000 of them show that
+	// concurrent updates are not lost, in seconds.
+	budgettest.RunWith(t, budgettest.Options{ConcurrentRecords: 8000}, func(t *testing.T) budget.Store {
+		s := db.Budgets()
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestOpenNeedsMigrate(t *testing.T) {
+	ctx := t.Context()
+	dsn := pgtest.DB(t)
+	_, err := postgres.Open(ctx, dsn)
+	if err == nil || !strings.Contains(err.Error(), "agentsec migrate") {
+		t.Fatalf("Open of an empty database: %v, want an error naming agentsec migrate", err)
+	}
+	from, to, err := postgres.Migrate(ctx, dsn)
+	if err != nil || from != 0 || to < 1 {
+		t.Fatalf("Migrate = %d, %d, %v; want 0, ≥1, nil", from, to, err)
+	}
+	// Migrating again changes nothing.
+	if from2, to2, err := postgres.Migrate(ctx, dsn); err != nil || from2 != to || to2 != to {
+		t.Fatalf("second Migrate = %d, %d, %v; want %d, %d, nil", from2, to2, err, to, to)
+	}
+	db, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	// A database from a newer agentsec is refused by both.
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `UPDATE agentsec_meta SET value = '999' WHERE key = 'schema_version'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.Open(ctx, dsn); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Errorf("Open of a newer schema: %v, want an error saying it is newer", err)
+	}
+	if _, _, err := postgres.Migrate(ctx, dsn); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Errorf("Migrate of a newer schema: %v, want an error saying it is newer", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx := t.Context()
+	for _, tt := range []struct{ name, dsn, want string }{
+		{"not a connection string", "postgres://u:secret@[::1", "not valid"},
+		{"nothing listening", "postgres://agentsec:secret@127.0.0.1:1/agentsec?connect_timeout=2", "connecting to 127.0.0.1:1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := postgres.Open(ctx, tt.dsn)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Open(%q) = %v, want an error containing %q", tt.dsn, err, tt.want)
+			}
+			if strings.Contains(err.Error(), "secret") {
+				t.Errorf("the error shows the password: %v", err)
+			}
+		})
+	}
+}
