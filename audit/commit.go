@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"fmt"
 	"math/bits"
 	"runtime"
 	"sync"
@@ -144,24 +145,38 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 
 	// The batch extends the leader's working frontier; touched notes the
 	// levels it changes, to publish or roll back.
-	var touched uint64
-	hashes := l.hashes[:0]
-	entries := l.entries[:0]
-	for i, p := range batch {
-		start := len(hashes)
-		n := size + uint64(i)
-		touched |= 1 << bits.TrailingZeros64(^n)
-		hashes = l.work.appendLeaf(hashes, n, p.leaf)
-		entries = append(entries, Entry{Seq: size + uint64(i), Data: p.buf[1:],
-			Hashes: hashes[start:len(hashes):len(hashes)], Record: &p.rec})
+	var (
+		touched uint64
+		entries []Entry
+		err     error
+	)
+	if shared, ok := l.store.(SharedStore); ok {
+		err = shared.AppendShared(ctx, func(at uint64, read HashReader) ([]Entry, error) {
+			switch {
+			case at < size:
+				return nil, fmt.Errorf("the shared log holds %d records, but this log appended up to %d: records are missing; run agentsec audit verify", at, size)
+			case at > size:
+				// Other logs appended: continue the tree they left.
+				if err := l.work.load(at, read); err != nil {
+					return nil, fmt.Errorf("reading the log's head at size %d: %w", at, err)
+				}
+				size, touched = at, ^uint64(0)
+			}
+			var t uint64
+			entries, t = l.buildEntries(batch, size)
+			touched |= t
+			return entries, nil
+		})
+	} else {
+		entries, touched = l.buildEntries(batch, size)
+		err = l.store.Append(ctx, entries)
 	}
-	err := l.store.Append(ctx, entries)
-	if err != nil && l.landed(ctx, entries) {
+	if err != nil && entries != nil && l.landed(ctx, entries) {
 		// The store failed to say so, but the batch is stored.
 		err = nil
 	}
 	clear(entries) // drop references to pooled buffers
-	l.entries, l.hashes = entries[:0], hashes[:0]
+	l.entries, l.hashes = entries[:0], l.hashes[:0]
 
 	if err != nil {
 		failure := l.fail(err)
@@ -194,6 +209,24 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 	}
 }
 
+// buildEntries extends the working frontier by batch, from size, and
+// returns the batch's entries and the frontier levels it changed.
+func (l *Log) buildEntries(batch []*pending, size uint64) ([]Entry, uint64) {
+	var touched uint64
+	hashes := l.hashes[:0]
+	entries := l.entries[:0]
+	for i, p := range batch {
+		start := len(hashes)
+		n := size + uint64(i)
+		touched |= 1 << bits.TrailingZeros64(^n)
+		hashes = l.work.appendLeaf(hashes, n, p.leaf)
+		entries = append(entries, Entry{Seq: n, Data: p.buf[1:],
+			Hashes: hashes[start:len(hashes):len(hashes)], Record: &p.rec})
+	}
+	l.hashes = hashes
+	return entries, touched
+}
+
 // landed reports whether a batch whose Append failed is in the store after
 // all, as when a commit succeeds but its acknowledgement is lost. Without
 // this check the log would stay behind the store and fail every append
@@ -201,7 +234,8 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 func (l *Log) landed(ctx context.Context, entries []Entry) bool {
 	first := entries[0].Seq
 	size, err := l.store.Size(ctx)
-	if err != nil || size != first+uint64(len(entries)) {
+	if err != nil || size < first+uint64(len(entries)) {
+		// (A shared store may have grown past the batch since.)
 		return false
 	}
 	indexes := make([]int64, len(entries))

@@ -55,6 +55,28 @@ type Store interface {
 	Close() error
 }
 
+// A SharedStore is a Store that several Logs append to at once — in
+// several processes, as replicas sharing one database do. A Log over a
+// SharedStore appends through AppendShared: it learns the log's size
+// under the store's lock, brings its tree up to that size from the stored
+// hashes if other Logs appended meanwhile, and hands back the entries to
+// store. Sequence numbers and tree hashes are so assigned one batch at a
+// time, under one lock, and the tree can't fork however many Logs append.
+type SharedStore interface {
+	Store
+	// AppendShared takes the store's append lock and calls build with the
+	// log's size and a reader of the tree hashes stored so far (as
+	// ReadHashes), then stores the entries build returns, which continue
+	// the log from that size — one transaction under the lock: either all
+	// are stored or none is. It calls build once; if build returns an
+	// error, nothing is stored and AppendShared returns that error.
+	AppendShared(ctx context.Context, build func(size uint64, read HashReader) ([]Entry, error)) error
+}
+
+// A HashReader reads stored tree hashes by their stored hash indexes
+// (tlog.StoredHashIndex).
+type HashReader func(indexes []int64) ([]Hash, error)
+
 // A Querier is a Store that can find the records matching a filter itself,
 // typically through indexes, instead of Query scanning the whole log.
 type Querier interface {

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"fmt"
 	"math/bits"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -50,6 +51,25 @@ func (f *frontier) root(n uint64) Hash {
 		}
 	}
 	return acc
+}
+
+// load sets f to the frontier of the tree of size n, from stored hashes.
+func (f *frontier) load(n uint64, read HashReader) error {
+	levels, indexes := frontierIndexes(n)
+	if len(indexes) == 0 {
+		return nil
+	}
+	hashes, err := read(indexes)
+	if err != nil {
+		return err
+	}
+	if len(hashes) != len(indexes) {
+		return fmt.Errorf("read %d tree hashes, want %d", len(hashes), len(indexes))
+	}
+	for i, lv := range levels {
+		f[lv] = hashes[i]
+	}
+	return nil
 }
 
 // frontierIndexes returns the stored hash indexes of the frontier of the

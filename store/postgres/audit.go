@@ -24,8 +24,8 @@ type AuditStore struct {
 }
 
 var (
-	_ audit.Store   = (*AuditStore)(nil)
-	_ audit.Querier = (*AuditStore)(nil)
+	_ audit.SharedStore = (*AuditStore)(nil)
+	_ audit.Querier     = (*AuditStore)(nil)
 )
 
 // Size implements audit.Store.
@@ -56,26 +56,132 @@ func (s *AuditStore) Append(ctx context.Context, entries []audit.Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	args, err := appendArgs(entries)
+	if err != nil {
+		return err
+	}
+	tag, err := s.db.pool.Exec(ctx, appendSQL, args...)
+	if err != nil {
+		return unavailable(appending(entries), err)
+	}
+	if tag.RowsAffected() != int64(len(entries)) {
+		return s.refused(ctx, entries[0].Seq)
+	}
+	return nil
+}
+
+// refused is the error of an append the head's size refused.
+func (s *AuditStore) refused(ctx context.Context, first uint64) error {
+	size, err := s.Size(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: append of entry %d refused: the log has another size", first)
+	}
+	return fmt.Errorf("postgres: append of entry %d to a log of size %d", first, size)
+}
+
+func appending(entries []audit.Entry) string {
+	return fmt.Sprintf("appending entries %d to %d", entries[0].Seq, entries[len(entries)-1].Seq)
+}
+
+// AppendShared implements audit.SharedStore. The head's row lock is the
+// append lock: one transaction reads the head FOR UPDATE, build computes
+// the batch's tree hashes from what is stored, and the batch is inserted
+// and committed before the lock is released. It costs two round trips
+// (BEGIN and the lock in one, the insert and COMMIT in another), and a
+// third to read the tree's head when another replica appended since this
+// one last did.
+func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.HashReader) ([]audit.Entry, error)) error {
+	conn, err := s.db.pool.Acquire(ctx)
+	if err != nil {
+		return unavailable("appending", err)
+	}
+	// A connection left in a transaction by a failure below is closed,
+	// not reused, when released.
+	defer conn.Release()
+	lock := &pgx.Batch{}
+	lock.Queue(`BEGIN`)
+	lock.Queue(`SELECT size FROM agentsec_audit_head FOR UPDATE`)
+	var size int64
+	br := conn.SendBatch(ctx, lock)
+	_, err = br.Exec()
+	if err == nil {
+		err = br.QueryRow().Scan(&size)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return unavailable("locking the log's head", err)
+	}
+	rollback := func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`) }
+
+	entries, err := build(uint64(size), func(indexes []int64) ([]audit.Hash, error) {
+		return readHashes(ctx, conn, indexes)
+	})
+	if err != nil {
+		rollback()
+		return err
+	}
+	if len(entries) == 0 {
+		rollback()
+		return nil
+	}
+	if entries[0].Seq != uint64(size) {
+		rollback()
+		return fmt.Errorf("postgres: append of entry %d to a log of size %d", entries[0].Seq, size)
+	}
+	args, err := appendArgs(entries)
+	if err != nil {
+		rollback()
+		return err
+	}
+	commit := &pgx.Batch{}
+	commit.Queue(appendSQL, args...)
+	commit.Queue(`COMMIT`)
+	br = conn.SendBatch(ctx, commit)
+	tag, err := br.Exec()
+	if err == nil && tag.RowsAffected() != int64(len(entries)) {
+		err = fmt.Errorf("inserted %d of %d records", tag.RowsAffected(), len(entries))
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		rollback()
+		return unavailable(appending(entries), err)
+	}
+	return nil
+}
+
+// appendArgs returns appendSQL's arguments for entries, which must follow
+// one another: columns as arrays, with what each record holds for queries.
+func appendArgs(entries []audit.Entry) ([]any, error) {
 	n := len(entries)
 	var (
-		seqs                                             = make([]int64, n)
-		data, hashes                                     = make([][]byte, n), make([][]byte, n)
-		times                                            = make([]int64, n)
-		namespaces, events, agents, sessions, tools, out = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		seqs         = make([]int64, n)
+		data, hashes = make([][]byte, n), make([][]byte, n)
+		times        = make([]int64, n)
+		cols         [6][]string // namespace, event, agent, session, tool, outcome
 	)
+	for i := range cols {
+		cols[i] = make([]string, n)
+	}
 	first := entries[0].Seq
 	for i, e := range entries {
 		if e.Seq != first+uint64(i) {
-			return fmt.Errorf("postgres: entry %d follows entry %d", e.Seq, first+uint64(i)-1)
+			return nil, fmt.Errorf("postgres: entry %d follows entry %d", e.Seq, first+uint64(i)-1)
 		}
 		if e.Seq > maxInt64 {
-			return fmt.Errorf("postgres: entry %d is beyond the log's largest sequence number", e.Seq)
+			return nil, fmt.Errorf("postgres: entry %d is beyond the log's largest sequence number", e.Seq)
 		}
 		rec := e.Record
 		if rec == nil {
 			r, err := audit.DecodeRecord(e.Data)
 			if err != nil {
-				return fmt.Errorf("postgres: entry %d: %w", e.Seq, err)
+				return nil, fmt.Errorf("postgres: entry %d: %w", e.Seq, err)
 			}
 			rec = &r
 		}
@@ -86,22 +192,11 @@ func (s *AuditStore) Append(ctx context.Context, entries []audit.Entry) error {
 		}
 		hashes[i] = h
 		times[i] = rec.Time.UnixMicro()
-		namespaces[i], events[i], agents[i] = rec.Namespace, rec.Event, rec.Agent
-		sessions[i], tools[i], out[i] = rec.Session, rec.Tool, string(rec.Outcome)
-	}
-	tag, err := s.db.pool.Exec(ctx, appendSQL, int64(first), seqs, data, hashes, times,
-		namespaces, events, agents, sessions, tools, out)
-	if err != nil {
-		return unavailable(fmt.Sprintf("appending entries %d to %d", first, first+uint64(n)-1), err)
-	}
-	if tag.RowsAffected() != int64(n) {
-		size, err := s.Size(ctx)
-		if err != nil {
-			return fmt.Errorf("postgres: append of entry %d refused: the log has another size", first)
+		for c, v := range [6]string{rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome)} {
+			cols[c][i] = v
 		}
-		return fmt.Errorf("postgres: append of entry %d to a log of size %d", first, size)
 	}
-	return nil
+	return []any{int64(first), seqs, data, hashes, times, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]}, nil
 }
 
 // Scan implements audit.Store.
@@ -161,10 +256,19 @@ func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
 	return nil
 }
 
-// ReadHashes implements audit.Store. The hash with stored index i was
-// stored by the last record of its subtree, at its level's offset in that
-// record's hashes; one query reads every record needed.
+// ReadHashes implements audit.Store.
 func (s *AuditStore) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, error) {
+	return readHashes(ctx, s.db.pool, indexes)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// readHashes reads tree hashes through q. The hash with stored index i
+// was stored by the last record of its subtree, at its level's offset in
+// that record's hashes; one query reads every record needed.
+func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, error) {
 	out := make([]audit.Hash, len(indexes))
 	type slot struct{ i, level int }
 	byRecord := map[int64][]slot{}
@@ -180,7 +284,7 @@ func (s *AuditStore) ReadHashes(ctx context.Context, indexes []int64) ([]audit.H
 		}
 		byRecord[rec] = append(byRecord[rec], slot{i, level})
 	}
-	rows, err := s.db.pool.Query(ctx, `SELECT seq, hashes FROM agentsec_audit_records WHERE seq = ANY($1)`, seqs)
+	rows, err := q.Query(ctx, `SELECT seq, hashes FROM agentsec_audit_records WHERE seq = ANY($1)`, seqs)
 	if err != nil {
 		return nil, unavailable("reading tree hashes", err)
 	}

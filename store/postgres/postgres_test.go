@@ -111,3 +111,24 @@ func TestOpenErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestAuditStoreShared(t *testing.T) {
+	audittest.RunShared(t, func(t *testing.T, n int) []audit.SharedStore {
+		// Each handle has a pool of its own, as each replica does.
+		dsn := pgtest.DB(t)
+		if _, _, err := postgres.Migrate(t.Context(), dsn); err != nil {
+			t.Fatal(err)
+		}
+		out := make([]audit.SharedStore, n)
+		for i := range out {
+			db, err := postgres.Open(t.Context(), dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[i] = db.Audit()
+			db.Close()
+			t.Cleanup(func() { out[i].Close() })
+		}
+		return out
+	})
+}

@@ -1,0 +1,172 @@
+package audittest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// RunShared checks that Logs over several handles to one audit.SharedStore
+// — as replicas sharing a database hold — append to one log: concurrent
+// appends from every Log get distinct sequence numbers, the stored tree is
+// the one every Log signs checkpoints of, and the log verifies. newHandles
+// returns n handles to one new, empty store.
+func RunShared(t *testing.T, newHandles func(t *testing.T, n int) []audit.SharedStore) {
+	t.Run("ConcurrentLogs", func(t *testing.T) { testSharedConcurrentLogs(t, newHandles(t, 3)) })
+	t.Run("BuildErrorStoresNothing", func(t *testing.T) { testSharedBuildError(t, newHandles(t, 1)[0]) })
+}
+
+func testSharedConcurrentLogs(t *testing.T, stores []audit.SharedStore) {
+	const perLog, writers = 300, 8
+	ctx := t.Context()
+	signer, verifier := testKey(t, "audittest-shared")
+	logs := make([]*audit.Log, len(stores))
+	for i, s := range stores {
+		l, err := audit.NewLog(ctx, s, audit.Options{Namespace: "audittest", Signer: signer, Verifier: verifier,
+			CheckpointEvery: 50, CheckpointInterval: -1})
+		if err != nil {
+			t.Fatalf("NewLog over handle %d: %v", i, err)
+		}
+		logs[i] = l
+		// Closing a Log closes its store: only once the test is done.
+		defer l.Close()
+	}
+	total := len(logs) * perLog
+	seqs := make([]uint64, total)
+	errs := make([]error, total)
+	var wg sync.WaitGroup
+	for li, l := range logs {
+		for w := range writers {
+			wg.Go(func() {
+				for i := w; i < perLog; i += writers {
+					id := li*perLog + i
+					rec, err := l.Log(ctx, audit.Record{Event: "audittest.shared", Agent: fmt.Sprintf("agent-%d", id),
+						Outcome: audit.OutcomeAllowed})
+					seqs[id], errs[id] = rec.Seq, err
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("Log: %v", err)
+	}
+	for i, l := range logs {
+		if _, err := l.Checkpoint(ctx); err != nil {
+			t.Fatalf("Checkpoint of log %d: %v", i, err)
+		}
+	}
+
+	// Every call got its own Seq, and the record there is its own.
+	sorted := slices.Sorted(slices.Values(seqs))
+	for i, seq := range sorted {
+		if seq != uint64(i) {
+			t.Fatalf("Seqs of %d Log calls over %d logs, sorted: got %d at position %d, want %d", total, len(logs), seq, i, i)
+		}
+	}
+	s := stores[0]
+	wantSize(t, s, uint64(total))
+	for _, e := range scan(t, s, 0, uint64(total)) {
+		r, err := audit.DecodeRecord(e.Data)
+		if err != nil {
+			t.Fatalf("DecodeRecord(entry %d): %v", e.Seq, err)
+		}
+		var id int
+		if _, err := fmt.Sscanf(r.Agent, "agent-%d", &id); err != nil || id < 0 || id >= total || seqs[id] != e.Seq {
+			t.Fatalf("entry %d holds the record of %q, which Log did not give that Seq", e.Seq, r.Agent)
+		}
+	}
+	// The tree verifies against the checkpoints every log signed.
+	var cps int
+	if err := s.Checkpoints(ctx, func(uint64, []byte) error { cps++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if cps < len(logs) {
+		t.Errorf("%d checkpoints stored, want at least one per log (%d)", cps, len(logs))
+	}
+	verify(t, s, audit.VerifyOptions{Verifier: verifier}, uint64(total))
+
+	// A log opened afterwards continues the same tree.
+	l, err := audit.NewLog(ctx, stores[len(stores)-1], audit.Options{Namespace: "audittest", Signer: signer, Verifier: verifier})
+	if err != nil {
+		t.Fatalf("NewLog after the others: %v", err)
+	}
+	if rec, err := l.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil || rec.Seq != uint64(total) {
+		t.Fatalf("Log after the others = seq %d, %v; want %d, nil", rec.Seq, err, total)
+	}
+	if n, err := l.Verify(ctx); n != uint64(total)+1 || err != nil {
+		t.Fatalf("Verify = %d, %v; want %d, nil", n, err, total+1)
+	}
+	l.Close()
+}
+
+func testSharedBuildError(t *testing.T, s audit.SharedStore) {
+	ctx := t.Context()
+	all, _ := makeEntries(3)
+	appendEntries(t, s, all[:1])
+	refused := errors.New("refused by build")
+	var sawSize uint64
+	err := s.AppendShared(ctx, func(size uint64, _ audit.HashReader) ([]audit.Entry, error) {
+		sawSize = size
+		return nil, refused
+	})
+	if !errors.Is(err, refused) {
+		t.Errorf("AppendShared with a failing build = %v, want its error", err)
+	}
+	if sawSize != 1 {
+		t.Errorf("build saw size %d, want 1", sawSize)
+	}
+	wantSize(t, s, 1)
+	// Entries that don't start at the size build was given are refused.
+	err = s.AppendShared(ctx, func(uint64, audit.HashReader) ([]audit.Entry, error) {
+		return cloneEntries(all[2:3]), nil
+	})
+	if err == nil {
+		t.Errorf("AppendShared of entry 2 to a log of size 1 = nil, want an error")
+	}
+	wantSize(t, s, 1)
+	if err := s.AppendShared(ctx, func(size uint64, read audit.HashReader) ([]audit.Entry, error) {
+		return cloneEntries(all[1:3]), nil
+	}); err != nil {
+		t.Fatalf("AppendShared of entries 1 and 2: %v", err)
+	}
+	wantSize(t, s, 3)
+	wantEntries(t, "Scan(0, 3)", scan(t, s, 0, 3), all)
+}
+
+// SharedMemory is an audit.SharedStore in memory, for tests of code that
+// runs several Logs over one store: its handles share one MemoryStore.
+type SharedMemory struct {
+	*audit.MemoryStore
+	mu *sync.Mutex
+}
+
+// NewSharedMemory returns n handles to one new MemoryStore.
+func NewSharedMemory(n int) []audit.SharedStore {
+	m, mu := audit.NewMemoryStore(), &sync.Mutex{}
+	out := make([]audit.SharedStore, n)
+	for i := range out {
+		out[i] = SharedMemory{m, mu}
+	}
+	return out
+}
+
+// AppendShared implements audit.SharedStore.
+func (s SharedMemory) AppendShared(ctx context.Context, build func(uint64, audit.HashReader) ([]audit.Entry, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	size, err := s.Size(ctx)
+	if err != nil {
+		return err
+	}
+	entries, err := build(size, func(indexes []int64) ([]audit.Hash, error) { return s.ReadHashes(ctx, indexes) })
+	if err != nil {
+		return err
+	}
+	return s.Append(ctx, entries)
+}
