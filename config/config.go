@@ -30,6 +30,9 @@ type Config struct {
 	Trust     Trust  `yaml:"trust"`
 	Budget    Budget `yaml:"budget"`
 	Audit     Audit  `yaml:"audit"`
+	// Postgres keeps budgets and the audit log in a PostgreSQL database
+	// that several replicas share, instead of in memory and SQLite.
+	Postgres Postgres `yaml:"postgres"`
 	// Listen is the address "agentsec serve" listens on, such as
 	// "127.0.0.1:8080".
 	Listen string `yaml:"listen"`
@@ -124,6 +127,16 @@ type Audit struct {
 	CheckpointEvery    uint64        `yaml:"checkpoint_every"`
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	CheckpointFile     string        `yaml:"checkpoint_file"`
+}
+
+// Postgres names the PostgreSQL database of a fleet of replicas.
+type Postgres struct {
+	// URL is the connection string,
+	// "postgres://user@host:5432/database?sslmode=verify-full". Keep the
+	// password out of it: PGPASSWORD or a ~/.pgpass file supply it, as
+	// they do for PostgreSQL's own clients. "agentsec migrate" creates
+	// the schema.
+	URL string `yaml:"url"`
 }
 
 // Upstream is one MCP server behind the gateway: a command spoken to over

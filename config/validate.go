@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/agentsec/agentsec/audit"
@@ -232,10 +233,24 @@ func (c *Config) validateTrust(v *validator) *trust.Policy {
 func (c *Config) validateAudit(v *validator) {
 	a := &c.Audit
 	switch {
+	case a.Path != "" && c.Postgres.URL != "":
+		v.errorf(at("audit", "path"), "and postgres.url both name where the log is kept; with postgres.url the log is in PostgreSQL: remove audit.path")
+	case c.Postgres.URL != "" && a.KeyFile == "":
+		v.errorf(at("audit", "key_file"), "is required with postgres.url: a durable log is signed; make a key with 'agentsec keygen'")
 	case a.Path != "" && a.KeyFile == "":
 		v.errorf(at("audit", "key_file"), "is required with audit.path: a durable log is signed; make a key with 'agentsec keygen'")
-	case a.Path == "" && a.CheckpointFile != "":
-		v.errorf(at("audit", "checkpoint_file"), "needs audit.path and audit.key_file")
+	case a.Path == "" && c.Postgres.URL == "" && a.CheckpointFile != "":
+		v.errorf(at("audit", "checkpoint_file"), "needs a durable log (audit.path or postgres.url) and audit.key_file")
+	}
+	if c.Postgres.URL != "" {
+		if _, err := pgconn.ParseConfig(c.Postgres.URL); err != nil {
+			// pgx's message may quote the string, password and all.
+			v.errorf(at("postgres", "url"), "is not a PostgreSQL connection string, such as postgres://agentsec@db.internal:5432/agentsec")
+		} else if u, err := url.Parse(c.Postgres.URL); err == nil && u.User != nil {
+			if _, hasPassword := u.User.Password(); hasPassword {
+				v.errorf(at("postgres", "url"), "holds a password; leave it out and set PGPASSWORD or a ~/.pgpass file, which agentsec reads as psql does")
+			}
+		}
 	}
 	if a.KeyFile != "" {
 		if _, err := c.signerKey(); err != nil {

@@ -16,12 +16,14 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/store/postgres"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
-const auditUsage = `agentsec audit reads a durable audit log, the SQLite database that
-'agentsec demo -db' or a Stack configured with Audit.Path writes. It opens
-the database read-only.
+const auditUsage = `agentsec audit reads a durable audit log: the SQLite database that
+'agentsec demo -db' or a Stack configured with Audit.Path writes, or the
+PostgreSQL database replicas share, named by its postgres:// URL in -db.
+It only reads.
 
 Usage:
 
@@ -85,15 +87,36 @@ func (m *Main) parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
 	return nil
 }
 
-// openStore opens the log's database for reading.
-func openStore(ctx context.Context, cmd, path string) (*sqlite.Store, error) {
+// A readStore is an audit log's store, opened for reading.
+type readStore interface {
+	audit.Store
+	audit.Querier
+}
+
+// openStore opens the log's database for reading: a SQLite file, or a
+// PostgreSQL database given by its postgres:// URL.
+func openStore(ctx context.Context, cmd, path string) (readStore, error) {
 	if path == "" {
-		return nil, fmt.Errorf("%s needs -db, the audit log's SQLite database", cmd)
+		return nil, fmt.Errorf("%s needs -db, the audit log's SQLite database or PostgreSQL URL", cmd)
+	}
+	if isPostgresURL(path) {
+		db, err := postgres.Open(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		defer db.Close()
+		return db.Audit(), nil
 	}
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		return nil, fmt.Errorf("%s is a directory; -db names the audit log's SQLite database file", path)
 	}
 	return sqlite.Open(ctx, path, sqlite.Options{ReadOnly: true})
+}
+
+// isPostgresURL reports whether a -db value is a PostgreSQL URL rather
+// than a file.
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
 
 // maxKeyFile bounds what a key file is read for: a note verifier key is

@@ -52,8 +52,11 @@ func (m *Main) runConfigCheck(_ context.Context, args []string) error {
 		return fmt.Errorf("%d problems in %s", len(problems), path)
 	}
 	audit := "in memory"
-	if cfg.Audit.Path != "" {
+	switch {
+	case cfg.Audit.Path != "":
 		audit = cfg.Audit.Path + ", signed"
+	case cfg.Postgres.URL != "":
+		audit = "and budgets in PostgreSQL, signed"
 	}
 	fmt.Fprintf(m.Stdout, "%s: ok: namespace %q, %d rules, %d agents, %d upstreams, audit log %s\n",
 		path, cfg.Namespace, len(cfg.Trust.Rules), len(cfg.Trust.Agents), len(cfg.Upstreams), audit)

@@ -23,7 +23,7 @@ func (m *Main) runAuditExport(ctx context.Context, args []string) error {
 holding each record's stored canonical bytes and leaf hash, as CSV, or as
 ArcSight CEF lines for a SIEM. Records appended while it runs are left out.
 `)
-	db := fs.String("db", "", "the audit log's SQLite database `file`")
+	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	format := fs.String("format", "jsonl", "output `format`: jsonl, csv or cef")
 	out := fs.String("o", "", "write to this `file`, replaced once the export is complete, instead of stdout")
 	f := addFilterFlags(fs)

@@ -84,6 +84,8 @@ Commands:
 	audit      verify, query, export and prove a durable audit log;
 	           run 'agentsec audit help' for its commands
 	config     check an agentsec.yaml: agentsec config check FILE
+	migrate    create or upgrade the schema of the PostgreSQL database
+	           replicas share: agentsec migrate -config FILE
 	proxy      serve one MCP client over stdio in front of the configured
 	           MCP server, governing its tool calls
 	serve      serve many MCP clients over streamable HTTP, each with an
@@ -97,13 +99,14 @@ Commands:
 // printing usage for a missing command or for help.
 func (m *Main) Run(ctx context.Context, args []string) error {
 	return m.dispatch(ctx, args, "", usage, map[string]func(context.Context, []string) error{
-		"demo":   m.runDemo,
-		"keygen": m.runKeygen,
-		"audit":  m.runAudit,
-		"config": m.runConfig,
-		"proxy":  m.runProxy,
-		"serve":  m.runServe,
-		"token":  m.runToken,
+		"demo":    m.runDemo,
+		"keygen":  m.runKeygen,
+		"audit":   m.runAudit,
+		"config":  m.runConfig,
+		"migrate": m.runMigrate,
+		"proxy":   m.runProxy,
+		"serve":   m.runServe,
+		"token":   m.runToken,
 		"version": func(context.Context, []string) error {
 			fmt.Fprintln(m.Stdout, "agentsec", version)
 			return nil

@@ -10,7 +10,6 @@ import (
 	"strconv"
 
 	"github.com/agentsec/agentsec/audit"
-	"github.com/agentsec/agentsec/store/sqlite"
 )
 
 func (m *Main) runAuditCheckpoint(ctx context.Context, args []string) error {
@@ -20,7 +19,7 @@ away from the log, and later pass it to 'agentsec audit verify -trusted' or
 'agentsec audit prove -old': it catches a log rewritten or truncated
 together with its stored checkpoints.
 `)
-	db := fs.String("db", "", "the audit log's SQLite database `file`")
+	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	out := fs.String("o", "", "write the checkpoint to this `file` instead of stdout")
 	if err := m.parseFlags(fs, args, 0); err != nil {
 		return err
@@ -53,7 +52,7 @@ together with its stored checkpoints.
 
 // latestCheckpoint returns the store's latest signed checkpoint, parsed
 // but not verified.
-func latestCheckpoint(ctx context.Context, store *sqlite.Store) ([]byte, audit.Checkpoint, error) {
+func latestCheckpoint(ctx context.Context, store audit.Store) ([]byte, audit.Checkpoint, error) {
 	size, signed, err := store.LatestCheckpoint(ctx)
 	if err != nil {
 		return nil, audit.Checkpoint{}, err
@@ -81,7 +80,7 @@ With -old, it proves that the log at a newer checkpoint (the -new file, or
 the latest stored one) extends the log at the older one: records were only
 appended in between.
 `)
-	db := fs.String("db", "", "the audit log's SQLite database `file`")
+	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	record := int64(-1)
 	fs.Func("record", "prove that the record with this `index` is in the log", func(s string) error {
 		n, err := strconv.ParseInt(s, 10, 64)

@@ -15,6 +15,7 @@ import (
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/store/postgres"
 )
 
 // runProxy serves one MCP client over stdio — what desktop clients launch
@@ -67,15 +68,28 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	if err := check(cfg, *file); err != nil {
 		return nil, "", nil, err
 	}
-	if cfg.Audit.Path == "" {
-		return nil, "", nil, fmt.Errorf("%s: %s keeps its audit log on disk: set audit.path and audit.key_file", *file, cmd)
+	if cfg.Audit.Path == "" && cfg.Postgres.URL == "" {
+		return nil, "", nil, fmt.Errorf("%s: %s keeps its audit log durably: set audit.path and audit.key_file, or postgres.url", *file, cmd)
 	}
 	sc, err := cfg.StackConfig()
 	if err != nil {
 		return nil, "", nil, err
 	}
+	var db *postgres.DB
+	if cfg.Postgres.URL != "" {
+		if db, err = postgres.Open(context.Background(), cfg.Postgres.URL); err != nil {
+			return nil, "", nil, fmt.Errorf("%s: postgres.url: %w", *file, err)
+		}
+		// The stack holds the stores, and the stores the pool.
+		defer db.Close()
+		sc.Budget.Store, sc.Audit.Store = db.Budgets(), db.Audit()
+	}
 	stack, err := agentsec.New(sc)
 	if err != nil {
+		if db != nil {
+			sc.Budget.Store.Close()
+			sc.Audit.Store.Close()
+		}
 		return nil, "", nil, err
 	}
 	return cfg, *file, stack, nil

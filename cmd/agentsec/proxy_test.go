@@ -242,7 +242,7 @@ func TestProxyConfigErrors(t *testing.T) {
 	os.WriteFile(noUpstream, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nlisten: 127.0.0.1:1\n"), 0o600)
 	for _, tc := range []struct{ cmd, path, want string }{
 		{"proxy", noAgent, "needs stdio_agent"},
-		{"proxy", noDisk, "keeps its audit log on disk"},
+		{"proxy", noDisk, "keeps its audit log durably"},
 		{"serve", noUpstream, "needs an upstream MCP server"},
 		{"serve", noDisk, "serve needs listen"},
 	} {

@@ -60,7 +60,7 @@ func (m *Main) runAuditQuery(ctx context.Context, args []string) error {
 at a time. When more records match, it prints the -cursor of the next page
 on stderr.
 `)
-	db := fs.String("db", "", "the audit log's SQLite database `file`")
+	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	f := addFilterFlags(fs)
 	fs.IntVar(&f.Limit, "limit", audit.DefaultLimit, fmt.Sprintf("print at most `N` records, up to %d", audit.MaxLimit))
 	fs.StringVar(&f.Cursor, "cursor", "", "continue from the `cursor` an earlier query printed, with the same filters")

@@ -19,7 +19,7 @@ Merkle tree, and checks every signed checkpoint stored in the log and every
 -trusted one against it with the verifier key. It names the first record or
 checkpoint that does not hold, and exits 0 only when everything holds.
 `)
-	db := fs.String("db", "", "the audit log's SQLite database `file`")
+	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	pubkey := fs.String("pubkey", "", "the log's verifier key `file` (NAME.pub from agentsec keygen)")
 	var trustedFiles []string
 	fs.Func("trusted", "a signed checkpoint `file` kept away from the log (repeatable)", func(s string) error {
