@@ -60,6 +60,9 @@ type Gateway struct {
 	Tokens TokenCounter
 	// Log receives the gateway's own events; nil means slog.Default().
 	Log *slog.Logger
+	// Sessions, if set, shares sessions with the gateway's other
+	// replicas, so that any of them can serve any session's requests.
+	Sessions SessionStore
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -120,12 +123,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var s *httpSession
 	if id := r.Header.Get(sessionHeader); id != "" {
-		g.mu.Lock()
-		s = g.sessions[id]
-		g.mu.Unlock()
-		// Another agent's session is as unknown as one that never existed.
-		if s == nil || s.agent != agent {
+		var err error
+		s, err = g.takeUp(r.Context(), id, agent)
+		switch {
+		case errors.Is(err, errNoSession):
 			http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
+			return
+		case err != nil:
+			http.Error(w, "agentsec: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		s.touch(+1)
@@ -150,6 +155,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		g.endSession(s.id) // at once: its place is free when DELETE returns
+		if g.Sessions != nil {
+			if err := g.Sessions.DeleteSession(r.Context(), s.id); err != nil {
+				g.Log.Error("agentsec: forgetting a session for the other replicas", "session", s.id, "err", err)
+				http.Error(w, "agentsec: the session ended here, but the other replicas could not be told; try again", http.StatusServiceUnavailable)
+				return
+			}
+		}
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")
@@ -189,7 +201,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 	if s == nil {
 		switch {
 		case call && req.Method == "initialize":
-			if s, err = g.newSession(agent); err != nil {
+			if s, err = g.startSession(rand.Text(), agent, nil); err != nil {
 				writeJSONError(w, http.StatusServiceUnavailable, idJSON(req.ID), codeInternal, "agentsec: "+err.Error())
 				return
 			}
@@ -264,13 +276,24 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 	return agent, found == 1
 }
 
-func (g *Gateway) newSession(agent string) (*httpSession, error) {
+// startSession starts serving a session: a new one, whose client is
+// about to initialize it, or, with init, one another replica began.
+func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSession, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &httpSession{id: rand.Text(), agent: agent, cancel: cancel,
+	s := &httpSession{id: id, agent: agent, cancel: cancel,
 		closed:  make(chan struct{}),
 		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
 	g.mu.Lock()
 	switch {
+	case g.sessions[id] != nil:
+		// Another request took the same session up meanwhile.
+		other := g.sessions[id]
+		g.mu.Unlock()
+		cancel()
+		if other.agent != agent {
+			return nil, errNoSession
+		}
+		return other, nil
 	case g.closed:
 		g.mu.Unlock()
 		cancel()
@@ -282,11 +305,17 @@ func (g *Gateway) newSession(agent string) (*httpSession, error) {
 	}
 	g.sessions[s.id] = s
 	g.mu.Unlock()
-	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log}
+	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
+		onInitialized: g.saveSession(s.id, agent)}
 	r, err := p.router(ctx, s)
 	if err != nil {
 		g.endSession(s.id)
 		return nil, err
+	}
+	if init != nil {
+		// The client initialized the session with another replica: the
+		// upstreams are initialized as it did, when they connect.
+		r.initialized(init)
 	}
 	go func() {
 		if err := r.serve(); err != nil {

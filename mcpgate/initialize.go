@@ -37,8 +37,9 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 			r.replyError(ctx, req.ID, codeInternal, "agentsec: the MCP server's "+err.Error())
 			return
 		}
-		r.initialized(req.Params)
-		r.reply(ctx, cr, req.ID, res.resp)
+		if r.record(ctx, req, cr) {
+			r.reply(ctx, cr, req.ID, res.resp)
+		}
 		return
 	}
 	var ok []upstreamResult
@@ -64,8 +65,33 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 		r.replyError(ctx, req.ID, codeInternal, "agentsec: "+err.Error())
 		return
 	}
-	r.initialized(req.Params)
-	r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: merged})
+	if r.record(ctx, req, cr) {
+		r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: merged})
+	}
+}
+
+// record keeps the client's initialize parameters, and has the session
+// recorded where the proxy records sessions, before the client is
+// answered. If it can't be recorded, the client gets an error and the
+// session stays uninitialized.
+func (r *router) record(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) bool {
+	params := req.Params
+	if params == nil {
+		params = json.RawMessage("{}")
+	}
+	if r.p.onInitialized != nil {
+		if err := r.p.onInitialized(ctx, params); err != nil {
+			// The upstreams are initialized afresh when the client tries
+			// again.
+			for _, u := range r.ups {
+				u.close()
+			}
+			r.replyError(ctx, req.ID, codeInternal, "agentsec: "+err.Error())
+			return false
+		}
+	}
+	r.initialized(params)
+	return true
 }
 
 func (r *router) initialized(params json.RawMessage) {

@@ -56,6 +56,10 @@ type Proxy struct {
 	Tokens TokenCounter
 	// Log receives the proxy's own events; nil means slog.Default().
 	Log *slog.Logger
+
+	// onInitialized, if set, must succeed before the client learns its
+	// session is initialized: a Gateway's replicas record the session.
+	onInitialized func(context.Context, json.RawMessage) error
 }
 
 // JSON-RPC error codes of the gateway's own replies.

@@ -73,6 +73,7 @@ func RunWith(t *testing.T, opts Options, newStore func(t *testing.T) budget.Stor
 		{"RecordRejectsInvalidTokens", testRecordRejectsInvalidTokens},
 		{"UnknownSession", testUnknownSession},
 		{"ConcurrentReserve", testConcurrentReserve},
+		{"ConcurrentFirstReserves", testConcurrentFirstReserves},
 		{"ConcurrentRecord", func(t *testing.T, s budget.Store) { testConcurrentRecord(t, s, records) }},
 	}
 	for _, tt := range tests {
@@ -522,6 +523,46 @@ func testConcurrentReserve(t *testing.T, s budget.Store) {
 		t.Errorf("%d of %d concurrent Reserves succeeded, want %d", got, goroutines, callLimit)
 	}
 	wantState(t, s, id, state(limits, callLimit, 0))
+}
+
+// testConcurrentFirstReserves reserves on a session that doesn't exist
+// yet from many goroutines at once, each creating it when told it is
+// unknown, as budget.Enforcer does: a refusal must come only once the
+// limit is reached, never from the session appearing between a store's
+// steps.
+func testConcurrentFirstReserves(t *testing.T, s budget.Store) {
+	const (
+		callLimit  = 5
+		goroutines = 20
+		sessions   = 30 // the window is narrow: try it often
+	)
+	limits := budget.Limits{Tokens: 1 << 40, Calls: callLimit}
+	ctx := t.Context()
+	for range sessions {
+		id := newSession(t)
+		errs := AtOnce(goroutines, func() error {
+			_, err := s.Reserve(ctx, id)
+			if errors.Is(err, budget.ErrUnknownSession) {
+				if _, err := s.Create(ctx, id, limits); err != nil {
+					return err
+				}
+				_, err = s.Reserve(ctx, id)
+			}
+			return err
+		})
+		for _, err := range errs {
+			var ee *budget.ExceededError
+			if !errors.As(err, &ee) {
+				t.Fatalf("Reserve: got %v, want nil or %v", err, budget.ErrExceeded)
+			} else if ee.State.Allows() {
+				t.Fatalf("Reserve refused with a state that allows a call: %+v", ee.State)
+			}
+		}
+		if got := goroutines - len(errs); got != callLimit {
+			t.Fatalf("%d of %d concurrent first Reserves succeeded, want %d", got, goroutines, callLimit)
+		}
+		wantState(t, s, id, state(limits, callLimit, 0))
+	}
 }
 
 func testConcurrentRecord(t *testing.T, s budget.Store, records int) {

@@ -22,7 +22,7 @@ import (
 // — in front of the configured upstream, governing its tool calls as the
 // configuration's stdio_agent.
 func (m *Main) runProxy(ctx context.Context, args []string) error {
-	cfg, _, stack, err := m.openGateway("proxy",
+	g, err := m.openGateway("proxy",
 		"Serves one MCP client on stdin and stdout, in front of the upstream MCP server the\n"+
 			"configuration names, applying the trust gate, the budget and the audit log to every\n"+
 			"tool call as the configuration's stdio_agent.\n", args,
@@ -35,7 +35,8 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer stack.Close()
+	defer g.Close()
+	cfg, stack := g.cfg, g.stack
 
 	stdin := m.Stdin
 	if stdin == nil {
@@ -49,50 +50,67 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 	return nil
 }
 
+// An openedGateway is what every gateway command opens: its
+// configuration, its stack and, with postgres.url, the session store its
+// replicas share.
+type openedGateway struct {
+	cfg      *config.Config
+	stack    *agentsec.Stack
+	sessions *postgres.SessionStore // nil without postgres.url
+}
+
+func (g *openedGateway) Close() {
+	g.stack.Close()
+	if g.sessions != nil {
+		g.sessions.Close()
+	}
+}
+
 // openGateway reads the -config flag of the gateway command cmd, loads
 // the file, checks what every gateway needs — an upstream, a durable
 // audit log — and what check adds, and builds the stack.
-func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error) (*config.Config, string, *agentsec.Stack, error) {
+func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error) (*openedGateway, error) {
 	fs := newFlagSet(cmd, "-config FILE", about)
 	file := fs.String("config", "agentsec.yaml", "the configuration `file`")
 	if err := m.parseFlags(fs, args, 0); err != nil {
-		return nil, "", nil, err
+		return nil, err
 	}
 	cfg, err := config.Load(*file)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, err
 	}
 	if len(cfg.Upstreams) == 0 {
-		return nil, "", nil, fmt.Errorf("%s: %s needs an upstream MCP server: add one under upstreams", *file, cmd)
+		return nil, fmt.Errorf("%s: %s needs an upstream MCP server: add one under upstreams", *file, cmd)
 	}
 	if err := check(cfg, *file); err != nil {
-		return nil, "", nil, err
+		return nil, err
 	}
 	if cfg.Audit.Path == "" && cfg.Postgres.URL == "" {
-		return nil, "", nil, fmt.Errorf("%s: %s keeps its audit log durably: set audit.path and audit.key_file, or postgres.url", *file, cmd)
+		return nil, fmt.Errorf("%s: %s keeps its audit log durably: set audit.path and audit.key_file, or postgres.url", *file, cmd)
 	}
 	sc, err := cfg.StackConfig()
 	if err != nil {
-		return nil, "", nil, err
+		return nil, err
 	}
-	var db *postgres.DB
+	g := &openedGateway{cfg: cfg}
 	if cfg.Postgres.URL != "" {
-		if db, err = postgres.Open(context.Background(), cfg.Postgres.URL); err != nil {
-			return nil, "", nil, fmt.Errorf("%s: postgres.url: %w", *file, err)
+		db, err := postgres.Open(context.Background(), cfg.Postgres.URL)
+		if err != nil {
+			return nil, fmt.Errorf("%s: postgres.url: %w", *file, err)
 		}
-		// The stack holds the stores, and the stores the pool.
-		defer db.Close()
-		sc.Budget.Store, sc.Audit.Store = db.Budgets(), db.Audit()
+		// The stores hold the pool; it closes with the last of them.
+		sc.Budget.Store, sc.Audit.Store, g.sessions = db.Budgets(), db.Audit(), db.Sessions()
+		db.Close()
 	}
-	stack, err := agentsec.New(sc)
-	if err != nil {
-		if db != nil {
+	if g.stack, err = agentsec.New(sc); err != nil {
+		if g.sessions != nil {
 			sc.Budget.Store.Close()
 			sc.Audit.Store.Close()
+			g.sessions.Close()
 		}
-		return nil, "", nil, err
+		return nil, err
 	}
-	return cfg, *file, stack, nil
+	return g, nil
 }
 
 // upstreams returns the gateway's upstream servers. A stdio server is a

@@ -19,7 +19,7 @@ import (
 // configured upstream.
 func (m *Main) runServe(ctx context.Context, args []string) error {
 	var gw *mcpgate.Gateway
-	cfg, _, stack, err := m.openGateway("serve",
+	g, err := m.openGateway("serve",
 		"Serves MCP clients over streamable HTTP on the configuration's listen address, in front\n"+
 			"of the upstream MCP server it names. Each client authenticates with an agent's bearer\n"+
 			"token (agentsec token); each MCP session is a budget session.\n", args,
@@ -30,8 +30,12 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer stack.Close()
-	gw.Stack = stack
+	defer g.Close()
+	cfg := g.cfg
+	gw.Stack = g.stack
+	if g.sessions != nil {
+		gw.Sessions = g.sessions
+	}
 	gw.Upstreams = upstreams(cfg, m.Stderr)
 	gw.Log = slog.New(slog.NewTextHandler(m.Stderr, nil))
 	defer gw.Close()

@@ -53,20 +53,26 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 // Reserve implements budget.Store: one statement takes the slot if the
 // session has one. Only a refusal costs a second, to say why.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
-	st, err := scanState(s.db.pool.QueryRow(ctx, `UPDATE agentsec_budgets SET calls_used = calls_used + 1
-		WHERE session = $1 AND calls_used < call_limit AND tokens_used < token_limit
-		RETURNING `+stateColumns, session))
-	if noRows(err) {
-		st, err := s.Get(ctx, session)
+	for {
+		st, err := scanState(s.db.pool.QueryRow(ctx, `UPDATE agentsec_budgets SET calls_used = calls_used + 1
+			WHERE session = $1 AND calls_used < call_limit AND tokens_used < token_limit
+			RETURNING `+stateColumns, session))
+		if err == nil {
+			return st, nil
+		}
+		if !noRows(err) {
+			return budget.State{}, unavailable(fmt.Sprintf("reserving a call for session %q", session), err)
+		}
+		st, err = s.Get(ctx, session)
 		if err != nil {
 			return budget.State{}, err
 		}
-		return st, &budget.ExceededError{Session: session, State: st}
+		if !st.Allows() {
+			return st, &budget.ExceededError{Session: session, State: st}
+		}
+		// The state changed between the two statements — the session
+		// was created, or a slot released — and now has room: try again.
 	}
-	if err != nil {
-		return budget.State{}, unavailable(fmt.Sprintf("reserving a call for session %q", session), err)
-	}
-	return st, nil
 }
 
 // Commit implements budget.Store.

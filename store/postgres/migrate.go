@@ -52,6 +52,13 @@ var migrations = [][]string{
 			size bigint PRIMARY KEY CHECK (size >= 0),
 			note bytea NOT NULL
 		)`,
+		// The gateway's MCP sessions, so that any replica can serve one.
+		`CREATE TABLE agentsec_sessions (
+			id      text PRIMARY KEY,
+			agent   text NOT NULL,
+			init    bytea NOT NULL,
+			created timestamptz NOT NULL DEFAULT now()
+		)`,
 	},
 }
 

@@ -1,0 +1,75 @@
+package mcpgate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// A SessionStore shares a Gateway's MCP sessions with the other replicas
+// of a fleet, so that a load balancer may send each request of a session
+// to any of them: the session's budget is kept in a shared budget store
+// already, and the SessionStore keeps what a replica needs to take the
+// session up — its agent and the client's initialize parameters. A replica
+// that gets a request for a session it doesn't hold loads it, connects to
+// the upstreams afresh and initializes them as the client initialized the
+// session, and serves the request.
+//
+// What a replica holds of a session beyond that stays with it: a GET
+// stream, and the resource subscriptions made through it, reach the client
+// only through the replica the client opened them on.
+type SessionStore interface {
+	// SaveSession records a session once its client has initialized it.
+	SaveSession(ctx context.Context, id, agent string, init []byte) error
+	// LoadSession returns a session's agent and initialize parameters;
+	// found is false for a session never saved or since deleted.
+	LoadSession(ctx context.Context, id string) (agent string, init []byte, found bool, err error)
+	// DeleteSession forgets a session its client ended.
+	DeleteSession(ctx context.Context, id string) error
+}
+
+// saveSession records the session in the gateway's SessionStore, if it
+// has one, before the client learns the session is initialized.
+func (g *Gateway) saveSession(id, agent string) func(context.Context, json.RawMessage) error {
+	if g.Sessions == nil {
+		return nil
+	}
+	return func(ctx context.Context, init json.RawMessage) error {
+		if err := g.Sessions.SaveSession(ctx, id, agent, init); err != nil {
+			g.Log.Error("agentsec: recording a session for the other replicas", "session", id, "err", err)
+			return errors.New("the session could not be recorded for the gateway's other replicas; try again")
+		}
+		return nil
+	}
+}
+
+// errNoSession is the failure to find a session anywhere.
+var errNoSession = errors.New("unknown MCP session")
+
+// takeUp returns the session with the id: this replica's, or one another
+// replica began, which this one then joins. Another agent's session is as
+// unknown as one that never existed.
+func (g *Gateway) takeUp(ctx context.Context, id, agent string) (*httpSession, error) {
+	g.mu.Lock()
+	s := g.sessions[id]
+	g.mu.Unlock()
+	if s != nil {
+		if s.agent != agent {
+			return nil, errNoSession
+		}
+		return s, nil
+	}
+	if g.Sessions == nil {
+		return nil, errNoSession
+	}
+	owner, init, found, err := g.Sessions.LoadSession(ctx, id)
+	switch {
+	case err != nil:
+		g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
+		return nil, fmt.Errorf("the session store is unavailable: %w", err)
+	case !found || owner != agent:
+		return nil, errNoSession
+	}
+	return g.startSession(id, agent, init)
+}

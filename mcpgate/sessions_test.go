@@ -1,0 +1,200 @@
+package mcpgate_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// memorySessions is a SessionStore in memory, which can be made to fail.
+type memorySessions struct {
+	mu       sync.Mutex
+	sessions map[string][2]string
+	failing  atomic.Bool
+}
+
+var errSessionsDown = errors.New("session store down")
+
+func (m *memorySessions) SaveSession(_ context.Context, id, agent string, init []byte) error {
+	if m.failing.Load() {
+		return errSessionsDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sessions == nil {
+		m.sessions = map[string][2]string{}
+	}
+	m.sessions[id] = [2]string{agent, string(init)}
+	return nil
+}
+
+func (m *memorySessions) LoadSession(_ context.Context, id string) (string, []byte, bool, error) {
+	if m.failing.Load() {
+		return "", nil, false, errSessionsDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sessions[id]
+	return s[0], []byte(s[1]), ok, nil
+}
+
+func (m *memorySessions) DeleteSession(_ context.Context, id string) error {
+	if m.failing.Load() {
+		return errSessionsDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.sessions, id)
+	return nil
+}
+
+// roundRobin sends each request to the next of several servers, as a load
+// balancer without session affinity does.
+type roundRobin struct {
+	targets []*url.URL
+	next    atomic.Int64
+	token   string
+}
+
+func (rr *roundRobin) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	t := rr.targets[int(rr.next.Add(1)-1)%len(rr.targets)]
+	r.URL.Scheme, r.URL.Host, r.Host = t.Scheme, t.Host, t.Host
+	r.Header.Set("Authorization", "Bearer "+rr.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// replicas starts n gateways sharing one stack (so one budget and one log)
+// and one session store, each with its own connections upstream.
+func replicas(t *testing.T, n int, calls int64) ([]*httptest.Server, *agentsec.Stack, *upstream, *memorySessions) {
+	t.Helper()
+	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}}, []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "bob", Level: "verified"}}, calls, nil)
+	up := newUpstream()
+	sessions := &memorySessions{}
+	var srvs []*httptest.Server
+	for range n {
+		gw := &mcpgate.Gateway{Stack: stack, Sessions: sessions,
+			Agents: []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("alice-token")), Agent: "alice"},
+				{TokenSHA256: sha256.Sum256([]byte("bob-token")), Agent: "bob"}},
+			Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}}}
+		srv := httptest.NewServer(gw)
+		t.Cleanup(func() { gw.Close(); srv.Close() })
+		srvs = append(srvs, srv)
+	}
+	return srvs, stack, up, sessions
+}
+
+func spread(srvs []*httptest.Server, token string) *roundRobin {
+	rr := &roundRobin{token: token}
+	for _, s := range srvs {
+		u, _ := url.Parse(s.URL)
+		rr.targets = append(rr.targets, u)
+	}
+	return rr
+}
+
+func TestReplicasServeOneSession(t *testing.T) {
+	const limit = 5
+	srvs, stack, up, _ := replicas(t, 3, limit)
+	ctx := context.Background()
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
+		HTTPClient: &http.Client{Transport: spread(srvs, "alice-token")}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+
+	// Every request goes to the next replica; the session and its budget
+	// hold across all three.
+	allowed := 0
+	for i := range limit + 3 {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fs.read", Arguments: map[string]any{"text": "x"}})
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if !res.IsError {
+			allowed++
+		} else if !strings.Contains(text(res), "call limit") {
+			t.Errorf("call %d denied with %q, want the call limit", i, text(res))
+		}
+	}
+	if allowed != limit || up.calls.Load() != limit {
+		t.Errorf("%d calls allowed and %d reached the server, want %d", allowed, up.calls.Load(), limit)
+	}
+	if _, err := cs.ListTools(ctx, nil); err != nil {
+		t.Errorf("tools/list on a replica that took the session up: %v", err)
+	}
+	page, err := stack.Audit.Query(ctx, audit.Filter{Session: cs.ID(), Outcome: audit.OutcomeAllowed})
+	if err != nil || len(page.Records) != limit {
+		t.Errorf("allowed records of the session: %d, %v; want %d", len(page.Records), err, limit)
+	}
+	// Each replica connected upstream for the session once.
+	if n := up.connects.Load(); n != 3 {
+		t.Errorf("the server saw %d connections, want one per replica (3)", n)
+	}
+}
+
+func TestReplicasKeepSessionsApart(t *testing.T) {
+	srvs, _, _, sessions := replicas(t, 2, 5)
+	ctx := context.Background()
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
+		HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	call := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
+	// Another agent can't take alice's session up on another replica.
+	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer bob-token", "Mcp-Session-Id": cs.ID()}); code != http.StatusNotFound {
+		t.Errorf("bob with alice's session on the other replica: %d, want 404", code)
+	}
+	// Nor can anyone take up a session that doesn't exist.
+	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": "no-such-session"}); code != http.StatusNotFound {
+		t.Errorf("an unknown session: %d, want 404", code)
+	}
+	// While the session store is down, a replica that doesn't hold the
+	// session says so, and the one that does goes on serving it.
+	sessions.failing.Store(true)
+	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()}); code != http.StatusServiceUnavailable {
+		t.Errorf("taking a session up with the store down: %d, want 503", code)
+	}
+	if _, err := cs.ListTools(ctx, nil); err != nil {
+		t.Errorf("the replica holding the session, with the store down: %v", err)
+	}
+	// A session that can't be recorded isn't begun.
+	other := mcp.NewClient(&mcp.Implementation{Name: "c2", Version: "1"}, nil)
+	if cs2, err := other.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[1].URL,
+		HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil); err == nil {
+		cs2.Close()
+		t.Error("initialize succeeded with the session store down")
+	} else if !strings.Contains(err.Error(), "could not be recorded") {
+		t.Errorf("initialize with the session store down: %v, want it to say the session could not be recorded", err)
+	}
+	sessions.failing.Store(false)
+
+	// A session ended on one replica can't be taken up on another.
+	resp := doMCP(t, "DELETE", srvs[0].URL, "", map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()})
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()}); code != http.StatusNotFound {
+		t.Errorf("a deleted session on another replica: %d, want 404", code)
+	}
+}

@@ -1,0 +1,57 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// SessionStore keeps the MCP sessions of a gateway's replicas, so that
+// any replica can serve a session another began (mcpgate.SessionStore).
+type SessionStore struct {
+	db    *DB
+	close sync.Once
+}
+
+// Sessions returns the DB's session store. Close it, or the DB, when done.
+func (db *DB) Sessions() *SessionStore {
+	db.acquire()
+	return &SessionStore{db: db}
+}
+
+// SaveSession records a session's agent and initialize parameters. A
+// session is saved once; saving it again keeps what was first saved.
+func (s *SessionStore) SaveSession(ctx context.Context, id, agent string, init []byte) error {
+	_, err := s.db.pool.Exec(ctx, `INSERT INTO agentsec_sessions (id, agent, init) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO NOTHING`, id, agent, init)
+	if err != nil {
+		return unavailable("saving a session", err)
+	}
+	return nil
+}
+
+// LoadSession returns a saved session's agent and initialize parameters.
+func (s *SessionStore) LoadSession(ctx context.Context, id string) (agent string, init []byte, found bool, err error) {
+	err = s.db.pool.QueryRow(ctx, `SELECT agent, init FROM agentsec_sessions WHERE id = $1`, id).Scan(&agent, &init)
+	if noRows(err) {
+		return "", nil, false, nil
+	}
+	if err != nil {
+		return "", nil, false, unavailable(fmt.Sprintf("loading session %q", id), err)
+	}
+	return agent, init, true, nil
+}
+
+// DeleteSession forgets a session.
+func (s *SessionStore) DeleteSession(ctx context.Context, id string) error {
+	if _, err := s.db.pool.Exec(ctx, `DELETE FROM agentsec_sessions WHERE id = $1`, id); err != nil {
+		return unavailable(fmt.Sprintf("deleting session %q", id), err)
+	}
+	return nil
+}
+
+// Close releases the store's hold on the DB.
+func (s *SessionStore) Close() error {
+	s.close.Do(func() { s.db.Close() })
+	return nil
+}
