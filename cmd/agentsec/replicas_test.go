@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -358,6 +360,204 @@ func TestReplicasShareBudgetsAndLog(t *testing.T) {
 		}
 		if reached != limit {
 			t.Errorf("session %d: %d calls reached the server, want %d", i, reached, limit)
+		}
+	}
+	verifyFleetLog(t, f)
+}
+
+// rawSession is an MCP session over plain HTTP requests through the
+// balancer: unlike the SDK's client, a request that fails leaves the
+// session usable, as a client that retries would find it.
+type rawSession struct {
+	http *http.Client
+	url  string
+	id   string
+	next atomic.Int64
+}
+
+func (f *fleet) rawConnect() (*rawSession, error) {
+	s := &rawSession{http: &http.Client{Transport: &balancer{f: f}, Timeout: 30 * time.Second}, url: f.endpoints()[0].String()}
+	resp, err := s.post(`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Error != nil {
+		return nil, fmt.Errorf("initialize: %s", resp.Error.Message)
+	}
+	if _, err := s.post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+type rawResponse struct {
+	Result *struct {
+		IsError bool `json:"isError"`
+		Content []struct {
+			Text string `json:"text"`
+		} `json:"content"`
+	} `json:"result"`
+	Error *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// post sends one message and returns its answer, if it has one.
+func (s *rawSession) post(body string) (*rawResponse, error) {
+	req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if s.id != "" {
+		req.Header.Set("Mcp-Session-Id", s.id)
+	}
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if s.id == "" {
+		s.id = resp.Header.Get("Mcp-Session-Id")
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusAccepted {
+		return nil, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(data)))
+	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		for line := range strings.Lines(string(data)) {
+			if d, ok := strings.CutPrefix(line, "data: "); ok && strings.Contains(d, `"id"`) {
+				data = []byte(d)
+			}
+		}
+	}
+	var r rawResponse
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("answer %q: %w", data, err)
+	}
+	return &r, nil
+}
+
+// call makes one tools/call of read and reports what came of it.
+func (s *rawSession) call(text string) (outcome string, err error) {
+	id := s.next.Add(1)
+	r, err := s.post(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"read","arguments":{"text":%q}}}`, id, text))
+	switch {
+	case err != nil:
+		return "failed", err
+	case r.Error != nil:
+		return "failed", errors.New(r.Error.Message)
+	case r.Result == nil || len(r.Result.Content) == 0:
+		return "failed", errors.New("an answer without content")
+	case !r.Result.IsError && r.Result.Content[0].Text == "echo: "+text:
+		return "allowed", nil
+	case r.Result.IsError && strings.Contains(r.Result.Content[0].Text, "call limit"):
+		return "limit", nil
+	case r.Result.IsError && strings.Contains(r.Result.Content[0].Text, "unavailable"),
+		r.Result.IsError && strings.Contains(r.Result.Content[0].Text, "could not be recorded"):
+		return "unavailable", nil
+	}
+	return "failed", fmt.Errorf("unexpected answer %+v", r.Result.Content[0])
+}
+
+// One replica killed with SIGKILL and the database stopped and started
+// again while sessions keep calling: what a client was told was allowed
+// is in the log, no session is allowed more than its limit, the replicas
+// recover by themselves, and the log verifies.
+func TestReplicasSurviveKillAndDatabaseRestart(t *testing.T) {
+	const (
+		sessions = 40
+		limit    = 25 // reached after the database is back
+		pace     = 150 * time.Millisecond
+		run      = 9 * time.Second
+	)
+	f := newFleet(t, 3, limit)
+	start := time.Now()
+	var (
+		mu        sync.Mutex
+		acked     = map[string]int{} // allowed calls the client was told of, by session
+		outcomes  = map[string]int{}
+		restarted time.Time
+		afterUp   int // calls allowed after the database came back
+	)
+	var wg sync.WaitGroup
+	for range sessions {
+		wg.Go(func() {
+			s, err := f.rawConnect()
+			if err != nil {
+				t.Errorf("connect: %v", err)
+				return
+			}
+			// Paced calls through the failures, then calls until the
+			// session's limit refuses one.
+			sawLimit := false
+			for i := 0; time.Since(start) < run || !sawLimit && time.Since(start) < run+30*time.Second; i++ {
+				outcome, err := s.call(fmt.Sprintf("%s/%d", s.id, i))
+				sawLimit = sawLimit || outcome == "limit"
+				mu.Lock()
+				outcomes[outcome]++
+				if outcome == "allowed" {
+					acked[s.id]++
+					if !restarted.IsZero() && time.Now().After(restarted) {
+						afterUp++
+					}
+				}
+				mu.Unlock()
+				if outcome == "failed" && testing.Verbose() {
+					t.Logf("call failed: %v", err)
+				}
+				if time.Since(start) < run {
+					time.Sleep(pace)
+				}
+			}
+		})
+	}
+
+	time.Sleep(1500 * time.Millisecond)
+	f.mu.Lock()
+	victim := f.replicas[1]
+	f.mu.Unlock()
+	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-victim.exited
+	time.Sleep(1500 * time.Millisecond)
+	if err := f.pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if err := f.pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	restarted = time.Now()
+	mu.Unlock()
+	wg.Wait()
+	f.stop()
+	t.Logf("outcomes: %v", outcomes)
+
+	if outcomes["unavailable"] == 0 {
+		t.Error("no call was denied while the database was down")
+	}
+	if afterUp == 0 {
+		t.Error("no call was allowed after the database came back: the replicas did not recover")
+	}
+	if outcomes["limit"] < sessions {
+		t.Errorf("%d limit refusals, want one or more in each of the %d sessions", outcomes["limit"], sessions)
+	}
+	logged := allowedCalls(t, f.dsn)
+	for id, n := range acked {
+		if n > logged[id] {
+			t.Errorf("session %s: the client was told of %d allowed calls, the log holds %d", id, n, logged[id])
+		}
+	}
+	for id, n := range logged {
+		if n > limit {
+			t.Errorf("session %s: %d calls allowed, over its limit of %d", id, n, limit)
 		}
 	}
 	verifyFleetLog(t, f)
