@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +63,10 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	return &DB{pool: pool, refs: 1}, nil
 }
 
+// defaultMaxConns is the most connections a DB's pool opens, unless the
+// connection string sets pool_max_conns.
+const defaultMaxConns = 32
+
 // connect makes a pool and checks that the server answers.
 func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
@@ -69,6 +74,11 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		// pgx's message may quote the connection string, password and
 		// all; say only what is wrong with it.
 		return nil, errors.New("postgres: the connection string is not valid (want postgres://user:password@host:port/database or key=value pairs)")
+	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// pgx's default, the number of CPUs, leaves a gateway's calls
+		// queueing for a connection while each waits on a commit.
+		cfg.MaxConns = defaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -1,0 +1,209 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/internal/pgtest"
+	"github.com/agentsec/agentsec/store/postgres"
+)
+
+// median returns the median of ds.
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// selectOneRTT is the median round trip of SELECT 1 on a connection of
+// the test server: the unit a reservation is measured in.
+func selectOneRTT(b *testing.B, dsn string, n int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	ds := make([]time.Duration, n)
+	var one int
+	for i := range ds {
+		t0 := time.Now()
+		if err := conn.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {
+			b.Fatal(err)
+		}
+		ds[i] = time.Since(t0)
+	}
+	return median(ds)
+}
+
+// durableWrite is the median time of the least durable write there is:
+// one statement updating one row of a one-row table, committed, which
+// waits for the server's WAL to reach stable storage.
+func durableWrite(b *testing.B, dsn string, n int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE bench_write (n bigint); INSERT INTO bench_write VALUES (0)`); err != nil {
+		b.Fatal(err)
+	}
+	ds := make([]time.Duration, n)
+	for i := range ds {
+		t0 := time.Now()
+		if _, err := conn.Exec(ctx, `UPDATE bench_write SET n = n + 1`); err != nil {
+			b.Fatal(err)
+		}
+		ds[i] = time.Since(t0)
+	}
+	return median(ds)
+}
+
+// BenchmarkReserve takes call slots of one session, one at a time, and
+// reports the median reservation against the median SELECT 1 round trip
+// measured on the same server just before: "RTT/op" is their ratio.
+func BenchmarkReserve(b *testing.B) {
+	dsn := pgtest.DB(b)
+	ctx := context.Background()
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		b.Fatal(err)
+	}
+	db, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "bench", budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
+		b.Fatal(err)
+	}
+	rtt := selectOneRTT(b, dsn, max(b.N, 1000))
+	commit := durableWrite(b, dsn, max(b.N, 1000))
+	ds := make([]time.Duration, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		if _, err := s.Reserve(ctx, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		ds[i] = time.Since(t0)
+	}
+	b.StopTimer()
+	m := median(ds)
+	b.ReportMetric(float64(rtt.Microseconds()), "select1-p50-µs")
+	b.ReportMetric(float64(commit.Microseconds()), "write-p50-µs")
+	b.ReportMetric(float64(m)/float64(commit), "writes/op")
+	b.ReportMetric(float64(m.Microseconds()), "reserve-p50-µs")
+	b.ReportMetric(float64(m)/float64(rtt), "RTT/op")
+}
+
+// BenchmarkReserveParallel takes call slots from 64 goroutines, each on a
+// session of its own, and reports reservations per second.
+func BenchmarkReserveParallel(b *testing.B) {
+	dsn := pgtest.DB(b)
+	ctx := context.Background()
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		b.Fatal(err)
+	}
+	db, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	s := db.Budgets()
+	defer s.Close()
+	const workers = 64
+	for w := range workers {
+		if _, err := s.Create(ctx, fmt.Sprint("bench-", w), budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				if _, err := s.Reserve(ctx, fmt.Sprint("bench-", w)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "reservations/s")
+}
+
+// BenchmarkAuditAppend appends to an audit.Log over the PostgreSQL store
+// from 1 and 256 goroutines, every append returning once it is committed,
+// and reports appends per second.
+func BenchmarkAuditAppend(b *testing.B) {
+	for _, writers := range []int{1, 256} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			dsn := pgtest.DB(b)
+			ctx := context.Background()
+			if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+				b.Fatal(err)
+			}
+			db, err := postgres.Open(ctx, dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			l, err := audit.NewLog(ctx, db.Audit(), audit.Options{Namespace: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			var next atomic.Int64
+			var mu sync.Mutex
+			var lat []time.Duration
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for range writers {
+				wg.Go(func() {
+					var mine []time.Duration
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							break
+						}
+						t0 := time.Now()
+						if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "agent-7",
+							Session: fmt.Sprintf("session-%d", i%1000), Tool: "file-reader", Outcome: audit.OutcomeAllowed,
+							Reason: "assigned level meets the required level", Tokens: 1234}); err != nil {
+							b.Error(err)
+							return
+						}
+						mine = append(mine, time.Since(t0))
+					}
+					mu.Lock()
+					lat = append(lat, mine...)
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
+			if len(lat) > 0 {
+				b.ReportMetric(float64(median(lat).Microseconds()), "p50-µs")
+			}
+		})
+	}
+}
