@@ -144,23 +144,18 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		}
 	}
 
-	size, err := store.Size(ctx)
+	if err := l.loadHead(ctx); err != nil {
+		return nil, err
+	}
+	err := l.checkLatestCheckpoint(ctx)
+	if _, shared := store.(SharedStore); shared && errors.Is(err, errBehindCheckpoint) {
+		// Other logs appended, and signed, between reading the size and
+		// the checkpoint: read the head again, now past the checkpoint.
+		if err = l.loadHead(ctx); err == nil {
+			err = l.checkLatestCheckpoint(ctx)
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("audit: reading log size: %w", err)
-	}
-	levels, indexes := frontierIndexes(size)
-	if len(indexes) > 0 {
-		hashes, err := store.ReadHashes(ctx, indexes)
-		if err != nil {
-			return nil, fmt.Errorf("audit: reading log head: %w", err)
-		}
-		for i, lv := range levels {
-			l.front[lv] = hashes[i]
-		}
-		l.work = l.front
-	}
-	l.size = size
-	if err := l.checkLatestCheckpoint(ctx); err != nil {
 		return nil, err
 	}
 	if l.signer != nil && l.cpInterval > 0 {
@@ -169,6 +164,25 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	}
 	return l, nil
 }
+
+// loadHead reads the log's size and the frontier of its tree from the
+// store.
+func (l *Log) loadHead(ctx context.Context) error {
+	size, err := l.store.Size(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: reading log size: %w", err)
+	}
+	if err := l.front.load(size, func(indexes []int64) ([]Hash, error) { return l.store.ReadHashes(ctx, indexes) }); err != nil {
+		return fmt.Errorf("audit: reading log head: %w", err)
+	}
+	l.work = l.front
+	l.size = size
+	return nil
+}
+
+// errBehindCheckpoint marks a log whose latest checkpoint covers more
+// records than the log was found to hold.
+var errBehindCheckpoint = errors.New("records are missing")
 
 // checkLatestCheckpoint checks the stored tree against the store's latest
 // checkpoint, when there is one and a verifier to check it with.
@@ -189,8 +203,8 @@ func (l *Log) checkLatestCheckpoint(ctx context.Context) error {
 	case cp.Origin != l.origin:
 		return fmt.Errorf("audit: the log's checkpoints name origin %q, not %q", cp.Origin, l.origin)
 	case cp.Size > l.size:
-		return fmt.Errorf("audit: the log holds %d records but its checkpoint covers %d: records %d to %d are missing; run agentsec audit verify",
-			l.size, cp.Size, l.size, cp.Size-1)
+		return fmt.Errorf("audit: the log holds %d records but its checkpoint covers %d: %w: %d to %d; run agentsec audit verify",
+			l.size, cp.Size, errBehindCheckpoint, l.size, cp.Size-1)
 	}
 	root, err := tlog.TreeHash(int64(cp.Size), storeHashReader{ctx, l.store})
 	if err != nil {

@@ -19,6 +19,55 @@ import (
 func RunShared(t *testing.T, newHandles func(t *testing.T, n int) []audit.SharedStore) {
 	t.Run("ConcurrentLogs", func(t *testing.T) { testSharedConcurrentLogs(t, newHandles(t, 3)) })
 	t.Run("BuildErrorStoresNothing", func(t *testing.T) { testSharedBuildError(t, newHandles(t, 1)[0]) })
+	t.Run("OpenWhileAnotherAppends", func(t *testing.T) { testSharedOpenWhileAnotherAppends(t, newHandles(t, 2)) })
+}
+
+// testSharedOpenWhileAnotherAppends opens a log just as another appends
+// and signs a checkpoint — between the new log's reading the store's size
+// and its reading the latest checkpoint: the new log must not take the
+// store for truncated.
+func testSharedOpenWhileAnotherAppends(t *testing.T, stores []audit.SharedStore) {
+	ctx := t.Context()
+	signer, verifier := testKey(t, "audittest-shared")
+	writer, err := audit.NewLog(ctx, stores[0], audit.Options{Namespace: "audittest", Signer: signer, Verifier: verifier,
+		CheckpointEvery: 1, CheckpointInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	if _, err := writer.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	racing := afterSize{SharedStore: stores[1], hook: func() {
+		once.Do(func() {
+			if _, err := writer.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil {
+				t.Errorf("the other log's append: %v", err)
+			}
+		})
+	}}
+	l, err := audit.NewLog(ctx, racing, audit.Options{Namespace: "audittest", Verifier: verifier, Origin: "audittest-shared"})
+	if err != nil {
+		t.Fatalf("NewLog as another log appends and signs: %v", err)
+	}
+	if size := l.Size(); size != 2 {
+		t.Errorf("the new log's size = %d, want 2", size)
+	}
+	if rec, err := l.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil || rec.Seq != 2 {
+		t.Errorf("the new log's append = seq %d, %v; want 2, nil", rec.Seq, err)
+	}
+}
+
+// afterSize calls hook each time Size has read the store's size.
+type afterSize struct {
+	audit.SharedStore
+	hook func()
+}
+
+func (s afterSize) Size(ctx context.Context) (uint64, error) {
+	n, err := s.SharedStore.Size(ctx)
+	s.hook()
+	return n, err
 }
 
 func testSharedConcurrentLogs(t *testing.T, stores []audit.SharedStore) {
