@@ -177,6 +177,8 @@ func FuzzParse(f *testing.F) {
 	f.Add(example)
 	f.Add([]byte("namespace: n\nbudget: {tokens: 1, calls: 1}\n"))
 	f.Add([]byte("trust:\n  ladder: [a, b]\n  rules: [{tool: '*', level: b}]\n"))
+	f.Add([]byte("namespace: n\nbudget: {tokens: 1, calls: 1}\npostgres: {url: 'postgres://u@h:5432/d?sslmode=disable'}\n"))
+	f.Add([]byte("namespace: n\nbudget: {tokens: 1, calls: 1}\npostgres: {url: 'host=h user=u password=p'}\n"))
 	f.Add([]byte("&a [*a]"))
 	f.Add([]byte("{"))
 	dir := f.TempDir()
@@ -190,6 +192,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if cfg.Namespace == "" || cfg.Budget.Calls <= 0 || cfg.Budget.Tokens <= 0 {
 			t.Errorf("accepted a configuration that should fail validation: %+v", cfg)
+		}
+		if cfg.Postgres.URL != "" && (cfg.Audit.KeyFile == "" || cfg.Audit.Path != "") {
+			t.Errorf("accepted postgres.url with audit.path, or without audit.key_file: %+v", cfg)
 		}
 	})
 }
