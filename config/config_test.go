@@ -115,6 +115,8 @@ budget: {tokens: 10, calls: 10}
 		{"postgres without key", base + "postgres:\n  url: postgres://db/agentsec\n", "audit.key_file: is required with postgres.url"},
 		{"postgres bad url", base + "audit:\n  key_file: demo.key\npostgres:\n  url: \"postgres://u@[::1\"\n", "postgres.url: is not a PostgreSQL connection string"},
 		{"postgres password", base + "audit:\n  key_file: demo.key\npostgres:\n  url: postgres://u:hunter2@db/agentsec\n", "postgres.url: holds a password"},
+		{"postgres password in query", base + "audit:\n  key_file: demo.key\npostgres:\n  url: postgres://u@db/agentsec?password=hunter2\n", "postgres.url: holds a password"},
+		{"postgres password setting", base + "audit:\n  key_file: demo.key\npostgres:\n  url: host=db user=u password=hunter2\n", "postgres.url: holds a password"},
 		{"listen", base + "listen: localhost\n", `listen: "localhost" is not host:port`},
 		{"listen everywhere", base + "listen: \":8080\"\n", "listens on every interface"},
 		{"negative sessions", base + "max_sessions: -1\n", "line 3: max_sessions: -1 is negative"},

@@ -246,10 +246,8 @@ func (c *Config) validateAudit(v *validator) {
 		if _, err := pgconn.ParseConfig(c.Postgres.URL); err != nil {
 			// pgx's message may quote the string, password and all.
 			v.errorf(at("postgres", "url"), "is not a PostgreSQL connection string, such as postgres://agentsec@db.internal:5432/agentsec")
-		} else if u, err := url.Parse(c.Postgres.URL); err == nil && u.User != nil {
-			if _, hasPassword := u.User.Password(); hasPassword {
-				v.errorf(at("postgres", "url"), "holds a password; leave it out and set PGPASSWORD or a ~/.pgpass file, which agentsec reads as psql does")
-			}
+		} else if holdsPassword(c.Postgres.URL) {
+			v.errorf(at("postgres", "url"), "holds a password; leave it out and set PGPASSWORD or a ~/.pgpass file, which agentsec reads as psql does")
 		}
 	}
 	if a.KeyFile != "" {
@@ -305,4 +303,17 @@ func (c *Config) validateUpstreams(v *validator) {
 			}
 		}
 	}
+}
+
+// passwordSetting finds a password in a key=value connection string.
+var passwordSetting = regexp.MustCompile(`(^|\s)password\s*=`)
+
+// holdsPassword reports whether a PostgreSQL connection string holds a
+// password: in a URL's user part or query, or as a key=value setting.
+func holdsPassword(dsn string) bool {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		_, inUser := u.User.Password()
+		return inUser || u.Query().Has("password")
+	}
+	return passwordSetting.MatchString(dsn)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 )
 
 // A SessionStore shares a Gateway's MCP sessions with the other replicas
@@ -44,8 +43,12 @@ func (g *Gateway) saveSession(id, agent string) func(context.Context, json.RawMe
 	}
 }
 
-// errNoSession is the failure to find a session anywhere.
-var errNoSession = errors.New("unknown MCP session")
+// errNoSession is the failure to find a session anywhere; errStoreDown
+// the client's view of a session store that failed (the log has why).
+var (
+	errNoSession = errors.New("unknown MCP session")
+	errStoreDown = errors.New("the session store is unavailable; try again")
+)
 
 // takeUp returns the session with the id: this replica's, or one another
 // replica began, which this one then joins. Another agent's session is as
@@ -67,7 +70,7 @@ func (g *Gateway) takeUp(ctx context.Context, id, agent string) (*httpSession, e
 	switch {
 	case err != nil:
 		g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
-		return nil, fmt.Errorf("the session store is unavailable: %w", err)
+		return nil, errStoreDown
 	case !found || owner != agent:
 		return nil, errNoSession
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/mod/sumdb/tlog"
@@ -85,12 +86,18 @@ func appending(entries []audit.Entry) string {
 
 // AppendShared implements audit.SharedStore. The head's row lock is the
 // append lock: one transaction reads the head FOR UPDATE, build computes
-// the batch's tree hashes from what is stored, and the batch is inserted
-// and committed before the lock is released. It costs two round trips
-// (BEGIN and the lock in one, the insert and COMMIT in another), and a
-// third to read the tree's head when another replica appended since this
-// one last did.
+// the batch's tree hashes from what is stored, and the batch is copied in
+// and committed before the lock is released. The lock is held for three
+// round trips (BEGIN and the lock in one, the COPY, the head's update and
+// COMMIT in one), and a fourth to read the tree's head when another
+// replica appended since this one last did.
+//
+// An append gives up after appendTimeout: the log's callers don't cancel
+// appends, which others' records may be waiting on, and a database that
+// doesn't answer must fail the calls, not hold them.
 func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.HashReader) ([]audit.Entry, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
+	defer cancel()
 	conn, err := s.db.pool.Acquire(ctx)
 	if err != nil {
 		return unavailable("appending", err)
@@ -159,6 +166,9 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	}
 	return nil
 }
+
+// appendTimeout bounds one AppendShared.
+const appendTimeout = 15 * time.Second
 
 var recordColumns = []string{"seq", "data", "hashes", "time", "namespace", "event", "agent", "session", "tool", "outcome"}
 

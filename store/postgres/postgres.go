@@ -7,11 +7,11 @@
 // refuses a database whose schema is missing or of another version, and
 // says what to run.
 //
-// Every operation is a single statement where it can be, so that its
-// check and its change are one atomic step in the database: a budget
-// reservation is one UPDATE that takes a call slot only if the session
-// has one, and an audit append is one statement that extends the log only
-// if it still has the size the appender expects.
+// A budget reservation is one UPDATE that takes a call slot only if the
+// session has one, so the check and the change are one atomic step in the
+// database. The audit log is an audit.SharedStore: each batch of records
+// is appended under the lock of the log's head row, continuing the tree
+// the database holds, so replicas append to one log that can't fork.
 package postgres
 
 import (
@@ -74,6 +74,19 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		// pgx's message may quote the connection string, password and
 		// all; say only what is wrong with it.
 		return nil, errors.New("postgres: the connection string is not valid (want postgres://user:password@host:port/database or key=value pairs)")
+	}
+	// A replica that stops mid-transaction — frozen, partitioned — must
+	// not hold the log's head, or a budget row, for good: the server ends
+	// a transaction idle that long, and a statement waits that long for a
+	// lock at most. Settings in the connection string win.
+	for k, v := range map[string]string{
+		"idle_in_transaction_session_timeout": "10s",
+		"lock_timeout":                        "10s",
+		"statement_timeout":                   "30s",
+	} {
+		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
 	}
 	if !strings.Contains(dsn, "pool_max_conns") {
 		// pgx's default, the number of CPUs, leaves a gateway's calls

@@ -1,9 +1,11 @@
 package postgres_test
 
 import (
+	"errors"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -131,4 +133,57 @@ func TestAuditStoreShared(t *testing.T) {
 		}
 		return out
 	})
+}
+
+// A replica that holds the log's head and stops answering doesn't hold
+// every other replica's appends up: they fail after lock_timeout (here
+// shortened in the connection string), and append again once it's gone.
+func TestAppendGivesUpOnAHeldHead(t *testing.T) {
+	ctx := t.Context()
+	dsn := pgtest.DB(t)
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	db, err := postgres.Open(ctx, dsn+sep+"lock_timeout=500ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := audit.NewLog(ctx, db.Audit(), audit.Options{Namespace: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	frozen, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frozen.Close(ctx)
+	tx, err := frozen.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT size FROM agentsec_audit_head FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = l.Log(ctx, audit.Record{Event: "test", Outcome: audit.OutcomeAllowed})
+	if !errors.Is(err, audit.ErrUnavailable) {
+		t.Fatalf("Log while another holds the head = %v, want an error wrapping ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Log gave up after %v, want about the lock timeout", d)
+	}
+	tx.Rollback(ctx)
+	if _, err := l.Log(ctx, audit.Record{Event: "test", Outcome: audit.OutcomeAllowed}); err != nil {
+		t.Fatalf("Log once the head is free: %v", err)
+	}
+	if n, err := l.Verify(ctx); n != 1 || err != nil {
+		t.Errorf("Verify = %d, %v; want 1, nil", n, err)
+	}
 }
