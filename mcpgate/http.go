@@ -282,7 +282,7 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &httpSession{id: id, agent: agent, cancel: cancel,
 		closed:  make(chan struct{}),
-		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
+		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now(), touched: time.Now()}
 	g.mu.Lock()
 	switch {
 	case g.sessions[id] != nil:
@@ -358,6 +358,12 @@ func (g *Gateway) reapIdle() {
 		for _, id := range idle {
 			g.Log.Info("agentsec: ending idle session", "session", id)
 			g.endSession(id)
+		}
+		if g.Sessions != nil {
+			// Sessions idle on every replica: their rows go too.
+			if err := g.Sessions.PruneSessions(context.Background(), g.IdleTimeout); err != nil {
+				g.Log.Warn("agentsec: pruning idle sessions from the session store", "err", err)
+			}
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -23,8 +24,13 @@ import (
 // memorySessions is a SessionStore in memory, which can be made to fail.
 type memorySessions struct {
 	mu       sync.Mutex
-	sessions map[string][2]string
+	sessions map[string]*memorySession
 	failing  atomic.Bool
+}
+
+type memorySession struct {
+	agent, init string
+	lastActive  time.Time
 }
 
 var errSessionsDown = errors.New("session store down")
@@ -36,20 +42,42 @@ func (m *memorySessions) SaveSession(_ context.Context, id, agent string, init [
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sessions == nil {
-		m.sessions = map[string][2]string{}
+		m.sessions = map[string]*memorySession{}
 	}
-	m.sessions[id] = [2]string{agent, string(init)}
+	m.sessions[id] = &memorySession{agent, string(init), time.Now()}
 	return nil
 }
 
-func (m *memorySessions) LoadSession(_ context.Context, id string) (string, []byte, bool, error) {
+func (m *memorySessions) live(id string, idle time.Duration) *memorySession {
+	if s := m.sessions[id]; s != nil && time.Since(s.lastActive) < idle {
+		return s
+	}
+	return nil
+}
+
+func (m *memorySessions) LoadSession(_ context.Context, id string, idle time.Duration) (string, []byte, bool, error) {
 	if m.failing.Load() {
 		return "", nil, false, errSessionsDown
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s, ok := m.sessions[id]
-	return s[0], []byte(s[1]), ok, nil
+	if s := m.live(id, idle); s != nil {
+		return s.agent, []byte(s.init), true, nil
+	}
+	return "", nil, false, nil
+}
+
+func (m *memorySessions) TouchSession(_ context.Context, id string, idle time.Duration) (bool, error) {
+	if m.failing.Load() {
+		return false, errSessionsDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.live(id, idle)
+	if s != nil {
+		s.lastActive = time.Now()
+	}
+	return s != nil, nil
 }
 
 func (m *memorySessions) DeleteSession(_ context.Context, id string) error {
@@ -59,6 +87,20 @@ func (m *memorySessions) DeleteSession(_ context.Context, id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.sessions, id)
+	return nil
+}
+
+func (m *memorySessions) PruneSessions(_ context.Context, idle time.Duration) error {
+	if m.failing.Load() {
+		return errSessionsDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.sessions {
+		if m.live(id, idle) == nil {
+			delete(m.sessions, id)
+		}
+	}
 	return nil
 }
 
@@ -82,12 +124,18 @@ func (rr *roundRobin) RoundTrip(r *http.Request) (*http.Response, error) {
 // and one session store, each with its own connections upstream.
 func replicas(t *testing.T, n int, calls int64) ([]*httptest.Server, *agentsec.Stack, *upstream, *memorySessions) {
 	t.Helper()
+	return replicasIdle(t, n, calls, 0)
+}
+
+// replicasIdle is replicas with the gateways' IdleTimeout.
+func replicasIdle(t *testing.T, n int, calls int64, idle time.Duration) ([]*httptest.Server, *agentsec.Stack, *upstream, *memorySessions) {
+	t.Helper()
 	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}}, []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "bob", Level: "verified"}}, calls, nil)
 	up := newUpstream()
 	sessions := &memorySessions{}
 	var srvs []*httptest.Server
 	for range n {
-		gw := &mcpgate.Gateway{Stack: stack, Sessions: sessions,
+		gw := &mcpgate.Gateway{Stack: stack, Sessions: sessions, IdleTimeout: idle,
 			Agents: []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("alice-token")), Agent: "alice"},
 				{TokenSHA256: sha256.Sum256([]byte("bob-token")), Agent: "bob"}},
 			Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}}}
@@ -196,5 +244,72 @@ func TestReplicasKeepSessionsApart(t *testing.T) {
 	}
 	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()}); code != http.StatusNotFound {
 		t.Errorf("a deleted session on another replica: %d, want 404", code)
+	}
+}
+
+// A session ends on every replica: when its client deletes it through
+// one, the others that hold it learn so; when it is idle everywhere, no
+// replica takes it up; while it is used anywhere, it stays.
+func TestReplicasEndSessionsEverywhere(t *testing.T) {
+	const idle = 600 * time.Millisecond // replicas touch sessions every 150 ms
+	srvs, _, _, sessions := replicasIdle(t, 3, 100, idle)
+	ctx := context.Background()
+	open := func() *mcp.ClientSession {
+		t.Helper()
+		client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+		cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
+			HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cs.Close() })
+		return cs
+	}
+	list := func(srv *httptest.Server, id string) int {
+		return postMCP(t, srv.URL, `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`,
+			map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": id})
+	}
+
+	// Deleted through one replica, gone from another that held it.
+	deleted := open()
+	if code := list(srvs[1], deleted.ID()); code != http.StatusOK {
+		t.Fatalf("taking the session up on replica 1: %d", code)
+	}
+	resp := doMCP(t, "DELETE", srvs[0].URL, "", map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": deleted.ID()})
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	time.Sleep(idle / 4 * 3 / 2)
+	if code := list(srvs[1], deleted.ID()); code != http.StatusNotFound {
+		t.Errorf("a session deleted through replica 0, on replica 1 that held it: %d, want 404", code)
+	}
+
+	// Used through one replica the whole time, alive on another.
+	used := open()
+	for range 8 {
+		time.Sleep(idle / 4)
+		if code := list(srvs[0], used.ID()); code != http.StatusOK {
+			t.Fatalf("using the session on replica 0: %d", code)
+		}
+	}
+	if code := list(srvs[2], used.ID()); code != http.StatusOK {
+		t.Errorf("a session in use for longer than the idle timeout, taken up on replica 2: %d, want 200", code)
+	}
+
+	// Idle everywhere: taken up nowhere, and its row pruned.
+	idled := open()
+	time.Sleep(idle * 3 / 2)
+	for i, srv := range srvs {
+		if code := list(srv, idled.ID()); code != http.StatusNotFound {
+			t.Errorf("an idle session on replica %d: %d, want 404", i, code)
+		}
+	}
+	time.Sleep(idle / 2)
+	sessions.mu.Lock()
+	_, kept := sessions.sessions[idled.ID()]
+	sessions.mu.Unlock()
+	if kept {
+		t.Error("the idle session's row is still in the store")
 	}
 }

@@ -56,11 +56,13 @@ var migrations = [][]string{
 		)`,
 		// The gateway's MCP sessions, so that any replica can serve one.
 		`CREATE TABLE agentsec_sessions (
-			id      text PRIMARY KEY,
-			agent   text NOT NULL,
-			init    bytea NOT NULL,
-			created timestamptz NOT NULL DEFAULT now()
+			id          text PRIMARY KEY,
+			agent       text NOT NULL,
+			init        bytea NOT NULL,
+			created     timestamptz NOT NULL DEFAULT now(),
+			last_active timestamptz NOT NULL DEFAULT now()
 		)`,
+		`CREATE INDEX agentsec_sessions_by_last_active ON agentsec_sessions (last_active)`,
 	},
 }
 

@@ -187,3 +187,51 @@ func TestAppendGivesUpOnAHeldHead(t *testing.T) {
 		t.Errorf("Verify = %d, %v; want 1, nil", n, err)
 	}
 }
+
+func TestSessionStore(t *testing.T) {
+	ctx := t.Context()
+	db := migrated(t)
+	s := db.Sessions()
+	defer s.Close()
+	const idle = time.Second
+	if err := s.SaveSession(ctx, "s1", "alice", []byte(`{"protocolVersion":"2025-11-25"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Saving again keeps what was first saved.
+	if err := s.SaveSession(ctx, "s1", "mallory", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	agent, init, found, err := s.LoadSession(ctx, "s1", idle)
+	if err != nil || !found || agent != "alice" || string(init) != `{"protocolVersion":"2025-11-25"}` {
+		t.Fatalf("LoadSession = %q, %s, %v, %v", agent, init, found, err)
+	}
+	if _, _, found, err := s.LoadSession(ctx, "nope", idle); found || err != nil {
+		t.Errorf("LoadSession of an unknown session = found %v, %v", found, err)
+	}
+	if alive, err := s.TouchSession(ctx, "s1", idle); !alive || err != nil {
+		t.Errorf("TouchSession = %v, %v; want true, nil", alive, err)
+	}
+	// Untouched for longer than idle: gone for Load and Touch, then pruned.
+	if err := s.SaveSession(ctx, "s2", "alice", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(idle + 200*time.Millisecond)
+	if _, _, found, _ := s.LoadSession(ctx, "s2", idle); found {
+		t.Error("LoadSession found a session idle past the timeout")
+	}
+	if alive, _ := s.TouchSession(ctx, "s2", idle); alive {
+		t.Error("TouchSession revived a session idle past the timeout")
+	}
+	if err := s.PruneSessions(ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, found, _ := s.LoadSession(ctx, "s2", time.Hour); found {
+		t.Error("PruneSessions kept a session idle past the timeout")
+	}
+	if err := s.DeleteSession(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, found, _ := s.LoadSession(ctx, "s1", time.Hour); found {
+		t.Error("LoadSession found a deleted session")
+	}
+}
