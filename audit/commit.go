@@ -202,7 +202,7 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 			p.signal(resultReady)
 		}
 	}
-	if err == nil && l.checkpointDue(size+uint64(len(batch))) {
+	if err == nil && l.checkpointDue(len(batch)) {
 		// A failure marks the log failed until a checkpoint is stored;
 		// the records themselves are stored.
 		_ = l.checkpoint(ctx)

@@ -86,9 +86,15 @@ type Log struct {
 	// work is the leader's copy of front, equal to it between batches.
 	work frontier
 
-	cpMu   sync.Mutex // serializes signing; guards cpSize and hasCP
+	cpMu   sync.Mutex // serializes signing; guards cpSize, hasCP and cpOwed
 	cpSize uint64
 	hasCP  bool
+	// cpOwed counts the records this log appended that no checkpoint of
+	// its own covers yet (at open, every record past the latest
+	// checkpoint). Over a SharedStore others append too; each log
+	// counting only its own keeps the fleet's checkpoints one per
+	// CheckpointEvery records, not one per log.
+	cpOwed uint64
 
 	// failure holds the error of the last append if it failed, and nil
 	// once an append succeeds again; cpFailure likewise for checkpoints.
@@ -158,6 +164,7 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.cpOwed = l.size - l.cpSize // cpSize is 0 without a checkpoint
 	if l.signer != nil && l.cpInterval > 0 {
 		l.stopTimer, l.timerDone = make(chan struct{}), make(chan struct{})
 		go l.checkpointTimer()
@@ -349,22 +356,23 @@ func (l *Log) checkpoint(ctx context.Context) error {
 			return l.failCheckpoint(fmt.Errorf("writing checkpoint file: %w", err))
 		}
 	}
-	l.cpSize, l.hasCP = size, true
+	l.cpSize, l.hasCP, l.cpOwed = size, true, 0
 	if l.cpFailure.Load() != nil {
 		l.cpFailure.Store(nil)
 	}
 	return nil
 }
 
-// checkpointDue reports whether enough records arrived since the last
-// checkpoint to sign another.
-func (l *Log) checkpointDue(size uint64) bool {
+// checkpointDue counts n records this log appended and reports whether
+// enough have arrived since its last checkpoint to sign another.
+func (l *Log) checkpointDue(n int) bool {
 	if l.signer == nil {
 		return false
 	}
 	l.cpMu.Lock()
 	defer l.cpMu.Unlock()
-	return size-l.cpSize >= l.cpEvery
+	l.cpOwed += uint64(n)
+	return l.cpOwed >= l.cpEvery
 }
 
 func (l *Log) checkpointTimer() {
