@@ -251,7 +251,7 @@ func TestReplicasKeepSessionsApart(t *testing.T) {
 // one, the others that hold it learn so; when it is idle everywhere, no
 // replica takes it up; while it is used anywhere, it stays.
 func TestReplicasEndSessionsEverywhere(t *testing.T) {
-	const idle = 600 * time.Millisecond // replicas touch sessions every 150 ms
+	const idle = time.Second // replicas touch sessions every 250 ms
 	srvs, _, _, sessions := replicasIdle(t, 3, 100, idle)
 	ctx := context.Background()
 	open := func() *mcp.ClientSession {
@@ -287,7 +287,7 @@ func TestReplicasEndSessionsEverywhere(t *testing.T) {
 
 	// Used through one replica the whole time, alive on another.
 	used := open()
-	for range 8 {
+	for range 6 {
 		time.Sleep(idle / 4)
 		if code := list(srvs[0], used.ID()); code != http.StatusOK {
 			t.Fatalf("using the session on replica 0: %d", code)

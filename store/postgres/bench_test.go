@@ -13,8 +13,6 @@ import (
 
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/budget"
-	"github.com/agentsec/agentsec/internal/pgtest"
-	"github.com/agentsec/agentsec/store/postgres"
 )
 
 // median returns the median of ds.
@@ -74,16 +72,8 @@ func durableWrite(b *testing.B, dsn string, n int) time.Duration {
 // reports the median reservation against the median SELECT 1 round trip
 // measured on the same server just before: "RTT/op" is their ratio.
 func BenchmarkReserve(b *testing.B) {
-	dsn := pgtest.DB(b)
+	dsn, db := migratedDSN(b)
 	ctx := context.Background()
-	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
-		b.Fatal(err)
-	}
-	db, err := postgres.Open(ctx, dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
 	s := db.Budgets()
 	defer s.Close()
 	if _, err := s.Create(ctx, "bench", budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
@@ -112,16 +102,8 @@ func BenchmarkReserve(b *testing.B) {
 // BenchmarkReserveParallel takes call slots from 64 goroutines, each on a
 // session of its own, and reports reservations per second.
 func BenchmarkReserveParallel(b *testing.B) {
-	dsn := pgtest.DB(b)
+	db := migrated(b)
 	ctx := context.Background()
-	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
-		b.Fatal(err)
-	}
-	db, err := postgres.Open(ctx, dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
 	s := db.Budgets()
 	defer s.Close()
 	const workers = 64
@@ -155,16 +137,8 @@ func BenchmarkReserveParallel(b *testing.B) {
 func BenchmarkAuditAppend(b *testing.B) {
 	for _, writers := range []int{1, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			dsn := pgtest.DB(b)
+			db := migrated(b)
 			ctx := context.Background()
-			if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
-				b.Fatal(err)
-			}
-			db, err := postgres.Open(ctx, dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
 			l, err := audit.NewLog(ctx, db.Audit(), audit.Options{Namespace: "bench"})
 			if err != nil {
 				b.Fatal(err)

@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strings"
@@ -24,18 +25,25 @@ func TestMain(m *testing.M) {
 }
 
 // migrated returns an open DB on a new, migrated database.
-func migrated(t *testing.T) *postgres.DB {
-	t.Helper()
-	dsn := pgtest.DB(t)
-	if _, _, err := postgres.Migrate(t.Context(), dsn); err != nil {
-		t.Fatal(err)
-	}
-	db, err := postgres.Open(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+func migrated(tb testing.TB) *postgres.DB {
+	tb.Helper()
+	_, db := migratedDSN(tb)
 	return db
+}
+
+// migratedDSN is migrated, with the database's connection string.
+func migratedDSN(tb testing.TB) (string, *postgres.DB) {
+	tb.Helper()
+	dsn := pgtest.DB(tb)
+	if _, _, err := postgres.Migrate(context.Background(), dsn); err != nil {
+		tb.Fatal(err)
+	}
+	db, err := postgres.Open(context.Background(), dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return dsn, db
 }
 
 func TestAuditStoreConformance(t *testing.T) {
@@ -201,14 +209,16 @@ func TestSessionStore(t *testing.T) {
 	if err := s.SaveSession(ctx, "s1", "mallory", []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	agent, init, found, err := s.LoadSession(ctx, "s1", idle)
+	// s1 is used with a long idle timeout, so that a slow machine can't
+	// time it out; s2 with a short one.
+	agent, init, found, err := s.LoadSession(ctx, "s1", time.Hour)
 	if err != nil || !found || agent != "alice" || string(init) != `{"protocolVersion":"2025-11-25"}` {
 		t.Fatalf("LoadSession = %q, %s, %v, %v", agent, init, found, err)
 	}
-	if _, _, found, err := s.LoadSession(ctx, "nope", idle); found || err != nil {
+	if _, _, found, err := s.LoadSession(ctx, "nope", time.Hour); found || err != nil {
 		t.Errorf("LoadSession of an unknown session = found %v, %v", found, err)
 	}
-	if alive, err := s.TouchSession(ctx, "s1", idle); !alive || err != nil {
+	if alive, err := s.TouchSession(ctx, "s1", time.Hour); !alive || err != nil {
 		t.Errorf("TouchSession = %v, %v; want true, nil", alive, err)
 	}
 	// Untouched for longer than idle: gone for Load and Touch, then pruned.
