@@ -150,18 +150,18 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		}
 	}
 
+	// The latest checkpoint is read before the size: a checkpoint is
+	// stored only for a size the log has reached, and sizes only grow, so
+	// a log that others append to and sign meanwhile (a SharedStore)
+	// can't look truncated.
+	cpSize, signed, err := store.LatestCheckpoint(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("audit: reading latest checkpoint: %w", err)
+	}
 	if err := l.loadHead(ctx); err != nil {
 		return nil, err
 	}
-	err := l.checkLatestCheckpoint(ctx)
-	if _, shared := store.(SharedStore); shared && errors.Is(err, errBehindCheckpoint) {
-		// Other logs appended, and signed, between reading the size and
-		// the checkpoint: read the head again, now past the checkpoint.
-		if err = l.loadHead(ctx); err == nil {
-			err = l.checkLatestCheckpoint(ctx)
-		}
-	}
-	if err != nil {
+	if err := l.checkLatestCheckpoint(ctx, cpSize, signed); err != nil {
 		return nil, err
 	}
 	l.cpOwed = l.size - l.cpSize // cpSize is 0 without a checkpoint
@@ -187,17 +187,10 @@ func (l *Log) loadHead(ctx context.Context) error {
 	return nil
 }
 
-// errBehindCheckpoint marks a log whose latest checkpoint covers more
-// records than the log was found to hold.
-var errBehindCheckpoint = errors.New("records are missing")
-
 // checkLatestCheckpoint checks the stored tree against the store's latest
-// checkpoint, when there is one and a verifier to check it with.
-func (l *Log) checkLatestCheckpoint(ctx context.Context) error {
-	cpSize, signed, err := l.store.LatestCheckpoint(ctx)
-	if err != nil {
-		return fmt.Errorf("audit: reading latest checkpoint: %w", err)
-	}
+// checkpoint, signed for cpSize records, when there is one and a verifier
+// to check it with.
+func (l *Log) checkLatestCheckpoint(ctx context.Context, cpSize uint64, signed []byte) error {
 	if signed == nil || l.verifier == nil {
 		return nil
 	}
@@ -210,8 +203,8 @@ func (l *Log) checkLatestCheckpoint(ctx context.Context) error {
 	case cp.Origin != l.origin:
 		return fmt.Errorf("audit: the log's checkpoints name origin %q, not %q", cp.Origin, l.origin)
 	case cp.Size > l.size:
-		return fmt.Errorf("audit: the log holds %d records but its checkpoint covers %d: %w: %d to %d; run agentsec audit verify",
-			l.size, cp.Size, errBehindCheckpoint, l.size, cp.Size-1)
+		return fmt.Errorf("audit: the log holds %d records but its checkpoint covers %d: records %d to %d are missing; run agentsec audit verify",
+			l.size, cp.Size, l.size, cp.Size-1)
 	}
 	root, err := tlog.TreeHash(int64(cp.Size), storeHashReader{ctx, l.store})
 	if err != nil {

@@ -24,8 +24,8 @@ func RunShared(t *testing.T, newHandles func(t *testing.T, n int) []audit.Shared
 
 // testSharedOpenWhileAnotherAppends opens a log just as another appends
 // and signs a checkpoint — between the new log's reading the store's size
-// and its reading the latest checkpoint: the new log must not take the
-// store for truncated.
+// and its latest checkpoint: the new log must not take the store for
+// truncated.
 func testSharedOpenWhileAnotherAppends(t *testing.T, stores []audit.SharedStore) {
 	ctx := t.Context()
 	signer, verifier := testKey(t, "audittest-shared")
@@ -39,7 +39,7 @@ func testSharedOpenWhileAnotherAppends(t *testing.T, stores []audit.SharedStore)
 		t.Fatal(err)
 	}
 	var once sync.Once
-	racing := afterSize{SharedStore: stores[1], hook: func() {
+	racing := afterRead{SharedStore: stores[1], hook: func() {
 		once.Do(func() {
 			if _, err := writer.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil {
 				t.Errorf("the other log's append: %v", err)
@@ -58,16 +58,23 @@ func testSharedOpenWhileAnotherAppends(t *testing.T, stores []audit.SharedStore)
 	}
 }
 
-// afterSize calls hook each time Size has read the store's size.
-type afterSize struct {
+// afterRead calls hook each time Size or LatestCheckpoint has read the
+// store: between NewLog's two reads, whichever it makes first.
+type afterRead struct {
 	audit.SharedStore
 	hook func()
 }
 
-func (s afterSize) Size(ctx context.Context) (uint64, error) {
+func (s afterRead) Size(ctx context.Context) (uint64, error) {
 	n, err := s.SharedStore.Size(ctx)
 	s.hook()
 	return n, err
+}
+
+func (s afterRead) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
+	n, signed, err := s.SharedStore.LatestCheckpoint(ctx)
+	s.hook()
+	return n, signed, err
 }
 
 func testSharedConcurrentLogs(t *testing.T, stores []audit.SharedStore) {

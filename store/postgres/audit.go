@@ -15,9 +15,9 @@ import (
 	"github.com/agentsec/agentsec/audit"
 )
 
-// AuditStore is an audit.Store and audit.Querier in PostgreSQL. An
-// append is one statement that inserts its records and advances the
-// log's head only if the head still has the size the appender expects,
+// AuditStore is an audit.SharedStore and audit.Querier in PostgreSQL.
+// Every append, through Append or AppendShared, goes in under the lock
+// of the log's head row and advances the head in the same transaction,
 // so two appenders can never both extend the log from the same size.
 type AuditStore struct {
 	db    *DB
@@ -38,46 +38,14 @@ func (s *AuditStore) Size(ctx context.Context) (uint64, error) {
 	return uint64(size), nil
 }
 
-// appendSQL advances the head from $1 by the number of records and
-// inserts them, in one statement: if the head has moved, nothing is
-// inserted. Updating the head row also holds it until the statement's
-// transaction commits, so appends from any number of replicas take turns.
-const appendSQL = `WITH head AS (
-	UPDATE agentsec_audit_head SET size = size + cardinality($2::bigint[]) WHERE size = $1 RETURNING size
-)
-INSERT INTO agentsec_audit_records (seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
-SELECT * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $5::bigint[],
-	$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-WHERE EXISTS (SELECT 1 FROM head)`
-
-// Append implements audit.Store. The entries are committed together, on
+// Append implements audit.Store: an AppendShared of entries, which must
+// continue the log from its size. The entries are committed together, on
 // the server's stable storage when Append returns nil (with PostgreSQL's
 // default synchronous_commit).
 func (s *AuditStore) Append(ctx context.Context, entries []audit.Entry) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	args, err := appendArgs(entries)
-	if err != nil {
-		return err
-	}
-	tag, err := s.db.pool.Exec(ctx, appendSQL, args...)
-	if err != nil {
-		return unavailable(appending(entries), err)
-	}
-	if tag.RowsAffected() != int64(len(entries)) {
-		return s.refused(ctx, entries[0].Seq)
-	}
-	return nil
-}
-
-// refused is the error of an append the head's size refused.
-func (s *AuditStore) refused(ctx context.Context, first uint64) error {
-	size, err := s.Size(ctx)
-	if err != nil {
-		return fmt.Errorf("postgres: append of entry %d refused: the log has another size", first)
-	}
-	return fmt.Errorf("postgres: append of entry %d to a log of size %d", first, size)
+	return s.AppendShared(ctx, func(size uint64, _ audit.HashReader) ([]audit.Entry, error) {
+		return entries, nil
+	})
 }
 
 func appending(entries []audit.Entry) string {
@@ -172,37 +140,11 @@ const appendTimeout = 15 * time.Second
 
 var recordColumns = []string{"seq", "data", "hashes", "time", "namespace", "event", "agent", "session", "tool", "outcome"}
 
-// copyRows returns the rows of entries for COPY, in recordColumns' order.
+// copyRows returns the rows of entries for COPY, in recordColumns'
+// order: each record's bytes and tree hashes, and what it holds for
+// queries. The entries must follow one another.
 func copyRows(entries []audit.Entry) ([][]any, error) {
-	args, err := appendArgs(entries)
-	if err != nil {
-		return nil, err
-	}
 	rows := make([][]any, len(entries))
-	for i := range rows {
-		row := make([]any, 0, len(recordColumns))
-		row = append(row, args[1].([]int64)[i], args[2].([][]byte)[i], args[3].([][]byte)[i], args[4].([]int64)[i])
-		for _, col := range args[5:] {
-			row = append(row, col.([]string)[i])
-		}
-		rows[i] = row
-	}
-	return rows, nil
-}
-
-// appendArgs returns appendSQL's arguments for entries, which must follow
-// one another: columns as arrays, with what each record holds for queries.
-func appendArgs(entries []audit.Entry) ([]any, error) {
-	n := len(entries)
-	var (
-		seqs         = make([]int64, n)
-		data, hashes = make([][]byte, n), make([][]byte, n)
-		times        = make([]int64, n)
-		cols         [6][]string // namespace, event, agent, session, tool, outcome
-	)
-	for i := range cols {
-		cols[i] = make([]string, n)
-	}
 	first := entries[0].Seq
 	for i, e := range entries {
 		if e.Seq != first+uint64(i) {
@@ -219,18 +161,14 @@ func appendArgs(entries []audit.Entry) ([]any, error) {
 			}
 			rec = &r
 		}
-		seqs[i], data[i] = int64(e.Seq), e.Data
-		h := make([]byte, 0, 32*len(e.Hashes))
-		for _, x := range e.Hashes {
-			h = append(h, x[:]...)
+		hashes := make([]byte, 0, 32*len(e.Hashes))
+		for _, h := range e.Hashes {
+			hashes = append(hashes, h[:]...)
 		}
-		hashes[i] = h
-		times[i] = rec.Time.UnixMicro()
-		for c, v := range [6]string{rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome)} {
-			cols[c][i] = v
-		}
+		rows[i] = []any{int64(e.Seq), e.Data, hashes, rec.Time.UnixMicro(),
+			rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome)}
 	}
-	return []any{int64(first), seqs, data, hashes, times, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]}, nil
+	return rows, nil
 }
 
 // Scan implements audit.Store.
