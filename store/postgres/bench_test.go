@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/budget"
 )
 
@@ -21,9 +22,9 @@ func median(ds []time.Duration) time.Duration {
 	return ds[len(ds)/2]
 }
 
-// selectOneRTT is the median round trip of SELECT 1 on a connection of
-// the test server: the unit a reservation is measured in.
-func selectOneRTT(b *testing.B, dsn string, n int) time.Duration {
+// medianExec is the median time of running stmt n times on a
+// connection of its own to dsn, after setup.
+func medianExec(b *testing.B, dsn string, n int, setup, stmt string) time.Duration {
 	b.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dsn)
@@ -31,36 +32,15 @@ func selectOneRTT(b *testing.B, dsn string, n int) time.Duration {
 		b.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	ds := make([]time.Duration, n)
-	var one int
-	for i := range ds {
-		t0 := time.Now()
-		if err := conn.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {
+	if setup != "" {
+		if _, err := conn.Exec(ctx, setup); err != nil {
 			b.Fatal(err)
 		}
-		ds[i] = time.Since(t0)
-	}
-	return median(ds)
-}
-
-// durableWrite is the median time of the least durable write there is:
-// one statement updating one row of a one-row table, committed, which
-// waits for the server's WAL to reach stable storage.
-func durableWrite(b *testing.B, dsn string, n int) time.Duration {
-	b.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE TABLE bench_write (n bigint); INSERT INTO bench_write VALUES (0)`); err != nil {
-		b.Fatal(err)
 	}
 	ds := make([]time.Duration, n)
 	for i := range ds {
 		t0 := time.Now()
-		if _, err := conn.Exec(ctx, `UPDATE bench_write SET n = n + 1`); err != nil {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
 			b.Fatal(err)
 		}
 		ds[i] = time.Since(t0)
@@ -70,7 +50,8 @@ func durableWrite(b *testing.B, dsn string, n int) time.Duration {
 
 // BenchmarkReserve takes call slots of one session, one at a time, and
 // reports the median reservation against the median SELECT 1 round trip
-// measured on the same server just before: "RTT/op" is their ratio.
+// and the median durable write, measured on the same server just before:
+// "RTT/op" and "writes/op" are the ratios.
 func BenchmarkReserve(b *testing.B) {
 	dsn, db := migratedDSN(b)
 	ctx := context.Background()
@@ -79,8 +60,12 @@ func BenchmarkReserve(b *testing.B) {
 	if _, err := s.Create(ctx, "bench", budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
 		b.Fatal(err)
 	}
-	rtt := selectOneRTT(b, dsn, max(b.N, 1000))
-	commit := durableWrite(b, dsn, max(b.N, 1000))
+	// The baselines: a round trip, and the least durable write there is,
+	// one committed one-row UPDATE, which waits for the server's WAL to
+	// reach stable storage.
+	rtt := medianExec(b, dsn, max(b.N, 1000), "", `SELECT 1`)
+	commit := medianExec(b, dsn, max(b.N, 1000),
+		`CREATE TABLE bench_write (n bigint); INSERT INTO bench_write VALUES (0)`, `UPDATE bench_write SET n = n + 1`)
 	ds := make([]time.Duration, b.N)
 	b.ResetTimer()
 	for i := range b.N {
@@ -137,47 +122,12 @@ func BenchmarkReserveParallel(b *testing.B) {
 func BenchmarkAuditAppend(b *testing.B) {
 	for _, writers := range []int{1, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			db := migrated(b)
-			ctx := context.Background()
-			l, err := audit.NewLog(ctx, db.Audit(), audit.Options{Namespace: "bench"})
+			l, err := audit.NewLog(context.Background(), migrated(b).Audit(), audit.Options{Namespace: "bench"})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer l.Close()
-			var next atomic.Int64
-			var mu sync.Mutex
-			var lat []time.Duration
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for range writers {
-				wg.Go(func() {
-					var mine []time.Duration
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							break
-						}
-						t0 := time.Now()
-						if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "agent-7",
-							Session: fmt.Sprintf("session-%d", i%1000), Tool: "file-reader", Outcome: audit.OutcomeAllowed,
-							Reason: "assigned level meets the required level", Tokens: 1234}); err != nil {
-							b.Error(err)
-							return
-						}
-						mine = append(mine, time.Since(t0))
-					}
-					mu.Lock()
-					lat = append(lat, mine...)
-					mu.Unlock()
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
-			if len(lat) > 0 {
-				b.ReportMetric(float64(median(lat).Microseconds()), "p50-µs")
-			}
+			audittest.BenchAppend(b, l, writers)
 		})
 	}
 }

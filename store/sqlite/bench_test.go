@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,15 +34,7 @@ func BenchmarkBaselineFdatasync(b *testing.B) {
 		}
 		lat = append(lat, time.Since(start))
 	}
-	reportP50(b, lat)
-}
-
-func reportP50(b *testing.B, lat []time.Duration) {
-	if len(lat) == 0 {
-		return
-	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	audittest.ReportP50(b, lat)
 }
 
 func benchLog(b *testing.B) (*audit.Log, *sqlite.Store) {
@@ -68,12 +57,6 @@ func benchLog(b *testing.B) (*audit.Log, *sqlite.Store) {
 	return l, st
 }
 
-func benchRecord(i int) audit.Record {
-	return audit.Record{Event: "tool.call", Agent: "agent-7", Session: fmt.Sprintf("session-%d", i%1000),
-		Tool: "file-reader", Outcome: audit.OutcomeAllowed, Reason: "assigned level meets the required level",
-		RequiredLevel: "verified", AssignedLevel: "verified", Tokens: 1234}
-}
-
 // BenchmarkDurableAppend appends to a SQLite log from 1, 16 and 256
 // goroutines; every append returns only once its record is on stable
 // storage. It reports appends per second and, for one writer, the median
@@ -82,37 +65,7 @@ func BenchmarkDurableAppend(b *testing.B) {
 	for _, writers := range []int{1, 16, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			l, _ := benchLog(b)
-			ctx := context.Background()
-			var next atomic.Int64
-			var mu sync.Mutex
-			var lat []time.Duration
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for range writers {
-				wg.Go(func() {
-					var mine []time.Duration
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							break
-						}
-						t0 := time.Now()
-						if _, err := l.Log(ctx, benchRecord(int(i))); err != nil {
-							b.Error(err)
-							return
-						}
-						mine = append(mine, time.Since(t0))
-					}
-					mu.Lock()
-					lat = append(lat, mine...)
-					mu.Unlock()
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
-			reportP50(b, lat)
+			audittest.BenchAppend(b, l, writers)
 		})
 	}
 }
@@ -126,7 +79,7 @@ func fillLog(b *testing.B, st audit.Store, n int, sessions int) {
 	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	batch := make([]audit.Entry, 0, 10_000)
 	for i := range n {
-		r := benchRecord(i)
+		r := audittest.BenchRecord(i)
 		r.Session = fmt.Sprintf("session-%d", i%sessions)
 		r.Time = base.Add(time.Duration(i) * time.Millisecond)
 		r.Namespace = "bench"
@@ -197,5 +150,5 @@ func BenchmarkSessionQuery(b *testing.B) {
 		lat = append(lat, time.Since(t0))
 		i += 7
 	}
-	reportP50(b, lat)
+	audittest.ReportP50(b, lat)
 }

@@ -1,0 +1,67 @@
+package audittest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// BenchRecord is the record the stores' benchmarks append: a typical
+// allowed tool call, spread over 1,000 sessions.
+func BenchRecord(i int) audit.Record {
+	return audit.Record{Event: "tool.call", Agent: "agent-7", Session: fmt.Sprintf("session-%d", i%1000),
+		Tool: "file-reader", Outcome: audit.OutcomeAllowed, Reason: "assigned level meets the required level",
+		RequiredLevel: "verified", AssignedLevel: "verified", Tokens: 1234}
+}
+
+// BenchAppend appends b.N BenchRecords to l from writers goroutines at
+// once, each append returning once its record is stored, and reports
+// appends per second and the median append ("p50-µs").
+func BenchAppend(b *testing.B, l *audit.Log, writers int) {
+	ctx := context.Background()
+	var next atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(func() {
+			var mine []time.Duration
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					break
+				}
+				t0 := time.Now()
+				if _, err := l.Log(ctx, BenchRecord(int(i))); err != nil {
+					b.Error(err)
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
+	ReportP50(b, lat)
+}
+
+// ReportP50 reports the median of lat in microseconds, as "p50-µs".
+func ReportP50(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+}
