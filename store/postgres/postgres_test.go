@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -244,4 +245,35 @@ func TestSessionStore(t *testing.T) {
 	if _, _, found, _ := s.LoadSession(ctx, "s1", time.Hour); found {
 		t.Error("LoadSession found a deleted session")
 	}
+}
+
+// Replicas that migrate at once take turns: one creates the schema, the
+// others find it done.
+func TestConcurrentMigrate(t *testing.T) {
+	dsn := pgtest.DB(t)
+	const replicas = 4
+	froms := make([]int, replicas)
+	errs := make([]error, replicas)
+	var wg sync.WaitGroup
+	for i := range replicas {
+		wg.Go(func() { froms[i], _, errs[i] = postgres.Migrate(t.Context(), dsn) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent Migrate: %v", err)
+	}
+	created := 0
+	for _, from := range froms {
+		if from == 0 {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Errorf("%d of %d concurrent migrations started from an empty database (versions %v), want 1", created, replicas, froms)
+	}
+	db, err := postgres.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 }
