@@ -94,10 +94,9 @@ func (r *router) record(ctx context.Context, req *jsonrpc.Request, cr *clientReq
 	return true
 }
 
+// initialized keeps the client's initialize parameters, which are never
+// nil: their being set is what marks the session initialized.
 func (r *router) initialized(params json.RawMessage) {
-	if params == nil {
-		params = json.RawMessage("{}")
-	}
 	r.mu.Lock()
 	r.init = params
 	r.mu.Unlock()

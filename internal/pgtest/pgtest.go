@@ -215,28 +215,17 @@ func (s *Server) removeDir() {
 }
 
 // run runs one of the PostgreSQL binaries, as the postgres user when the
-// tests run as root.
+// tests run as root, for two minutes at most.
 func (s *Server) run(name string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	path := filepath.Join(s.bin, name)
-	var cmd *exec.Cmd
+	cmd := exec.CommandContext(ctx, path, args...)
 	if s.runAs != "" {
-		cmd = exec.Command("runuser", append([]string{"-u", s.runAs, "--", path}, args...)...)
-	} else {
-		cmd = exec.Command(path, args...)
+		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", s.runAs, "--", path}, args...)...)
 	}
 	cmd.Dir = s.dir
-	done := make(chan struct{})
-	var out []byte
-	var err error
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-		return out, err
-	case <-time.After(2 * time.Minute):
-		cmd.Process.Kill()
-		<-done
-		return out, fmt.Errorf("%s timed out", name)
-	}
+	return cmd.CombinedOutput()
 }
 
 // binDir finds the PostgreSQL server binaries: on PATH, or the newest of

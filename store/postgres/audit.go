@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -150,7 +151,7 @@ func copyRows(entries []audit.Entry) ([][]any, error) {
 		if e.Seq != first+uint64(i) {
 			return nil, fmt.Errorf("postgres: entry %d follows entry %d", e.Seq, first+uint64(i)-1)
 		}
-		if e.Seq > maxInt64 {
+		if e.Seq > math.MaxInt64 {
 			return nil, fmt.Errorf("postgres: entry %d is beyond the log's largest sequence number", e.Seq)
 		}
 		rec := e.Record
@@ -173,7 +174,7 @@ func copyRows(entries []audit.Entry) ([][]any, error) {
 
 // Scan implements audit.Store.
 func (s *AuditStore) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
-	if to <= from || from > maxInt64 {
+	if to <= from || from > math.MaxInt64 {
 		return nil
 	}
 	rows, err := s.db.pool.Query(ctx, `SELECT seq, data, hashes FROM agentsec_audit_records
@@ -185,7 +186,7 @@ func (s *AuditStore) Scan(ctx context.Context, from, to uint64, fn func(audit.En
 }
 
 // clampSeq keeps a sequence number within PostgreSQL's bigint.
-func clampSeq(seq uint64) int64 { return int64(min(seq, maxInt64)) }
+func clampSeq(seq uint64) int64 { return int64(min(seq, math.MaxInt64)) }
 
 // each calls fn for each row of (seq, data[, hashes]) and closes rows.
 func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
@@ -287,7 +288,7 @@ func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, 
 
 // AddCheckpoint implements audit.Store.
 func (s *AuditStore) AddCheckpoint(ctx context.Context, size uint64, signed []byte) error {
-	if size > maxInt64 {
+	if size > math.MaxInt64 {
 		return fmt.Errorf("postgres: checkpoint of size %d is beyond the log's largest size", size)
 	}
 	var old []byte
@@ -348,7 +349,7 @@ func (s *AuditStore) LatestCheckpoint(ctx context.Context) (uint64, []byte, erro
 
 // QueryEntries implements audit.Querier through the records' columns.
 func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint64, fn func(audit.Entry) error) error {
-	if from > maxInt64 {
+	if from > math.MaxInt64 {
 		return nil
 	}
 	where := []string{"seq >= $1"}

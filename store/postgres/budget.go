@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -94,7 +95,7 @@ func (s *BudgetStore) add(ctx context.Context, session string, calls, tokens int
 	tag, err := s.db.pool.Exec(ctx, `UPDATE agentsec_budgets
 		SET tokens_used = tokens_used + $2::bigint, calls_used = calls_used + $3::bigint
 		WHERE session = $1 AND tokens_used <= $4::bigint - $2::bigint AND calls_used <= $4::bigint - $3::bigint`,
-		session, tokens, calls, int64(maxInt64))
+		session, tokens, calls, int64(math.MaxInt64))
 	if err != nil {
 		return unavailable(fmt.Sprintf("counting usage of session %q", session), err)
 	}
@@ -110,8 +111,6 @@ func (s *BudgetStore) add(ctx context.Context, session string, calls, tokens int
 	}
 	return fmt.Errorf("budget: session %q: call counter would overflow", session)
 }
-
-const maxInt64 = 1<<63 - 1
 
 // Release implements budget.Store.
 func (s *BudgetStore) Release(ctx context.Context, session string) error {
