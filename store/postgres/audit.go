@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,10 +19,7 @@ import (
 // Every append, through Append or AppendShared, goes in under the lock
 // of the log's head row and advances the head in the same transaction,
 // so two appenders can never both extend the log from the same size.
-type AuditStore struct {
-	db    *DB
-	close sync.Once
-}
+type AuditStore struct{ ref }
 
 var (
 	_ audit.SharedStore = (*AuditStore)(nil)
@@ -384,10 +380,4 @@ func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint
 		return unavailable("querying the log", err)
 	}
 	return each(rows, false, fn)
-}
-
-// Close implements audit.Store: it releases the store's hold on the DB.
-func (s *AuditStore) Close() error {
-	s.close.Do(func() { s.db.Close() })
-	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,10 +14,7 @@ import (
 // that uses the database. Each change is one UPDATE whose WHERE clause is
 // the check, so a limit holds exactly however many replicas and callers
 // reserve at once.
-type BudgetStore struct {
-	db    *DB
-	close sync.Once
-}
+type BudgetStore struct{ ref }
 
 var _ budget.Store = (*BudgetStore)(nil)
 
@@ -138,10 +134,4 @@ func (s *BudgetStore) Get(ctx context.Context, session string) (budget.State, er
 		return budget.State{}, unavailable(fmt.Sprintf("reading budget session %q", session), err)
 	}
 	return st, nil
-}
-
-// Close implements budget.Store: it releases the store's hold on the DB.
-func (s *BudgetStore) Close() error {
-	s.close.Do(func() { s.db.Close() })
-	return nil
 }

@@ -104,22 +104,33 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// Budgets returns the DB's budget store. Close it, or the DB, when done.
-func (db *DB) Budgets() *BudgetStore {
-	db.acquire()
-	return &BudgetStore{db: db}
+// Budgets returns the DB's budget store. Close it when done.
+func (db *DB) Budgets() *BudgetStore { return &BudgetStore{db.ref()} }
+
+// Audit returns the DB's audit log store. Close it when done.
+func (db *DB) Audit() *AuditStore { return &AuditStore{db.ref()} }
+
+// Sessions returns the DB's session store. Close it when done.
+func (db *DB) Sessions() *SessionStore { return &SessionStore{db.ref()} }
+
+// A ref is a store's hold on its DB's pool.
+type ref struct {
+	db   *DB
+	once sync.Once
 }
 
-// Audit returns the DB's audit log store. Close it, or the DB, when done.
-func (db *DB) Audit() *AuditStore {
-	db.acquire()
-	return &AuditStore{db: db}
-}
-
-func (db *DB) acquire() {
+func (db *DB) ref() ref {
 	db.mu.Lock()
 	db.refs++
 	db.mu.Unlock()
+	return ref{db: db}
+}
+
+// Close releases the store's hold on the DB's pool; a second Close does
+// nothing.
+func (r *ref) Close() error {
+	r.once.Do(func() { r.db.Close() })
+	return nil
 }
 
 // Close releases the caller's hold on the pool, which closes once every

@@ -3,22 +3,12 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 )
 
 // SessionStore keeps the MCP sessions of a gateway's replicas, so that
 // any replica can serve a session another began (mcpgate.SessionStore).
-type SessionStore struct {
-	db    *DB
-	close sync.Once
-}
-
-// Sessions returns the DB's session store. Close it, or the DB, when done.
-func (db *DB) Sessions() *SessionStore {
-	db.acquire()
-	return &SessionStore{db: db}
-}
+type SessionStore struct{ ref }
 
 // SaveSession records a session's agent and initialize parameters. A
 // session is saved once; saving it again keeps what was first saved.
@@ -69,11 +59,5 @@ func (s *SessionStore) PruneSessions(ctx context.Context, idle time.Duration) er
 	if _, err := s.db.pool.Exec(ctx, `DELETE FROM agentsec_sessions WHERE last_active <= now() - $1::interval`, idle); err != nil {
 		return unavailable("pruning idle sessions", err)
 	}
-	return nil
-}
-
-// Close releases the store's hold on the DB.
-func (s *SessionStore) Close() error {
-	s.close.Do(func() { s.db.Close() })
 	return nil
 }

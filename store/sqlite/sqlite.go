@@ -146,7 +146,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 }
 
 func openDB(path, mode string, conns int, pragmas ...string) (*sql.DB, error) {
-	q := url.Values{"mode": {mode}, "_txlock": {"immediate"}}
+	q := url.Values{"mode": {mode}} // writes begin their own transactions: see writetx.go
 	for _, p := range pragmas {
 		q.Add("_pragma", p)
 	}
