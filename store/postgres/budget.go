@@ -11,10 +11,13 @@ import (
 )
 
 // BudgetStore is a budget.Store in PostgreSQL, shared by every replica
-// that uses the database. Each change is one UPDATE whose WHERE clause is
-// the check, so a limit holds exactly however many replicas and callers
-// reserve at once.
-type BudgetStore struct{ ref }
+// that uses the database. Each change is one statement whose check and
+// update are one step under the session's row lock, so a limit holds
+// exactly however many replicas and callers reserve at once.
+type BudgetStore struct {
+	ref
+	reserver reserver
+}
 
 var _ budget.Store = (*BudgetStore)(nil)
 
@@ -47,29 +50,11 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 	return st, nil
 }
 
-// Reserve implements budget.Store: one statement takes the slot if the
-// session has one. Only a refusal costs a second, to say why.
+// Reserve implements budget.Store. The slot is taken by one statement,
+// check and increment together, with the reservations other callers make
+// at the same moment: see reserver.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
-	for {
-		st, err := scanState(s.db.pool.QueryRow(ctx, `UPDATE agentsec_budgets SET calls_used = calls_used + 1
-			WHERE session = $1 AND calls_used < call_limit AND tokens_used < token_limit
-			RETURNING `+stateColumns, session))
-		if err == nil {
-			return st, nil
-		}
-		if !noRows(err) {
-			return budget.State{}, unavailable(fmt.Sprintf("reserving a call for session %q", session), err)
-		}
-		st, err = s.Get(ctx, session)
-		if err != nil {
-			return budget.State{}, err
-		}
-		if !st.Allows() {
-			return st, &budget.ExceededError{Session: session, State: st}
-		}
-		// The state changed between the two statements — the session
-		// was created, or a slot released — and now has room: try again.
-	}
+	return s.reserve(ctx, session)
 }
 
 // Commit implements budget.Store.

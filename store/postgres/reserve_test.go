@@ -1,0 +1,263 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/internal/pgtest"
+	"github.com/agentsec/agentsec/store/postgres"
+)
+
+// Two replicas' stores, each with many callers reserving over the same
+// sessions in random order, so that their batches hold many of the same
+// rows at once: every session gets exactly its limit, every other answer
+// is a refusal or an unknown session, and no batch deadlocks (a deadlock
+// would fail a whole batch after the server's deadlock_timeout).
+func TestReserveBatchesAcrossReplicas(t *testing.T) {
+	ctx := t.Context()
+	dsn := pgtest.DB(t)
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		replicas = 2
+		callers  = 48 // per replica
+		sessions = 12
+		limit    = 40
+		calls    = 40 // per caller
+	)
+	stores := make([]*postgres.BudgetStore, replicas)
+	for i := range stores {
+		db, err := postgres.Open(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[i] = db.Budgets()
+		db.Close()
+		t.Cleanup(func() { stores[i].Close() })
+	}
+	for s := range sessions {
+		if _, err := stores[0].Create(ctx, fmt.Sprint("s", s), budget.Limits{Tokens: 1 << 40, Calls: limit}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu    sync.Mutex
+		taken = map[string]int{}
+		errs  []error
+	)
+	var wg sync.WaitGroup
+	for r := range replicas {
+		for range callers {
+			wg.Go(func() {
+				for range calls {
+					// One session in sessions+1 was never created.
+					session := fmt.Sprint("s", rand.IntN(sessions+1))
+					st, err := stores[r].Reserve(ctx, session)
+					mu.Lock()
+					switch ee, exceeded := errors.AsType[*budget.ExceededError](err); {
+					case err == nil:
+						taken[session]++
+						if st.Used.Calls < 1 || st.Used.Calls > limit {
+							errs = append(errs, fmt.Errorf("%s: taken, with %d of %d calls used", session, st.Used.Calls, limit))
+						}
+					case exceeded:
+						if ee.State.Used.Calls != limit || ee.Session != session {
+							errs = append(errs, fmt.Errorf("%s: refused with %+v", session, ee))
+						}
+					case errors.Is(err, budget.ErrUnknownSession):
+						if session != fmt.Sprint("s", sessions) {
+							errs = append(errs, fmt.Errorf("%s: %w", session, err))
+						}
+					default:
+						errs = append(errs, err)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for s := range sessions {
+		session := fmt.Sprint("s", s)
+		st, err := stores[1].Get(ctx, session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if taken[session] != limit || st.Used.Calls != limit {
+			t.Errorf("%s: %d reservations succeeded and %d calls are counted, want %d", session, taken[session], st.Used.Calls, limit)
+		}
+	}
+}
+
+// lockRow holds the budget row of session from another connection until
+// the returned function is called.
+func lockRow(t *testing.T, dsn, session string) (unlock func()) {
+	t.Helper()
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM agentsec_budgets WHERE session = $1 FOR UPDATE`, session); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	unlock = func() {
+		once.Do(func() {
+			_ = tx.Rollback(context.Background())
+			_ = conn.Close(context.Background())
+		})
+	}
+	t.Cleanup(unlock)
+	return unlock
+}
+
+// waitForBlocked waits until n reservations wait on a row lock.
+func waitForBlocked(t *testing.T, dsn string, n int) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var blocked int
+		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%agentsec_budgets%'`).Scan(&blocked); err != nil {
+			t.Fatal(err)
+		}
+		if blocked >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reservations wait on a lock after 10 s, want %d", blocked, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// holdSenders starts as many Reserves as may be on their way at once,
+// each on a session whose row another connection holds, and returns once
+// all wait on their locks; unlock[i] lets the i-th go on. Calls made
+// meanwhile wait in the queue.
+func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, wg *sync.WaitGroup) (unlock []func()) {
+	t.Helper()
+	for i := range postgres.MaxBatchesSending {
+		session := fmt.Sprint("held-", i)
+		if _, err := s.Create(t.Context(), session, budget.Limits{Tokens: 100, Calls: 10}); err != nil {
+			t.Fatal(err)
+		}
+		unlock = append(unlock, lockRow(t, dsn, session))
+		wg.Go(func() {
+			if _, err := s.Reserve(t.Context(), session); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+	return unlock
+}
+
+// A caller that gives up while its batch is on its way gets its context's
+// error at once, and the slot taken for it goes back.
+func TestReserveAbandonedInABatch(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "one", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	unlockSenders := holdSenders(t, dsn, s, &wg)
+	unlockOne := lockRow(t, dsn, "one")
+	short, cancel := context.WithCancel(ctx)
+	abandoned := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(short, "one")
+		abandoned <- err
+	}()
+	// Once it is queued, one sender is let go: the queued call goes out in
+	// a batch, which waits on the row of "one".
+	for s.Queued() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	unlockSenders[0]()
+	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+	cancel()
+	select {
+	case err := <-abandoned:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Reserve cancelled while its batch waits: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Reserve cancelled while its batch waits has not returned after 5 s")
+	}
+	unlockOne()
+	// The batch now takes the session's only slot, then gives it back.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := s.Reserve(ctx, "one")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, budget.ErrExceeded) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned slot was not given back after 10 s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, unlock := range unlockSenders {
+		unlock()
+	}
+}
+
+// A caller that gives up while waiting for a batch to be sent leaves the
+// queue at once, and no slot is ever taken for it.
+func TestReserveAbandonedInTheQueue(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "queued", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	unlocks := holdSenders(t, dsn, s, &wg)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.Reserve(short, "queued"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued Reserve with a 200 ms deadline: %v, want context.DeadlineExceeded", err)
+	}
+	for _, unlock := range unlocks {
+		unlock()
+	}
+	wg.Wait()
+	// The queue is empty now: another call goes out, and only its slot
+	// is counted.
+	st, err := s.Reserve(ctx, "queued")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Used.Calls != 1 {
+		t.Errorf("after one abandoned and one taken reservation the session used %d calls, want 1", st.Used.Calls)
+	}
+}
