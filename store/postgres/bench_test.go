@@ -86,24 +86,18 @@ func BenchmarkReserve(b *testing.B) {
 	b.ReportMetric(float64(m)/float64(rtt), "RTT/op")
 }
 
-// BenchmarkReserveParallel takes call slots from 64 goroutines, each on a
-// session of its own, and reports reservations per second against
-// SELECT 1s per second from 64 goroutines over a pool of the store's size,
-// measured on the same server just before: "RTT/op" is the ratio, what a
-// reservation costs in round trips when many are made at once.
+// BenchmarkReserveParallel makes budget changes from 64 goroutines, each
+// on a session of its own: reservations alone, and the reservation and
+// token commit of a call that ran. Each is measured batched, as the store
+// makes them, and unbatched (every change on its own statement); and
+// against SELECT 1s per second from 64 goroutines over a pool of the
+// store's size, measured on the same server just before. "RTT/op" is what
+// an operation costs in those round trips, "x-unbatched" how many times
+// the unbatched rate the batched one is.
 func BenchmarkReserveParallel(b *testing.B) {
-	dsn, db := migratedDSN(b)
+	dsn, _ := migratedDSN(b)
 	ctx := context.Background()
-	s := db.Budgets()
-	defer s.Close()
 	const workers = 64
-	sessions := make([]string, workers)
-	for w := range sessions {
-		sessions[w] = fmt.Sprint("bench-", w)
-		if _, err := s.Create(ctx, sessions[w], budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
-			b.Fatal(err)
-		}
-	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		b.Fatal(err)
@@ -114,19 +108,60 @@ func BenchmarkReserveParallel(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer pool.Close()
-	selects := parallelRate(b, workers, max(b.N, 20000), func(int) error {
-		var one int
-		return pool.QueryRow(ctx, `SELECT 1`).Scan(&one)
-	})
-	b.ResetTimer()
-	reservations := parallelRate(b, workers, b.N, func(w int) error {
-		_, err := s.Reserve(ctx, sessions[w])
-		return err
-	})
-	b.StopTimer()
-	b.ReportMetric(selects, "select1/s")
-	b.ReportMetric(reservations, "reservations/s")
-	b.ReportMetric(selects/reservations, "RTT/op")
+	for _, bb := range []struct {
+		name string
+		op   func(s *postgres.BudgetStore, session string) error
+	}{
+		{"reserve", func(s *postgres.BudgetStore, session string) error {
+			_, err := s.Reserve(ctx, session)
+			return err
+		}},
+		{"reserve+commit", func(s *postgres.BudgetStore, session string) error {
+			if _, err := s.Reserve(ctx, session); err != nil {
+				return err
+			}
+			return s.Commit(ctx, session, 100)
+		}},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			store := func(unbatched bool) (*postgres.BudgetStore, []string) {
+				db, err := postgres.Open(ctx, dsn)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s := db.Budgets()
+				db.Close()
+				b.Cleanup(func() { s.Close() })
+				if unbatched {
+					s.Unbatched()
+				}
+				sessions := make([]string, workers)
+				for w := range sessions {
+					sessions[w] = fmt.Sprint(bb.name, "-", unbatched, "-", w)
+					if _, err := s.Create(ctx, sessions[w], budget.Limits{Tokens: 1 << 62, Calls: 1 << 62}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				return s, sessions
+			}
+			batched, sessions := store(false)
+			alone, aloneSessions := store(true)
+			n := max(b.N, 5000)
+			selects := parallelRate(b, workers, n, func(int) error {
+				var one int
+				return pool.QueryRow(ctx, `SELECT 1`).Scan(&one)
+			})
+			unbatched := parallelRate(b, workers, n, func(w int) error { return bb.op(alone, aloneSessions[w]) })
+			b.ResetTimer()
+			rate := parallelRate(b, workers, b.N, func(w int) error { return bb.op(batched, sessions[w]) })
+			b.StopTimer()
+			b.ReportMetric(selects, "select1/s")
+			b.ReportMetric(unbatched, "unbatched-ops/s")
+			b.ReportMetric(rate, "ops/s")
+			b.ReportMetric(selects/rate, "RTT/op")
+			b.ReportMetric(rate/unbatched, "x-unbatched")
+		})
+	}
 }
 
 // parallelRate runs op n times in all from workers goroutines, each

@@ -16,7 +16,16 @@ import (
 // exactly however many replicas and callers reserve at once.
 type BudgetStore struct {
 	ref
-	reserver reserver
+	reservations batcher[string, reserved]
+	changes      batcher[change, error] // Commit, Record and Release
+}
+
+func newBudgetStore(db *DB) *BudgetStore {
+	s := &BudgetStore{ref: db.ref()}
+	s.reservations = batcher[string, reserved]{one: s.reserveOne, many: s.reserveMany, abandoned: s.giveBack,
+		sendingMax: maxBatchesSending}
+	s.changes = batcher[change, error]{one: s.changeOne, many: s.changeMany, sendingMax: maxBatchesSending}
+	return s
 }
 
 var _ budget.Store = (*BudgetStore)(nil)
@@ -52,49 +61,78 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 
 // Reserve implements budget.Store. The slot is taken by one statement,
 // check and increment together, with the reservations other callers make
-// at the same moment: see reserver.
+// at the same moment (batcher). A caller that gives up while its own
+// statement runs may leave the slot taken, if the server committed it
+// first; one that gives up while its batch is on its way has the slot
+// given back. Either way the session is never counted short.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
-	return s.reserve(ctx, session)
+	r, err := s.reservations.do(ctx, session)
+	if err != nil {
+		return budget.State{}, err
+	}
+	return r.state, r.err
 }
 
 // Commit implements budget.Store.
 func (s *BudgetStore) Commit(ctx context.Context, session string, tokens int64) error {
-	return s.add(ctx, session, 0, tokens)
+	return s.change(ctx, change{session: session, tokens: tokens})
 }
 
 // Record implements budget.Store.
 func (s *BudgetStore) Record(ctx context.Context, session string, tokens int64) error {
-	return s.add(ctx, session, 1, tokens)
-}
-
-// add adds calls and tokens to a session's usage unless a counter would
-// overflow.
-func (s *BudgetStore) add(ctx context.Context, session string, calls, tokens int64) error {
-	if err := budget.CheckTokens(0, tokens); err != nil {
-		return err
-	}
-	tag, err := s.db.pool.Exec(ctx, `UPDATE agentsec_budgets
-		SET tokens_used = tokens_used + $2::bigint, calls_used = calls_used + $3::bigint
-		WHERE session = $1 AND tokens_used <= $4::bigint - $2::bigint AND calls_used <= $4::bigint - $3::bigint`,
-		session, tokens, calls, int64(math.MaxInt64))
-	if err != nil {
-		return unavailable(fmt.Sprintf("counting usage of session %q", session), err)
-	}
-	if tag.RowsAffected() == 1 {
-		return nil
-	}
-	st, err := s.Get(ctx, session)
-	if err != nil {
-		return err
-	}
-	if err := budget.CheckTokens(st.Used.Tokens, tokens); err != nil {
-		return err
-	}
-	return fmt.Errorf("budget: session %q: call counter would overflow", session)
+	return s.change(ctx, change{session: session, calls: 1, tokens: tokens})
 }
 
 // Release implements budget.Store.
 func (s *BudgetStore) Release(ctx context.Context, session string) error {
+	return s.change(ctx, change{session: session, calls: -1})
+}
+
+// A change adds calls and tokens to a session's usage: a Commit, a
+// Record, or (calls -1) a Release.
+type change struct {
+	session       string
+	calls, tokens int64
+}
+
+func (s *BudgetStore) change(ctx context.Context, c change) error {
+	if err := budget.CheckTokens(0, c.tokens); err != nil {
+		return err
+	}
+	r, err := s.changes.do(ctx, c)
+	if err != nil {
+		return err
+	}
+	return r
+}
+
+// changeOne makes one change with one statement, unless a counter would
+// overflow or, for a Release, no call is counted.
+func (s *BudgetStore) changeOne(ctx context.Context, c change) error {
+	if c.calls < 0 {
+		return s.releaseOne(ctx, c.session)
+	}
+	tag, err := s.db.pool.Exec(ctx, `UPDATE agentsec_budgets
+		SET tokens_used = tokens_used + $2::bigint, calls_used = calls_used + $3::bigint
+		WHERE session = $1 AND tokens_used <= $4::bigint - $2::bigint AND calls_used <= $4::bigint - $3::bigint`,
+		c.session, c.tokens, c.calls, int64(math.MaxInt64))
+	if err != nil {
+		return unavailable(fmt.Sprintf("counting usage of session %q", c.session), err)
+	}
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	st, err := s.Get(ctx, c.session)
+	if err != nil {
+		return err
+	}
+	if err := budget.CheckTokens(st.Used.Tokens, c.tokens); err != nil {
+		return err
+	}
+	return fmt.Errorf("budget: session %q: call counter would overflow", c.session)
+}
+
+func (s *BudgetStore) releaseOne(ctx context.Context, session string) error {
 	tag, err := s.db.pool.Exec(ctx, `UPDATE agentsec_budgets SET calls_used = calls_used - 1
 		WHERE session = $1 AND calls_used > 0`, session)
 	if err != nil {
@@ -107,6 +145,53 @@ func (s *BudgetStore) Release(ctx context.Context, session string) error {
 		return err
 	}
 	return fmt.Errorf("budget: session %q: release without a reserved call", session)
+}
+
+// changeLocked makes a batch of changes in one statement if all of them
+// can be made: every session exists, and no counter would overflow or go
+// below zero. It locks the sessions' rows in session order first, as
+// reserveLocked does, and answers whether it made the changes.
+const changeLocked = `WITH req AS (
+		SELECT u.s, sum(u.c) AS c, sum(u.t) AS t
+		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(s, c, t) GROUP BY u.s
+	), locked AS MATERIALIZED (
+		SELECT session, tokens_used, calls_used FROM agentsec_budgets
+		WHERE session = ANY ($1::text[]) ORDER BY session FOR UPDATE
+	), fits AS (
+		SELECT count(l.session) = count(*) AND coalesce(bool_and(
+			l.tokens_used + req.t <= 9223372036854775807 AND l.calls_used + req.c BETWEEN 0 AND 9223372036854775807), true) AS ok
+		FROM req LEFT JOIN locked l ON l.session = req.s
+	), upd AS (
+		UPDATE agentsec_budgets b SET tokens_used = b.tokens_used + req.t, calls_used = b.calls_used + req.c
+		FROM req, fits WHERE b.session = req.s AND fits.ok
+	)
+	SELECT ok FROM fits`
+
+// changeMany makes a batch of changes in one statement and one commit.
+// The changes made at once have no order between them, so the batch's
+// checks are on their sums. If one of them can't be made, the changes
+// are made one at a time, each with its own answer.
+func (s *BudgetStore) changeMany(ctx context.Context, cs []change) []error {
+	sessions := make([]string, len(cs))
+	calls := make([]int64, len(cs))
+	tokens := make([]int64, len(cs))
+	for i, c := range cs {
+		sessions[i], calls[i], tokens[i] = c.session, c.calls, c.tokens
+	}
+	var ok bool
+	err := s.db.pool.QueryRow(ctx, changeLocked, sessions, calls, tokens).Scan(&ok)
+	out := make([]error, len(cs))
+	switch {
+	case err != nil:
+		for i, c := range cs {
+			out[i] = unavailable(fmt.Sprintf("counting usage of session %q", c.session), err)
+		}
+	case !ok:
+		for i, c := range cs {
+			out[i] = s.changeOne(ctx, c)
+		}
+	}
+	return out
 }
 
 // Get implements budget.Store.

@@ -1,6 +1,9 @@
 package postgres
 
-// MaxBatchesSending is how many reservation batches are sent at once.
+import "math"
+
+// MaxBatchesSending is how many operations of a kind are on their way at
+// once.
 const MaxBatchesSending = maxBatchesSending
 
 // DefaultMaxConns is the size of a DB's pool unless its connection
@@ -9,7 +12,14 @@ const DefaultMaxConns = defaultMaxConns
 
 // Queued is how many reservations wait for a batch.
 func (s *BudgetStore) Queued() int {
-	s.reserver.mu.Lock()
-	defer s.reserver.mu.Unlock()
-	return len(s.reserver.queue)
+	s.reservations.mu.Lock()
+	defer s.reservations.mu.Unlock()
+	return len(s.reservations.queue)
+}
+
+// Unbatched makes every operation of s go out on its own, as if no other
+// were on its way: the benchmarks' baseline.
+func (s *BudgetStore) Unbatched() {
+	s.reservations.sendingMax = math.MaxInt
+	s.changes.sendingMax = math.MaxInt
 }

@@ -105,7 +105,7 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 }
 
 // Budgets returns the DB's budget store. Close it when done.
-func (db *DB) Budgets() *BudgetStore { return &BudgetStore{ref: db.ref()} }
+func (db *DB) Budgets() *BudgetStore { return newBudgetStore(db) }
 
 // Audit returns the DB's audit log store. Close it when done.
 func (db *DB) Audit() *AuditStore { return &AuditStore{db.ref()} }

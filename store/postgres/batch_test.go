@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,6 +100,119 @@ func TestReserveBatchesAcrossReplicas(t *testing.T) {
 		}
 		if taken[session] != limit || st.Used.Calls != limit {
 			t.Errorf("%s: %d reservations succeeded and %d calls are counted, want %d", session, taken[session], st.Used.Calls, limit)
+		}
+	}
+}
+
+// Two replicas' stores, each with many callers, reserve, commit, release
+// and record over the same sessions at once, while others make changes
+// that must fail — a Release with no call counted, a Commit to a session
+// that doesn't exist — in the same batches: each session ends with
+// exactly the calls and tokens of the changes that succeeded, and only
+// the bad changes fail.
+func TestChangeBatchesAcrossReplicas(t *testing.T) {
+	ctx := t.Context()
+	dsn := pgtest.DB(t)
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		replicas = 2
+		callers  = 48 // per replica
+		sessions = 12
+		calls    = 40 // per caller
+	)
+	stores := make([]*postgres.BudgetStore, replicas)
+	for i := range stores {
+		db, err := postgres.Open(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[i] = db.Budgets()
+		db.Close()
+		t.Cleanup(func() { stores[i].Close() })
+	}
+	for s := range sessions {
+		if _, err := stores[0].Create(ctx, fmt.Sprint("s", s), budget.Limits{Tokens: 1 << 40, Calls: 1 << 40}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := stores[0].Create(ctx, "idle", budget.Limits{Tokens: 100, Calls: 100}); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		want = map[string]budget.Usage{}
+		errs []error
+	)
+	var wg sync.WaitGroup
+	for r := range replicas {
+		for c := range callers {
+			s := stores[r]
+			wg.Go(func() {
+				var mine []error
+				defer func() {
+					mu.Lock()
+					errs = append(errs, mine...)
+					mu.Unlock()
+				}()
+				if c%8 == 0 {
+					// The bad changes.
+					for range calls {
+						if err := s.Release(ctx, "idle"); err == nil || !strings.Contains(err.Error(), "release without a reserved call") {
+							mine = append(mine, fmt.Errorf("Release with no call counted: %v", err))
+						}
+						if err := s.Commit(ctx, "nobody", 5); !errors.Is(err, budget.ErrUnknownSession) {
+							mine = append(mine, fmt.Errorf("Commit to an unknown session: %v", err))
+						}
+					}
+					return
+				}
+				for range calls {
+					session := fmt.Sprint("s", rand.IntN(sessions))
+					var used budget.Usage
+					var err error
+					switch rand.IntN(3) {
+					case 0: // a call that ran
+						if _, err = s.Reserve(ctx, session); err == nil {
+							tokens := rand.Int64N(1000)
+							err = s.Commit(ctx, session, tokens)
+							used = budget.Usage{Calls: 1, Tokens: tokens}
+						}
+					case 1: // a call that didn't
+						if _, err = s.Reserve(ctx, session); err == nil {
+							err = s.Release(ctx, session)
+						}
+					case 2: // spending that already happened
+						tokens := rand.Int64N(1000)
+						err = s.Record(ctx, session, tokens)
+						used = budget.Usage{Calls: 1, Tokens: tokens}
+					}
+					if err != nil {
+						mine = append(mine, err)
+						continue
+					}
+					mu.Lock()
+					u := want[session]
+					u.Calls += used.Calls
+					u.Tokens += used.Tokens
+					want[session] = u
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, session := range append(slices.Collect(maps.Keys(want)), "idle") {
+		st, err := stores[1].Get(ctx, session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Used != want[session] {
+			t.Errorf("%s: used %+v, want %+v", session, st.Used, want[session])
 		}
 	}
 }

@@ -1,0 +1,144 @@
+package postgres
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Budget changes made at once are sent together: one statement, one
+// commit. Each change must be committed before its caller goes on — a
+// reservation before its call goes to the upstream — and a commit waits
+// for the server's WAL to reach disk, so one commit per change would make
+// that wait, and the server's work around it, the limit on a replica's
+// calls per second. While fewer than maxBatchesSending operations are on
+// their way, a caller goes out at once, on its own statement; callers
+// that come meanwhile wait, and go out together when one comes back.
+const (
+	maxBatchesSending = 2
+	maxBatch          = 256
+	// batchTimeout bounds a batch: its callers wait on it, and a
+	// database that doesn't answer must fail their calls, not hold them.
+	batchTimeout = 15 * time.Second
+)
+
+// A batcher groups its callers' operations of one kind into batches.
+type batcher[Op, R any] struct {
+	// one does a lone operation, on its caller's context.
+	one func(context.Context, Op) R
+	// many does a batch of two or more in one transaction.
+	many func(context.Context, []Op) []R
+	// abandoned, if set, is told of each operation done for a caller that
+	// had given up waiting.
+	abandoned func(context.Context, Op, R)
+	// sendingMax is how many operations and batches may be on their way
+	// before callers queue: maxBatchesSending.
+	sendingMax int
+
+	mu      sync.Mutex
+	queue   []*pending[Op, R] // waiting for a batch
+	sending int               // operations and batches on their way
+}
+
+// A pending operation waits for its batch.
+type pending[Op, R any] struct {
+	op   Op
+	done chan struct{} // closed once r is set
+	r    R
+
+	// Guarded by the batcher's mu.
+	sent      bool // in a batch on its way
+	abandoned bool // its caller gave up
+}
+
+// do does op: at once, on the caller's own statement, if fewer than
+// b.sendingMax operations are on their way — the queue is then
+// empty — or else in the next batch. If ctx ends first, do returns ctx's
+// error; an operation already on its way is done all the same, and
+// b.abandoned told of it.
+func (b *batcher[Op, R]) do(ctx context.Context, op Op) (R, error) {
+	b.mu.Lock()
+	if b.sending < b.sendingMax {
+		b.sending++
+		b.mu.Unlock()
+		r := b.one(ctx, op)
+		b.sendQueued()
+		return r, nil
+	}
+	p := &pending[Op, R]{op: op, done: make(chan struct{})}
+	b.queue = append(b.queue, p)
+	b.mu.Unlock()
+
+	select {
+	case <-p.done:
+		return p.r, nil
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-p.done:
+		return p.r, nil
+	default:
+	}
+	if p.sent {
+		p.abandoned = true
+	} else {
+		b.queue = slices.DeleteFunc(b.queue, func(q *pending[Op, R]) bool { return q == p })
+	}
+	var zero R
+	return zero, ctx.Err()
+}
+
+// sendQueued is called by a sender that is done: it hands its turn to a
+// goroutine that sends the operations queued meanwhile, or ends it.
+func (b *batcher[Op, R]) sendQueued() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		b.sending--
+		return
+	}
+	n := min(len(b.queue), maxBatch)
+	batch := slices.Clone(b.queue[:n])
+	b.queue = slices.Delete(b.queue, 0, n)
+	for _, p := range batch {
+		p.sent = true
+	}
+	go func() {
+		b.send(batch)
+		b.sendQueued()
+	}()
+}
+
+// send does a batch and gives each caller its answer.
+func (b *batcher[Op, R]) send(batch []*pending[Op, R]) {
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	var rs []R
+	if len(batch) == 1 {
+		rs = []R{b.one(ctx, batch[0].op)}
+	} else {
+		ops := make([]Op, len(batch))
+		for i, p := range batch {
+			ops[i] = p.op
+		}
+		rs = b.many(ctx, ops)
+	}
+	var gaveUp []*pending[Op, R]
+	b.mu.Lock()
+	for i, p := range batch {
+		p.r = rs[i]
+		if p.abandoned {
+			gaveUp = append(gaveUp, p)
+		}
+		close(p.done)
+	}
+	b.mu.Unlock()
+	if b.abandoned != nil {
+		for _, p := range gaveUp {
+			b.abandoned(ctx, p.op, p.r)
+		}
+	}
+}
