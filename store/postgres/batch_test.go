@@ -165,6 +165,9 @@ func TestChangeBatchesAcrossReplicas(t *testing.T) {
 						if err := s.Commit(ctx, "nobody", 5); !errors.Is(err, budget.ErrUnknownSession) {
 							mine = append(mine, fmt.Errorf("Commit to an unknown session: %v", err))
 						}
+						if err := s.Record(ctx, "nobody", 5); !errors.Is(err, budget.ErrUnknownSession) {
+							mine = append(mine, fmt.Errorf("Record to an unknown session: %v", err))
+						}
 					}
 					return
 				}
@@ -268,11 +271,11 @@ func waitForBlocked(t *testing.T, dsn string, n int) {
 	}
 }
 
-// holdSenders starts as many Reserves as may be on their way at once,
+// holdSenders starts as many operations as may be on their way at once,
 // each on a session whose row another connection holds, and returns once
-// all wait on their locks; unlock[i] lets the i-th go on. Calls made
-// meanwhile wait in the queue.
-func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, wg *sync.WaitGroup) (unlock []func()) {
+// all wait on their locks; unlock[i] lets the i-th go on. Operations of
+// the kind made meanwhile wait in the queue.
+func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, op func(session string) error, wg *sync.WaitGroup) (unlock []func()) {
 	t.Helper()
 	for i := range postgres.MaxBatchesSending {
 		session := fmt.Sprint("held-", i)
@@ -281,7 +284,7 @@ func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, wg *sync.Wai
 		}
 		unlock = append(unlock, lockRow(t, dsn, session))
 		wg.Go(func() {
-			if _, err := s.Reserve(t.Context(), session); err != nil {
+			if err := op(session); err != nil {
 				t.Error(err)
 			}
 		})
@@ -290,56 +293,132 @@ func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, wg *sync.Wai
 	return unlock
 }
 
-// A caller that gives up while its batch is on its way gets its context's
-// error at once, and the slot taken for it goes back.
+// reserveOp is a Reserve, for holdSenders.
+func reserveOp(t *testing.T, s *postgres.BudgetStore) func(string) error {
+	return func(session string) error {
+		_, err := s.Reserve(t.Context(), session)
+		return err
+	}
+}
+
+// waitQueued waits until exactly n calls of s wait in a queue.
+func waitQueued(t *testing.T, s *postgres.BudgetStore, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); s.Queued() != n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls queued after 10 s, want %d", s.Queued(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Callers that give up while their batch is on its way get their
+// context's error at once, and the slots taken for them go back.
 func TestReserveAbandonedInABatch(t *testing.T) {
 	ctx := t.Context()
 	dsn, db := migratedDSN(t)
 	s := db.Budgets()
 	defer s.Close()
-	if _, err := s.Create(ctx, "one", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
-		t.Fatal(err)
+	sessions := []string{"one", "two"}
+	var unlockRows []func()
+	for _, session := range sessions {
+		if _, err := s.Create(ctx, session, budget.Limits{Tokens: 100, Calls: 1}); err != nil {
+			t.Fatal(err)
+		}
+		unlockRows = append(unlockRows, lockRow(t, dsn, session))
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	unlockSenders := holdSenders(t, dsn, s, &wg)
-	unlockOne := lockRow(t, dsn, "one")
+	unlockSenders := holdSenders(t, dsn, s, reserveOp(t, s), &wg)
 	short, cancel := context.WithCancel(ctx)
-	abandoned := make(chan error, 1)
-	go func() {
-		_, err := s.Reserve(short, "one")
-		abandoned <- err
-	}()
-	// Once it is queued, one sender is let go: the queued call goes out in
-	// a batch, which waits on the row of "one".
-	for s.Queued() == 0 {
-		time.Sleep(time.Millisecond)
+	abandoned := make(chan error, len(sessions))
+	for _, session := range sessions {
+		go func() {
+			_, err := s.Reserve(short, session)
+			abandoned <- err
+		}()
 	}
+	// Once both are queued, one sender is let go: they go out in one
+	// batch, which waits on their rows.
+	waitQueued(t, s, len(sessions))
 	unlockSenders[0]()
+	waitQueued(t, s, 0)
+	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+	cancel()
+	for range sessions {
+		select {
+		case err := <-abandoned:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Reserve cancelled while its batch waits: %v, want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Reserve cancelled while its batch waits has not returned after 5 s")
+		}
+	}
+	for _, unlock := range unlockRows {
+		unlock()
+	}
+	// The batch now takes each session's only slot, then gives it back.
+	for _, session := range sessions {
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			_, err := s.Reserve(ctx, session)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, budget.ErrExceeded) {
+				t.Fatal(err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the abandoned slot was not given back after 10 s: %v", session, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, unlock := range unlockSenders {
+		unlock()
+	}
+}
+
+// A Commit whose caller gives up once it is on its way is waited for: its
+// answer is the database's, and its tokens are counted once.
+func TestCommitWaitedForOnItsWay(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "spent", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reserve(ctx, "spent"); err != nil {
+		t.Fatal(err)
+	}
+	unlockRow := lockRow(t, dsn, "spent")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	unlockSenders := holdSenders(t, dsn, s, func(session string) error { return s.Commit(ctx, session, 1) }, &wg)
+	short, cancel := context.WithCancel(ctx)
+	committed := make(chan error, 1)
+	go func() { committed <- s.Commit(short, "spent", 7) }()
+	waitQueued(t, s, 1)
+	unlockSenders[0]()
+	waitQueued(t, s, 0)
 	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
 	cancel()
 	select {
-	case err := <-abandoned:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Reserve cancelled while its batch waits: %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Reserve cancelled while its batch waits has not returned after 5 s")
+	case err := <-committed:
+		t.Fatalf("Commit returned %v while its statement still waits, want it to wait", err)
+	case <-time.After(200 * time.Millisecond):
 	}
-	unlockOne()
-	// The batch now takes the session's only slot, then gives it back.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		_, err := s.Reserve(ctx, "one")
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, budget.ErrExceeded) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the abandoned slot was not given back after 10 s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	unlockRow()
+	if err := <-committed; err != nil {
+		t.Fatalf("Commit once its row was free: %v", err)
+	}
+	st, err := s.Get(ctx, "spent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Used != (budget.Usage{Calls: 1, Tokens: 7}) {
+		t.Errorf("used %+v, want 1 call and 7 tokens", st.Used)
 	}
 	for _, unlock := range unlockSenders {
 		unlock()
@@ -357,7 +436,7 @@ func TestReserveAbandonedInTheQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	unlocks := holdSenders(t, dsn, s, &wg)
+	unlocks := holdSenders(t, dsn, s, reserveOp(t, s), &wg)
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	if _, err := s.Reserve(short, "queued"); !errors.Is(err, context.DeadlineExceeded) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -11,9 +12,10 @@ import (
 )
 
 // BudgetStore is a budget.Store in PostgreSQL, shared by every replica
-// that uses the database. Each change is one statement whose check and
-// update are one step under the session's row lock, so a limit holds
-// exactly however many replicas and callers reserve at once.
+// that uses the database. A reservation's check and increment are one
+// statement, one step under the session's row lock, so a limit holds
+// exactly however many replicas and callers reserve at once. Changes made
+// at once go in batches (batcher).
 type BudgetStore struct {
 	ref
 	reservations batcher[string, reserved]
@@ -64,7 +66,8 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 // at the same moment (batcher). A caller that gives up while its own
 // statement runs may leave the slot taken, if the server committed it
 // first; one that gives up while its batch is on its way has the slot
-// given back. Either way the session is never counted short.
+// given back once the batch is done, if the database takes the release.
+// Either way the session is never counted short.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
 	r, err := s.reservations.do(ctx, session)
 	if err != nil {
@@ -99,11 +102,11 @@ func (s *BudgetStore) change(ctx context.Context, c change) error {
 	if err := budget.CheckTokens(0, c.tokens); err != nil {
 		return err
 	}
-	r, err := s.changes.do(ctx, c)
+	answer, err := s.changes.do(ctx, c)
 	if err != nil {
-		return err
+		return err // ctx ended while c was queued
 	}
-	return r
+	return answer
 }
 
 // changeOne makes one change with one statement, unless a counter would
@@ -147,10 +150,12 @@ func (s *BudgetStore) releaseOne(ctx context.Context, session string) error {
 	return fmt.Errorf("budget: session %q: release without a reserved call", session)
 }
 
-// changeLocked makes a batch of changes in one statement if all of them
-// can be made: every session exists, and no counter would overflow or go
-// below zero. It locks the sessions' rows in session order first, as
-// reserveLocked does, and answers whether it made the changes.
+// changeLocked makes a batch of changes in one statement, for each
+// session whose changes can all be made: it exists, and no counter would
+// overflow ($4, the largest bigint) or go below zero. The sums are
+// numeric, so they can't overflow themselves. It locks the sessions' rows
+// in session order first, as reserveLocked does, and returns the sessions
+// it left unchanged.
 const changeLocked = `WITH req AS (
 		SELECT u.s, sum(u.c) AS c, sum(u.t) AS t
 		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(s, c, t) GROUP BY u.s
@@ -158,19 +163,19 @@ const changeLocked = `WITH req AS (
 		SELECT session, tokens_used, calls_used FROM agentsec_budgets
 		WHERE session = ANY ($1::text[]) ORDER BY session FOR UPDATE
 	), fits AS (
-		SELECT count(l.session) = count(*) AND coalesce(bool_and(
-			l.tokens_used + req.t <= 9223372036854775807 AND l.calls_used + req.c BETWEEN 0 AND 9223372036854775807), true) AS ok
+		SELECT req.s, req.c, req.t, l.session IS NOT NULL
+			AND l.tokens_used + req.t <= $4::bigint AND l.calls_used + req.c BETWEEN 0 AND $4::bigint AS ok
 		FROM req LEFT JOIN locked l ON l.session = req.s
 	), upd AS (
-		UPDATE agentsec_budgets b SET tokens_used = b.tokens_used + req.t, calls_used = b.calls_used + req.c
-		FROM req, fits WHERE b.session = req.s AND fits.ok
+		UPDATE agentsec_budgets b SET tokens_used = b.tokens_used + f.t, calls_used = b.calls_used + f.c
+		FROM fits f WHERE b.session = f.s AND f.ok
 	)
-	SELECT ok FROM fits`
+	SELECT s FROM fits WHERE NOT ok`
 
 // changeMany makes a batch of changes in one statement and one commit.
 // The changes made at once have no order between them, so the batch's
-// checks are on their sums. If one of them can't be made, the changes
-// are made one at a time, each with its own answer.
+// checks are on each session's sums. A session whose changes can't all
+// be made has them made one at a time, each with its own answer.
 func (s *BudgetStore) changeMany(ctx context.Context, cs []change) []error {
 	sessions := make([]string, len(cs))
 	calls := make([]int64, len(cs))
@@ -178,16 +183,20 @@ func (s *BudgetStore) changeMany(ctx context.Context, cs []change) []error {
 	for i, c := range cs {
 		sessions[i], calls[i], tokens[i] = c.session, c.calls, c.tokens
 	}
-	var ok bool
-	err := s.db.pool.QueryRow(ctx, changeLocked, sessions, calls, tokens).Scan(&ok)
 	out := make([]error, len(cs))
-	switch {
-	case err != nil:
+	rows, err := s.db.pool.Query(ctx, changeLocked, sessions, calls, tokens, int64(math.MaxInt64))
+	var unchanged []string
+	if err == nil {
+		unchanged, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
 		for i, c := range cs {
 			out[i] = unavailable(fmt.Sprintf("counting usage of session %q", c.session), err)
 		}
-	case !ok:
-		for i, c := range cs {
+		return out
+	}
+	for i, c := range cs {
+		if slices.Contains(unchanged, c.session) {
 			out[i] = s.changeOne(ctx, c)
 		}
 	}

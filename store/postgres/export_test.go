@@ -10,11 +10,14 @@ const MaxBatchesSending = maxBatchesSending
 // string says otherwise.
 const DefaultMaxConns = defaultMaxConns
 
-// Queued is how many reservations wait for a batch.
+// Queued is how many operations of s wait for a batch.
 func (s *BudgetStore) Queued() int {
 	s.reservations.mu.Lock()
-	defer s.reservations.mu.Unlock()
-	return len(s.reservations.queue)
+	n := len(s.reservations.queue)
+	s.reservations.mu.Unlock()
+	s.changes.mu.Lock()
+	defer s.changes.mu.Unlock()
+	return n + len(s.changes.queue)
 }
 
 // Unbatched makes every operation of s go out on its own, as if no other

@@ -7,9 +7,10 @@
 // refuses a database whose schema is missing or of another version, and
 // says what to run.
 //
-// A budget reservation is one UPDATE that takes a call slot only if the
-// session has one, so the check and the change are one atomic step in the
-// database. The audit log is an audit.SharedStore: each batch of records
+// A budget reservation is one statement that takes a call slot only if
+// the session has one, so the check and the change are one atomic step in
+// the database. Reservations, and token counts, that callers make at once
+// go in together, one statement and one commit for the batch. The audit log is an audit.SharedStore: each batch of records
 // is appended under the lock of the log's head row, continuing the tree
 // the database holds, so replicas append to one log that can't fork.
 package postgres

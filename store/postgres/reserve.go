@@ -60,7 +60,7 @@ const reserveLocked = `WITH locked AS MATERIALIZED (
 		FROM unnest($1::text[]) WITH ORDINALITY AS u(s, o)
 	), ans AS (
 		SELECT req.o, req.s, req.k, l.session IS NOT NULL AS known,
-			coalesce(l.tokens_used < l.token_limit AND l.calls_used + req.k <= l.call_limit, false) AS taken,
+			coalesce(l.tokens_used < l.token_limit AND req.k <= l.call_limit - l.calls_used, false) AS taken,
 			l.token_limit, l.call_limit, l.tokens_used, l.calls_used
 		FROM req LEFT JOIN locked l ON l.session = req.s
 	), per_session AS (
@@ -96,8 +96,8 @@ func (s *BudgetStore) queryReserved(ctx context.Context, sessions []string) ([]r
 }
 
 // giveBack releases a slot taken for a caller that had given up waiting:
-// its call never runs. If that fails, the session is over-counted by
-// one, never under.
+// its call never runs. If the release fails, the session stays
+// over-counted by one, never under.
 func (s *BudgetStore) giveBack(ctx context.Context, session string, r reserved) {
 	if r.err == nil {
 		_ = s.Release(ctx, session)
