@@ -43,11 +43,19 @@ const (
 )
 
 // spinChecks is how many times a waiter looks at its state, yielding in
-// between, before it blocks.
+// between, before it blocks. Only the first waiters of a queue spin, as
+// many as can run at once (GOMAXPROCS): more would take the processors
+// from the work they wait for — the leader's, or a database server's on
+// the same machine — and a long queue waits long anyway.
 const spinChecks = 64
 
-// wait returns p's new state once it is signalled.
-func (p *pending) wait() uint32 {
+// wait returns p's new state once it is signalled, spinning first if
+// spin is set.
+func (p *pending) wait(spin bool) uint32 {
+	if !spin {
+		<-p.done
+		return p.state.Load()
+	}
 	for range spinChecks {
 		if st := p.state.Load(); st != waiting {
 			<-p.done // the signal follows the state at once
@@ -100,8 +108,9 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
 	if l.leading {
+		spin := len(l.queue) <= runtime.GOMAXPROCS(0)
 		l.qmu.Unlock()
-		if p.wait() == resultReady {
+		if p.wait(spin) == resultReady {
 			return
 		}
 		p.state.Store(waiting)
