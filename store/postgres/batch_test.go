@@ -19,25 +19,17 @@ import (
 	"github.com/agentsec/agentsec/store/postgres"
 )
 
-// Two replicas' stores, each with many callers reserving over the same
-// sessions in random order, so that their batches hold many of the same
-// rows at once: every session gets exactly its limit, every other answer
-// is a refusal or an unknown session, and no batch deadlocks (a deadlock
-// would fail a whole batch after the server's deadlock_timeout).
-func TestReserveBatchesAcrossReplicas(t *testing.T) {
+// replicaStores returns n budget stores on one new database, each with a
+// pool of its own as each replica has, and sessions "s0", "s1", … with
+// limits.
+func replicaStores(t *testing.T, n, sessions int, limits budget.Limits) []*postgres.BudgetStore {
+	t.Helper()
 	ctx := t.Context()
 	dsn := pgtest.DB(t)
 	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
 		t.Fatal(err)
 	}
-	const (
-		replicas = 2
-		callers  = 48 // per replica
-		sessions = 12
-		limit    = 40
-		calls    = 40 // per caller
-	)
-	stores := make([]*postgres.BudgetStore, replicas)
+	stores := make([]*postgres.BudgetStore, n)
 	for i := range stores {
 		db, err := postgres.Open(ctx, dsn)
 		if err != nil {
@@ -48,10 +40,28 @@ func TestReserveBatchesAcrossReplicas(t *testing.T) {
 		t.Cleanup(func() { stores[i].Close() })
 	}
 	for s := range sessions {
-		if _, err := stores[0].Create(ctx, fmt.Sprint("s", s), budget.Limits{Tokens: 1 << 40, Calls: limit}); err != nil {
+		if _, err := stores[0].Create(ctx, fmt.Sprint("s", s), limits); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return stores
+}
+
+// Two replicas' stores, each with many callers reserving over the same
+// sessions in random order, so that their batches hold many of the same
+// rows at once: every session gets exactly its limit, every other answer
+// is a refusal or an unknown session, and no batch deadlocks (a deadlock
+// would fail a whole batch after the server's deadlock_timeout).
+func TestReserveBatchesAcrossReplicas(t *testing.T) {
+	ctx := t.Context()
+	const (
+		replicas = 2
+		callers  = 48 // per replica
+		sessions = 12
+		limit    = 40
+		calls    = 40 // per caller
+	)
+	stores := replicaStores(t, replicas, sessions, budget.Limits{Tokens: 1 << 40, Calls: limit})
 	var (
 		mu    sync.Mutex
 		taken = map[string]int{}
@@ -112,31 +122,13 @@ func TestReserveBatchesAcrossReplicas(t *testing.T) {
 // the bad changes fail.
 func TestChangeBatchesAcrossReplicas(t *testing.T) {
 	ctx := t.Context()
-	dsn := pgtest.DB(t)
-	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
-		t.Fatal(err)
-	}
 	const (
 		replicas = 2
 		callers  = 48 // per replica
 		sessions = 12
 		calls    = 40 // per caller
 	)
-	stores := make([]*postgres.BudgetStore, replicas)
-	for i := range stores {
-		db, err := postgres.Open(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stores[i] = db.Budgets()
-		db.Close()
-		t.Cleanup(func() { stores[i].Close() })
-	}
-	for s := range sessions {
-		if _, err := stores[0].Create(ctx, fmt.Sprint("s", s), budget.Limits{Tokens: 1 << 40, Calls: 1 << 40}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stores := replicaStores(t, replicas, sessions, budget.Limits{Tokens: 1 << 40, Calls: 1 << 40})
 	if _, err := stores[0].Create(ctx, "idle", budget.Limits{Tokens: 100, Calls: 100}); err != nil {
 		t.Fatal(err)
 	}
