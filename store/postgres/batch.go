@@ -57,15 +57,20 @@ type pending[Op, R any] struct {
 // do does op: at once, on the caller's own statement, if fewer than
 // b.sendingMax operations are on their way — the queue is then empty —
 // or else in the next batch. If ctx ends while op is queued, do returns
-// ctx's error and op is never done. If it ends once op is on its way, do
-// returns ctx's error at once and tells b.abandoned of op's answer when
-// it comes, or — with no b.abandoned — waits for the answer.
+// ctx's error and op is never done. Once op is on its way, a batcher
+// with b.abandoned gives up with its caller: a lone op's statement is
+// cancelled with ctx, and for an op in a batch do returns ctx's error at
+// once and tells b.abandoned of its answer when it comes. A batcher
+// without b.abandoned waits for the answer.
 func (b *batcher[Op, R]) do(ctx context.Context, op Op) (R, error) {
 	b.mu.Lock()
 	if b.sending < b.sendingMax {
 		b.sending++
 		b.mu.Unlock()
 		defer b.sendQueued()
+		if b.abandoned == nil {
+			ctx = context.WithoutCancel(ctx)
+		}
 		ctx, cancel := context.WithTimeout(ctx, batchTimeout)
 		defer cancel()
 		return b.one(ctx, op), nil

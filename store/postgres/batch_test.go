@@ -417,6 +417,36 @@ func TestCommitWaitedForOnItsWay(t *testing.T) {
 	}
 }
 
+// So is a lone Commit, on its own statement: its caller giving up doesn't
+// cancel it.
+func TestLoneCommitWaitedFor(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "spent", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
+		t.Fatal(err)
+	}
+	unlockRow := lockRow(t, dsn, "spent")
+	short, cancel := context.WithCancel(ctx)
+	committed := make(chan error, 1)
+	go func() { committed <- s.Commit(short, "spent", 7) }()
+	waitForBlocked(t, dsn, 1)
+	cancel()
+	select {
+	case err := <-committed:
+		t.Fatalf("lone Commit returned %v while its statement still waits, want it to wait", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	unlockRow()
+	if err := <-committed; err != nil {
+		t.Fatalf("lone Commit once its row was free: %v", err)
+	}
+	if st, err := s.Get(ctx, "spent"); err != nil || st.Used.Tokens != 7 {
+		t.Errorf("Get = %+v, %v; want 7 tokens used", st, err)
+	}
+}
+
 // A caller that gives up while waiting for a batch to be sent leaves the
 // queue at once, and no slot is ever taken for it.
 func TestReserveAbandonedInTheQueue(t *testing.T) {
