@@ -250,7 +250,7 @@ func waitForBlocked(t *testing.T, dsn string, n int) {
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		var blocked int
 		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND query LIKE '%agentsec_budgets%'`).Scan(&blocked); err != nil {
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%agentsec_budgets%'`).Scan(&blocked); err != nil {
 			t.Fatal(err)
 		}
 		if blocked >= n {
