@@ -371,79 +371,58 @@ func TestReserveAbandonedInABatch(t *testing.T) {
 	}
 }
 
-// A Commit whose caller gives up once it is on its way is waited for: its
-// answer is the database's, and its tokens are counted once.
+// A Commit whose caller gives up once it is on its way — on its own
+// statement, or in a batch — is waited for: its answer is the
+// database's, and its tokens are counted once.
 func TestCommitWaitedForOnItsWay(t *testing.T) {
-	ctx := t.Context()
-	dsn, db := migratedDSN(t)
-	s := db.Budgets()
-	defer s.Close()
-	if _, err := s.Create(ctx, "spent", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Reserve(ctx, "spent"); err != nil {
-		t.Fatal(err)
-	}
-	unlockRow := lockRow(t, dsn, "spent")
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	unlockSenders := holdSenders(t, dsn, s, func(session string) error { return s.Commit(ctx, session, 1) }, &wg)
-	short, cancel := context.WithCancel(ctx)
-	committed := make(chan error, 1)
-	go func() { committed <- s.Commit(short, "spent", 7) }()
-	waitQueued(t, s, 1)
-	unlockSenders[0]()
-	waitQueued(t, s, 0)
-	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
-	cancel()
-	select {
-	case err := <-committed:
-		t.Fatalf("Commit returned %v while its statement still waits, want it to wait", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-	unlockRow()
-	if err := <-committed; err != nil {
-		t.Fatalf("Commit once its row was free: %v", err)
-	}
-	st, err := s.Get(ctx, "spent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Used != (budget.Usage{Calls: 1, Tokens: 7}) {
-		t.Errorf("used %+v, want 1 call and 7 tokens", st.Used)
-	}
-	for _, unlock := range unlockSenders {
-		unlock()
-	}
-}
-
-// So is a lone Commit, on its own statement: its caller giving up doesn't
-// cancel it.
-func TestLoneCommitWaitedFor(t *testing.T) {
-	ctx := t.Context()
-	dsn, db := migratedDSN(t)
-	s := db.Budgets()
-	defer s.Close()
-	if _, err := s.Create(ctx, "spent", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
-		t.Fatal(err)
-	}
-	unlockRow := lockRow(t, dsn, "spent")
-	short, cancel := context.WithCancel(ctx)
-	committed := make(chan error, 1)
-	go func() { committed <- s.Commit(short, "spent", 7) }()
-	waitForBlocked(t, dsn, 1)
-	cancel()
-	select {
-	case err := <-committed:
-		t.Fatalf("lone Commit returned %v while its statement still waits, want it to wait", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-	unlockRow()
-	if err := <-committed; err != nil {
-		t.Fatalf("lone Commit once its row was free: %v", err)
-	}
-	if st, err := s.Get(ctx, "spent"); err != nil || st.Used.Tokens != 7 {
-		t.Errorf("Get = %+v, %v; want 7 tokens used", st, err)
+	for _, batched := range []bool{false, true} {
+		t.Run(fmt.Sprint("batched=", batched), func(t *testing.T) {
+			ctx := t.Context()
+			dsn, db := migratedDSN(t)
+			s := db.Budgets()
+			defer s.Close()
+			if _, err := s.Create(ctx, "spent", budget.Limits{Tokens: 100, Calls: 10}); err != nil {
+				t.Fatal(err)
+			}
+			unlockRow := lockRow(t, dsn, "spent")
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			var unlockSenders []func()
+			if batched {
+				unlockSenders = holdSenders(t, dsn, s, func(session string) error { return s.Commit(ctx, session, 1) }, &wg)
+				defer func() {
+					for _, unlock := range unlockSenders {
+						unlock()
+					}
+				}()
+			}
+			short, cancel := context.WithCancel(ctx)
+			committed := make(chan error, 1)
+			go func() { committed <- s.Commit(short, "spent", 7) }()
+			if batched {
+				// Once it is queued, one sender is let go, and the Commit
+				// goes out in a batch that waits on the row.
+				waitQueued(t, s, 1)
+				unlockSenders[0]()
+				waitQueued(t, s, 0)
+				waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+			} else {
+				waitForBlocked(t, dsn, 1)
+			}
+			cancel()
+			select {
+			case err := <-committed:
+				t.Fatalf("Commit returned %v while its statement still waits, want it to wait", err)
+			case <-time.After(200 * time.Millisecond):
+			}
+			unlockRow()
+			if err := <-committed; err != nil {
+				t.Fatalf("Commit once its row was free: %v", err)
+			}
+			if st, err := s.Get(ctx, "spent"); err != nil || st.Used != (budget.Usage{Tokens: 7}) {
+				t.Errorf("Get = %+v, %v; want 7 tokens used", st, err)
+			}
+		})
 	}
 }
 
