@@ -121,6 +121,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "agentsec: a valid bearer token is required (Authorization: Bearer <token>)", http.StatusUnauthorized)
 		return
 	}
+	if r.Method == http.MethodDelete {
+		g.deleteSession(w, r, agent)
+		return
+	}
 	var s *httpSession
 	if id := r.Header.Get(sessionHeader); id != "" {
 		var err error
@@ -149,20 +153,6 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.serveStandalone(w, r)
-	case http.MethodDelete:
-		if s == nil {
-			http.Error(w, "agentsec: DELETE needs an Mcp-Session-Id", http.StatusBadRequest)
-			return
-		}
-		g.endSession(s.id) // at once: its place is free when DELETE returns
-		if g.Sessions != nil {
-			if err := g.Sessions.DeleteSession(r.Context(), s.id); err != nil {
-				g.Log.Error("agentsec: forgetting a session for the other replicas", "session", s.id, "err", err)
-				http.Error(w, "agentsec: the session ended here, but the other replicas could not be told; try again", http.StatusServiceUnavailable)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusNoContent)
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")
 		http.Error(w, "agentsec: MCP over HTTP uses POST, GET and DELETE", http.StatusMethodNotAllowed)
@@ -276,23 +266,64 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 	return agent, found == 1
 }
 
+// deleteSession ends the client's session: here, at once, so that its
+// place is free when DELETE returns, and in the SessionStore, so that no
+// replica serves it again. A replica that doesn't hold the session only
+// checks it is the agent's before deleting it from the store: there is
+// nothing of it here to start or end.
+func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, agent string) {
+	id := r.Header.Get(sessionHeader)
+	if id == "" {
+		http.Error(w, "agentsec: DELETE needs an Mcp-Session-Id", http.StatusBadRequest)
+		return
+	}
+	g.mu.Lock()
+	s := g.sessions[id]
+	g.mu.Unlock()
+	var known bool
+	switch {
+	case s != nil:
+		if known = s.agent == agent; known {
+			g.endSession(id)
+		}
+	case g.Sessions != nil:
+		owner, _, found, err := g.Sessions.LoadSession(r.Context(), id, g.IdleTimeout)
+		if err != nil {
+			g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
+			http.Error(w, "agentsec: "+errStoreDown.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		known = found && owner == agent
+	}
+	if !known {
+		http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
+		return
+	}
+	if g.Sessions != nil {
+		if err := g.Sessions.DeleteSession(r.Context(), id); err != nil {
+			g.Log.Error("agentsec: forgetting a session for the other replicas", "session", id, "err", err)
+			http.Error(w, "agentsec: the session ended here, but the other replicas could not be told; try again", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // startSession starts serving a session: a new one, whose client is
 // about to initialize it, or, with init, one another replica began.
 func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSession, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &httpSession{id: id, agent: agent, cancel: cancel,
 		closed:  make(chan struct{}),
-		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now(), touched: time.Now()}
+		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
 	g.mu.Lock()
 	switch {
 	case g.sessions[id] != nil:
-		// Another request took the same session up meanwhile.
+		// Another request took the same session up meanwhile (its agent
+		// is this one: takeUp checked the store's).
 		other := g.sessions[id]
 		g.mu.Unlock()
 		cancel()
-		if other.agent != agent {
-			return nil, errNoSession
-		}
 		return other, nil
 	case g.closed:
 		g.mu.Unlock()
@@ -313,9 +344,7 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 		return nil, err
 	}
 	if init != nil {
-		// The client initialized the session with another replica: the
-		// upstreams are initialized as it did, when they connect.
-		r.initialized(init)
+		r.adopt(init) // the client initialized the session with another replica
 	}
 	go func() {
 		if err := r.serve(); err != nil {
@@ -337,21 +366,31 @@ func (g *Gateway) endSession(id string) {
 	}
 }
 
-// reapIdle ends the sessions nothing has touched for IdleTimeout.
+// reapIdle ends the sessions nothing has touched for IdleTimeout and,
+// with a SessionStore, refreshes the others there.
 func (g *Gateway) reapIdle() {
-	tick := time.NewTicker(min(g.IdleTimeout/4, 30*time.Second))
+	tick := time.NewTicker(g.refreshEvery())
 	defer tick.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-g.stop:
 			return
 		case <-tick.C:
 		}
-		var idle []string
+		sinceLast := time.Since(last)
+		last = time.Now()
+		var idle, held, used []string
 		g.mu.Lock()
 		for id, s := range g.sessions {
-			if s.idleFor() > g.IdleTimeout {
+			switch d := s.idleFor(); {
+			case d > g.IdleTimeout:
 				idle = append(idle, id)
+			case d <= sinceLast: // used since the last refresh, or busy now
+				used = append(used, id)
+				held = append(held, id)
+			default:
+				held = append(held, id)
 			}
 		}
 		g.mu.Unlock()
@@ -359,6 +398,7 @@ func (g *Gateway) reapIdle() {
 			g.Log.Info("agentsec: ending idle session", "session", id)
 			g.endSession(id)
 		}
+		g.refreshShared(held, used)
 		if g.Sessions != nil {
 			// Sessions idle on every replica: their rows go too.
 			if err := g.Sessions.PruneSessions(context.Background(), g.IdleTimeout); err != nil {

@@ -32,7 +32,6 @@ type httpSession struct {
 	newest     *stream                // the request stream opened last
 	active     int                    // HTTP requests in progress
 	lastActive time.Time
-	touched    time.Time // when the gateway's SessionStore last heard of it
 }
 
 // errNoStream is the failure of a message to the client while it has no

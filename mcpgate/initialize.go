@@ -102,6 +102,18 @@ func (r *router) initialized(params json.RawMessage) {
 	r.mu.Unlock()
 }
 
+// adopt initializes the router with the parameters the client gave
+// another replica: each upstream is initialized as the client did when it
+// connects, and its first connection is not announced as a restart.
+func (r *router) adopt(params json.RawMessage) {
+	for _, u := range r.ups {
+		u.mu.Lock()
+		u.inherited = true
+		u.mu.Unlock()
+	}
+	r.initialized(params)
+}
+
 // discover answers server/discover, the sessionless protocol's
 // introduction, as initialize is answered; in front of several upstreams
 // they must all answer it.

@@ -21,9 +21,10 @@ import (
 // only through the replica the client opened them on.
 //
 // A session ends everywhere when its client deletes it, or when no replica
-// has touched it for the gateway's IdleTimeout: each replica holding a
-// session touches it in the store at most every few seconds while it is
-// used (TouchSession), and learns so when it was ended elsewhere.
+// has used it for the gateway's IdleTimeout: every few seconds each
+// replica marks the sessions it used meanwhile, or is still serving, as
+// used, and learns which of those it holds were ended elsewhere
+// (RefreshSessions).
 type SessionStore interface {
 	// SaveSession records a session once its client has initialized it.
 	SaveSession(ctx context.Context, id, agent string, init []byte) error
@@ -31,47 +32,41 @@ type SessionStore interface {
 	// found is false for a session never saved, deleted, or untouched
 	// for longer than idle.
 	LoadSession(ctx context.Context, id string, idle time.Duration) (agent string, init []byte, found bool, err error)
-	// TouchSession marks a session used now, reporting false if it is no
-	// longer found (as LoadSession would not find it).
-	TouchSession(ctx context.Context, id string, idle time.Duration) (alive bool, err error)
+	// RefreshSessions marks the sessions of used as used now, and returns
+	// those of held (which includes used) that are no longer found, as
+	// LoadSession would not find them.
+	RefreshSessions(ctx context.Context, held, used []string, idle time.Duration) (gone []string, err error)
 	// DeleteSession forgets a session its client ended.
 	DeleteSession(ctx context.Context, id string) error
 	// PruneSessions forgets the sessions untouched for longer than idle.
 	PruneSessions(ctx context.Context, idle time.Duration) error
 }
 
-// touchEvery is how often a replica tells the session store that a
-// session it holds is in use: often enough for the store to keep it past
-// IdleTimeout, and for a replica to learn within that long that the
-// session was ended elsewhere.
-func (g *Gateway) touchEvery() time.Duration { return min(g.IdleTimeout/4, 15*time.Second) }
+// refreshEvery is how often a replica tells the session store which
+// sessions it used (RefreshSessions): often enough for the store to keep
+// them past IdleTimeout, and for the replica to learn within that long
+// that a session it holds was ended elsewhere.
+func (g *Gateway) refreshEvery() time.Duration { return min(g.IdleTimeout/4, 15*time.Second) }
 
-// stillShared reports whether a session this replica holds is still a
-// session of the fleet, asking the store if it has not for touchEvery. A
-// store that can't answer leaves the session as it is: the replica
-// serves what it holds while the store is away.
-func (g *Gateway) stillShared(ctx context.Context, s *httpSession) bool {
-	if g.Sessions == nil {
-		return true
+// refreshShared tells the session store which of the sessions this
+// replica holds it used since the last refresh, and ends those that were
+// ended elsewhere. A store that can't answer leaves the sessions as they
+// are: the replica serves what it holds while the store is away.
+func (g *Gateway) refreshShared(held, used []string) {
+	if g.Sessions == nil || len(held) == 0 {
+		return
 	}
-	s.mu.Lock()
-	due := time.Since(s.touched) >= g.touchEvery()
-	s.mu.Unlock()
-	if !due {
-		return true
-	}
-	alive, err := g.Sessions.TouchSession(ctx, s.id, g.IdleTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), g.refreshEvery())
+	defer cancel()
+	gone, err := g.Sessions.RefreshSessions(ctx, held, used, g.IdleTimeout)
 	if err != nil {
-		g.Log.Warn("agentsec: touching a session in the session store", "session", s.id, "err", err)
-		return true
+		g.Log.Warn("agentsec: refreshing sessions in the session store", "sessions", len(held), "err", err)
+		return
 	}
-	if !alive {
-		return false
+	for _, id := range gone {
+		g.Log.Info("agentsec: ending a session ended through another replica", "session", id)
+		g.endSession(id)
 	}
-	s.mu.Lock()
-	s.touched = time.Now()
-	s.mu.Unlock()
-	return true
 }
 
 // saveSession records the session in the gateway's SessionStore, if it
@@ -105,11 +100,6 @@ func (g *Gateway) takeUp(ctx context.Context, id, agent string) (*httpSession, e
 	g.mu.Unlock()
 	if s != nil {
 		if s.agent != agent {
-			return nil, errNoSession
-		}
-		if !g.stillShared(ctx, s) {
-			// Deleted through another replica, or idle everywhere.
-			g.endSession(id)
 			return nil, errNoSession
 		}
 		return s, nil

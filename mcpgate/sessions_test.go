@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -67,17 +68,24 @@ func (m *memorySessions) LoadSession(_ context.Context, id string, idle time.Dur
 	return "", nil, false, nil
 }
 
-func (m *memorySessions) TouchSession(_ context.Context, id string, idle time.Duration) (bool, error) {
+func (m *memorySessions) RefreshSessions(_ context.Context, held, used []string, idle time.Duration) ([]string, error) {
 	if m.failing.Load() {
-		return false, errSessionsDown
+		return nil, errSessionsDown
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := m.live(id, idle)
-	if s != nil {
-		s.lastActive = time.Now()
+	for _, id := range used {
+		if s := m.live(id, idle); s != nil {
+			s.lastActive = time.Now()
+		}
 	}
-	return s != nil, nil
+	var gone []string
+	for _, id := range held {
+		if m.live(id, idle) == nil {
+			gone = append(gone, id)
+		}
+	}
+	return gone, nil
 }
 
 func (m *memorySessions) DeleteSession(_ context.Context, id string) error {
@@ -197,6 +205,53 @@ func TestReplicasServeOneSession(t *testing.T) {
 	}
 }
 
+// Taking a session up is not an upstream restart: the first call on
+// another replica is answered plainly, with no list_changed notifications
+// ahead of it. A DELETE through a replica that doesn't hold the session
+// starts nothing there.
+func TestReplicasTakeUpQuietly(t *testing.T) {
+	srvs, _, up, _ := replicas(t, 3, 100)
+	ctx := context.Background()
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
+		HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	headers := map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()}
+	resp := doMCP(t, "POST", srvs[1].URL, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`, headers)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "application/json" || strings.Contains(string(body), "list_changed") {
+		t.Errorf("a call taken up on replica 1: %d, %s: %s; want 200 application/json with the result alone", resp.StatusCode, ct, body)
+	}
+
+	resp = doMCP(t, "DELETE", srvs[2].URL, "", map[string]string{"Authorization": "Bearer bob-token", "Mcp-Session-Id": cs.ID()})
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("DELETE of alice's session by bob: %d, want 404", resp.StatusCode)
+	}
+	before := up.connects.Load()
+	resp = doMCP(t, "DELETE", srvs[2].URL, "", headers)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE through replica 2: %d", resp.StatusCode)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := up.connects.Load() - before; n != 0 {
+		t.Errorf("DELETE through a replica that doesn't hold the session connected to the upstream %d times, want 0", n)
+	}
+	if code := postMCP(t, srvs[2].URL, `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`, headers); code != http.StatusNotFound {
+		t.Errorf("the deleted session on replica 2: %d, want 404", code)
+	}
+	resp = doMCP(t, "DELETE", srvs[2].URL, "", headers)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("DELETE of a session that is gone: %d, want 404", resp.StatusCode)
+	}
+}
+
 func TestReplicasKeepSessionsApart(t *testing.T) {
 	srvs, _, _, sessions := replicas(t, 2, 5)
 	ctx := context.Background()
@@ -251,8 +306,8 @@ func TestReplicasKeepSessionsApart(t *testing.T) {
 // one, the others that hold it learn so; when it is idle everywhere, no
 // replica takes it up; while it is used anywhere, it stays.
 func TestReplicasEndSessionsEverywhere(t *testing.T) {
-	const idle = time.Second // replicas touch sessions every 250 ms
-	srvs, _, _, sessions := replicasIdle(t, 3, 100, idle)
+	const idle = time.Second // replicas refresh sessions every 250 ms
+	srvs, _, up, sessions := replicasIdle(t, 3, 100, idle)
 	ctx := context.Background()
 	open := func() *mcp.ClientSession {
 		t.Helper()
@@ -297,17 +352,44 @@ func TestReplicasEndSessionsEverywhere(t *testing.T) {
 		t.Errorf("a session in use for longer than the idle timeout, taken up on replica 2: %d, want 200", code)
 	}
 
-	// Idle everywhere: taken up nowhere, and its row pruned.
-	idled := open()
+	// Busy on one replica, with a call running for longer than the idle
+	// timeout: alive there, and on another.
+	busy := open()
+	called := make(chan error, 1)
+	go func() {
+		_, err := busy.CallTool(ctx, &mcp.CallToolParams{Name: "fs.block", Arguments: map[string]any{"text": "x"}})
+		called <- err
+	}()
+	time.Sleep(idle * 2)
+	if code := list(srvs[0], busy.ID()); code != http.StatusOK {
+		t.Errorf("a session with a call running for twice the idle timeout, on its replica: %d, want 200", code)
+	}
+	if code := list(srvs[1], busy.ID()); code != http.StatusOK {
+		t.Errorf("the same session, taken up on replica 1: %d, want 200", code)
+	}
+	close(up.release)
+	if err := <-called; err != nil {
+		t.Errorf("the long call: %v", err)
+	}
+
+	// Idle everywhere: taken up nowhere, and its row pruned. (The SDK's
+	// client holds a GET stream open, which keeps its session busy: this
+	// session is a client's that opens none.)
+	resp = doMCP(t, "POST", srvs[0].URL, initializeBody, map[string]string{"Authorization": "Bearer alice-token"})
+	resp.Body.Close()
+	idled := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || idled == "" {
+		t.Fatalf("initialize: %d, session %q", resp.StatusCode, idled)
+	}
 	time.Sleep(idle * 3 / 2)
 	for i, srv := range srvs {
-		if code := list(srv, idled.ID()); code != http.StatusNotFound {
+		if code := list(srv, idled); code != http.StatusNotFound {
 			t.Errorf("an idle session on replica %d: %d, want 404", i, code)
 		}
 	}
 	time.Sleep(idle / 2)
 	sessions.mu.Lock()
-	_, kept := sessions.sessions[idled.ID()]
+	_, kept := sessions.sessions[idled]
 	sessions.mu.Unlock()
 	if kept {
 		t.Error("the idle session's row is still in the store")

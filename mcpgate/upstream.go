@@ -74,6 +74,10 @@ type upstreamConn struct {
 	lastAttempt time.Time
 	lastErr     error
 	initialized bool // this connection was initialized for the client
+	// inherited: the client initialized the session with another
+	// replica, and knows this upstream's lists from there, so its first
+	// connection here is no restart to tell it of.
+	inherited bool
 	caps        map[string]json.RawMessage
 	nextID      int64
 	pending     map[int64]*pendingRequest
@@ -171,7 +175,13 @@ func (u *upstreamConn) connect(ctx context.Context) (mcp.Connection, int, error)
 			u.lost(conn, gen, err)
 			return nil, 0, &upstreamError{u.Name, fmt.Errorf("failed to initialize: %v", err)}
 		}
-		u.r.upstreamRestarted(u)
+		u.mu.Lock()
+		restarted := !u.inherited
+		u.inherited = false
+		u.mu.Unlock()
+		if restarted {
+			u.r.upstreamRestarted(u)
+		}
 	}
 	return conn, gen, nil
 }

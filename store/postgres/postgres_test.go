@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -219,19 +220,34 @@ func TestSessionStore(t *testing.T) {
 	if _, _, found, err := s.LoadSession(ctx, "nope", time.Hour); found || err != nil {
 		t.Errorf("LoadSession of an unknown session = found %v, %v", found, err)
 	}
-	if alive, err := s.TouchSession(ctx, "s1", time.Hour); !alive || err != nil {
-		t.Errorf("TouchSession = %v, %v; want true, nil", alive, err)
+	if gone, err := s.RefreshSessions(ctx, []string{"s1", "nope"}, []string{"s1"}, time.Hour); err != nil || !slices.Equal(gone, []string{"nope"}) {
+		t.Errorf("RefreshSessions = %q, %v; want [nope], nil", gone, err)
 	}
-	// Untouched for longer than idle: gone for Load and Touch, then pruned.
-	if err := s.SaveSession(ctx, "s2", "alice", []byte(`{}`)); err != nil {
-		t.Fatal(err)
+	// s2, s3 and s4 saved at once; only s3 is used, halfway to idle: s3
+	// is found after idle, s2 and s4 (held, but not used) are not.
+	for _, id := range []string{"s2", "s3", "s4"} {
+		if err := s.SaveSession(ctx, id, "alice", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	time.Sleep(idle + 200*time.Millisecond)
+	time.Sleep(idle / 2)
+	if gone, err := s.RefreshSessions(ctx, []string{"s3", "s4"}, []string{"s3"}, idle); err != nil || len(gone) != 0 {
+		t.Fatalf("RefreshSessions halfway to idle = %q, %v; want none gone", gone, err)
+	}
+	time.Sleep(idle/2 + 200*time.Millisecond)
+	if _, _, found, _ := s.LoadSession(ctx, "s3", idle); !found {
+		t.Error("LoadSession lost a session used within idle")
+	}
+	for _, id := range []string{"s2", "s4"} {
+		if _, _, found, _ := s.LoadSession(ctx, id, idle); found {
+			t.Errorf("LoadSession found %s, idle past the timeout", id)
+		}
+	}
+	if gone, _ := s.RefreshSessions(ctx, []string{"s2"}, []string{"s2"}, idle); !slices.Equal(gone, []string{"s2"}) {
+		t.Errorf("RefreshSessions of a session idle past the timeout: gone %q, want [s2]", gone)
+	}
 	if _, _, found, _ := s.LoadSession(ctx, "s2", idle); found {
-		t.Error("LoadSession found a session idle past the timeout")
-	}
-	if alive, _ := s.TouchSession(ctx, "s2", idle); alive {
-		t.Error("TouchSession revived a session idle past the timeout")
+		t.Error("RefreshSessions revived a session idle past the timeout")
 	}
 	if err := s.PruneSessions(ctx, idle); err != nil {
 		t.Fatal(err)

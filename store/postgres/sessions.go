@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // SessionStore keeps the MCP sessions of a gateway's replicas, so that
@@ -35,15 +37,25 @@ func (s *SessionStore) LoadSession(ctx context.Context, id string, idle time.Dur
 	return agent, init, true, nil
 }
 
-// TouchSession marks a session used now, unless it is gone or has been
-// untouched for longer than idle.
-func (s *SessionStore) TouchSession(ctx context.Context, id string, idle time.Duration) (bool, error) {
-	tag, err := s.db.pool.Exec(ctx, `UPDATE agentsec_sessions SET last_active = now()
-		WHERE id = $1 AND last_active > now() - $2::interval`, id, idle)
+// RefreshSessions marks the sessions of used as used now, unless they are
+// gone or have been untouched for longer than idle, and returns those of
+// held that are gone or untouched that long: one statement for all.
+func (s *SessionStore) RefreshSessions(ctx context.Context, held, used []string, idle time.Duration) ([]string, error) {
+	rows, err := s.db.pool.Query(ctx, `WITH touched AS (
+			UPDATE agentsec_sessions SET last_active = now()
+			WHERE id = ANY ($2::text[]) AND last_active > now() - $3::interval
+		)
+		SELECT h FROM unnest($1::text[]) AS h WHERE NOT EXISTS (
+			SELECT 1 FROM agentsec_sessions s WHERE s.id = h AND s.last_active > now() - $3::interval)`,
+		held, used, idle)
 	if err != nil {
-		return false, unavailable(fmt.Sprintf("touching session %q", id), err)
+		return nil, unavailable("refreshing sessions", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, unavailable("refreshing sessions", err)
+	}
+	return gone, nil
 }
 
 // DeleteSession forgets a session.
