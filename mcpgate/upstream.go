@@ -78,9 +78,9 @@ type upstreamConn struct {
 	// replica, and knows this upstream's lists from there, so its first
 	// connection here is no restart to tell it of.
 	inherited bool
-	caps        map[string]json.RawMessage
-	nextID      int64
-	pending     map[int64]*pendingRequest
+	caps      map[string]json.RawMessage
+	nextID    int64
+	pending   map[int64]*pendingRequest
 }
 
 type pendingRequest struct {
