@@ -28,6 +28,19 @@ type Filter struct {
 	Cursor string
 }
 
+// UntilMicro returns f.Until in Unix microseconds, rounded up: for a
+// store that keeps record times in microseconds rounded down, every
+// record before Until has a stored time below it. (A record just after
+// Until, in the same microsecond, may have too; Query checks each
+// record's own time.)
+func (f Filter) UntilMicro() int64 {
+	until := f.Until.UnixMicro()
+	if f.Until.Nanosecond()%1000 != 0 {
+		until++
+	}
+	return until
+}
+
 // Page limits.
 const (
 	DefaultLimit = 100

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec/audit"
 )
@@ -150,19 +149,11 @@ func copyRows(entries []audit.Entry) ([][]any, error) {
 		if e.Seq > math.MaxInt64 {
 			return nil, fmt.Errorf("postgres: entry %d is beyond the log's largest sequence number", e.Seq)
 		}
-		rec := e.Record
-		if rec == nil {
-			r, err := audit.DecodeRecord(e.Data)
-			if err != nil {
-				return nil, fmt.Errorf("postgres: entry %d: %w", e.Seq, err)
-			}
-			rec = &r
+		rec, err := e.Decoded()
+		if err != nil {
+			return nil, fmt.Errorf("postgres: %w", err)
 		}
-		hashes := make([]byte, 0, 32*len(e.Hashes))
-		for _, h := range e.Hashes {
-			hashes = append(hashes, h[:]...)
-		}
-		rows[i] = []any{int64(e.Seq), e.Data, hashes, rec.Time.UnixMicro(),
+		rows[i] = []any{int64(e.Seq), e.Data, audit.PackHashes(e.Hashes), rec.Time.UnixMicro(),
 			rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome)}
 	}
 	return rows, nil
@@ -187,7 +178,7 @@ func clampSeq(seq uint64) int64 { return int64(min(seq, math.MaxInt64)) }
 // each calls fn for each row of (seq, data[, hashes]) and closes rows.
 func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
 	defer rows.Close()
-	var hashes [64]audit.Hash
+	var hashes [audit.MaxStoredHashes]audit.Hash
 	for _, fd := range rows.FieldDescriptions()[1:] {
 		if fd.Format != pgx.BinaryFormatCode {
 			return errors.New("postgres: records arrived in text format; use the default query mode")
@@ -205,15 +196,10 @@ func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
 		raw := rows.RawValues()
 		e := audit.Entry{Seq: uint64(seq), Data: raw[1]}
 		if withHashes {
-			h := raw[2]
-			if len(h)%32 != 0 || len(h)/32 > len(hashes) {
-				return fmt.Errorf("postgres: record %d: tree hashes of %d bytes", seq, len(h))
+			var err error
+			if e.Hashes, err = audit.UnpackHashes(raw[2], &hashes); err != nil {
+				return fmt.Errorf("postgres: record %d: %w", seq, err)
 			}
-			k := len(h) / 32
-			for i := range k {
-				hashes[i] = audit.Hash(h[32*i : 32*i+32])
-			}
-			e.Hashes = hashes[:k:k]
 		}
 		if err := fn(e); err != nil {
 			return err
@@ -243,11 +229,10 @@ func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, 
 	byRecord := map[int64][]slot{}
 	var seqs []int64
 	for i, idx := range indexes {
-		if idx < 0 {
-			return nil, fmt.Errorf("postgres: negative tree hash index %d", idx)
+		rec, level, err := audit.HashHolder(idx)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: %w", err)
 		}
-		level, n := tlog.SplitStoredHashIndex(idx)
-		rec := (n+1)<<level - 1
 		if _, ok := byRecord[rec]; !ok {
 			seqs = append(seqs, rec)
 		}
@@ -267,10 +252,11 @@ func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, 
 		}
 		found++
 		for _, sl := range byRecord[seq] {
-			if len(raw) < 32*(sl.level+1) {
+			h, ok := audit.HashAt(raw, sl.level)
+			if !ok {
 				return nil, fmt.Errorf("postgres: record %d has no tree hash at level %d", seq, sl.level)
 			}
-			out[sl.i] = audit.Hash(raw[32*sl.level : 32*sl.level+32])
+			out[sl.i] = h
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -368,11 +354,7 @@ func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint
 		add("time >= $%d", f.Since.UnixMicro())
 	}
 	if !f.Until.IsZero() {
-		until := f.Until.UnixMicro()
-		if f.Until.Nanosecond()%1000 != 0 {
-			until++
-		}
-		add("time < $%d", until)
+		add("time < $%d", f.UntilMicro())
 	}
 	rows, err := s.db.pool.Query(ctx, `SELECT seq, data FROM agentsec_audit_records WHERE `+
 		strings.Join(where, " AND ")+` ORDER BY seq`, args...)

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"strings"
 
-	"golang.org/x/mod/sumdb/tlog"
-
 	"github.com/agentsec/agentsec/audit"
 )
 
@@ -61,11 +59,7 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 			return err
 		}
 		rows = append(rows, row)
-		hashes := make([]byte, 0, 32*len(e.Hashes))
-		for _, h := range e.Hashes {
-			hashes = append(hashes, h[:]...)
-		}
-		args = append(args, int64(e.Seq), e.Data, hashes)
+		args = append(args, int64(e.Seq), e.Data, audit.PackHashes(e.Hashes))
 		if len(args) == cap(args) || i == len(entries)-1 {
 			if _, err := tx.ExecContext(ctx, insertSQL("audit_records", 3, len(args)/3), args...); err != nil {
 				return s.wrap(fmt.Sprintf("appending entries up to %d", e.Seq), err)
@@ -122,7 +116,7 @@ func (s *Store) each(rows *sql.Rows, withHashes bool, fn func(audit.Entry) error
 		seq    int64
 		data   sql.RawBytes
 		raw    sql.RawBytes
-		hashes [64]audit.Hash
+		hashes [audit.MaxStoredHashes]audit.Hash
 	)
 	for rows.Next() {
 		dest := []any{&seq, &data}
@@ -134,14 +128,10 @@ func (s *Store) each(rows *sql.Rows, withHashes bool, fn func(audit.Entry) error
 		}
 		e := audit.Entry{Seq: uint64(seq), Data: data}
 		if withHashes {
-			if len(raw)%32 != 0 || len(raw)/32 > len(hashes) {
-				return fmt.Errorf("sqlite: record %d: tree hashes of %d bytes", seq, len(raw))
+			var err error
+			if e.Hashes, err = audit.UnpackHashes(raw, &hashes); err != nil {
+				return fmt.Errorf("sqlite: record %d: %w", seq, err)
 			}
-			n := len(raw) / 32
-			for i := range n {
-				hashes[i] = audit.Hash(raw[32*i : 32*i+32])
-			}
-			e.Hashes = hashes[:n:n]
 		}
 		if err := fn(e); err != nil {
 			return err
@@ -161,11 +151,10 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, 
 	type slot struct{ i, level int }
 	byRecord := map[int64][]slot{}
 	for i, idx := range indexes {
-		if idx < 0 {
-			return nil, fmt.Errorf("sqlite: negative tree hash index %d", idx)
+		rec, level, err := audit.HashHolder(idx)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: %w", err)
 		}
-		level, n := tlog.SplitStoredHashIndex(idx)
-		rec := (n+1)<<level - 1
 		byRecord[rec] = append(byRecord[rec], slot{i, level})
 	}
 	for rec, slots := range byRecord {
@@ -178,10 +167,11 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, 
 			return nil, s.wrap("reading tree hashes", err)
 		}
 		for _, sl := range slots {
-			if len(raw) < 32*(sl.level+1) {
+			h, ok := audit.HashAt(raw, sl.level)
+			if !ok {
 				return nil, fmt.Errorf("sqlite: record %d has no tree hash at level %d", rec, sl.level)
 			}
-			out[sl.i] = audit.Hash(raw[32*sl.level : 32*sl.level+32])
+			out[sl.i] = h
 		}
 	}
 	return out, nil
@@ -278,12 +268,8 @@ func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, f
 		args = append(args, f.Since.UnixMicro())
 	}
 	if !f.Until.IsZero() {
-		until := f.Until.UnixMicro()
-		if f.Until.Nanosecond()%1000 != 0 {
-			until++
-		}
 		where = append(where, "i.time < ?")
-		args = append(args, until)
+		args = append(args, f.UntilMicro())
 	}
 	rows, err := s.reader.QueryContext(ctx, `SELECT r.seq, r.data FROM audit_index i JOIN audit_records r ON r.seq = i.seq
 		WHERE `+strings.Join(where, " AND ")+` ORDER BY i.seq`, args...)

@@ -28,13 +28,9 @@ type indexRow struct {
 // rowOf returns the index row of e, decoding its bytes if the appender
 // did not pass the record.
 func rowOf(e audit.Entry) (indexRow, error) {
-	rec := e.Record
-	if rec == nil {
-		r, err := audit.DecodeRecord(e.Data)
-		if err != nil {
-			return indexRow{}, fmt.Errorf("sqlite: entry %d: %w", e.Seq, err)
-		}
-		rec = &r
+	rec, err := e.Decoded()
+	if err != nil {
+		return indexRow{}, fmt.Errorf("sqlite: %w", err)
 	}
 	return indexRow{seq: int64(e.Seq), time: rec.Time.UnixMicro(), namespace: rec.Namespace,
 		event: rec.Event, agent: rec.Agent, session: rec.Session, tool: rec.Tool, outcome: string(rec.Outcome)}, nil
