@@ -93,9 +93,10 @@ const maxBatch = 512
 
 // committer is the group-commit state of a Log.
 type committer struct {
-	qmu     sync.Mutex
-	queue   []*pending
-	leading bool // someone is committing or has been handed leadership
+	qmu      sync.Mutex
+	queue    []*pending
+	leading  bool // someone is committing or has been handed leadership
+	spinners int  // how many of the queue's first waiters spin: GOMAXPROCS when the Log opened
 
 	// Owned by the leader of the moment.
 	spare   []*pending
@@ -108,7 +109,7 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
 	if l.leading {
-		spin := len(l.queue) <= runtime.GOMAXPROCS(0)
+		spin := len(l.queue) <= l.spinners
 		l.qmu.Unlock()
 		if p.wait(spin) == resultReady {
 			return
@@ -159,8 +160,8 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 		entries []Entry
 		err     error
 	)
-	if shared, ok := l.store.(SharedStore); ok {
-		err = shared.AppendShared(ctx, func(at uint64, read HashReader) ([]Entry, error) {
+	if l.shared != nil {
+		err = l.shared.AppendShared(ctx, func(at uint64, read HashReader) ([]Entry, error) {
 			switch {
 			case at < size:
 				return nil, fmt.Errorf("the shared log holds %d records, but this log appended up to %d: records are missing; run agentsec audit verify", at, size)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,7 @@ const (
 // Log is safe for concurrent use.
 type Log struct {
 	store     Store
+	shared    SharedStore // store, if it is one
 	namespace string
 	clock     func() time.Time
 
@@ -124,6 +126,8 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		signer: opts.Signer, verifier: opts.Verifier, origin: opts.Origin,
 		cpEvery: opts.CheckpointEvery, cpInterval: opts.CheckpointInterval, cpFile: opts.CheckpointFile,
 	}
+	l.shared, _ = store.(SharedStore)
+	l.spinners = runtime.GOMAXPROCS(0)
 	if l.clock == nil {
 		l.clock = time.Now
 	}
@@ -179,7 +183,7 @@ func (l *Log) loadHead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("audit: reading log size: %w", err)
 	}
-	if err := l.front.load(size, func(indexes []int64) ([]Hash, error) { return l.store.ReadHashes(ctx, indexes) }); err != nil {
+	if err := l.front.load(size, storeHashReader{ctx, l.store}); err != nil {
 		return fmt.Errorf("audit: reading log head: %w", err)
 	}
 	l.work = l.front

@@ -74,8 +74,8 @@ type SharedStore interface {
 }
 
 // A HashReader reads stored tree hashes by their stored hash indexes
-// (tlog.StoredHashIndex).
-type HashReader func(indexes []int64) ([]Hash, error)
+// (tlog.StoredHashIndex); it is a tlog.HashReader.
+type HashReader = tlog.HashReaderFunc
 
 // A Querier is a Store that can find the records matching a filter itself,
 // typically through indexes, instead of Query scanning the whole log.

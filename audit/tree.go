@@ -54,12 +54,12 @@ func (f *frontier) root(n uint64) Hash {
 }
 
 // load sets f to the frontier of the tree of size n, from stored hashes.
-func (f *frontier) load(n uint64, read HashReader) error {
+func (f *frontier) load(n uint64, r tlog.HashReader) error {
 	levels, indexes := frontierIndexes(n)
 	if len(indexes) == 0 {
 		return nil
 	}
-	hashes, err := read(indexes)
+	hashes, err := r.ReadHashes(indexes)
 	if err != nil {
 		return err
 	}
