@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsec/agentsec/audit"
 )
@@ -84,26 +86,29 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	if err != nil {
 		return unavailable("locking the log's head", err)
 	}
-	rollback := func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`) }
+	// Unless it commits, the transaction is rolled back before the
+	// connection goes back to the pool: the head is free at once, and the
+	// connection is used again rather than closed.
+	committed := false
+	defer func() {
+		if !committed {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+	}()
 
 	entries, err := build(uint64(size), func(indexes []int64) ([]audit.Hash, error) {
 		return readHashes(ctx, conn, indexes)
 	})
-	if err != nil {
-		rollback()
+	switch {
+	case err != nil:
 		return err
-	}
-	if len(entries) == 0 {
-		rollback()
+	case len(entries) == 0:
 		return nil
-	}
-	if entries[0].Seq != uint64(size) {
-		rollback()
+	case entries[0].Seq != uint64(size):
 		return fmt.Errorf("postgres: append of entry %d to a log of size %d", entries[0].Seq, size)
 	}
 	rows, err := copyRows(entries)
 	if err != nil {
-		rollback()
 		return err
 	}
 	// COPY is the cheapest way in for a batch; the head is held, so the
@@ -113,22 +118,34 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 		err = fmt.Errorf("copied %d of %d records", n, len(entries))
 	}
 	if err == nil {
-		commit := &pgx.Batch{}
-		commit.Queue(`UPDATE agentsec_audit_head SET size = $1`, size+int64(len(entries)))
-		commit.Queue(`COMMIT`)
-		br = conn.SendBatch(ctx, commit)
-		if _, err = br.Exec(); err == nil {
-			_, err = br.Exec()
-		}
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
+		err = advanceAndCommit(ctx, conn, size+int64(len(entries)))
 	}
 	if err != nil {
-		rollback()
 		return unavailable(appending(entries), err)
 	}
+	committed = true
 	return nil
+}
+
+// advanceAndCommit moves the log's head to size and commits, in one round
+// trip. A transaction that ends in anything but COMMIT — one already
+// aborted ends in ROLLBACK, without an error — is a failure.
+func advanceAndCommit(ctx context.Context, conn *pgxpool.Conn, size int64) error {
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE agentsec_audit_head SET size = $1`, size)
+	b.Queue(`COMMIT`)
+	br := conn.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		var tag pgconn.CommandTag
+		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
+			err = fmt.Errorf("the transaction ended in %s", tag)
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // appendTimeout bounds one AppendShared.
@@ -273,16 +290,13 @@ func (s *AuditStore) AddCheckpoint(ctx context.Context, size uint64, signed []by
 	if size > math.MaxInt64 {
 		return fmt.Errorf("postgres: checkpoint of size %d is beyond the log's largest size", size)
 	}
+	// The statement returns the note stored for the size, this one or one
+	// stored before — also by another appender at the same moment, whose
+	// row the conflict waits for.
 	var old []byte
-	err := s.db.pool.QueryRow(ctx, `WITH ins AS (
-		INSERT INTO agentsec_audit_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING RETURNING note
-	) SELECT note FROM ins UNION ALL SELECT note FROM agentsec_audit_checkpoints WHERE size = $1 LIMIT 1`,
+	err := s.db.pool.QueryRow(ctx, `INSERT INTO agentsec_audit_checkpoints (size, note) VALUES ($1, $2)
+		ON CONFLICT (size) DO UPDATE SET note = agentsec_audit_checkpoints.note RETURNING note`,
 		int64(size), signed).Scan(&old)
-	if noRows(err) {
-		// Another appender inserted it concurrently, after this
-		// statement's snapshot: read it again.
-		err = s.db.pool.QueryRow(ctx, `SELECT note FROM agentsec_audit_checkpoints WHERE size = $1`, int64(size)).Scan(&old)
-	}
 	if err != nil {
 		return unavailable("storing a checkpoint", err)
 	}

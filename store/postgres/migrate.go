@@ -23,8 +23,8 @@ var migrations = [][]string{
 			calls_used  bigint NOT NULL DEFAULT 0 CHECK (calls_used >= 0),
 			created     timestamptz NOT NULL DEFAULT now()
 		)`,
-		// The log's head: its size, which every append checks and
-		// advances in the statement that inserts its records.
+		// The log's head: its size, which every append locks, and
+		// advances in the transaction that inserts its records.
 		`CREATE TABLE agentsec_audit_head (
 			id   boolean PRIMARY KEY DEFAULT true CHECK (id),
 			size bigint NOT NULL CHECK (size >= 0)

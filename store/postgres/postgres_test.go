@@ -145,6 +145,39 @@ func TestAuditStoreShared(t *testing.T) {
 	})
 }
 
+// A log whose shared store holds fewer records than it appended — rows
+// deleted from the database behind it — refuses to append: it would
+// extend a tree that is not the one it signed.
+func TestAppendRefusesMissingRecords(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	l, err := audit.NewLog(ctx, db.Audit(), audit.Options{Namespace: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 5 {
+		if _, err := l.Log(ctx, audittest.BenchRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `DELETE FROM agentsec_audit_records WHERE seq >= 3; UPDATE agentsec_audit_head SET size = 3`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Log(ctx, audittest.BenchRecord(5)); err == nil || !strings.Contains(err.Error(), "records are missing") {
+		t.Fatalf("Log after records were deleted: %v, want an error saying records are missing", err)
+	}
+	var size int64
+	if err := conn.QueryRow(ctx, `SELECT size FROM agentsec_audit_head`).Scan(&size); err != nil || size != 3 {
+		t.Errorf("head after the refused append: %d, %v; want 3", size, err)
+	}
+}
+
 // A replica that holds the log's head and stops answering doesn't hold
 // every other replica's appends up: they fail after lock_timeout (here
 // shortened in the connection string), and append again once it's gone.
