@@ -111,14 +111,22 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	if err != nil {
 		return err
 	}
-	// COPY is the cheapest way in for a batch; the head is held, so the
-	// records can't collide with another appender's.
-	n, err := conn.CopyFrom(ctx, pgx.Identifier{"agentsec_audit_records"}, recordColumns, pgx.CopyFromRows(rows))
-	if err == nil && n != int64(len(entries)) {
-		err = fmt.Errorf("copied %d of %d records", n, len(entries))
+	// The head is held, so the records can't collide with another
+	// appender's. A large batch goes in by COPY, the cheapest way in for
+	// many rows but a round trip of its own; a small one by an INSERT in
+	// the round trip that commits.
+	var insert [][]any
+	if len(rows) <= maxInsertRows {
+		insert = rows
+	} else {
+		var n int64
+		n, err = conn.CopyFrom(ctx, pgx.Identifier{"agentsec_audit_records"}, recordColumns, pgx.CopyFromRows(rows))
+		if err == nil && n != int64(len(entries)) {
+			err = fmt.Errorf("copied %d of %d records", n, len(entries))
+		}
 	}
 	if err == nil {
-		err = advanceAndCommit(ctx, conn, size+int64(len(entries)))
+		err = insertAndCommit(ctx, conn, insert, size+int64(len(entries)))
 	}
 	if err != nil {
 		return unavailable(appending(entries), err)
@@ -127,15 +135,54 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	return nil
 }
 
-// advanceAndCommit moves the log's head to size and commits, in one round
-// trip. A transaction that ends in anything but COMMIT — one already
-// aborted ends in ROLLBACK, without an error — is a failure.
-func advanceAndCommit(ctx context.Context, conn *pgxpool.Conn, size int64) error {
+// maxInsertRows is the largest batch inserted by INSERT rather than COPY.
+const maxInsertRows = 8
+
+// insertSQL[n] inserts n records, in recordColumns' order.
+var insertSQL = func() (out [maxInsertRows + 1]string) {
+	for n := 1; n <= maxInsertRows; n++ {
+		var sql strings.Builder
+		sql.WriteString(`INSERT INTO agentsec_audit_records (` + strings.Join(recordColumns, ", ") + `) VALUES `)
+		for i := range n {
+			if i > 0 {
+				sql.WriteString(", ")
+			}
+			sql.WriteByte('(')
+			for j := range recordColumns {
+				if j > 0 {
+					sql.WriteString(", ")
+				}
+				fmt.Fprintf(&sql, "$%d", i*len(recordColumns)+j+1)
+			}
+			sql.WriteByte(')')
+		}
+		out[n] = sql.String()
+	}
+	return out
+}()
+
+// insertAndCommit inserts rows (in recordColumns' order; none if nil),
+// moves the log's head to size and commits, in one round trip. A
+// transaction that ends in anything but COMMIT — one already aborted ends
+// in ROLLBACK, without an error — is a failure.
+func insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size int64) error {
 	b := &pgx.Batch{}
+	if len(rows) > 0 {
+		args := make([]any, 0, len(rows)*len(recordColumns))
+		for _, row := range rows {
+			args = append(args, row...)
+		}
+		b.Queue(insertSQL[len(rows)], args...)
+	}
 	b.Queue(`UPDATE agentsec_audit_head SET size = $1`, size)
 	b.Queue(`COMMIT`)
 	br := conn.SendBatch(ctx, b)
-	_, err := br.Exec()
+	var err error
+	for range b.Len() - 1 {
+		if _, err = br.Exec(); err != nil {
+			break
+		}
+	}
 	if err == nil {
 		var tag pgconn.CommandTag
 		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
