@@ -20,6 +20,44 @@ func RunShared(t *testing.T, newHandles func(t *testing.T, n int) []audit.Shared
 	t.Run("ConcurrentLogs", func(t *testing.T) { testSharedConcurrentLogs(t, newHandles(t, 3)) })
 	t.Run("BuildErrorStoresNothing", func(t *testing.T) { testSharedBuildError(t, newHandles(t, 1)[0]) })
 	t.Run("OpenWhileAnotherAppends", func(t *testing.T) { testSharedOpenWhileAnotherAppends(t, newHandles(t, 2)) })
+	t.Run("SameSizeSameCheckpoint", func(t *testing.T) { testSharedSameSizeSameCheckpoint(t, newHandles(t, 2)) })
+}
+
+// testSharedSameSizeSameCheckpoint has two logs sign the same size: they
+// sign the one tree with the one key, so the second stores the same bytes
+// — a different note of a stored size is refused — and gets them back.
+func testSharedSameSizeSameCheckpoint(t *testing.T, stores []audit.SharedStore) {
+	ctx := t.Context()
+	signer, verifier := testKey(t, "audittest-shared")
+	opts := audit.Options{Namespace: "audittest", Signer: signer, Verifier: verifier, CheckpointInterval: -1}
+	a, err := audit.NewLog(ctx, stores[0], opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for range 10 {
+		if _, err := a.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b opens before a signs, so it has no checkpoint of size 10 and
+	// signs one itself.
+	b, err := audit.NewLog(ctx, stores[1], opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	first, err := a.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := b.Checkpoint(ctx)
+	if err != nil {
+		t.Fatalf("the second log's checkpoint of the same size: %v", err)
+	}
+	if string(first) != string(second) {
+		t.Errorf("two logs signed size 10 differently:\n%s\n%s", first, second)
+	}
 }
 
 // testSharedOpenWhileAnotherAppends opens a log just as another appends
