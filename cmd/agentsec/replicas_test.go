@@ -454,6 +454,9 @@ func (s *rawSession) call(text string) (outcome string, err error) {
 	id := s.next.Add(1)
 	r, err := s.post(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"read","arguments":{"text":%q}}}`, id, text))
 	switch {
+	case err != nil && strings.Contains(err.Error(), "HTTP 503"):
+		// A replica taking the session up while the database is down.
+		return "unavailable", nil
 	case err != nil:
 		return "failed", err
 	case r.Error != nil:
@@ -560,8 +563,10 @@ func TestReplicasSurviveKillAndDatabaseRestart(t *testing.T) {
 	if len(limited) != sessions {
 		t.Errorf("%d of %d sessions were refused at their limit, want all", len(limited), sessions)
 	}
-	if outcomes["failed"] > sessions*5 {
-		t.Errorf("%d calls failed outright, want only those in flight on the killed replica", outcomes["failed"])
+	if outcomes["failed"] > sessions {
+		// A session has one call in flight at a time: only those on the
+		// killed replica when it died may fail outright.
+		t.Errorf("%d calls failed outright, want at most one per session (%d), those in flight on the killed replica", outcomes["failed"], sessions)
 	}
 	logged := allowedCalls(t, f.dsn)
 	for id, n := range acked {
