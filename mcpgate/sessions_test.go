@@ -163,6 +163,20 @@ func spread(srvs []*httptest.Server, token string) *roundRobin {
 	return rr
 }
 
+// openAs connects an SDK client to the gateway at url with token, and
+// closes it when the test ends.
+func openAs(t *testing.T, url, token string) *mcp.ClientSession {
+	t.Helper()
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: url,
+		HTTPClient: &http.Client{Transport: bearer{token, http.DefaultTransport}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
 func TestReplicasServeOneSession(t *testing.T) {
 	const limit = 5
 	srvs, stack, up, _ := replicas(t, 3, limit)
@@ -211,14 +225,7 @@ func TestReplicasServeOneSession(t *testing.T) {
 // starts nothing there.
 func TestReplicasTakeUpQuietly(t *testing.T) {
 	srvs, _, up, _ := replicas(t, 3, 100)
-	ctx := context.Background()
-	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
-		HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
+	cs := openAs(t, srvs[0].URL, "alice-token")
 	headers := map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": cs.ID()}
 	resp := doMCP(t, "POST", srvs[1].URL, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`, headers)
 	body, _ := io.ReadAll(resp.Body)
@@ -255,13 +262,7 @@ func TestReplicasTakeUpQuietly(t *testing.T) {
 func TestReplicasKeepSessionsApart(t *testing.T) {
 	srvs, _, _, sessions := replicas(t, 2, 5)
 	ctx := context.Background()
-	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
-		HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
+	cs := openAs(t, srvs[0].URL, "alice-token")
 	call := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
 	// Another agent can't take alice's session up on another replica.
 	if code := postMCP(t, srvs[1].URL, call, map[string]string{"Authorization": "Bearer bob-token", "Mcp-Session-Id": cs.ID()}); code != http.StatusNotFound {
@@ -309,17 +310,7 @@ func TestReplicasEndSessionsEverywhere(t *testing.T) {
 	const idle = time.Second // replicas refresh sessions every 250 ms
 	srvs, _, up, sessions := replicasIdle(t, 3, 100, idle)
 	ctx := context.Background()
-	open := func() *mcp.ClientSession {
-		t.Helper()
-		client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
-		cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: srvs[0].URL,
-			HTTPClient: &http.Client{Transport: bearer{"alice-token", http.DefaultTransport}}, MaxRetries: -1}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cs.Close() })
-		return cs
-	}
+	open := func() *mcp.ClientSession { return openAs(t, srvs[0].URL, "alice-token") }
 	list := func(srv *httptest.Server, id string) int {
 		return postMCP(t, srv.URL, `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`,
 			map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": id})
