@@ -76,7 +76,11 @@ const reserveLocked = `WITH locked AS MATERIALIZED (
 // reserveMany takes a batch's slots with reserveLocked: one round trip,
 // one commit.
 func (s *BudgetStore) reserveMany(ctx context.Context, sessions []string) []reserved {
-	out, err := s.queryReserved(ctx, sessions)
+	rows, err := s.db.pool.Query(ctx, reserveLocked, sessions)
+	var out []reserved
+	if err == nil {
+		out, err = readReserved(rows, sessions)
+	}
 	if err != nil {
 		out = make([]reserved, len(sessions))
 		for i, session := range sessions {
@@ -84,15 +88,6 @@ func (s *BudgetStore) reserveMany(ctx context.Context, sessions []string) []rese
 		}
 	}
 	return out
-}
-
-func (s *BudgetStore) queryReserved(ctx context.Context, sessions []string) ([]reserved, error) {
-	rows, err := s.db.pool.Query(ctx, reserveLocked, sessions)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	return readReserved(rows, sessions)
 }
 
 // giveBack releases a slot taken for a caller that had given up waiting:
@@ -107,6 +102,7 @@ func (s *BudgetStore) giveBack(ctx context.Context, session string, r reserved) 
 // readReserved reads the answers of reserveLocked, one per element. They
 // count only if the statement, and so its commit, succeeded.
 func readReserved(rows pgx.Rows, sessions []string) ([]reserved, error) {
+	defer rows.Close()
 	out := make([]reserved, len(sessions))
 	answered := make([]bool, len(sessions))
 	for rows.Next() {
