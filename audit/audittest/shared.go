@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/agentsec/agentsec/audit"
@@ -21,6 +22,59 @@ func RunShared(t *testing.T, newHandles func(t *testing.T, n int) []audit.Shared
 	t.Run("BuildErrorStoresNothing", func(t *testing.T) { testSharedBuildError(t, newHandles(t, 1)[0]) })
 	t.Run("OpenWhileAnotherAppends", func(t *testing.T) { testSharedOpenWhileAnotherAppends(t, newHandles(t, 2)) })
 	t.Run("SameSizeSameCheckpoint", func(t *testing.T) { testSharedSameSizeSameCheckpoint(t, newHandles(t, 2)) })
+	t.Run("LostAcknowledgement", func(t *testing.T) { testSharedLostAcknowledgement(t, newHandles(t, 2)) })
+}
+
+// testSharedLostAcknowledgement loses the acknowledgement of a stored
+// batch, and another log appends before the first finds out: the batch
+// counts as stored (the store grew past it, and holds its hashes), the
+// first log's append succeeds, and both logs go on appending to one log.
+func testSharedLostAcknowledgement(t *testing.T, stores []audit.SharedStore) {
+	ctx := t.Context()
+	other, err := audit.NewLog(ctx, stores[1], audit.Options{Namespace: "audittest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	var once sync.Once
+	lossy := lostAck{SharedStore: stores[0], lost: new(atomic.Bool), after: func() {
+		once.Do(func() {
+			if _, err := other.Log(ctx, audit.Record{Event: "audittest.other", Outcome: audit.OutcomeAllowed}); err != nil {
+				t.Errorf("the other log's append: %v", err)
+			}
+		})
+	}}
+	l, err := audit.NewLog(ctx, lossy, audit.Options{Namespace: "audittest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if rec, err := l.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil || rec.Seq != 0 {
+		t.Fatalf("an append whose acknowledgement was lost = seq %d, %v; want 0, nil", rec.Seq, err)
+	}
+	if rec, err := l.Log(ctx, audit.Record{Event: "audittest.shared", Outcome: audit.OutcomeAllowed}); err != nil || rec.Seq != 2 {
+		t.Errorf("the next append = seq %d, %v; want 2, nil", rec.Seq, err)
+	}
+	if n, err := l.Verify(ctx); n != 3 || err != nil {
+		t.Errorf("Verify = %d, %v; want 3, nil", n, err)
+	}
+}
+
+// lostAck is a SharedStore whose first AppendShared stores its batch,
+// calls after, and then reports a failure.
+type lostAck struct {
+	audit.SharedStore
+	after func()
+	lost  *atomic.Bool
+}
+
+func (s lostAck) AppendShared(ctx context.Context, build func(uint64, audit.HashReader) ([]audit.Entry, error)) error {
+	err := s.SharedStore.AppendShared(ctx, build)
+	if err != nil || s.lost.Swap(true) {
+		return err
+	}
+	s.after()
+	return errors.New("audittest: the acknowledgement was lost")
 }
 
 // testSharedSameSizeSameCheckpoint has two logs sign the same size: they
