@@ -86,6 +86,30 @@ func (e *Enforcer) RecordSpending(ctx context.Context, session string, tokens in
 	return err
 }
 
+// CommitWithin counts the tokens of a result delivered after its call's
+// reservation was settled — a task's result, fetched later — under the
+// rule Reservation.CommitWithin applies: only while the session's tokens
+// used are below its limit. Otherwise it counts nothing and returns an
+// *ExceededError, and the result must be withheld.
+func (e *Enforcer) CommitWithin(ctx context.Context, session string, tokens int64) (State, error) {
+	if err := CheckSession(session); err != nil {
+		return State{}, err
+	}
+	if tokens < 0 {
+		return State{}, CheckTokens(0, tokens)
+	}
+	return e.store.CommitWithin(ctx, session, tokens)
+}
+
+// Forget deletes session's budget once nothing will be charged to it
+// again, such as when the MCP session it belongs to has ended.
+func (e *Enforcer) Forget(ctx context.Context, session string) error {
+	if err := CheckSession(session); err != nil {
+		return err
+	}
+	return e.store.Forget(ctx, session)
+}
+
 // Usage returns session's state.
 func (e *Enforcer) Usage(ctx context.Context, session string) (State, error) {
 	if err := CheckSession(session); err != nil {
@@ -151,6 +175,29 @@ func (r *Reservation) Commit(ctx context.Context, tokens int64) error {
 	}
 	r.closed = true
 	return nil
+}
+
+// CommitWithin is Commit under the rule Reserve applies before a call,
+// applied again to its result: the tokens are counted only while the
+// session's tokens used are below its limit. If other calls used the
+// limit while this one ran, nothing is counted, the slot stays taken, and
+// CommitWithin returns an *ExceededError (matching ErrExceeded): the
+// result must be withheld. So a session's tokens can pass its limit by at
+// most one result, however many calls run at once. Either way the
+// reservation is closed; after an invalid count or a store failure it is
+// still open.
+func (r *Reservation) CommitWithin(ctx context.Context, tokens int64) (State, error) {
+	if r.store == nil || r.closed {
+		return State{}, fmt.Errorf("budget: %w", ErrReservationClosed)
+	}
+	if tokens < 0 {
+		return State{}, CheckTokens(0, tokens)
+	}
+	st, err := r.store.CommitWithin(ctx, r.session, tokens)
+	if err == nil || errors.Is(err, ErrExceeded) {
+		r.closed = true
+	}
+	return st, err
 }
 
 // Release gives the call slot back. It is an error to release twice or

@@ -106,6 +106,24 @@ func (s *MemoryStore) Commit(_ context.Context, session string, tokens int64) er
 	return s.add(session, 0, tokens)
 }
 
+// CommitWithin implements Store.
+func (s *MemoryStore) CommitWithin(_ context.Context, session string, tokens int64) (State, error) {
+	ms, err := s.session(session)
+	if err != nil {
+		return State{}, err
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if err := CheckTokens(ms.state.Used.Tokens, tokens); err != nil {
+		return ms.state, err
+	}
+	if ms.state.Used.Tokens >= ms.state.Limits.Tokens {
+		return ms.state, &ExceededError{Session: session, State: ms.state}
+	}
+	ms.state.Used.Tokens += tokens
+	return ms.state, nil
+}
+
 // Release implements Store.
 func (s *MemoryStore) Release(_ context.Context, session string) error {
 	ms, err := s.session(session)
@@ -153,6 +171,27 @@ func (s *MemoryStore) Get(_ context.Context, session string) (State, error) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	return ms.state, nil
+}
+
+// Forget implements Store.
+func (s *MemoryStore) Forget(_ context.Context, session string) error {
+	sh := s.shard(session)
+	sh.mu.Lock()
+	delete(sh.sessions, session)
+	sh.mu.Unlock()
+	return nil
+}
+
+// Len returns the number of sessions the store holds.
+func (s *MemoryStore) Len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		n += len(sh.sessions)
+		sh.mu.RUnlock()
+	}
+	return n
 }
 
 // Close implements Store; a MemoryStore holds nothing to release.

@@ -4,8 +4,9 @@ import "context"
 
 // A Store keeps session budgets. Every method is atomic with respect to
 // the others on the same session, across all processes sharing the store,
-// and safe for concurrent use. Every method but Close returns an error
-// wrapping ErrUnknownSession for a session that was never created.
+// and safe for concurrent use. Every method but Forget and Close returns
+// an error wrapping ErrUnknownSession for a session that was never
+// created.
 // budgettest.Run checks an implementation.
 type Store interface {
 	// Create makes the session's budget with limits unless it exists, and
@@ -20,6 +21,13 @@ type Store interface {
 	// stays taken. Counts that are negative or would overflow are
 	// ErrInvalidTokens errors and change nothing.
 	Commit(ctx context.Context, session string, tokens int64) error
+	// CommitWithin adds tokens after a Reserve, as Commit does, but only
+	// while the session's tokens used are below its token limit — the
+	// rule Reserve applies before a call, applied again to its result.
+	// Otherwise it changes nothing and returns an *ExceededError: the
+	// result came after other calls used the limit. The call slot stays
+	// taken either way. It returns the state after.
+	CommitWithin(ctx context.Context, session string, tokens int64) (State, error)
 	// Release gives back one call slot taken by Reserve.
 	Release(ctx context.Context, session string) error
 	// Record adds one call and tokens without checking the limits: it
@@ -27,6 +35,10 @@ type Store interface {
 	Record(ctx context.Context, session string, tokens int64) error
 	// Get returns the session's state.
 	Get(ctx context.Context, session string) (State, error)
+	// Forget deletes a session's budget, once nothing will be charged to
+	// it again: a later Create starts it afresh. Forgetting a session
+	// that doesn't exist is not an error.
+	Forget(ctx context.Context, session string) error
 	// Close releases the store's resources.
 	Close() error
 }

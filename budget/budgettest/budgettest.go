@@ -67,6 +67,10 @@ func RunWith(t *testing.T, opts Options, newStore func(t *testing.T) budget.Stor
 		{"ReserveRefusedAtTokenLimit", testReserveRefusedAtTokenLimit},
 		{"CommitAddsTokens", testCommitAddsTokens},
 		{"CommitRejectsInvalidTokens", testCommitRejectsInvalidTokens},
+		{"CommitWithinStopsAtTokenLimit", testCommitWithinStopsAtTokenLimit},
+		{"CommitWithinRejectsInvalidTokens", testCommitWithinRejectsInvalidTokens},
+		{"ConcurrentCommitWithin", testConcurrentCommitWithin},
+		{"ForgetDeletes", testForgetDeletes},
 		{"ReleaseGivesBackSlot", testReleaseGivesBackSlot},
 		{"ReleaseNeverGoesNegative", testReleaseNeverGoesNegative},
 		{"RecordIgnoresLimits", testRecordIgnoresLimits},
@@ -351,6 +355,111 @@ func testCommitAddsTokens(t *testing.T, s budget.Store) {
 	}
 }
 
+// testCommitWithinStopsAtTokenLimit checks that CommitWithin counts a
+// result only while the session's tokens are below its limit: the one
+// that crosses it counts whole, later ones count nothing, and each keeps
+// its call slot.
+func testCommitWithinStopsAtTokenLimit(t *testing.T, s budget.Store) {
+	limits := budget.Limits{Tokens: 100, Calls: 10}
+	id := create(t, s, limits)
+	for range 3 {
+		if _, err := s.Reserve(t.Context(), id); err != nil {
+			t.Fatalf("Reserve: %v", err)
+		}
+	}
+	steps := []struct {
+		tokens int64
+		ok     bool
+		want   budget.State
+	}{
+		{60, true, state(limits, 3, 60)},
+		{70, true, state(limits, 3, 130)}, // crosses the limit, counted whole
+		{5, false, state(limits, 3, 130)}, // at the limit: nothing counted
+	}
+	for i, st := range steps {
+		got, err := s.CommitWithin(t.Context(), id, st.tokens)
+		if st.ok {
+			if err != nil {
+				t.Fatalf("CommitWithin %d (%d tokens): %v", i, st.tokens, err)
+			}
+			if got != st.want {
+				t.Errorf("CommitWithin %d = %+v, want %+v", i, got, st.want)
+			}
+		} else {
+			var ee *budget.ExceededError
+			if !errors.As(err, &ee) || ee.Reason() != budget.ReasonTokenLimit {
+				t.Fatalf("CommitWithin %d at the limit: got %v, want an *ExceededError for the token limit", i, err)
+			}
+		}
+		wantState(t, s, id, st.want)
+	}
+}
+
+func testCommitWithinRejectsInvalidTokens(t *testing.T, s budget.Store) {
+	testRejectsInvalidTokens(t, s, "CommitWithin", func(ctx context.Context, session string, tokens int64) error {
+		_, err := s.CommitWithin(ctx, session, tokens)
+		return err
+	})
+}
+
+// testConcurrentCommitWithin commits many results at once on a session
+// whose limit only a few fit under: the tokens counted pass the limit by
+// less than one result, however the commits interleave.
+func testConcurrentCommitWithin(t *testing.T, s budget.Store) {
+	const (
+		goroutines = 200
+		result     = 7
+	)
+	limits := budget.Limits{Tokens: 100, Calls: goroutines}
+	id := create(t, s, limits)
+	ctx := t.Context()
+	for range goroutines {
+		if _, err := s.Reserve(ctx, id); err != nil {
+			t.Fatalf("Reserve: %v", err)
+		}
+	}
+	errs := AtOnce(goroutines, func() error {
+		_, err := s.CommitWithin(ctx, id, result)
+		return err
+	})
+	for _, err := range errs {
+		if !errors.Is(err, budget.ErrExceeded) {
+			t.Fatalf("CommitWithin: got %v, want nil or %v", err, budget.ErrExceeded)
+		}
+	}
+	counted := int64(goroutines-len(errs)) * result
+	// Results are counted while fewer than 100 tokens are: 15 of them.
+	wantCounted := (limits.Tokens + result - 1) / result * result
+	if counted != wantCounted {
+		t.Errorf("%d tokens counted by %d concurrent CommitWithins, want %d", counted, goroutines, wantCounted)
+	}
+	wantState(t, s, id, state(limits, goroutines, wantCounted))
+}
+
+func testForgetDeletes(t *testing.T, s budget.Store) {
+	limits := budget.Limits{Tokens: 100, Calls: 2}
+	id := create(t, s, limits)
+	if _, err := s.Reserve(t.Context(), id); err != nil {
+		t.Fatalf("Reserve: %v", err)
+	}
+	other := create(t, s, limits)
+	if err := s.Forget(t.Context(), id); err != nil {
+		t.Fatalf("Forget: %v", err)
+	}
+	if _, err := s.Get(t.Context(), id); !errors.Is(err, budget.ErrUnknownSession) {
+		t.Errorf("Get after Forget: got %v, want %v", err, budget.ErrUnknownSession)
+	}
+	if err := s.Forget(t.Context(), id); err != nil {
+		t.Errorf("Forget of a forgotten session: %v", err)
+	}
+	wantState(t, s, other, state(limits, 0, 0))
+	// Created again, it starts afresh.
+	if _, err := s.Create(t.Context(), id, limits); err != nil {
+		t.Fatalf("Create after Forget: %v", err)
+	}
+	wantState(t, s, id, state(limits, 0, 0))
+}
+
 func testCommitRejectsInvalidTokens(t *testing.T, s budget.Store) {
 	testRejectsInvalidTokens(t, s, "Commit", s.Commit)
 }
@@ -488,6 +597,7 @@ func testUnknownSession(t *testing.T, s budget.Store) {
 		{"Release", func() error { return s.Release(t.Context(), id) }},
 		{"Record", func() error { return s.Record(t.Context(), id, 1) }},
 		{"Get", func() error { _, err := s.Get(t.Context(), id); return err }},
+		{"CommitWithin", func() error { _, err := s.CommitWithin(t.Context(), id, 1); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -86,6 +86,44 @@ func (s *BudgetStore) Record(ctx context.Context, session string, tokens int64) 
 	return s.change(ctx, change{session: session, calls: 1, tokens: tokens})
 }
 
+// CommitWithin implements budget.Store with one statement, whose WHERE
+// clause is the check. It is not batched: its answer depends on the
+// changes before it, which a batch has no order between.
+func (s *BudgetStore) CommitWithin(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	if err := budget.CheckTokens(0, tokens); err != nil {
+		return budget.State{}, err
+	}
+	for {
+		st, err := scanState(s.db.pool.QueryRow(ctx, `UPDATE agentsec_budgets SET tokens_used = tokens_used + $2::bigint
+			WHERE session = $1 AND tokens_used < token_limit AND tokens_used <= $3::bigint - $2::bigint
+			RETURNING `+stateColumns, session, tokens, int64(math.MaxInt64)))
+		if err == nil {
+			return st, nil
+		}
+		if !noRows(err) {
+			return budget.State{}, unavailable(fmt.Sprintf("counting usage of session %q", session), err)
+		}
+		if st, err = s.Get(ctx, session); err != nil {
+			return budget.State{}, err
+		}
+		if err := budget.CheckTokens(st.Used.Tokens, tokens); err != nil {
+			return st, err
+		}
+		if st.Used.Tokens >= st.Limits.Tokens {
+			return st, &budget.ExceededError{Session: session, State: st}
+		}
+		// The session was created between the two statements: try again.
+	}
+}
+
+// Forget implements budget.Store.
+func (s *BudgetStore) Forget(ctx context.Context, session string) error {
+	if _, err := s.db.pool.Exec(ctx, `DELETE FROM agentsec_budgets WHERE session = $1`, session); err != nil {
+		return unavailable(fmt.Sprintf("forgetting budget session %q", session), err)
+	}
+	return nil
+}
+
 // Release implements budget.Store.
 func (s *BudgetStore) Release(ctx context.Context, session string) error {
 	return s.change(ctx, change{session: session, calls: -1})
