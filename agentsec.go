@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -55,6 +56,12 @@ type AuditConfig struct {
 	CheckpointEvery    uint64
 	CheckpointInterval time.Duration
 	CheckpointFile     string
+	// Logger receives the log's failures — with their cause, once when
+	// appends or checkpoints start failing and in a summary at most every
+	// audit.FailureReportInterval while they go on — and its recoveries.
+	// While the log is failed Guard denies every call; this says why.
+	// Nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // TrustGateConfig configures the trust gate.
@@ -84,6 +91,11 @@ type BudgetConfig struct {
 	TokenLimit int64
 	// CallLimit is the most calls a session may make, exactly.
 	CallLimit int64
+	// CallTokenLimit, if positive, is the most tokens one call's result
+	// may count: a bigger result is withheld, and the call is recorded as
+	// over budget. With it a session's tokens can pass TokenLimit by less
+	// than CallTokenLimit, however many calls run at once (see Guard).
+	CallTokenLimit int64
 	// Store keeps the budgets. Nil means an in-memory store.
 	Store budget.Store
 }
@@ -94,11 +106,16 @@ type Stack struct {
 	TrustGate *TrustGate
 	Budget    *budget.Enforcer
 	Audit     *audit.Log
+
+	callTokenLimit int64 // BudgetConfig.CallTokenLimit; 0 for none
 }
 
 // Audit events a Stack records.
 const (
-	EventToolCall    = "tool.call"
+	EventToolCall = "tool.call"
+	// EventToolResult records a result delivered after its call's own
+	// record: a task's result (DeliverResult).
+	EventToolResult  = "tool.result"
 	EventTrustAssign = "trust.assign"
 	EventTrustRevoke = "trust.revoke"
 )
@@ -139,6 +156,9 @@ func New(cfg Config) (*Stack, error) {
 	if budgetStore == nil {
 		budgetStore = budget.NewMemoryStore()
 	}
+	if cfg.Budget.CallTokenLimit < 0 {
+		return nil, fmt.Errorf("agentsec: config: Budget.CallTokenLimit must not be negative, got %d", cfg.Budget.CallTokenLimit)
+	}
 	enforcer, err := budget.NewEnforcer(budgetStore, budget.Limits{Tokens: cfg.Budget.TokenLimit, Calls: cfg.Budget.CallLimit})
 	if err != nil {
 		return nil, fmt.Errorf("agentsec: config: %w", err)
@@ -149,7 +169,8 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 
-	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log}
+	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log,
+		callTokenLimit: cfg.Budget.CallTokenLimit}
 	for _, a := range gate.Assignments() {
 		if _, err := log.Log(ctx, assignmentRecord(a, "config")); err != nil {
 			log.Close()
@@ -166,6 +187,7 @@ func openAuditLog(ctx context.Context, namespace string, cfg AuditConfig) (*audi
 		CheckpointEvery:    cfg.CheckpointEvery,
 		CheckpointInterval: cfg.CheckpointInterval,
 		CheckpointFile:     cfg.CheckpointFile,
+		Logger:             cfg.Logger,
 	}
 	if cfg.SignerKey != "" {
 		var err error
@@ -180,6 +202,13 @@ func openAuditLog(ctx context.Context, namespace string, cfg AuditConfig) (*audi
 	case cfg.Path != "" && cfg.SignerKey == "":
 		return nil, errors.New("agentsec: config: Audit.Path needs Audit.SignerKey; make a key with 'agentsec keygen'")
 	case cfg.Path != "":
+		// audit.NewLog checks the checkpoint destination too; checking it
+		// first here keeps a bad one from creating the database.
+		if cfg.CheckpointFile != "" {
+			if err := audit.CheckCheckpointFile(cfg.CheckpointFile); err != nil {
+				return nil, fmt.Errorf("agentsec: config: Audit.CheckpointFile: %w", err)
+			}
+		}
 		var err error
 		if store, err = sqlite.Open(ctx, cfg.Path, sqlite.Options{Create: true}); err != nil {
 			return nil, fmt.Errorf("agentsec: %w", err)

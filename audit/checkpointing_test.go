@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -254,14 +255,21 @@ func TestCheckpointFile(t *testing.T) {
 
 func TestCheckpointFileFailure(t *testing.T) {
 	signer, verifier := newKey(t, "cp.test")
-	file := filepath.Join(t.TempDir(), "missing", "checkpoint")
+	dir := filepath.Join(t.TempDir(), "anchor")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "checkpoint")
 	l := newLog(t, audit.NewMemoryStore(), audit.Options{Signer: signer, Verifier: verifier, CheckpointInterval: -1, CheckpointFile: file})
 	logEvents(t, l, 1)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := l.Checkpoint(t.Context()); !errors.Is(err, audit.ErrUnavailable) {
 		t.Errorf("Checkpoint with an unwritable file: got error %v, want %v", err, audit.ErrUnavailable)
 	}
-	if err := l.Err(); !errors.Is(err, audit.ErrUnavailable) {
-		t.Errorf("Err after the checkpoint file failed = %v, want %v", err, audit.ErrUnavailable)
+	if err := l.Err(); !errors.Is(err, audit.ErrUnavailable) || !strings.Contains(err.Error(), dir) {
+		t.Errorf("Err after the checkpoint file failed = %v, want %v naming %s", err, audit.ErrUnavailable, dir)
 	}
 }
 

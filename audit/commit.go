@@ -202,6 +202,7 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 		l.headMu.Unlock()
 		if l.failure.Load() != nil {
 			l.failure.Store(nil)
+			l.appendHealth.recovered(l)
 		}
 		for i, p := range batch {
 			p.seq = size + uint64(i)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -44,10 +45,18 @@ type Options struct {
 	// CheckpointFile, if set, receives every new signed checkpoint,
 	// replacing the file atomically: keep it away from the log's store,
 	// as the anchor that catches a rewritten or truncated log. If it
-	// names an existing directory, each checkpoint is written there as a
-	// file of its own, named by its size, and "latest" is replaced with
-	// the newest.
+	// names a directory — it ends in a separator, or is an existing
+	// directory when the log opens — each checkpoint is written there as
+	// a file of its own, named by its size, and "latest" is replaced with
+	// the newest. NewLog refuses a destination it can't write (see
+	// CheckCheckpointFile).
 	CheckpointFile string
+
+	// Logger receives a line when appends or checkpoints start failing,
+	// with the cause, a summary at most every FailureReportInterval while
+	// they go on failing, and a line when they recover. Nil means
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Checkpoint defaults.
@@ -79,6 +88,9 @@ type Log struct {
 	cpEvery    uint64
 	cpInterval time.Duration
 	cpFile     string
+	cpDir      bool // cpFile is a directory
+
+	log *slog.Logger // nil means slog.Default(), looked up when used
 
 	// headMu guards the tree's head. Only the committing leader changes
 	// it.
@@ -102,6 +114,9 @@ type Log struct {
 	// once an append succeeds again; cpFailure likewise for checkpoints.
 	failure   atomic.Pointer[error]
 	cpFailure atomic.Pointer[error]
+	// appendHealth and cpHealth log the failures and recoveries.
+	appendHealth health
+	cpHealth     health
 
 	stopTimer chan struct{}
 	timerDone chan struct{}
@@ -125,6 +140,9 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		store: store, namespace: opts.Namespace, clock: opts.Clock,
 		signer: opts.Signer, verifier: opts.Verifier, origin: opts.Origin,
 		cpEvery: opts.CheckpointEvery, cpInterval: opts.CheckpointInterval, cpFile: opts.CheckpointFile,
+		log:          opts.Logger,
+		appendHealth: health{what: "append", until: "an append succeeds"},
+		cpHealth:     health{what: "checkpoint", until: "a checkpoint is signed, stored and written"},
 	}
 	l.shared, _ = store.(SharedStore)
 	l.spinners = runtime.GOMAXPROCS(0)
@@ -144,6 +162,12 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		return nil, errors.New("audit: signer and verifier keys do not match")
 	case l.signer == nil && l.cpFile != "":
 		return nil, errors.New("audit: CheckpointFile needs a Signer")
+	}
+	if l.cpFile != "" {
+		if err := CheckCheckpointFile(l.cpFile); err != nil {
+			return nil, err
+		}
+		l.cpDir = checkpointDir(l.cpFile)
 	}
 	if l.origin == "" && l.signer != nil {
 		l.origin = l.signer.Name()
@@ -256,10 +280,11 @@ func (l *Log) Root() (uint64, Hash) {
 }
 
 // Err returns nil if the last append and the last checkpoint succeeded,
-// and otherwise the failure, which wraps ErrUnavailable: records that
-// can't be stored, or can't be anchored by a signed checkpoint, are not
-// safely recorded. It is cheap enough to call before every governed call,
-// so that a failing log stops calls before they run.
+// and otherwise the failure, which wraps ErrUnavailable and the cause:
+// records that can't be stored, or can't be anchored by a signed
+// checkpoint, are not safely recorded. It is cheap enough to call before
+// every governed call, so that a failing log stops calls before they run.
+// It is the process's health signal; Options.Logger gets the history.
 func (l *Log) Err() error {
 	if p := l.failure.Load(); p != nil {
 		return *p
@@ -270,15 +295,22 @@ func (l *Log) Err() error {
 	return nil
 }
 
+// fail marks the log failed by an append's error. Only the committing
+// leader calls it.
 func (l *Log) fail(err error) error {
 	failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
 	l.failure.Store(&failure)
+	l.appendHealth.failed(l, err)
 	return failure
 }
 
-func (l *Log) failCheckpoint(err error) error {
+// failCheckpoint marks the log failed by a checkpoint's error, that
+// leaves the records past the last checkpoint, up to size, unanchored.
+// The caller holds cpMu.
+func (l *Log) failCheckpoint(err error, size uint64) error {
 	failure := fmt.Errorf("audit: %w: %w", ErrUnavailable, err)
 	l.cpFailure.Store(&failure)
+	l.cpHealth.failed(l, err, slog.Uint64("unanchored", size-l.cpSize))
 	return failure
 }
 
@@ -343,19 +375,20 @@ func (l *Log) checkpoint(ctx context.Context) error {
 	}
 	signed, err := SignCheckpoint(Checkpoint{Origin: l.origin, Size: size, Root: root}, l.signer)
 	if err != nil {
-		return l.failCheckpoint(fmt.Errorf("signing checkpoint: %w", err))
+		return l.failCheckpoint(fmt.Errorf("signing checkpoint: %w", err), size)
 	}
 	if err := l.store.AddCheckpoint(ctx, size, signed); err != nil {
-		return l.failCheckpoint(fmt.Errorf("storing checkpoint: %w", err))
+		return l.failCheckpoint(fmt.Errorf("storing checkpoint: %w", err), size)
 	}
 	if l.cpFile != "" {
-		if err := writeCheckpointFile(l.cpFile, size, signed); err != nil {
-			return l.failCheckpoint(fmt.Errorf("writing checkpoint file: %w", err))
+		if err := writeCheckpointFile(l.cpFile, l.cpDir, size, signed); err != nil {
+			return l.failCheckpoint(fmt.Errorf("writing checkpoint to %s: %w", l.cpFile, err), size)
 		}
 	}
 	l.cpSize, l.hasCP, l.cpOwed = size, true, 0
 	if l.cpFailure.Load() != nil {
 		l.cpFailure.Store(nil)
+		l.cpHealth.recovered(l, slog.Uint64("size", size))
 	}
 	return nil
 }

@@ -255,6 +255,19 @@ func (c *Config) validateAudit(v *validator) {
 			v.errorf(at("audit", "key_file"), "%v", err)
 		}
 	}
+	if a.CheckpointFile != "" && (a.Path != "" || c.Postgres.URL != "") {
+		// A checkpoint that can't be written stops every call, so a
+		// destination that can't be is refused now, not at the first
+		// checkpoint. c.Path cleans a relative path, and with it the
+		// trailing separator that makes it a directory.
+		p := c.Path(a.CheckpointFile)
+		if os.IsPathSeparator(a.CheckpointFile[len(a.CheckpointFile)-1]) && !os.IsPathSeparator(p[len(p)-1]) {
+			p += string(os.PathSeparator)
+		}
+		if err := audit.CheckCheckpointFile(p); err != nil {
+			v.errorf(at("audit", "checkpoint_file"), "%s", strings.TrimPrefix(err.Error(), "audit: "))
+		}
+	}
 }
 
 // signerKey reads the audit signer key file.

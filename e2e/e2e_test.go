@@ -491,13 +491,15 @@ func TestEverythingWithTheGoClient(t *testing.T) {
 	requireNode(t)
 	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 3)
 	url, stop := serve(t, dir, cfg, addr)
+	stdioDir, stdioCfg, _ := setup(t, everythingRules, everythingUpstream(t), 3)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name      string
 		transport mcp.Transport
 	}{
 		{"http", &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{"e2e-token"}}, MaxRetries: -1}},
-		{"stdio", &mcp.CommandTransport{Command: exec.Command(agentsecBin, "proxy", "-config", cfg)}},
+		// A log has one writer: the proxy keeps its own, beside another copy of the configuration.
+		{"stdio", &mcp.CommandTransport{Command: exec.Command(agentsecBin, "proxy", "-config", stdioCfg)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx, tc.transport, nil)
@@ -528,8 +530,10 @@ func TestEverythingWithTheGoClient(t *testing.T) {
 		})
 	}
 	stop()
-	out := run(t, dir, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
-	if !strings.HasPrefix(out, "verified ") {
-		t.Errorf("audit verify: %s", out)
+	for _, d := range []string{dir, stdioDir} {
+		out := run(t, d, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
+		if !strings.HasPrefix(out, "verified ") {
+			t.Errorf("audit verify: %s", out)
+		}
 	}
 }

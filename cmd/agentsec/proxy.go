@@ -92,6 +92,9 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	if err != nil {
 		return nil, err
 	}
+	// The audit log says on stderr why it fails, and so why calls are
+	// denied, and when it recovers.
+	sc.Audit.Logger = slog.New(slog.NewTextHandler(m.Stderr, nil))
 	g := &openedGateway{cfg: cfg}
 	if cfg.Postgres.URL != "" {
 		db, err := postgres.Open(context.Background(), cfg.Postgres.URL)

@@ -9,6 +9,10 @@
 // outcome; its rows ride along with a later append's transaction, so most
 // appends write one page. Index rows only find candidates: audit.Query
 // checks every record it returns against its own bytes.
+//
+// A writable Store is its database's one writer: it holds a lock on the
+// file <path>.lock beside the database until Close, and Open refuses a
+// second writer, naming the first (see Open). Readers need no lock.
 package sqlite
 
 import (
@@ -33,7 +37,8 @@ type Options struct {
 	// second, empty log.
 	Create bool
 	// ReadOnly opens the database for reading only, as the audit CLI
-	// does; appends then fail.
+	// does; appends then fail. Only a writable Store takes the
+	// database's lock, so a ReadOnly one opens while a writer runs.
 	ReadOnly bool
 }
 
@@ -44,6 +49,7 @@ type Store struct {
 	path   string
 	writer *sql.DB
 	reader *sql.DB
+	lock   *os.File // the writer's lock on the database; nil if ReadOnly (see lock.go)
 
 	// appendMu serializes appends and guards nextSeq, the size of the log
 	// as this store last wrote or read it, and pending, the index rows of
@@ -95,6 +101,13 @@ var schema = []string{
 }
 
 // Open opens the SQLite database at path.
+//
+// Unless opts.ReadOnly is set, the Store is the database's one writer: it
+// holds an exclusive lock on the file <path>.lock until Close, and Open
+// returns an *InUseError, naming the holder, while another Store — in
+// this process or another — holds it. The lock is taken before the
+// schema is created or read, so of two processes starting at once on a
+// new database one creates it and the other gets the *InUseError.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path")
@@ -116,9 +129,13 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s := &Store{path: path}
 	var err error
 	if !opts.ReadOnly {
+		if s.lock, err = lockDatabase(path); err != nil {
+			return nil, err
+		}
 		s.writer, err = openDB(path, "rwc", 1,
 			"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)")
 		if err != nil {
+			s.Close()
 			return nil, err
 		}
 	}
@@ -128,7 +145,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
-	if err := s.prepare(ctx, exists); err != nil {
+	if err := s.prepare(ctx, opts.Create); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -159,10 +176,20 @@ func openDB(path, mode string, conns int, pragmas ...string) (*sql.DB, error) {
 	return db, nil
 }
 
-// prepare creates the schema in a new database and checks an existing
-// one's version.
-func (s *Store) prepare(ctx context.Context, exists bool) error {
-	if !exists {
+// prepare creates the schema in a new database, if create is set, and
+// checks the schema's version.
+func (s *Store) prepare(ctx context.Context, create bool) error {
+	if create && s.writer != nil {
+		// Under the lock no one else writes the database, so a database
+		// without tables is new: just created, or left empty by a first
+		// start that died before its schema committed.
+		var tables int
+		if err := s.writer.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema`).Scan(&tables); err != nil {
+			return s.wrap("reading schema", err)
+		}
+		create = tables == 0
+	}
+	if create && s.writer != nil {
 		tx, err := s.begin(ctx)
 		if err != nil {
 			return s.wrap("creating schema", err)
@@ -203,7 +230,8 @@ func (s *Store) wrap(what string, err error) error {
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.path }
 
-// Close writes the index rows still pending and closes the database.
+// Close writes the index rows still pending, closes the database and
+// releases its lock.
 func (s *Store) Close() error {
 	var errs []error
 	if s.writer != nil {
@@ -214,6 +242,11 @@ func (s *Store) Close() error {
 	}
 	if s.reader != nil {
 		errs = append(errs, s.reader.Close())
+	}
+	// Last, so that the next writer starts after this one's last write.
+	if s.lock != nil {
+		errs = append(errs, unlockDatabase(s.lock))
+		s.lock = nil
 	}
 	return errors.Join(errs...)
 }

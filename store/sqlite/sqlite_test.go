@@ -40,6 +40,7 @@ func TestOpenErrors(t *testing.T) {
 		{"missing file read-only", filepath.Join(dir, "nope.db"), sqlite.Options{ReadOnly: true, Create: true}, "no database at"},
 		{"not a database", garbage, sqlite.Options{}, "not an agentsec database"},
 		{"empty path", "", sqlite.Options{Create: true}, "empty database path"},
+		{"missing directory", filepath.Join(dir, "nope", "audit.db"), sqlite.Options{Create: true}, "the directory of " + filepath.Join(dir, "nope", "audit.db") + " does not exist"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,8 +131,8 @@ func TestIndexLagsAndCatchesUp(t *testing.T) {
 	if n := count(w); n != 50 {
 		t.Errorf("query while 36 records wait for the index found %d of session b's 50", n)
 	}
-	// A second store opened without closing the first stands for a
-	// restart after a crash: the waiting rows were never written.
+	// A restart after a crash: the waiting rows were never written.
+	sqlite.Abandon(w)
 	again, err := sqlite.Open(ctx, path, sqlite.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
@@ -140,5 +141,4 @@ func TestIndexLagsAndCatchesUp(t *testing.T) {
 	if n := count(again); n != 50 {
 		t.Errorf("after the catch-up, query found %d of 50", n)
 	}
-	w.Close()
 }
