@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -36,20 +37,37 @@ const (
 //  4. one call slot of req.Session is reserved atomically; a session with
 //     no slot left is denied and recorded;
 //  5. fn runs, unless ctx is already done;
-//  6. the tokens fn reports are committed, or the slot is released if fn
-//     failed or panicked;
+//  6. the tokens fn reports are committed (Reservation.CommitWithin), or
+//     the slot is released if fn failed or panicked before its call ran;
 //  7. the outcome is recorded.
 //
-// Guard writes exactly one "tool.call" audit record per call, and a denied
-// call spends none of the session's budget. A denial is a *DeniedError
-// matching ErrInvalidRequest, ErrTrustDenied, ErrAuditUnavailable,
-// ErrBudgetExceeded or ErrBudgetUnavailable, or ctx's error if ctx was
-// done before the call. If fn fails, Guard returns fn's error. If fn
-// reports a negative token count, the call is counted with no tokens and
-// Guard returns an error matching budget.ErrInvalidTokens. If the final
-// record cannot be written, Guard returns a *DeniedError matching
-// ErrAuditUnavailable even though fn ran: the caller must not use fn's
-// result. A panic in fn is recorded and then propagates.
+// Guard writes exactly one "tool.call" audit record per call, and a call
+// denied before it runs spends none of the session's budget.
+//
+// A call that ran is spent. If fn fails with an error made by Spent — the
+// call reached its tool, which ran or may have — the slot stays taken, the
+// tokens fn reports are counted, and the record gives the error as the
+// reason. Any other error from fn means the tool never ran: the slot is
+// given back and the record says "tool failed".
+//
+// A result is delivered only while the session's tokens are within its
+// limit: if the tokens fn reports are more than the stack's
+// CallTokenLimit, or other calls used the session's token limit while
+// this one ran, the result is withheld — Guard returns a *DeniedError
+// matching ErrBudgetExceeded, the caller must not use fn's result, and the
+// call is recorded as denied with the result's size in the
+// "withheld_tokens" attribute. So a session's tokens pass its limit by at
+// most one result, and by less than CallTokenLimit when it is set, however
+// many calls run at once.
+//
+// A denial is a *DeniedError matching ErrInvalidRequest, ErrTrustDenied,
+// ErrAuditUnavailable, ErrBudgetExceeded or ErrBudgetUnavailable, or ctx's
+// error if ctx was done before the call. If fn fails, Guard returns fn's
+// error. If fn reports a negative token count, the call is counted with no
+// tokens and Guard returns an error matching budget.ErrInvalidTokens. If
+// the final record cannot be written, Guard returns a *DeniedError
+// matching ErrAuditUnavailable even though fn ran: the caller must not use
+// fn's result. A panic in fn is recorded and then propagates.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 	rec := audit.Record{Event: EventToolCall, Agent: req.Agent, Session: req.Session,
 		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
@@ -82,6 +100,29 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 	return s.run(ctx, &rec, &res, d, fn)
 }
 
+// A SpentError is a tool's failure after its call reached the tool, which
+// ran or may have: a call sent to an MCP server that then timed out, was
+// cancelled by its client, or answered with an error. A ToolFunc returns
+// one (made by Spent) so that Guard counts the call instead of giving its
+// slot back; its message is the call's recorded reason, so it should say
+// what happened.
+type SpentError struct{ Err error }
+
+// Error returns the wrapped error's message.
+func (e *SpentError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *SpentError) Unwrap() error { return e.Err }
+
+// Spent marks err as the failure of a call that reached its tool (see
+// SpentError). Spent(nil) is nil.
+func Spent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &SpentError{Err: err}
+}
+
 // run calls fn under a reservation and records the outcome.
 func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservation, d trust.Decision, fn ToolFunc) error {
 	// Once the call has run, settling the budget and recording it must
@@ -107,12 +148,23 @@ func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservat
 	tokens, callErr := fn(ctx)
 	returned = true
 
-	if callErr != nil {
+	spent, ran := errors.AsType[*SpentError](callErr)
+	switch {
+	case callErr != nil && !ran:
 		rec.Reason = truncate("tool failed: " + callErr.Error())
 		if err := res.Release(after); err != nil {
 			setAttr(rec, budgetErrorKey, err.Error())
 		}
-	} else {
+	case callErr != nil:
+		// It ran and failed: no result to deliver, but its slot and
+		// whatever tokens it reports are spent.
+		if err := s.commit(after, rec, res, tokens); errors.Is(err, budget.ErrInvalidTokens) {
+			callErr = errors.Join(callErr, err)
+		}
+		// There is no result to withhold: the call stays allowed, and
+		// the reason is what happened to it.
+		rec.Outcome, rec.Reason = audit.OutcomeAllowed, truncate(spent.Error())
+	default:
 		rec.Reason = d.Reason.String()
 		callErr = s.commit(after, rec, res, tokens)
 	}
@@ -123,22 +175,43 @@ func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservat
 	return callErr
 }
 
-// commit counts a call that ran and reported tokens. A count that is
-// negative or would overflow the session's counter is a bug in the tool:
-// the call is counted with no tokens and the error returned. If the budget
-// store fails, the slot stays taken, so the session can only be
-// over-counted.
+// Attributes a Stack sets on records.
+const (
+	// withheldKey holds the tokens of a result that was withheld.
+	withheldKey = "withheld_tokens"
+)
+
+// commit counts the tokens of a call that ran, if its result may be
+// delivered, and returns why not otherwise: a *DeniedError matching
+// ErrBudgetExceeded when the result is over CallTokenLimit or came after
+// the session's token limit was used (the slot stays taken, no tokens are
+// counted, and the record becomes a denial), one matching
+// ErrBudgetUnavailable when the store fails (the slot stays taken, so the
+// session can only be over-counted). A count that is negative or would
+// overflow the session's counter is a bug in the tool: the call is
+// counted with no tokens and the error returned.
 func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reservation, tokens int64) error {
 	var tokenErr error
 	if tokens < 0 {
 		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, budget.ErrInvalidTokens)
 		tokens = 0
 	}
-	err := res.Commit(ctx, tokens)
+	if s.callTokenLimit > 0 && tokens > s.callTokenLimit {
+		return s.withhold(ctx, rec, res, tokens,
+			fmt.Sprintf("result withheld: %d tokens, more than the %d one call may return", tokens, s.callTokenLimit))
+	}
+	st, err := res.CommitWithin(ctx, tokens)
 	if errors.Is(err, budget.ErrInvalidTokens) {
 		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, err)
 		tokens = 0
-		err = res.Commit(ctx, 0)
+		st, err = res.CommitWithin(ctx, 0)
+	}
+	if errors.Is(err, budget.ErrExceeded) {
+		rec.Outcome = audit.OutcomeDenied
+		rec.Reason = fmt.Sprintf("result withheld: the session used its token limit (%d of %d) while the call ran",
+			st.Used.Tokens, st.Limits.Tokens)
+		setAttr(rec, withheldKey, strconv.FormatInt(tokens, 10))
+		return &DeniedError{Kind: ErrBudgetExceeded, Tool: rec.Tool, Reason: rec.Reason, Budget: st, Cause: err}
 	}
 	if err != nil {
 		setAttr(rec, budgetErrorKey, err.Error())
@@ -150,6 +223,78 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 		rec.Reason = truncate(tokenErr.Error())
 	}
 	return tokenErr
+}
+
+// withhold settles a call whose result is too big to deliver: its slot
+// stays spent with no tokens counted, and its record is a denial.
+func (s *Stack) withhold(ctx context.Context, rec *audit.Record, res *budget.Reservation, tokens int64, reason string) error {
+	rec.Outcome = audit.OutcomeDenied
+	rec.Reason = reason
+	setAttr(rec, withheldKey, strconv.FormatInt(tokens, 10))
+	st, err := res.CommitWithin(ctx, 0)
+	if err != nil && !errors.Is(err, budget.ErrExceeded) {
+		setAttr(rec, budgetErrorKey, err.Error())
+	}
+	return &DeniedError{Kind: ErrBudgetExceeded, Tool: rec.Tool, Reason: reason, Budget: st}
+}
+
+// Refuse records a call refused before it reached the trust gate — one
+// the caller could not govern, such as a tools/call sent as a JSON-RPC
+// notification, or a call to a tool no server offered — and returns the
+// *DeniedError, matching ErrInvalidRequest, with the reason.
+func (s *Stack) Refuse(ctx context.Context, req Request, reason string) error {
+	rec := audit.Record{Event: EventToolCall, Agent: req.Agent, Session: req.Session,
+		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
+	if checkRequest(&rec) != nil {
+		sanitize(&rec)
+	}
+	return s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: reason})
+}
+
+// DeliverResult decides whether a result that comes after its call's own
+// record — a task's result, fetched once the task is done — may reach the
+// caller, by the rules Guard applies to a call's result: only if it is
+// within CallTokenLimit, the session's tokens are below its limit when it
+// is counted, and the decision is recorded (a "tool.result" record, with
+// the result's tokens). It returns nil when the result may be delivered,
+// and otherwise a *DeniedError matching ErrBudgetExceeded,
+// ErrBudgetUnavailable, ErrAuditUnavailable or ErrInvalidRequest; the
+// result must then be withheld.
+func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) error {
+	rec := audit.Record{Event: EventToolResult, Agent: req.Agent, Session: req.Session,
+		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
+	if err := checkRequest(&rec); err != nil {
+		sanitize(&rec)
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
+	}
+	if err := s.Audit.Err(); err != nil {
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
+			Reason: "audit log unavailable", Cause: err})
+	}
+	if tokens < 0 {
+		tokens = 0
+	}
+	setAttr(&rec, withheldKey, strconv.FormatInt(tokens, 10))
+	if s.callTokenLimit > 0 && tokens > s.callTokenLimit {
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
+			Reason: fmt.Sprintf("result withheld: %d tokens, more than the %d one call may return", tokens, s.callTokenLimit)})
+	}
+	st, err := s.Budget.CommitWithin(ctx, req.Session, tokens)
+	switch {
+	case errors.Is(err, budget.ErrExceeded):
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool, Budget: st, Cause: err,
+			Reason: fmt.Sprintf("result withheld: the session used its token limit (%d of %d)", st.Used.Tokens, st.Limits.Tokens)})
+	case err != nil:
+		setAttr(&rec, budgetErrorKey, err.Error())
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
+			Reason: "the result's tokens could not be counted", Cause: err})
+	}
+	delete(rec.Attrs, withheldKey)
+	rec.Outcome, rec.Tokens, rec.Reason = audit.OutcomeAllowed, tokens, "result delivered"
+	if _, err := s.Audit.Log(ctx, rec); err != nil {
+		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool, Reason: "result could not be recorded", Cause: err}
+	}
+	return nil
 }
 
 // deny records a denied call and returns e, joined with the audit failure
