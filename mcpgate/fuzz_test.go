@@ -39,7 +39,7 @@ func FuzzFilterTools(f *testing.F) {
 	f.Add([]byte(`{"tools":[{"name":"ok.a","name":"secret"}]}`))
 	f.Fuzz(func(t *testing.T, result []byte) {
 		id, _ := jsonrpc.MakeID(int64(1))
-		items, werr := r.listItems(&jsonrpc.Response{ID: id, Result: result}, listTools, nil)
+		items, werr := r.listItems(&jsonrpc.Response{ID: id, Result: result}, listTools, &upstreamConn{})
 		if werr != nil {
 			return
 		}

@@ -14,7 +14,13 @@ import (
 
 // callTool governs one tools/call: the request reaches its upstream only
 // if Guard allows it, and the client gets the upstream's answer only if
-// the call was recorded.
+// the call was recorded and its result is within the session's budget.
+//
+// A call that left the gateway is spent: once sent, whatever happens —
+// the client cancels, the server errs, times out or answers too much —
+// its slot stays taken and the tokens of any result that comes count;
+// the record says what happened. Only a call that never reached its
+// server gives its slot back.
 func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
 	// The name checked is the one the server will read: keys are matched
 	// exactly, and the server is sent the params re-encoded from what was
@@ -29,25 +35,56 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	if meta := object(params["_meta"]); meta != nil {
 		token = string(meta["progressToken"])
 	}
-	u, upParams, routeErr := r.toolRoute(name, params)
+	asTask := wantsTask(params)
+	u, inner, upParams, routeErr := r.toolRoute(name, params)
+	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: name}
+	if routeErr == nil && !r.p.AllowUnlistedTools {
+		if err := r.offered(ctx, u, inner); err != nil {
+			if err.cause == nil {
+				r.refuse(ctx, cr, req.ID, call, err.Error())
+				return
+			}
+			routeErr = unsent(err.cause) // the server can't be asked: as if it were down
+		}
+	}
+	if asTask && !r.roomForTask() {
+		r.refuse(ctx, cr, req.ID, call, fmt.Sprintf("the session holds %d tasks whose results were not fetched, the most it may; fetch some first", maxTasks))
+		return
+	}
 
 	var resp *jsonrpc.Response
-	err := r.p.Stack.Guard(ctx, agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: name},
-		func(ctx context.Context) (int64, error) {
-			if routeErr != nil {
-				return 0, routeErr
+	err := r.p.Stack.Guard(ctx, call, func(ctx context.Context) (int64, error) {
+		if routeErr != nil {
+			return 0, routeErr
+		}
+		var err error
+		resp, err = u.exchange(ctx, "tools/call", upParams, token,
+			func(id int64) bool { return r.sent(cr, u, id) })
+		switch {
+		case err != nil && !wasSent(err):
+			return 0, err // it never reached the server: the slot comes back
+		case err != nil && isCancelled(cr):
+			return 0, agentsec.Spent(fmt.Errorf("sent, then cancelled by the client: %w", err))
+		case err != nil:
+			return 0, agentsec.Spent(fmt.Errorf("sent, then failed: %w", err))
+		case resp.Error != nil:
+			return r.errorTokens(resp.Error), agentsec.Spent(fmt.Errorf("sent; the MCP server %q answered with an error: %w", u.Name, resp.Error))
+		}
+		if id, isTask := taskReceipt(resp.Result); isTask {
+			if err := r.addTask(id, u, name); err != nil {
+				return 0, agentsec.Spent(err)
 			}
-			var err error
-			resp, err = u.exchange(ctx, "tools/call", upParams, token,
-				func(id int64) bool { return r.sent(cr, u, id) })
-			if err != nil {
-				return 0, err
-			}
-			if resp.Error != nil {
-				return 0, resp.Error
-			}
-			return r.tokens.CountResult(resp.Result)
-		})
+			return r.receiptTokens(resp.Result), nil
+		}
+		tokens, err := r.tokens.CountResult(resp.Result)
+		switch {
+		case err != nil:
+			return 0, agentsec.Spent(fmt.Errorf("sent; the MCP server %q answered with a result that could not be counted: %w", u.Name, err))
+		case isCancelled(cr):
+			return tokens, agentsec.Spent(fmt.Errorf("sent to the MCP server %q, then cancelled by the client; its result was not delivered", u.Name))
+		}
+		return tokens, nil
+	})
 
 	var denied *agentsec.DeniedError
 	switch {
@@ -55,8 +92,8 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		r.reply(ctx, cr, req.ID, resp)
 	case errors.As(err, &denied):
 		// The model sees why, as a tool error it can act on; the server
-		// never saw the call, or its answer was not recorded and is
-		// withheld.
+		// never saw the call, or its answer was not recorded or is over
+		// budget, and is withheld.
 		r.reply(ctx, cr, req.ID, deniedResult(denied))
 	case resp != nil && resp.Error != nil:
 		r.reply(ctx, cr, req.ID, resp) // the server's own error, recorded
@@ -65,13 +102,56 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	}
 }
 
-// toolRoute finds the upstream that serves a tool and the params to send
-// it: in front of several upstreams, with the name without its prefix.
-func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*upstreamConn, json.RawMessage, error) {
+// refuse records a call refused before the trust gate and answers it as
+// a denial.
+func (r *router) refuse(ctx context.Context, cr *clientRequest, id jsonrpc.ID, call agentsec.Request, reason string) {
+	err := r.p.Stack.Refuse(ctx, call, reason)
+	denied, _ := errors.AsType[*agentsec.DeniedError](err)
+	r.reply(ctx, cr, id, deniedResult(denied))
+}
+
+// errorTokens counts the text of an upstream's error answer, which
+// reaches the model as a result would.
+func (r *router) errorTokens(e error) int64 {
+	var we *jsonrpc.Error
+	if !errors.As(e, &we) {
+		return 0
+	}
+	text := we.Message
+	if len(we.Data) > 0 {
+		text += " " + string(we.Data)
+	}
+	return r.countText(text)
+}
+
+// receiptTokens counts what a task's receipt hands the model at once:
+// the immediate response a server may offer in its _meta.
+func (r *router) receiptTokens(result json.RawMessage) int64 {
+	meta := object(object(result)["_meta"])
+	return r.countText(stringField(meta, "io.modelcontextprotocol/model-immediate-response"))
+}
+
+// countText counts a text as a tool result's text content.
+func (r *router) countText(text string) int64 {
+	if text == "" {
+		return 0
+	}
+	result, _ := json.Marshal(map[string]any{"content": []map[string]string{{"type": "text", "text": text}}})
+	n, err := r.tokens.CountResult(result)
+	if err != nil {
+		return int64(len(text)) // a counter that fails: one token a byte, never less
+	}
+	return n
+}
+
+// toolRoute finds the upstream that serves a tool, the tool's name
+// there, and the params to send it: in front of several upstreams, with
+// the name without its prefix.
+func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*upstreamConn, string, json.RawMessage, error) {
 	u, inner := r.ups[0], name
 	if r.multi {
 		if u, inner = r.split(name); u == nil {
-			return nil, nil, fmt.Errorf("no upstream serves the tool %q; names are <upstream>%s<tool>", name, Separator)
+			return nil, "", nil, fmt.Errorf("no upstream serves the tool %q; names are <upstream>%s<tool>", name, Separator)
 		}
 	}
 	for k := range params {
@@ -83,7 +163,7 @@ func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*ups
 	}
 	params["name"], _ = json.Marshal(inner)
 	upParams, err := json.Marshal(params)
-	return u, upParams, err
+	return u, inner, upParams, err
 }
 
 // deniedResult is the CallToolResult a denied call gets.

@@ -49,6 +49,12 @@ type Gateway struct {
 	// MaxSessions bounds the sessions open at once; 0 means
 	// DefaultMaxSessions. A new session beyond it is refused with 503.
 	MaxSessions int
+	// MaxSessionsPerAgent bounds the sessions one agent holds at once, so
+	// that one token can't take every session (each with its own
+	// upstream processes) and lock the other agents out; 0 means a tenth
+	// of MaxSessions, at least 1. A new session beyond it is refused with
+	// 429.
+	MaxSessionsPerAgent int
 	// IdleTimeout ends a session no request has touched for that long;
 	// 0 means DefaultIdleTimeout.
 	IdleTimeout time.Duration
@@ -63,10 +69,13 @@ type Gateway struct {
 	// Sessions, if set, shares sessions with the gateway's other
 	// replicas, so that any of them can serve any session's requests.
 	Sessions SessionStore
+	// AllowUnlistedTools is Proxy.AllowUnlistedTools for every session.
+	AllowUnlistedTools bool
 
 	once     sync.Once
 	mu       sync.Mutex
 	sessions map[string]*httpSession
+	perAgent map[string]int // sessions held, by agent
 	stop     chan struct{}
 	closed   bool
 }
@@ -101,6 +110,10 @@ func (g *Gateway) init() {
 		if g.MaxSessions <= 0 {
 			g.MaxSessions = DefaultMaxSessions
 		}
+		if g.MaxSessionsPerAgent <= 0 {
+			g.MaxSessionsPerAgent = max(1, g.MaxSessions/10)
+		}
+		g.perAgent = map[string]int{}
 		if g.IdleTimeout <= 0 {
 			g.IdleTimeout = DefaultIdleTimeout
 		}
@@ -134,7 +147,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
 			return
 		case err != nil:
-			http.Error(w, "agentsec: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "agentsec: "+err.Error(), sessionRefusalStatus(err))
 			return
 		}
 		s.touch(+1)
@@ -175,6 +188,11 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		http.Error(w, "agentsec: reading the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '[' && json.Valid(b) {
+		writeJSONError(w, http.StatusBadRequest, nil, codeInvalidRequest,
+			"agentsec: JSON-RPC batches are not supported (MCP removed them): POST one message per request")
+		return
+	}
 	msg, errFrame := decodeFrame(body)
 	if errFrame != nil {
 		w.Header().Set("Content-Type", "application/json")
@@ -192,7 +210,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		switch {
 		case call && req.Method == "initialize":
 			if s, err = g.startSession(rand.Text(), agent, nil); err != nil {
-				writeJSONError(w, http.StatusServiceUnavailable, idJSON(req.ID), codeInternal, "agentsec: "+err.Error())
+				writeJSONError(w, sessionRefusalStatus(err), idJSON(req.ID), codeInternal, "agentsec: "+err.Error())
 				return
 			}
 			s.touch(+1)
@@ -211,11 +229,15 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		}
 	}
 	if !call {
-		if !s.deliver(msg) {
+		ok, refused := s.deliver(msg)
+		switch {
+		case !ok:
 			http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
-			return
+		case refused != nil:
+			writeJSONError(w, http.StatusBadRequest, nil, refused.Code, refused.Message)
+		default:
+			w.WriteHeader(http.StatusAccepted)
 		}
-		w.WriteHeader(http.StatusAccepted)
 		return
 	}
 	st, ok := s.openStream(req)
@@ -224,7 +246,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		return
 	}
 	st.bind(w, r, acceptsJSON(r), s.closed)
-	if !s.deliver(msg) {
+	if ok, _ := s.deliver(msg); !ok {
 		s.dropStream(st)
 		http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
 		return
@@ -252,8 +274,11 @@ func writeJSONError(w http.ResponseWriter, status int, id json.RawMessage, code 
 // authenticate returns the agent whose token the request bears. Every
 // credential is compared, in constant time, so timing reveals nothing.
 func (g *Gateway) authenticate(r *http.Request) (string, bool) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	// The scheme is case-insensitive (RFC 9110, 11.1); the token is what
+	// follows the space.
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	token = strings.TrimLeft(token, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return "", false
 	}
 	sum := sha256.Sum256([]byte(token))
@@ -333,11 +358,16 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 		g.mu.Unlock()
 		cancel()
 		return nil, fmt.Errorf("the gateway has %d sessions open, its limit; end one (DELETE) or try later", g.MaxSessions)
+	case g.perAgent[agent] >= g.MaxSessionsPerAgent:
+		g.mu.Unlock()
+		cancel()
+		return nil, &agentSessionsError{agent: agent, limit: g.MaxSessionsPerAgent}
 	}
 	g.sessions[s.id] = s
+	g.perAgent[agent]++
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
-		onInitialized: g.saveSession(s.id, agent)}
+		AllowUnlistedTools: g.AllowUnlistedTools, onInitialized: g.saveSession(s.id, agent)}
 	r, err := p.router(ctx, s)
 	if err != nil {
 		g.endSession(s.id)
@@ -351,14 +381,52 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 			g.Log.Warn("agentsec: session ended", "session", s.id, "agent", agent, "err", err)
 		}
 		g.endSession(s.id)
+		g.forgetBudget(s.id)
 	}()
 	return s, nil
+}
+
+// An agentSessionsError refuses an agent a session past its limit.
+type agentSessionsError struct {
+	agent string
+	limit int
+}
+
+func (e *agentSessionsError) Error() string {
+	return fmt.Sprintf("agent %q holds %d sessions, the most one agent may; end one (DELETE) or let idle ones end", e.agent, e.limit)
+}
+
+// sessionRefusalStatus is the HTTP status of a session that can't start:
+// 429 for an agent at its own limit, 503 otherwise.
+func sessionRefusalStatus(err error) int {
+	if _, ok := errors.AsType[*agentSessionsError](err); ok {
+		return http.StatusTooManyRequests
+	}
+	return http.StatusServiceUnavailable
+}
+
+// forgetBudget deletes an ended session's budget: its calls are over
+// (serve returned once they were), and its id is never used again. With
+// a SessionStore the replicas may still hold the session for a moment,
+// and the store forgets the budget once none can charge it.
+func (g *Gateway) forgetBudget(id string) {
+	if g.Sessions != nil {
+		return
+	}
+	if err := g.Stack.Budget.Forget(context.Background(), id); err != nil {
+		g.Log.Warn("agentsec: forgetting an ended session's budget", "session", id, "err", err)
+	}
 }
 
 func (g *Gateway) endSession(id string) {
 	g.mu.Lock()
 	s := g.sessions[id]
 	delete(g.sessions, id)
+	if s != nil {
+		if g.perAgent[s.agent]--; g.perAgent[s.agent] <= 0 {
+			delete(g.perAgent, s.agent)
+		}
+	}
 	g.mu.Unlock()
 	if s != nil {
 		s.Close()

@@ -23,7 +23,7 @@ type httpSession struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	receive func(jsonrpc.Message) // the proxy's, set before the first message
+	receive func(jsonrpc.Message) *jsonrpc.Error // the proxy's, set before the first message
 
 	mu         sync.Mutex
 	streams    map[jsonrpc.ID]*stream // requests waiting for their answer
@@ -57,6 +57,7 @@ type stream struct {
 	mu      sync.Mutex
 	queue   []jsonrpc.Message
 	done    bool          // the response is over; nothing more is taken
+	dropped bool          // the request was cancelled: it gets no answer
 	owner   int           // who writes: ownerNone (yet), ownerHandler, ownerWriter
 	written chan struct{} // closed when the writer goroutine is finished
 }
@@ -97,11 +98,31 @@ func (st *stream) push(msg jsonrpc.Message) bool {
 }
 
 func (st *stream) take() []jsonrpc.Message {
+	msgs, _ := st.takeOrDropped()
+	return msgs
+}
+
+// takeOrDropped takes the queue, and reports whether the request was
+// dropped: its response then ends with what is queued.
+func (st *stream) takeOrDropped() ([]jsonrpc.Message, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	q := st.queue
 	st.queue = nil
-	return q
+	return q, st.dropped
+}
+
+// drop ends the response of a request that will get no answer, because
+// the client cancelled it: a client that keeps its POST open must not
+// hold it, and a goroutine of the gateway's, forever.
+func (st *stream) drop() {
+	st.mu.Lock()
+	st.dropped = true
+	st.mu.Unlock()
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (st *stream) finish() {
@@ -128,18 +149,19 @@ func (s *httpSession) idleFor() time.Duration {
 }
 
 // setReceiver implements pushConn.
-func (s *httpSession) setReceiver(f func(jsonrpc.Message)) { s.receive = f }
+func (s *httpSession) setReceiver(f func(jsonrpc.Message) *jsonrpc.Error) { s.receive = f }
 
 // deliver hands a client message to the proxy, which handles it on this
-// goroutine: a tools/call is governed before deliver returns.
-func (s *httpSession) deliver(msg jsonrpc.Message) bool {
+// goroutine: a tools/call is governed before deliver returns. It reports
+// false if the session has ended, and the error to answer a notification
+// the proxy refused with.
+func (s *httpSession) deliver(msg jsonrpc.Message) (bool, *jsonrpc.Error) {
 	select {
 	case <-s.closed:
-		return false
+		return false, nil
 	default:
 	}
-	s.receive(msg)
-	return true
+	return true, s.receive(msg)
 }
 
 // openStream registers the response that will carry a request's answer.
@@ -220,6 +242,16 @@ func (s *httpSession) Write(ctx context.Context, msg jsonrpc.Message) error {
 	return nil
 }
 
+// dropRequest implements requestDropper.
+func (s *httpSession) dropRequest(id jsonrpc.ID) {
+	s.mu.Lock()
+	st := s.streams[id]
+	s.mu.Unlock()
+	if st != nil {
+		st.drop()
+	}
+}
+
 // Close implements mcp.Connection: it ends the session.
 func (s *httpSession) Close() error {
 	s.closeOnce.Do(func() { close(s.closed) })
@@ -262,8 +294,17 @@ func (st *stream) write() {
 			}
 			return
 		}
-		msgs := st.take()
+		msgs, dropped := st.takeOrDropped()
 		if len(msgs) == 0 {
+			if dropped {
+				// No answer will come: end the response, as an event
+				// stream with no answer in it.
+				if !started {
+					startEventStream(w)
+				}
+				flush(w)
+				return
+			}
 			continue
 		}
 		if resp, ok := msgs[0].(*jsonrpc.Response); ok && !started && len(msgs) == 1 && st.jsonOK {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -70,6 +71,7 @@ type httpUpstreamConn struct {
 	sessionID  string
 	version    string // the negotiated protocol version, once initialized
 	getStarted bool
+	deleted    bool // Close sent the session's DELETE
 }
 
 func newHTTPUpstreamConn(name, endpoint string, client http.RoundTripper) *httpUpstreamConn {
@@ -152,7 +154,11 @@ func (c *httpUpstreamConn) post(ctx context.Context, msg jsonrpc.Message, data [
 	}
 	resp, err := c.client.RoundTrip(req)
 	if err != nil {
-		return nil, fmt.Errorf("could not be reached: %w", err)
+		err = fmt.Errorf("could not be reached: %w", err)
+		if dial, ok := errors.AsType[*net.OpError](err); ok && dial.Op == "dial" {
+			return nil, unsent(err) // no connection: the server never saw it
+		}
+		return nil, err
 	}
 	c.noteSession(resp)
 	return resp, nil
@@ -409,10 +415,12 @@ func (c *httpUpstreamConn) statusError(resp *http.Response) error {
 func (c *httpUpstreamConn) Close() error {
 	c.mu.Lock()
 	id := c.sessionID
+	deleted := c.deleted
+	c.deleted = true
 	c.mu.Unlock()
 	c.fail(io.EOF)
-	if id == "" {
-		return nil
+	if id == "" || deleted {
+		return nil // the session is ended once
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -19,6 +19,7 @@ type listKind struct {
 	governed   bool   // items are tools: only those the agent may call are shown
 	template   bool   // items are resource templates
 	resource   bool   // items are resources
+	owned      bool   // items are tasks: only the session's own are shown
 }
 
 var (
@@ -26,6 +27,7 @@ var (
 	listPrompts   = listKind{key: "prompts", capability: "prompts", prefix: true}
 	listResources = listKind{key: "resources", capability: "resources", resource: true}
 	listTemplates = listKind{key: "resourceTemplates", capability: "resources", template: true}
+	listTasks     = listKind{key: "tasks", capability: "tasks", owned: true}
 )
 
 // list answers a list request. In front of one upstream it is forwarded
@@ -38,9 +40,9 @@ var (
 func (r *router) list(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, kind listKind) {
 	if !r.multi {
 		var rewrite func(*jsonrpc.Response) *jsonrpc.Response
-		if kind.governed {
+		if kind.governed || kind.owned {
 			rewrite = func(resp *jsonrpc.Response) *jsonrpc.Response {
-				items, err := r.listItems(resp, kind, nil)
+				items, err := r.listItems(resp, kind, r.ups[0])
 				if err != nil {
 					return &jsonrpc.Response{Error: err}
 				}
@@ -202,9 +204,11 @@ func (r *router) listPage(base json.RawMessage, kind listKind, items []json.RawM
 	return &jsonrpc.Response{Result: out}
 }
 
-// listItems prepares an upstream's page for the client: tools the agent
-// may not call are removed, and, in front of several upstreams, names get
-// their upstream's prefix and resources are remembered as u's. Each item
+// listItems prepares upstream u's page for the client: tools the agent
+// may not call, and tasks of other sessions, are removed, and, in front
+// of several upstreams, names get their upstream's prefix and resources
+// are remembered as u's. The tools u listed are remembered as the names a
+// call to u may use (offered.go). Each item
 // is re-encoded from what was checked, so an item with a duplicated
 // "name" key can't show the client a name other than the one the gate
 // saw. A page it can't read is an error: the client must never see
@@ -231,17 +235,23 @@ func (r *router) listItems(resp *jsonrpc.Response, kind listKind, u *upstreamCon
 		var name, uri string
 		json.Unmarshal(item["name"], &name)
 		json.Unmarshal(item["uri"], &uri)
-		if kind.prefix && u != nil && r.multi {
+		if kind.governed && name != "" {
+			u.tools.add(name)
+		}
+		if kind.owned && !r.ownsTask(item) {
+			continue
+		}
+		if kind.prefix && r.multi {
 			name = u.Name + Separator + name
 			item["name"], _ = json.Marshal(name)
 		}
 		if kind.governed && !r.mayCall(name) {
 			continue
 		}
-		if u != nil && kind.resource && uri != "" {
+		if kind.resource && uri != "" {
 			r.owners.set(uri, u)
 		}
-		if u != nil && kind.template {
+		if kind.template {
 			var template string
 			json.Unmarshal(item["uriTemplate"], &template)
 			r.owners.addTemplate(u, template)

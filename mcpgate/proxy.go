@@ -56,6 +56,11 @@ type Proxy struct {
 	Tokens TokenCounter
 	// Log receives the proxy's own events; nil means slog.Default().
 	Log *slog.Logger
+	// AllowUnlistedTools lets a tools/call name a tool its upstream never
+	// listed in the session. By default such a call is refused and
+	// recorded: a server that reads names loosely could run a listed tool
+	// under a name the trust gate judged as another (offered.go).
+	AllowUnlistedTools bool
 
 	// onInitialized, if set, must succeed before the client learns its
 	// session is initialized: a Gateway's replicas record the session.
@@ -74,12 +79,21 @@ const (
 // Serve relays the session on down, the client's connection, until the
 // client closes it or ctx is done. It returns nil when the client closed
 // normally.
+//
+// A session Serve named itself (Session empty) is its own: once it ends,
+// its budget is forgotten.
 func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 	r, err := p.router(ctx, down)
 	if err != nil {
 		return err
 	}
-	return r.serve()
+	err = r.serve()
+	if p.Session == "" {
+		if ferr := p.Stack.Budget.Forget(context.WithoutCancel(ctx), r.session); ferr != nil {
+			r.log.Warn("agentsec: forgetting an ended session's budget", "session", r.session, "err", ferr)
+		}
+	}
+	return err
 }
 
 // A pushConn hands the client's messages to the proxy itself, on the
@@ -89,7 +103,14 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 // hand-off to reach the response. Read on a pushConn only waits for it
 // to close.
 type pushConn interface {
-	setReceiver(func(jsonrpc.Message))
+	setReceiver(func(jsonrpc.Message) *jsonrpc.Error)
+}
+
+// A requestDropper is a connection that holds something open for each
+// request until its answer — the HTTP front, a response — and must be
+// told of a request that will get none.
+type requestDropper interface {
+	dropRequest(id jsonrpc.ID)
 }
 
 // router checks the proxy's settings and makes its session's state.
@@ -126,7 +147,7 @@ func (p *Proxy) router(ctx context.Context, down mcp.Connection) (*router, error
 	}
 	r.multi = len(r.ups) > 1
 	if pc, ok := down.(pushConn); ok {
-		pc.setReceiver(func(msg jsonrpc.Message) { r.dispatch(r.ctx, msg, true) })
+		pc.setReceiver(func(msg jsonrpc.Message) *jsonrpc.Error { return r.dispatch(r.ctx, msg, true) })
 	}
 	return r, nil
 }
@@ -177,6 +198,7 @@ type router struct {
 	outbound map[int64]outboundRequest // the upstreams' requests to the client, by the gateway's id
 	nextOut  int64
 	owners   resourceOwners
+	tasks    map[string]*task // the tasks the session created, by id
 
 	calls  sync.WaitGroup // requests handled off the read loop
 	ending bool           // the session is ending: no more of them
@@ -187,6 +209,7 @@ type clientRequest struct {
 	cancelled chan struct{}
 	up        *upstreamConn // where it went, once sent
 	upID      int64
+	governed  bool // spent once sent: a cancel doesn't stop the wait (methods.go)
 }
 
 // An outboundRequest is an upstream's request the gateway relayed to the
@@ -209,13 +232,18 @@ func (r *router) fromClient(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		r.dispatch(ctx, msg, false)
+		if refused := r.dispatch(ctx, msg, false); refused != nil {
+			_ = r.down.Write(ctx, &jsonrpc.Response{Error: refused}) // id null: a notification has none
+		}
 	}
 }
 
 // dispatch handles one message from the client. A pushed tools/call
-// (inline) is governed before dispatch returns.
-func (r *router) dispatch(ctx context.Context, msg jsonrpc.Message, inline bool) {
+// (inline) is governed before dispatch returns. A notification the
+// gateway refuses returns the error to answer it with, which the caller
+// sends as its transport can: over stdio with a null id, over HTTP as
+// the POST's answer.
+func (r *router) dispatch(ctx context.Context, msg jsonrpc.Message, inline bool) *jsonrpc.Error {
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
 		r.clientAnswered(ctx, m)
@@ -223,14 +251,22 @@ func (r *router) dispatch(ctx context.Context, msg jsonrpc.Message, inline bool)
 		if m.IsCall() {
 			r.clientRequest(ctx, m, inline)
 		} else {
-			r.clientNotification(ctx, m)
+			return r.clientNotification(ctx, m)
 		}
 	}
+	return nil
 }
 
-// clientRequest dispatches one of the client's requests.
+// clientRequest dispatches one of the client's requests by the method
+// table (methods.go).
 func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request, inline bool) {
-	if !r.initParamsSet() && !allowedBeforeInitialize(req) {
+	m, known := clientMethods[req.Method]
+	if !known {
+		r.writeError(ctx, req.ID, codeMethodNotFound, "agentsec: the gateway does not relay "+req.Method+
+			": it relays only the MCP methods it can govern")
+		return
+	}
+	if !r.initParamsSet() && !allowedBeforeInitialize(req, m) {
 		r.writeError(ctx, req.ID, codeInvalidRequest, "agentsec: "+req.Method+" before initialize: initialize the session first")
 		return
 	}
@@ -239,63 +275,8 @@ func (r *router) clientRequest(ctx context.Context, req *jsonrpc.Request, inline
 		r.writeError(ctx, req.ID, codeInvalidRequest, refusal)
 		return
 	}
-	switch req.Method {
-	case "initialize":
-		r.async(func() { r.initialize(ctx, req, cr) })
-	case "server/discover":
-		r.async(func() { r.discover(ctx, req, cr) })
-	case "tools/call":
-		if inline {
-			if r.begin() {
-				defer r.calls.Done()
-				r.callTool(ctx, req, cr)
-			}
-			return
-		}
-		r.async(func() { r.callTool(ctx, req, cr) })
-	case "tools/list":
-		r.list(ctx, req, cr, listTools)
-	case "prompts/list":
-		r.list(ctx, req, cr, listPrompts)
-	case "resources/list":
-		r.list(ctx, req, cr, listResources)
-	case "resources/templates/list":
-		r.list(ctx, req, cr, listTemplates)
-	case "prompts/get":
-		r.routeByName(ctx, req, cr)
-	case "resources/read", "resources/subscribe", "resources/unsubscribe":
-		r.async(func() { r.routeByURI(ctx, req, cr) })
-	case "completion/complete":
-		r.async(func() { r.complete(ctx, req, cr) })
-	case "logging/setLevel":
-		r.async(func() { r.broadcast(ctx, req, cr, "logging") })
-	case "ping":
-		if r.multi {
-			r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: json.RawMessage("{}")})
-			return
-		}
-		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
-	default:
-		if r.multi {
-			r.replyError(ctx, req.ID, codeMethodNotFound, "agentsec: "+req.Method+" is not supported in front of several MCP servers")
-			r.untrack(req.ID)
-			return
-		}
-		r.forward(ctx, req, cr, r.ups[0], req.Params, nil)
-	}
-}
-
-// allowedBeforeInitialize reports whether a request may come before the
-// session is initialized: the handshake itself, ping, and requests of the
-// sessionless protocol (2026-07-28), which carry their protocol version
-// in _meta instead.
-func allowedBeforeInitialize(req *jsonrpc.Request) bool {
-	switch req.Method {
-	case "initialize", "ping", "server/discover":
-		return true
-	}
-	_, ok := object(object(req.Params)["_meta"])[mcp.MetaKeyProtocolVersion]
-	return ok
+	cr.governed = m.governed
+	m.serve(r, ctx, req, cr, inline)
 }
 
 func (r *router) async(f func()) {
@@ -375,6 +356,9 @@ func isCancelled(cr *clientRequest) bool {
 func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, resp *jsonrpc.Response) {
 	r.untrack(id)
 	if cr != nil && isCancelled(cr) {
+		if d, ok := r.down.(requestDropper); ok {
+			d.dropRequest(id)
+		}
 		return
 	}
 	out := &jsonrpc.Response{ID: id, Result: resp.Result, Error: resp.Error}
@@ -427,19 +411,42 @@ func (r *router) forward(ctx context.Context, req *jsonrpc.Request, cr *clientRe
 	}
 }
 
-// clientNotification handles a notification from the client.
-func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) {
-	switch req.Method {
-	case "notifications/cancelled":
-		r.clientCancelled(ctx, req)
-		return
-	case "notifications/initialized":
-		// Each upstream was initialized with the client's parameters;
-		// the client's initialized completes each handshake.
+// clientNotification handles a notification from the client: relayed
+// to every upstream if it is one of MCP's ("notifications/…"), refused
+// otherwise. A request sent without an id would reach the servers with
+// no answer to wait for and nothing to govern it by; a tools/call sent so
+// is recorded as refused.
+func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) *jsonrpc.Error {
+	if !isNotification(req.Method) {
+		msg := "agentsec: " + req.Method + " sent as a notification (without an id) is refused: only notifications/… methods may be; send it as a request, with an id"
+		if req.Method == "tools/call" {
+			call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: stringField(object(req.Params), "name")}
+			if call.Tool == "" {
+				call.Tool = "(none)"
+			}
+			_ = r.p.Stack.Refuse(ctx, call, "tools/call sent as a notification, without an id: refused")
+		}
+		r.log.Warn("agentsec: refused a notification", "method", truncateMethod(req.Method), "session", r.session, "agent", r.p.Agent)
+		return &jsonrpc.Error{Code: codeInvalidRequest, Message: msg}
 	}
+	if handle := clientNotifications[req.Method]; handle != nil {
+		handle(r, ctx, req)
+		return nil
+	}
+	// notifications/initialized completes each upstream's handshake,
+	// which the gateway began with the client's own parameters.
 	for _, u := range r.ups {
 		_ = u.notify(ctx, req)
 	}
+	return nil
+}
+
+// truncateMethod bounds a client's method name for the gateway's log.
+func truncateMethod(m string) string {
+	if len(m) > 64 {
+		return m[:64] + "…"
+	}
+	return m
 }
 
 // clientCancelled stops a request the client gave up on, and tells the
@@ -459,13 +466,20 @@ func (r *router) clientCancelled(ctx context.Context, req *jsonrpc.Request) {
 		u, upID = cr.up, cr.upID
 	}
 	r.mu.Unlock()
-	if u != nil {
-		reason := stringField(params, "reason")
-		if reason == "" {
-			reason = "cancelled by the client"
-		}
-		u.cancel(ctx, upID, reason)
+	if u == nil {
+		return
 	}
+	reason := stringField(params, "reason")
+	if reason == "" || len(reason) > 512 {
+		reason = "cancelled by the client"
+	}
+	if cr.governed {
+		// Sent is spent: the server is told, and its answer, if it
+		// comes, is still counted (govern.go).
+		u.cancelledByClient(ctx, upID, reason)
+		return
+	}
+	u.cancel(ctx, upID, reason)
 }
 
 // clientAnswered relays the client's answer to an upstream's request.
@@ -514,6 +528,7 @@ func (r *router) fromUpstream(u *upstreamConn, gen int, req *jsonrpc.Request) {
 		}
 		return
 	}
+	toolsChanged(u, req)
 	switch req.Method {
 	case "notifications/progress":
 		if token := object(req.Params)["progressToken"]; len(token) > 0 {

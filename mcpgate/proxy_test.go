@@ -249,8 +249,8 @@ func TestDeniedCallNeverReachesTheServer(t *testing.T) {
 		t.Errorf("result = %v %q, want an error naming the trust reason", res.IsError, text(res))
 	}
 	res = g.call(t, "no.such.tool", "x")
-	if !res.IsError || !strings.Contains(text(res), "no trust rule covers the tool") {
-		t.Errorf("result = %v %q, want an error naming the missing rule", res.IsError, text(res))
+	if !res.IsError || !strings.Contains(text(res), `the MCP server "files" offers no tool named "no.such.tool"`) {
+		t.Errorf("result = %v %q, want an error saying no server offers the tool", res.IsError, text(res))
 	}
 	if g.up.calls.Load() != 0 {
 		t.Errorf("server saw %d calls, want none", g.up.calls.Load())
@@ -347,9 +347,14 @@ func TestUpstreamGoneMidCall(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the pending call never failed")
 	}
+	// The call reached the server, so it is spent, and its record says
+	// what happened.
 	page, err := g.stack.Audit.Query(context.Background(), audit.Filter{Tool: "fs.block"})
-	if err != nil || len(page.Records) != 1 || !strings.Contains(page.Records[0].Reason, "tool failed") {
+	if err != nil || len(page.Records) != 1 || page.Records[0].Reason != `sent, then failed: the MCP server "files" closed the connection before answering` {
 		t.Errorf("records of the call: %+v, %v", page.Records, err)
+	}
+	if st, err := g.stack.Budget.Usage(context.Background(), page.Records[0].Session); err != nil || st.Used.Calls != 1 {
+		t.Errorf("calls counted after the server went away mid-call: %+v, %v; want 1", st.Used, err)
 	}
 	time.Sleep(1100 * time.Millisecond) // reconnects wait a second after a loss
 	if res := g.call(t, "fs.read", "again"); res.IsError || text(res) != "echo: again" {

@@ -25,6 +25,13 @@ import (
 // replica marks the sessions it used meanwhile, or is still serving, as
 // used, and learns which of those it holds were ended elsewhere
 // (RefreshSessions).
+//
+// Budgets: without a SessionStore a Gateway forgets a session's budget
+// when the session ends. With one, other replicas may still hold the
+// session until their next refresh, and must charge it to the budget it
+// had, never a fresh one; so the store forgets the budget, in
+// PruneSessions, once no replica can still hold the session. A store
+// whose budgets live elsewhere forgets nothing.
 type SessionStore interface {
 	// SaveSession records a session once its client has initialized it.
 	SaveSession(ctx context.Context, id, agent string, init []byte) error
@@ -38,7 +45,9 @@ type SessionStore interface {
 	RefreshSessions(ctx context.Context, held, used []string, idle time.Duration) (gone []string, err error)
 	// DeleteSession forgets a session its client ended.
 	DeleteSession(ctx context.Context, id string) error
-	// PruneSessions forgets the sessions untouched for longer than idle.
+	// PruneSessions forgets the sessions that ended or went idle long
+	// enough ago that no replica holds them any more — at least idle
+	// after — and their budgets, if it keeps them.
 	PruneSessions(ctx context.Context, idle time.Duration) error
 }
 

@@ -135,14 +135,6 @@ func validID(raw json.RawMessage) json.RawMessage {
 	return nil
 }
 
-func idJSON(id jsonrpc.ID) json.RawMessage {
-	if !id.IsValid() {
-		return nil
-	}
-	b, _ := json.Marshal(id.Raw())
-	return b
-}
-
 // errorFrame is a JSON-RPC error response line.
 func errorFrame(id json.RawMessage, code int64, msg string) []byte {
 	if id == nil {

@@ -43,6 +43,35 @@ var (
 	errSessionEnded    = errors.New("the session ended")
 )
 
+// cancelGrace is how long a governed call the client cancelled still
+// waits for the server's answer, whose tokens then count: the server ran
+// it, and may answer anyway. Never longer than the upstream's timeout.
+const cancelGrace = 5 * time.Second
+
+// An unsentError is the failure of a request that never reached its
+// server: no connection, or none that took the request. Only such a call
+// gives its budget slot back; any other failure comes after the server
+// may have acted on it.
+type unsentError struct{ err error }
+
+func (e *unsentError) Error() string { return e.err.Error() }
+func (e *unsentError) Unwrap() error { return e.err }
+
+// unsent marks err as the failure of a request that was never sent.
+func unsent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &unsentError{err}
+}
+
+// wasSent reports whether a request that failed with err may have reached
+// its server.
+func wasSent(err error) bool {
+	_, never := errors.AsType[*unsentError](err)
+	return !never
+}
+
 // An upstreamError says which upstream failed a request, and how.
 type upstreamError struct {
 	name string
@@ -81,6 +110,8 @@ type upstreamConn struct {
 	caps      map[string]json.RawMessage
 	nextID    int64
 	pending   map[int64]*pendingRequest
+
+	tools offeredTools // what it listed: the names a tools/call may name
 }
 
 type pendingRequest struct {
@@ -90,6 +121,9 @@ type pendingRequest struct {
 	timer *time.Timer
 	token string // the request's progress token, JSON-encoded; "" if none
 	gen   int
+	// afterCancel: the client cancelled this governed call, which only
+	// waits out cancelGrace for a late answer now.
+	afterCancel bool
 }
 
 // A roundTripper is a connection that can carry one request and its
@@ -168,6 +202,7 @@ func (u *upstreamConn) connect(ctx context.Context) (mcp.Connection, int, error)
 	u.gen++
 	gen := u.gen
 	u.mu.Unlock()
+	u.tools.changed() // a new connection may list other tools
 	go u.read(conn, gen)
 
 	if params := u.r.initParams(); params != nil {
@@ -266,7 +301,7 @@ func (u *upstreamConn) serves(capability string) bool {
 func (u *upstreamConn) send(ctx context.Context, method string, params json.RawMessage, token string, reply replyFunc) (int64, error) {
 	conn, gen, err := u.connected(ctx)
 	if err != nil {
-		return 0, err
+		return 0, unsent(err)
 	}
 	return u.sendOn(ctx, conn, gen, method, params, token, reply)
 }
@@ -280,7 +315,7 @@ func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int,
 	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
 	if err != nil {
 		if u.take(id, nil) != nil {
-			return 0, &upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)}
+			return 0, unsent(&upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)})
 		}
 	}
 	return id, nil
@@ -291,7 +326,7 @@ func (u *upstreamConn) register(p *pendingRequest) (int64, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.gen != p.gen || u.conn == nil {
-		return 0, &upstreamError{u.Name, errUpstreamGone}
+		return 0, unsent(&upstreamError{u.Name, errUpstreamGone})
 	}
 	u.nextID++
 	id := u.nextID
@@ -308,10 +343,12 @@ func (u *upstreamConn) register(p *pendingRequest) (int64, error) {
 // told the request's id before it goes, so that the client can cancel
 // it; if it returns false the client already has, and the request is not
 // sent.
+//
+// A failure before the request was sent is an unsentError (wasSent).
 func (u *upstreamConn) exchange(ctx context.Context, method string, params json.RawMessage, token string, sent func(int64) bool) (*jsonrpc.Response, error) {
 	conn, gen, err := u.connected(ctx)
 	if err != nil {
-		return nil, err
+		return nil, unsent(err)
 	}
 	rt, direct := conn.(roundTripper)
 	if !direct {
@@ -326,7 +363,7 @@ func (u *upstreamConn) exchange(ctx context.Context, method string, params json.
 	}
 	if sent != nil && !sent(id) {
 		u.take(id, errCancelled)
-		return nil, errCancelled
+		return nil, unsent(errCancelled)
 	}
 	resp, rerr := rt.roundTrip(rctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
 	if u.take(id, nil) == nil {
@@ -338,6 +375,9 @@ func (u *upstreamConn) exchange(ctx context.Context, method string, params json.
 	if rerr != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if _, never := errors.AsType[*unsentError](rerr); never {
+			return nil, unsent(&upstreamError{u.Name, rerr})
 		}
 		return nil, &upstreamError{u.Name, rerr}
 	}
@@ -358,7 +398,7 @@ func (u *upstreamConn) callAndWait(ctx context.Context, method string, params js
 	}
 	if sent != nil && !sent(id) {
 		u.cancel(ctx, id, "cancelled by the client")
-		return nil, errCancelled
+		return nil, unsent(errCancelled)
 	}
 	select {
 	case a := <-ch:
@@ -402,6 +442,24 @@ func (u *upstreamConn) cancel(ctx context.Context, id int64, reason string) {
 	p.stop()
 }
 
+// cancelledByClient tells the server the client cancelled a governed call
+// it has, and leaves the call waiting at most cancelGrace for an answer
+// the server may still give: the call ran, and a result's tokens count
+// even if the client will never see it.
+func (u *upstreamConn) cancelledByClient(ctx context.Context, id int64, reason string) {
+	u.mu.Lock()
+	p := u.pending[id]
+	if p == nil || p.afterCancel {
+		u.mu.Unlock()
+		return
+	}
+	p.afterCancel = true
+	p.timer.Reset(min(cancelGrace, u.timeout()))
+	u.mu.Unlock()
+	params, _ := json.Marshal(map[string]any{"requestId": id, "reason": reason})
+	_ = u.notify(context.WithoutCancel(ctx), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+}
+
 // take removes a pending request, stopping its timer. err, if not nil,
 // is why: the answer exchange gives once its round trip, which the caller
 // then stops (p.stop), returns.
@@ -428,10 +486,22 @@ func (p *pendingRequest) stop() {
 }
 
 func (u *upstreamConn) expire(id int64) {
+	u.mu.Lock()
+	p := u.pending[id]
+	afterCancel := p != nil && p.afterCancel
+	u.mu.Unlock()
+	if p == nil {
+		return
+	}
 	err := &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())}
+	if afterCancel { // told of the cancel already
+		err = &upstreamError{u.Name, fmt.Errorf("gave no answer within %v of the cancel", min(cancelGrace, u.timeout()))}
+	}
 	if p := u.take(id, err); p != nil {
-		params, _ := json.Marshal(map[string]any{"requestId": id, "reason": "timed out"})
-		_ = u.notify(context.Background(), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+		if !afterCancel {
+			params, _ := json.Marshal(map[string]any{"requestId": id, "reason": "timed out"})
+			_ = u.notify(context.Background(), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
+		}
 		p.stop()
 		if p.reply != nil {
 			p.reply(nil, err)
@@ -444,7 +514,7 @@ func (u *upstreamConn) progressed(token string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, p := range u.pending {
-		if p.token == token {
+		if p.token == token && !p.afterCancel {
 			p.timer.Reset(u.timeout())
 		}
 	}
@@ -478,11 +548,14 @@ func (u *upstreamConn) read(conn mcp.Connection, gen int) {
 // it.
 func (u *upstreamConn) lost(conn mcp.Connection, gen int, err error) {
 	u.mu.Lock()
-	if u.gen != gen {
+	if u.gen != gen || u.conn != conn {
+		// Lost already: a connection closed by the gateway (close) also
+		// ends its reader, which must not close it a second time — for
+		// an HTTP upstream, a second DELETE.
 		u.mu.Unlock()
 		return
 	}
-	if u.conn != nil && !errors.Is(err, errSessionEnded) {
+	if !errors.Is(err, errSessionEnded) {
 		u.log.Warn("agentsec: upstream connection ended", "upstream", u.Name, "err", err)
 	}
 	u.conn, u.initialized, u.lastErr = nil, false, fmt.Errorf("its connection ended (%w)", err)

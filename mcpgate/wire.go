@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -85,7 +86,13 @@ func nullIsAbsent(raw json.RawMessage) json.RawMessage {
 	return raw
 }
 
-// decodeID reads an id: absent or null is no id.
+// decodeID reads an id: absent or null is no id. An id comes back to its
+// sender exactly as it was sent (appendID), byte for byte: the SDK's ID
+// holds only a string or an int64, and a number it can't hold exactly —
+// beyond ±2^53, or written as 1.0 or 1e3 — is kept as its text, in a
+// string ID marked with rawNumberID. A client's string that happens to
+// start with the mark is itself marked (quotedID), so no string a client
+// sends is ever written back as anything but that string.
 func decodeID(raw json.RawMessage) (jsonrpc.ID, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return jsonrpc.ID{}, nil
@@ -95,18 +102,58 @@ func decodeID(raw json.RawMessage) (jsonrpc.ID, error) {
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return jsonrpc.ID{}, errBadID
 		}
+		if strings.HasPrefix(s, idMark) {
+			s = quotedID + s
+		}
 		return jsonrpc.MakeID(s)
 	}
-	n, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		// 1.0 and 1e3 are integers too, as JSON numbers go.
-		f, ferr := strconv.ParseFloat(string(raw), 64)
-		if ferr != nil || f != float64(int64(f)) {
-			return jsonrpc.ID{}, errBadID
-		}
-		n = int64(f)
+	if !integralNumber(raw) {
+		return jsonrpc.ID{}, errBadID
 	}
-	return jsonrpc.MakeID(float64(n))
+	if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil && n >= -maxExactID && n <= maxExactID &&
+		strconv.FormatInt(n, 10) == string(raw) {
+		return jsonrpc.MakeID(float64(n))
+	}
+	return jsonrpc.MakeID(rawNumberID + string(raw))
+}
+
+// The marks of ids kept as text (decodeID). NUL can't start a JSON-RPC
+// id any client means, and the marks are never written out.
+const (
+	idMark      = "\x00"
+	rawNumberID = idMark + "n:" // the rest is a JSON number, as sent
+	quotedID    = idMark + "s:" // the rest is the client's string
+)
+
+// maxExactID is the largest integer a float64 holds exactly, which is
+// what jsonrpc.MakeID takes.
+const maxExactID = 1 << 53
+
+// maxNumberID bounds the text of a numeric id.
+const maxNumberID = 64
+
+// integralNumber reports whether raw is a JSON number of at most
+// maxNumberID bytes whose value is an integer: 7, -0, 1.0, 1e3 and
+// 123456789012345678901234567890 are; 1.5 and 1e-3 are not.
+func integralNumber(raw []byte) bool {
+	if len(raw) == 0 || len(raw) > maxNumberID || (raw[0] != '-' && (raw[0] < '0' || raw[0] > '9')) || !json.Valid(raw) {
+		return false
+	}
+	s := string(raw)
+	exp := 0
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil {
+			return false
+		}
+		s, exp = s[:i], e
+	}
+	_, frac, _ := strings.Cut(s, ".")
+	frac = strings.TrimRight(frac, "0")
+	if strings.Trim(strings.TrimPrefix(s, "-"), "0.") == "" {
+		return true // zero, however written
+	}
+	return exp >= len(frac)
 }
 
 // encodeMessage encodes one JSON-RPC message on one line: params and
@@ -166,14 +213,29 @@ func messageSize(msg jsonrpc.Message) int {
 	return 0
 }
 
+// appendID appends an id as decodeID read it.
 func appendID(buf []byte, id jsonrpc.ID) []byte {
 	switch v := id.Raw().(type) {
 	case int64:
 		return strconv.AppendInt(buf, v, 10)
 	case string:
+		if num, ok := strings.CutPrefix(v, rawNumberID); ok && integralNumber([]byte(num)) {
+			return append(buf, num...)
+		}
+		if s, ok := strings.CutPrefix(v, quotedID); ok {
+			return appendString(buf, s)
+		}
 		return appendString(buf, v)
 	}
 	return append(buf, "null"...)
+}
+
+// idJSON is an id as JSON, or nil for no id.
+func idJSON(id jsonrpc.ID) json.RawMessage {
+	if !id.IsValid() {
+		return nil
+	}
+	return appendID(nil, id)
 }
 
 func appendString(buf []byte, s string) []byte {

@@ -64,6 +64,10 @@ var migrations = [][]string{
 		)`,
 		`CREATE INDEX agentsec_sessions_by_last_active ON agentsec_sessions (last_active)`,
 	},
+	{ // 2: an ended session stays a while, so that no replica revives its budget
+		`ALTER TABLE agentsec_sessions ADD COLUMN ended timestamptz`,
+		`CREATE INDEX agentsec_sessions_by_ended ON agentsec_sessions (ended) WHERE ended IS NOT NULL`,
+	},
 }
 
 // currentVersion is the schema version this agentsec reads and writes.

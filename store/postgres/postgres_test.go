@@ -282,17 +282,70 @@ func TestSessionStore(t *testing.T) {
 	if _, _, found, _ := s.LoadSession(ctx, "s2", idle); found {
 		t.Error("RefreshSessions revived a session idle past the timeout")
 	}
-	if err := s.PruneSessions(ctx, idle); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, found, _ := s.LoadSession(ctx, "s2", time.Hour); found {
-		t.Error("PruneSessions kept a session idle past the timeout")
-	}
 	if err := s.DeleteSession(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, found, _ := s.LoadSession(ctx, "s1", time.Hour); found {
 		t.Error("LoadSession found a deleted session")
+	}
+	if gone, _ := s.RefreshSessions(ctx, []string{"s1"}, []string{"s1"}, time.Hour); !slices.Equal(gone, []string{"s1"}) {
+		t.Errorf("RefreshSessions of a deleted session: gone %q, want [s1]", gone)
+	}
+}
+
+// An ended session's budget outlives it by one idle timeout — a replica
+// that still holds the session charges the budget it had, never a fresh
+// one — and then goes with it.
+func TestSessionStoreForgetsBudgets(t *testing.T) {
+	ctx := t.Context()
+	db := migrated(t)
+	s, budgets := db.Sessions(), db.Budgets()
+	defer s.Close()
+	defer budgets.Close()
+	const idle = time.Second
+	limits := budget.Limits{Tokens: 100, Calls: 1}
+	for _, id := range []string{"deleted", "idle", "busy"} {
+		if err := s.SaveSession(ctx, id, "alice", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := budgets.Create(ctx, id, limits); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := budgets.Reserve(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteSession(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PruneSessions(ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	// Within the idle timeout of its end, a replica that still holds the
+	// session finds its budget spent, not fresh.
+	if _, err := budgets.Reserve(ctx, "deleted"); !errors.Is(err, budget.ErrExceeded) {
+		t.Errorf("Reserve on a session just deleted = %v, want %v", err, budget.ErrExceeded)
+	}
+	deadline := time.Now().Add(2*idle + 500*time.Millisecond)
+	for time.Now().Before(deadline) {
+		if _, err := s.RefreshSessions(ctx, []string{"busy"}, []string{"busy"}, idle); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(idle / 4)
+	}
+	if err := s.PruneSessions(ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"deleted", "idle"} {
+		if _, err := budgets.Get(ctx, id); !errors.Is(err, budget.ErrUnknownSession) {
+			t.Errorf("the budget of %s after PruneSessions: %v, want it gone", id, err)
+		}
+		if _, _, found, _ := s.LoadSession(ctx, id, time.Hour); found {
+			t.Errorf("PruneSessions kept %s", id)
+		}
+	}
+	if st, err := budgets.Get(ctx, "busy"); err != nil || st.Used.Calls != 1 {
+		t.Errorf("the budget of a session in use: %+v, %v", st, err)
 	}
 }
 

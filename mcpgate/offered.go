@@ -1,0 +1,155 @@
+package mcpgate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// The tools an upstream offered. A tools/call is sent only for a name
+// its upstream listed in this session, byte for byte: the trust gate
+// checks the name the client sent, and a server that reads names loosely
+// — without regard to case, trailing spaces or NULs, or by a look-alike —
+// must not run a listed tool under a name the gate judged as another,
+// say one that fell to the policy's default level. Names are learned from
+// every tools/list page the gateway relays, and, for a call to a name not
+// known yet, by listing the server's tools itself (all pages) — once per
+// change of its list (notifications/tools/list_changed).
+
+// Bounds on what the gateway learns of one upstream's tools.
+const (
+	maxOfferedTools = 10_000 // names kept
+	maxToolPages    = 100    // pages read when listing on its own
+)
+
+// offeredTools is what one upstream listed.
+type offeredTools struct {
+	mu    sync.Mutex
+	names map[string]bool
+	// complete: names holds the server's whole list as of the last
+	// listing, and no list_changed came since.
+	complete bool
+	changes  int        // counts list changes, so a listing can tell it saw the latest
+	listing  sync.Mutex // one listing of the server's own at a time
+}
+
+// add records names the server listed.
+func (o *offeredTools) add(name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.names == nil {
+		o.names = map[string]bool{}
+	}
+	if len(o.names) < maxOfferedTools {
+		o.names[name] = true
+	}
+}
+
+func (o *offeredTools) has(name string) (found, complete bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.names[name], o.complete
+}
+
+// changed notes that the server's list changed: a name not known yet
+// is worth another listing.
+func (o *offeredTools) changed() {
+	o.mu.Lock()
+	o.complete = false
+	o.changes++
+	o.mu.Unlock()
+}
+
+// errNotOffered is why a call to a name the server never listed is
+// refused.
+type errNotOffered struct {
+	upstream, tool string
+	cause          error // the listing failed, if it did
+}
+
+func (e *errNotOffered) Error() string {
+	if e.cause != nil {
+		return fmt.Sprintf("the tools of the MCP server %q could not be listed to check %q: %v", e.upstream, e.tool, e.cause)
+	}
+	return fmt.Sprintf("the MCP server %q offers no tool named %q in this session (tools/list); names must match exactly", e.upstream, e.tool)
+}
+
+// offered reports, as an *errNotOffered, a tool name u never listed: it
+// lists u's tools itself first if the name is unknown and its list may
+// have changed since it was last read.
+func (r *router) offered(ctx context.Context, u *upstreamConn, name string) *errNotOffered {
+	if found, complete := u.tools.has(name); found || complete {
+		if found {
+			return nil
+		}
+		return &errNotOffered{upstream: u.Name, tool: name}
+	}
+	u.tools.listing.Lock()
+	defer u.tools.listing.Unlock()
+	if found, complete := u.tools.has(name); found || complete { // listed meanwhile
+		if found {
+			return nil
+		}
+		return &errNotOffered{upstream: u.Name, tool: name}
+	}
+	if err := r.listAllTools(ctx, u); err != nil {
+		return &errNotOffered{upstream: u.Name, tool: name, cause: err}
+	}
+	if found, _ := u.tools.has(name); found {
+		return nil
+	}
+	return &errNotOffered{upstream: u.Name, tool: name}
+}
+
+// listAllTools reads every page of u's tools/list, learning its names;
+// the list is complete once read through, unless it changed meanwhile.
+func (r *router) listAllTools(ctx context.Context, u *upstreamConn) error {
+	u.tools.mu.Lock()
+	changes := u.tools.changes
+	u.tools.mu.Unlock()
+	cursor := ""
+	for range maxToolPages {
+		params := json.RawMessage("{}")
+		if cursor != "" {
+			params, _ = json.Marshal(map[string]string{"cursor": cursor})
+		}
+		resp, err := u.call(ctx, "tools/list", params, "")
+		if err == nil && resp.Error != nil {
+			err = resp.Error
+		}
+		if err != nil {
+			return err
+		}
+		var page struct {
+			Tools []struct {
+				Name string `json:"name"`
+			} `json:"tools"`
+			NextCursor string `json:"nextCursor"`
+		}
+		if err := json.Unmarshal(resp.Result, &page); err != nil {
+			return fmt.Errorf("its tools/list result is malformed: %v", err)
+		}
+		for _, t := range page.Tools {
+			u.tools.add(t.Name)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	// Past maxToolPages the rest is more than the gateway keeps.
+	u.tools.mu.Lock()
+	u.tools.complete = u.tools.changes == changes
+	u.tools.mu.Unlock()
+	return nil
+}
+
+// toolsChanged marks u's tool list stale when it says so.
+func toolsChanged(u *upstreamConn, req *jsonrpc.Request) {
+	if req.Method == "notifications/tools/list_changed" {
+		u.tools.changed()
+	}
+}
