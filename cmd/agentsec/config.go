@@ -12,13 +12,17 @@ import (
 	"github.com/agentsec/agentsec/config"
 )
 
-const configUsage = `Usage:
+const configUsage = `agentsec config checks an agentsec.yaml.
 
-	agentsec config check FILE
+Usage:
+
+	agentsec config <command> [arguments]
 
 Commands:
 
 	check   validate an agentsec.yaml without starting anything
+
+Run 'agentsec config <command> -h' for a command's flags.
 `
 
 func (m *Main) runConfig(ctx context.Context, args []string) error {
@@ -32,7 +36,8 @@ func (m *Main) runConfig(ctx context.Context, args []string) error {
 func (m *Main) runConfigCheck(_ context.Context, args []string) error {
 	fs := newFlagSet("config check", "FILE",
 		"Checks FILE as agentsec serve and agentsec proxy would at start-up: every key known,\n"+
-			"every level, pattern, agent, limit, key file, address and upstream valid.\n")
+			"every level, pattern, agent, limit, key file, address and upstream valid, and every\n"+
+			"upstream command found in PATH.\n")
 	if err := m.parseFlags(fs, args, 1); err != nil {
 		return err
 	}
@@ -41,13 +46,16 @@ func (m *Main) runConfigCheck(_ context.Context, args []string) error {
 	}
 	path := fs.Arg(0)
 	cfg, err := config.Load(path)
+	if err == nil {
+		err = config.CheckCommands(path, cfg)
+	}
 	if err != nil {
 		problems := strings.Split(err.Error(), "\n")
 		if len(problems) == 1 {
 			return err
 		}
 		for _, p := range problems {
-			fmt.Fprintf(m.Stderr, "%s\n", p)
+			fmt.Fprintf(m.Stderr, "%s\n", oneLine(p))
 		}
 		return fmt.Errorf("%d problems in %s", len(problems), path)
 	}

@@ -24,7 +24,7 @@ holding each record's stored canonical bytes and leaf hash, as CSV, or as
 ArcSight CEF lines for a SIEM. Records appended while it runs are left out.
 `)
 	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
-	format := fs.String("format", "jsonl", "output `format`: jsonl, csv or cef")
+	format := formatFlag(fs, "jsonl", "csv", "cef")
 	out := fs.String("o", "", "write to this `file`, replaced once the export is complete, instead of stdout")
 	f := addFilterFlags(fs)
 	if err := m.parseFlags(fs, args, 0); err != nil {
@@ -38,8 +38,6 @@ ArcSight CEF lines for a SIEM. Records appended while it runs are left out.
 		enc = &csvExporter{}
 	case "cef":
 		enc = &cefExporter{}
-	default:
-		return fmt.Errorf("audit export: unknown -format %q; use jsonl, csv or cef", *format)
 	}
 	if err := checkTimeRange("audit export", f); err != nil {
 		return err
@@ -154,6 +152,13 @@ func storedBytes(ctx context.Context, store audit.Store, records []audit.Record)
 //
 // The leaf hash is the RFC 6962 leaf hash of the record's bytes, so that a
 // reader can recompute it and check the record against a proof.
+//
+// So the record bytes go out verbatim, unlike every other output's: the
+// canonical encoding escapes the C0 controls, but DEL, C1 controls and
+// format characters such as bidi overrides are in them as they are.
+// Escaping those would break the leaf hash of exactly the records that
+// hold them; a JSON reader decodes them either way, and a terminal gets
+// them escaped from audit query.
 type jsonlExporter struct{}
 
 func (jsonlExporter) begin(io.Writer) error { return nil }
@@ -186,13 +191,31 @@ func (e *csvExporter) write(_ io.Writer, r *audit.Record, _ []byte) error {
 		if err := enc.Encode(r.Attrs); err != nil {
 			return err
 		}
-		attrs = strings.TrimSuffix(b.String(), "\n")
+		// encoding/json leaves DEL, C1 controls and bidi controls as
+		// they are; oneLine escapes them, and the cell stays JSON.
+		attrs = oneLine(strings.TrimSuffix(b.String(), "\n"))
 	}
 	return e.cw.Write([]string{
-		strconv.FormatUint(r.Seq, 10), r.Time.UTC().Format(exportTime), r.Namespace, r.Event,
-		r.Agent, r.Session, r.Tool, r.Scope, string(r.Outcome), r.Reason,
-		r.RequiredLevel, r.AssignedLevel, strconv.FormatInt(r.Tokens, 10), attrs,
+		strconv.FormatUint(r.Seq, 10), r.Time.UTC().Format(exportTime), csvText(r.Namespace), csvText(r.Event),
+		csvText(r.Agent), csvText(r.Session), csvText(r.Tool), csvText(r.Scope), csvText(string(r.Outcome)), csvText(r.Reason),
+		csvText(r.RequiredLevel), csvText(r.AssignedLevel), strconv.FormatInt(r.Tokens, 10), attrs,
 	})
+}
+
+// csvText returns a text field as a CSV cell. It is escaped as escapeText
+// does, so the cell is one line without control characters; and a cell
+// that starts with a character a spreadsheet takes for the start of a
+// formula — '=', '+', '-', '@' — gets a ' in front, as OWASP recommends
+// against CSV injection, and so does a cell that starts with ' itself, so
+// that distinct values stay distinct: a reader drops one leading ' and
+// unquotes the rest as a Go string. Tab and CR, which OWASP lists too, are
+// escaped already.
+func csvText(s string) string {
+	s = escapeText(s)
+	if s != "" && strings.IndexByte("=+-@'", s[0]) >= 0 {
+		return "'" + s
+	}
+	return s
 }
 
 func (e *csvExporter) end(io.Writer) error {
@@ -268,15 +291,14 @@ func cefLine(r *audit.Record) string {
 	return b.String()
 }
 
-// CEF escaping. A header field escapes '\' and '|'; an extension value
-// escapes '\' and '='. Both write CR and LF as \r and \n, so that a record
-// cannot start a line of its own: the CEF rules allow a newline only in an
-// extension value, but a forged line in a SIEM's input is worse than a
-// nonstandard escape in a header.
-var (
-	cefHeaderEscaper = strings.NewReplacer(`\`, `\\`, `|`, `\|`, "\r", `\r`, "\n", `\n`)
-	cefValueEscaper  = strings.NewReplacer(`\`, `\\`, `=`, `\=`, "\r", `\r`, "\n", `\n`)
-)
-
-func cefHeader(s string) string { return cefHeaderEscaper.Replace(s) }
-func cefValue(s string) string  { return cefValueEscaper.Replace(s) }
+// CEF escaping. A header field escapes '|', an extension value '=', and
+// both a backslash, as the CEF rules say. Beyond the rules, every other
+// character a terminal or a SIEM's viewer could act on is escaped as
+// escapeText does: CR and LF become \r and \n, which CEF defines for
+// extension values, so that a record cannot start a line of its own (in
+// a header too: a forged line is worse than a nonstandard escape), and
+// the rest become Go escapes such as \x1b or \u202e, which a CEF reader
+// shows as they are. escapeText doubles backslashes and never writes '|'
+// or '='.
+func cefHeader(s string) string { return strings.ReplaceAll(escapeText(s), "|", `\|`) }
+func cefValue(s string) string  { return strings.ReplaceAll(escapeText(s), "=", `\=`) }

@@ -35,7 +35,9 @@ func TestCEFEscaping(t *testing.T) {
 		{"=|=|", `=\|=\|`, `\=|\=|`},
 		{"x=1 y=2", "x=1 y=2", `x\=1 y\=2`},
 		{"CEF:0|forged|line\nCEF:0|x", `CEF:0\|forged\|line\nCEF:0\|x`, `CEF:0|forged|line\nCEF:0|x`},
-		{"tab\there", "tab\there", "tab\there"},
+		{"tab\there", `tab\there`, `tab\there`},
+		{"esc\x1b[31m bel\a bs\b", `esc\x1b[31m bel\a bs\b`, `esc\x1b[31m bel\a bs\b`},
+		{"csi\u009b2J rlo\u202e|x=y", `csi\u009b2J rlo\u202e\|x=y`, `csi\u009b2J rlo\u202e|x\=y`},
 		{"naïve café — 日本語 🚀", "naïve café — 日本語 🚀", "naïve café — 日本語 🚀"},
 		{"ü|ß=\\", `ü\|ß=\\`, `ü|ß\=\\`},
 	}
@@ -90,7 +92,8 @@ func TestCEFLine(t *testing.T) {
 }
 
 // TestCSVRoundTrip checks that a CSV reader gets back every field of a
-// record, however nasty.
+// record, however nasty: escaped as escapeText does, with a ' in front of
+// what a spreadsheet would take for a formula.
 func TestCSVRoundTrip(t *testing.T) {
 	rec := audit.Record{Seq: 3, Time: time.Date(2025, 6, 1, 12, 0, 0, 5, time.UTC), Namespace: "n,s",
 		Event: "e\"v", Agent: "a\nb", Session: "=cmd()", Tool: "t\r\nu", Scope: "ü", Outcome: audit.OutcomeDenied,
@@ -111,9 +114,8 @@ func TestCSVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := [][]string{csvHeader, {"3", "2025-06-01T12:00:00.000000005Z", "n,s", "e\"v", "a\nb", "=cmd()",
-		// encoding/csv reads \r\n inside a quoted field as \n.
-		"t\nu", "ü", "deny", `"quoted", really`, "r", "a", "12", `{"a":"1","z":"<&>"}`}}
+	want := [][]string{csvHeader, {"3", "2025-06-01T12:00:00.000000005Z", "n,s", "e\"v", `a\nb`, "'=cmd()",
+		`t\r\nu`, "ü", "deny", `"quoted", really`, "r", "a", "12", `{"a":"1","z":"<&>"}`}}
 	if diff := cmp.Diff(want, rows); diff != "" {
 		t.Errorf("CSV rows (-want +got):\n%s", diff)
 	}

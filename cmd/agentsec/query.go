@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -45,6 +47,21 @@ func addFilterFlags(fs *flag.FlagSet) *audit.Filter {
 	return f
 }
 
+// formatFlag defines -format, whose value is one of formats, the first by
+// default: another value is a usage error, as a malformed number is.
+func formatFlag(fs *flag.FlagSet, formats ...string) *string {
+	v := formats[0]
+	list := strings.Join(formats[:len(formats)-1], ", ") + " or " + formats[len(formats)-1]
+	fs.Func("format", fmt.Sprintf("output `format`: %s (default %s)", list, v), func(s string) error {
+		if !slices.Contains(formats, s) {
+			return fmt.Errorf("use %s", list)
+		}
+		v = s
+		return nil
+	})
+	return &v
+}
+
 // checkTimeRange refuses a filter whose -until is before its -since.
 func checkTimeRange(cmd string, f *audit.Filter) error {
 	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
@@ -62,28 +79,29 @@ on stderr.
 `)
 	db := fs.String("db", "", "the audit log's SQLite database `file`, or its PostgreSQL URL")
 	f := addFilterFlags(fs)
-	fs.IntVar(&f.Limit, "limit", audit.DefaultLimit, fmt.Sprintf("print at most `N` records, up to %d", audit.MaxLimit))
-	fs.StringVar(&f.Cursor, "cursor", "", "continue from the `cursor` an earlier query printed, with the same filters")
-	format := fs.String("format", "table", "output `format`: table or jsonl")
+	f.Limit = audit.DefaultLimit
+	fs.Func("limit", fmt.Sprintf("print at most `N` records, up to %d (default %d)", audit.MaxLimit, audit.DefaultLimit), func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > audit.MaxLimit {
+			return fmt.Errorf("want a number from 1 to %d", audit.MaxLimit)
+		}
+		f.Limit = n
+		return nil
+	})
+	fs.Func("cursor", "continue from the `cursor` an earlier query printed, with the same filters", func(s string) error {
+		if _, err := strconv.ParseUint(s, 10, 64); err != nil {
+			return fmt.Errorf("pass the number a 'next page' line printed")
+		}
+		f.Cursor = s
+		return nil
+	})
+	format := formatFlag(fs, "table", "jsonl")
 	if err := m.parseFlags(fs, args, 0); err != nil {
 		return err
 	}
-	var write func(io.Writer, []audit.Record) error
-	switch *format {
-	case "table":
-		write = writeTable
-	case "jsonl":
+	write := writeTable
+	if *format == "jsonl" {
 		write = writeRecordLines
-	default:
-		return fmt.Errorf("audit query: unknown -format %q; use table or jsonl", *format)
-	}
-	if f.Limit <= 0 || f.Limit > audit.MaxLimit {
-		return fmt.Errorf("audit query: -limit %d is not between 1 and %d", f.Limit, audit.MaxLimit)
-	}
-	if f.Cursor != "" {
-		if _, err := strconv.ParseUint(f.Cursor, 10, 64); err != nil {
-			return fmt.Errorf("audit query: malformed -cursor %q; pass the number a 'next page' line printed", f.Cursor)
-		}
 	}
 	if err := checkTimeRange("audit query", f); err != nil {
 		return err
@@ -119,16 +137,18 @@ func writeTable(w io.Writer, records []audit.Record) error {
 	return tw.Flush()
 }
 
-// cell returns s for a table: one line, "-" if empty.
+// cell returns s for a table: escaped as escapeText does, "-" if empty.
 func cell(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return oneLine(s)
+	return escapeText(s)
 }
 
 // writeRecordLines writes each record as one JSON object: its canonical
-// encoding with its index in the log as a first key.
+// encoding with its index in the log as a first key. The canonical
+// encoding escapes only the C0 controls; the other characters a terminal
+// could act on are escaped here, which leaves the values as they are.
 func writeRecordLines(w io.Writer, records []audit.Record) error {
 	bw := bufio.NewWriter(w)
 	var buf []byte
@@ -139,7 +159,7 @@ func writeRecordLines(w io.Writer, records []audit.Record) error {
 			return fmt.Errorf("record %d: %w", r.Seq, err)
 		}
 		fmt.Fprintf(bw, `{"index":%d,`, r.Seq)
-		bw.Write(buf[1:])
+		bw.WriteString(oneLine(string(buf[1:])))
 		bw.WriteByte('\n')
 	}
 	return bw.Flush()

@@ -297,27 +297,33 @@ func TestBadInputOneLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	db, pub := filepath.Join(dir, "log.db"), filepath.Join(dir, "demo.pub")
-	for _, args := range [][]string{
-		{"audit", "verify", "-db", junk, "-pubkey", pub},
-		{"audit", "verify", "-db", db, "-pubkey", junk},
-		{"audit", "verify", "-db", db, "-pubkey", pub, "-trusted", junk},
-		{"audit", "verify", "-db", db, "-pubkey", pub, "-trusted", db},
-		{"audit", "query", "-db", junk},
-		{"audit", "query", "-db", db, "-since", "now"},
-		{"audit", "export", "-db", db, "-format", "xml"},
-		{"audit", "export", "-db", db, "-o", filepath.Join(dir, "missing", "out")},
-		{"audit", "prove", "-db", db, "-record", "-5"},
-		{"audit", "prove", "-db", db, "-record", "3", "-checkpoint", junk},
-		{"audit", "prove", "-db", junk, "-record", "3"},
-		{"audit", "checkpoint", "-db", junk},
-		{"audit", "check-proof", "-pubkey", pub, junk},
-		{"audit", "check-proof", "-pubkey", pub, db},
-		{"audit", "check-proof", "-pubkey", junk, junk},
-		{"audit", "check-proof", "-pubkey", pub, "-"},
+	// Exit 2 for a flag value the flag does not take, a usage error; 1
+	// otherwise.
+	for _, tt := range []struct {
+		code int
+		args []string
+	}{
+		{1, []string{"audit", "verify", "-db", junk, "-pubkey", pub}},
+		{1, []string{"audit", "verify", "-db", db, "-pubkey", junk}},
+		{1, []string{"audit", "verify", "-db", db, "-pubkey", pub, "-trusted", junk}},
+		{1, []string{"audit", "verify", "-db", db, "-pubkey", pub, "-trusted", db}},
+		{1, []string{"audit", "query", "-db", junk}},
+		{2, []string{"audit", "query", "-db", db, "-since", "now"}},
+		{2, []string{"audit", "export", "-db", db, "-format", "xml"}},
+		{1, []string{"audit", "export", "-db", db, "-o", filepath.Join(dir, "missing", "out")}},
+		{2, []string{"audit", "prove", "-db", db, "-record", "-5"}},
+		{1, []string{"audit", "prove", "-db", db, "-record", "3", "-checkpoint", junk}},
+		{1, []string{"audit", "prove", "-db", junk, "-record", "3"}},
+		{1, []string{"audit", "checkpoint", "-db", junk}},
+		{1, []string{"audit", "check-proof", "-pubkey", pub, junk}},
+		{1, []string{"audit", "check-proof", "-pubkey", pub, db}},
+		{1, []string{"audit", "check-proof", "-pubkey", junk, junk}},
+		{1, []string{"audit", "check-proof", "-pubkey", pub, "-"}},
 	} {
+		args := tt.args
 		code, stdout, stderr := runExit(t, &Main{}, args...)
-		if code != 1 || stdout != "" || !strings.HasPrefix(stderr, "agentsec: ") || strings.Count(stderr, "\n") != 1 {
-			t.Errorf("agentsec %q: exit %d, stdout %q, stderr %q; want 1, nothing and one agentsec: line", args, code, stdout, stderr)
+		if code != tt.code || stdout != "" || !strings.HasPrefix(stderr, "agentsec: ") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("agentsec %q: exit %d, stdout %q, stderr %q; want %d, nothing and one agentsec: line", args, code, stdout, stderr, tt.code)
 		}
 	}
 }
