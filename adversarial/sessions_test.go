@@ -20,7 +20,7 @@ import (
 func TestSessionFloodByOneAgent(t *testing.T) {
 	up := newNaiveServer(t)
 	h := newHarness(t, up, limits{})
-	f := h.http(func(g *mcpgate.Gateway) { g.MaxSessions = 50 })
+	f := h.http(func(g *mcpgate.Gateway) { g.MaxSessions = 40 })
 	opened, refused := 0, 0
 	for range 30 {
 		_, status := f.open(agentToken)
@@ -33,8 +33,8 @@ func TestSessionFloodByOneAgent(t *testing.T) {
 			t.Fatalf("initialize answered %d", status)
 		}
 	}
-	if opened != 5 || refused != 25 {
-		t.Errorf("one agent opened %d sessions and was refused %d, want 5 (a tenth of 50) and 25", opened, refused)
+	if opened != 10 || refused != 20 {
+		t.Errorf("one agent opened %d sessions and was refused %d, want 10 (a quarter of 40) and 20", opened, refused)
 	}
 	session, status := f.open(otherToken)
 	if status != http.StatusOK {

@@ -39,9 +39,35 @@ type Config struct {
 	// MaxSessions bounds the MCP sessions "agentsec serve" holds at once;
 	// 0 means 1000.
 	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerAgent bounds the sessions one agent holds at once, so
+	// that one token can't take them all; 0 means a quarter of
+	// MaxSessions.
+	MaxSessionsPerAgent int `yaml:"max_sessions_per_agent"`
+	// AllowUnlistedTools lets a tools/call name a tool its upstream never
+	// listed in the session. Off by default: a server that reads names
+	// loosely could run a listed tool under a name the trust gate judged
+	// as another.
+	AllowUnlistedTools bool `yaml:"allow_unlisted_tools"`
 	// SessionIdleTimeout ends an HTTP session no request has touched for
 	// that long; 0 means 30 minutes.
 	SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
+	// MaxConnections bounds the TCP connections "agentsec serve" holds
+	// open at once, so that a flood of them can't exhaust the process's
+	// file descriptors; 0 means 4096.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerAddress bounds those from one client address (an
+	// IPv6 client's /64), so that one client can't take them all; 0
+	// means 1024, or MaxConnections if that is lower. Behind a load
+	// balancer every connection comes from its address: set it to
+	// MaxConnections there.
+	MaxConnectionsPerAddress int `yaml:"max_connections_per_address"`
+	// ConnectionIdleTimeout closes a keep-alive connection that has
+	// carried no request for that long; 0 means 2 minutes.
+	ConnectionIdleTimeout time.Duration `yaml:"connection_idle_timeout"`
+	// RequestBodyTimeout bounds how long a request's body may take to
+	// arrive once its headers have; 0 means 30 seconds. Responses are not
+	// bounded: one may be an event stream as long as a tool call.
+	RequestBodyTimeout time.Duration `yaml:"request_body_timeout"`
 	// StdioAgent is the agent "agentsec proxy" speaks for: over stdio the
 	// gateway serves one client, whose identity is configured, not
 	// claimed.
@@ -110,6 +136,10 @@ type Agent struct {
 type Budget struct {
 	Tokens int64 `yaml:"tokens"`
 	Calls  int64 `yaml:"calls"`
+	// CallTokens, if set, is the most tokens one call's result may
+	// count: a bigger result is withheld, and the call recorded as over
+	// budget.
+	CallTokens int64 `yaml:"call_tokens"`
 }
 
 // Audit configures the audit log.

@@ -19,7 +19,8 @@ func (c *Config) StackConfig() (agentsec.Config, error) {
 			Ladder:       ladder,
 			DefaultLevel: c.Trust.DefaultLevel,
 		},
-		Budget:         agentsec.BudgetConfig{TokenLimit: c.Budget.Tokens, CallLimit: c.Budget.Calls},
+		Budget: agentsec.BudgetConfig{TokenLimit: c.Budget.Tokens, CallLimit: c.Budget.Calls,
+			CallTokenLimit: c.Budget.CallTokens},
 		AuditNamespace: c.Namespace,
 		Audit: agentsec.AuditConfig{
 			Path:               c.Path(c.Audit.Path),

@@ -2,13 +2,18 @@ package config
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.yaml.in/yaml/v3"
@@ -95,6 +100,9 @@ func (c *Config) validate(v *validator) {
 	if err := (budget.Limits{Tokens: c.Budget.Tokens, Calls: c.Budget.Calls}).Validate(); err != nil {
 		v.errorf(at("budget"), "%s", strings.TrimPrefix(err.Error(), "budget: "))
 	}
+	if c.Budget.CallTokens < 0 {
+		v.errorf(at("budget", "call_tokens"), "%d is negative", c.Budget.CallTokens)
+	}
 	c.validateAudit(v)
 	if c.Listen != "" {
 		host, port, err := net.SplitHostPort(c.Listen)
@@ -107,6 +115,11 @@ func (c *Config) validate(v *validator) {
 	if c.MaxSessions < 0 {
 		v.errorf(at("max_sessions"), "%d is negative", c.MaxSessions)
 	}
+	if c.MaxSessionsPerAgent < 0 {
+		v.errorf(at("max_sessions_per_agent"), "%d is negative", c.MaxSessionsPerAgent)
+	} else if c.MaxSessions > 0 && c.MaxSessionsPerAgent > c.MaxSessions {
+		v.errorf(at("max_sessions_per_agent"), "%d is more than max_sessions (%d)", c.MaxSessionsPerAgent, c.MaxSessions)
+	}
 	if c.SessionIdleTimeout < 0 {
 		v.errorf(at("session_idle_timeout"), "%v is negative", c.SessionIdleTimeout)
 	}
@@ -115,6 +128,48 @@ func (c *Config) validate(v *validator) {
 	}
 	c.validateUpstreams(v)
 	c.validatePrefixedRules(v)
+	c.validateConnections(v)
+}
+
+// defaultMaxConnections is max_connections when it is 0, as
+// mcpgate.DefaultMaxConnections: config does not import the gateway.
+const defaultMaxConnections = 4096
+
+// validateConnections checks the bounds on "agentsec serve"'s
+// connections. A timeout under a second is refused: clients over real
+// networks would be cut off, and a typo ("30ms" for "30s") would not be
+// found until they were.
+func (c *Config) validateConnections(v *validator) {
+	max := c.MaxConnections
+	switch {
+	case max < 0:
+		v.errorf(at("max_connections"), "%d is negative", max)
+	case max == 0:
+		max = defaultMaxConnections
+	}
+	switch per := c.MaxConnectionsPerAddress; {
+	case per < 0:
+		v.errorf(at("max_connections_per_address"), "%d is negative", per)
+	case per > max && c.MaxConnections == 0:
+		v.errorf(at("max_connections_per_address"), "%d is more than max_connections (default %d); raise max_connections too", per, max)
+	case per > max && max > 0:
+		v.errorf(at("max_connections_per_address"), "%d is more than max_connections (%d); one address can't hold more than all of them", per, max)
+	}
+	for _, d := range []struct {
+		key     string
+		value   time.Duration
+		example string
+	}{
+		{"connection_idle_timeout", c.ConnectionIdleTimeout, "2m"},
+		{"request_body_timeout", c.RequestBodyTimeout, "30s"},
+	} {
+		switch {
+		case d.value < 0:
+			v.errorf(at(d.key), "%v is negative", d.value)
+		case d.value > 0 && d.value < time.Second:
+			v.errorf(at(d.key), "%v is less than a second, which would cut clients off; give at least 1s, such as %s", d.value, d.example)
+		}
+	}
 }
 
 // validatePrefixedRules catches rules written for bare tool names in front
@@ -329,4 +384,65 @@ func holdsPassword(dsn string) bool {
 		return inUser || u.Query().Has("password")
 	}
 	return passwordSetting.MatchString(dsn)
+}
+
+// CheckCommands checks that a gateway can start every upstream command of
+// c, which Load read from the file at path: that exec.Command finds each,
+// in PATH or, for a name with a slash, at that path from the current
+// directory, and that it is an executable file. Every problem is a line
+// of the error, as in Load's: "path: line N: upstreams[i].command: …".
+//
+// Load leaves this check out: it belongs to the machine and the PATH of
+// the process that starts the servers, not to the file, which is also
+// parsed where they need not run — the examples in the documentation
+// name commands not every machine has. agentsec config check and the
+// gateway commands at start-up make it.
+func CheckCommands(path string, c *Config) error {
+	lookErrs := map[int]error{}
+	for i, u := range c.Upstreams {
+		if u.Command != "" {
+			if _, err := exec.LookPath(u.Command); err != nil {
+				lookErrs[i] = err
+			}
+		}
+	}
+	if len(lookErrs) == 0 {
+		return nil
+	}
+	// Read the file again, for the lines of the commands.
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize))
+	if err != nil {
+		return fmt.Errorf("config: reading %s: %w", path, err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil || root.Kind == 0 {
+		return fmt.Errorf("config: %s changed since it was read", path)
+	}
+	v := &validator{root: &root}
+	for i := range c.Upstreams {
+		name, err := c.Upstreams[i].Command, lookErrs[i]
+		switch {
+		case err == nil:
+		case errors.Is(err, exec.ErrDot):
+			v.errorf(at("upstreams", i, "command"), "%q is found only in the current directory, by way of PATH, which agentsec does not run; write %q",
+				name, "./"+name)
+		case errors.Is(err, exec.ErrNotFound):
+			v.errorf(at("upstreams", i, "command"), "%q is not found in PATH; install it, or give its full path", name)
+		case errors.Is(err, fs.ErrNotExist):
+			v.errorf(at("upstreams", i, "command"), "%s does not exist", name)
+		case errors.Is(err, fs.ErrPermission):
+			v.errorf(at("upstreams", i, "command"), "%s is not an executable file", name)
+		default:
+			v.errorf(at("upstreams", i, "command"), "%q cannot be started: %v", name, err)
+		}
+	}
+	for i := range v.problems {
+		v.problems[i] = path + ": " + v.problems[i]
+	}
+	return errors.New(strings.Join(v.problems, "\n"))
 }

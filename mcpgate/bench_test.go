@@ -34,6 +34,9 @@ func noopServer() http.Handler {
 			return
 		}
 		result := `{"content":[{"type":"text","text":"ok"}]}`
+		if bytes.Contains(body, []byte(`"method":"tools/list"`)) {
+			result = `{"tools":[{"name":"noop","inputSchema":{"type":"object"}}]}`
+		}
 		if bytes.Contains(body, []byte(`"method":"initialize"`)) {
 			result = `{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"noop","version":"1"}}`
 			w.Header().Set("Mcp-Session-Id", "noop-session")

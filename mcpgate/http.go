@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -46,14 +47,19 @@ type Gateway struct {
 	// MaxRequestBytes bounds a request body; 0 means
 	// DefaultMaxMessageBytes (4 MiB).
 	MaxRequestBytes int64
+	// RequestBodyTimeout bounds how long a request's body may take to
+	// arrive once its headers have; 0 means DefaultRequestBodyTimeout.
+	// Responses are not bounded: one may be an event stream as long as a
+	// tool call.
+	RequestBodyTimeout time.Duration
 	// MaxSessions bounds the sessions open at once; 0 means
 	// DefaultMaxSessions. A new session beyond it is refused with 503.
 	MaxSessions int
 	// MaxSessionsPerAgent bounds the sessions one agent holds at once, so
 	// that one token can't take every session (each with its own
-	// upstream processes) and lock the other agents out; 0 means a tenth
-	// of MaxSessions, at least 1. A new session beyond it is refused with
-	// 429.
+	// upstream processes) and lock the other agents out; 0 means a
+	// quarter of MaxSessions, at least 1. A new session beyond it is
+	// refused with 429.
 	MaxSessionsPerAgent int
 	// IdleTimeout ends a session no request has touched for that long;
 	// 0 means DefaultIdleTimeout.
@@ -78,6 +84,7 @@ type Gateway struct {
 	perAgent map[string]int // sessions held, by agent
 	stop     chan struct{}
 	closed   bool
+	running  sync.WaitGroup // sessions' routers, until their upstreams are closed
 }
 
 // Defaults of a Gateway's limits.
@@ -111,7 +118,7 @@ func (g *Gateway) init() {
 			g.MaxSessions = DefaultMaxSessions
 		}
 		if g.MaxSessionsPerAgent <= 0 {
-			g.MaxSessionsPerAgent = max(1, g.MaxSessions/10)
+			g.MaxSessionsPerAgent = max(1, g.MaxSessions/4)
 		}
 		g.perAgent = map[string]int{}
 		if g.IdleTimeout <= 0 {
@@ -124,12 +131,22 @@ func (g *Gateway) init() {
 // ServeHTTP implements http.Handler.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.init()
+	// A body too big, or too slow, is refused before anything else reads
+	// it, authenticated or not (front.go).
+	r, ok := admitRequest(w, r, g.MaxRequestBytes, g.RequestBodyTimeout)
+	if !ok {
+		return
+	}
 	if g.LocalOnly && !localRequest(r) {
+		closeAfterReply(w)
 		http.Error(w, "agentsec: this gateway only answers requests addressed to localhost", http.StatusForbidden)
 		return
 	}
 	agent, ok := g.authenticate(r)
 	if !ok {
+		// A peer without a token gets nothing more from this
+		// connection: no keep-alive for it to hold.
+		closeAfterReply(w)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="agentsec"`)
 		http.Error(w, "agentsec: a valid bearer token is required (Authorization: Bearer <token>)", http.StatusUnauthorized)
 		return
@@ -185,7 +202,11 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 			writeJSONError(w, http.StatusRequestEntityTooLarge, nil, codeInvalidRequest, fmt.Sprintf("agentsec: message larger than %d bytes", g.MaxRequestBytes))
 			return
 		}
-		http.Error(w, "agentsec: reading the request: "+err.Error(), http.StatusBadRequest)
+		status := http.StatusBadRequest
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			status = http.StatusRequestTimeout
+		}
+		http.Error(w, "agentsec: reading the request: "+err.Error(), status)
 		return
 	}
 	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '[' && json.Valid(b) {
@@ -376,7 +397,9 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	if init != nil {
 		r.adopt(init) // the client initialized the session with another replica
 	}
+	g.running.Add(1)
 	go func() {
+		defer g.running.Done()
 		if err := r.serve(); err != nil {
 			g.Log.Warn("agentsec: session ended", "session", s.id, "agent", agent, "err", err)
 		}
@@ -476,7 +499,10 @@ func (g *Gateway) reapIdle() {
 	}
 }
 
-// Close ends every session and refuses new ones.
+// Close ends every session and refuses new ones. It returns once every
+// session's upstream connections are closed — a stdio server's process
+// has exited, or been killed a couple of seconds after its stdin closed —
+// so that nothing the gateway started outlives it.
 func (g *Gateway) Close() error {
 	g.init()
 	g.mu.Lock()
@@ -492,6 +518,7 @@ func (g *Gateway) Close() error {
 	for _, id := range ids {
 		g.endSession(id)
 	}
+	g.running.Wait()
 	return nil
 }
 

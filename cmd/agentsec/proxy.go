@@ -43,7 +43,7 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 		stdin = os.Stdin
 	}
 	proxy := &mcpgate.Proxy{Stack: stack, Agent: cfg.StdioAgent, Upstreams: upstreams(cfg, m.Stderr),
-		Log: slog.New(slog.NewTextHandler(m.Stderr, nil))}
+		Log: slog.New(slog.NewTextHandler(m.Stderr, nil)), AllowUnlistedTools: cfg.AllowUnlistedTools}
 	if err := proxy.Serve(ctx, mcpgate.NewStdioConn(stdin, m.Stdout, 0)); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -87,6 +87,11 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	}
 	if cfg.Audit.Path == "" && cfg.Postgres.URL == "" {
 		return nil, fmt.Errorf("%s: %s keeps its audit log durably: set audit.path and audit.key_file, or postgres.url", *file, cmd)
+	}
+	// As agentsec config check does: a server that can't start is a
+	// configuration problem, not a failure at the first call.
+	if err := config.CheckCommands(*file, cfg); err != nil {
+		return nil, err
 	}
 	sc, err := cfg.StackConfig()
 	if err != nil {

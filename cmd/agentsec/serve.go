@@ -38,13 +38,29 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	}
 	gw.Upstreams = upstreams(cfg, m.Stderr)
 	gw.Log = slog.New(slog.NewTextHandler(m.Stderr, nil))
+	// Close waits for the sessions' upstream servers to exit, before the
+	// stack signs its last checkpoint.
 	defer gw.Close()
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	tcp, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := mcpgate.LimitListener(tcp, mcpgate.ListenerLimits{MaxConnections: cfg.MaxConnections,
+		MaxConnectionsPerAddress: cfg.MaxConnectionsPerAddress, Log: gw.Log})
+	if err != nil {
+		tcp.Close()
+		return err
+	}
+	idle := cfg.ConnectionIdleTimeout
+	if idle == 0 {
+		idle = defaultConnectionIdleTimeout
+	}
+	// No ReadTimeout or WriteTimeout: they would bound every response,
+	// and one may be an event stream as long as a tool call, or, for a
+	// GET, as long as its session. The gateway bounds a request's body
+	// itself (request_body_timeout), and the listener the connections.
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
 	names := make([]string, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
 		names[i] = u.Name
@@ -66,6 +82,23 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	}
 }
 
+// Bounds on serve's HTTP connections that the configuration does not set.
+const (
+	// headerTimeout is how long a client has to send a request's
+	// headers, from the first byte, or from the connection's opening
+	// for its first request.
+	headerTimeout = 10 * time.Second
+	// maxHeaderBytes bounds a request's headers: an MCP client's are a
+	// token, a session id and a few more, and net/http's default (1 MiB)
+	// is memory a client holds for nothing.
+	maxHeaderBytes = 64 << 10
+	// defaultConnectionIdleTimeout is connection_idle_timeout's default:
+	// longer than Go's HTTP client keeps an idle connection (90s), so
+	// that such a client, not the gateway, ends it — a request sent as
+	// the gateway closes the connection fails, and a POST is not retried.
+	defaultConnectionIdleTimeout = 2 * time.Minute
+)
+
 // gatewayFor builds the HTTP gateway a configuration describes, without
 // its stack.
 func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
@@ -73,7 +106,9 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 	case cfg.Listen == "":
 		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
 	}
-	gw := &mcpgate.Gateway{MaxSessions: cfg.MaxSessions, IdleTimeout: cfg.SessionIdleTimeout}
+	gw := &mcpgate.Gateway{MaxSessions: cfg.MaxSessions, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent,
+		IdleTimeout: cfg.SessionIdleTimeout, RequestBodyTimeout: cfg.RequestBodyTimeout,
+		AllowUnlistedTools: cfg.AllowUnlistedTools}
 	for _, a := range cfg.Trust.Agents {
 		if a.TokenSHA256 == "" {
 			continue
