@@ -91,7 +91,7 @@ func FuzzHTTPFront(f *testing.F) {
 				session, _ = fr.open(agentToken)
 			case 'd':
 				if session != "" {
-					req, _ := http.NewRequest(http.MethodDelete, fr.srv.URL, nil)
+					req, _ := http.NewRequest(http.MethodDelete, fr.url, nil)
 					req.Header.Set("Authorization", "Bearer "+agentToken)
 					req.Header.Set("Mcp-Session-Id", session)
 					if resp, err := client.Do(req); err == nil {

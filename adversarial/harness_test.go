@@ -260,7 +260,8 @@ func resultText(m rpcMessage) (string, bool) {
 // httpFront is a Gateway in front of the harness's upstream.
 type httpFront struct {
 	h   *harness
-	srv *httptest.Server
+	url string
+	srv *httptest.Server // nil for a gateway in another process
 	gw  *mcpgate.Gateway
 }
 
@@ -278,14 +279,14 @@ func (h *harness) http(set ...func(*mcpgate.Gateway)) *httpFront {
 		srv.CloseClientConnections()
 		srv.Close()
 	})
-	return &httpFront{h: h, srv: srv, gw: gw}
+	return &httpFront{h: h, url: srv.URL, srv: srv, gw: gw}
 }
 
 // post sends one body with the token (and session, if any) and returns
 // the status, the answer and the session id it names.
 func (f *httpFront) post(token, session, body string) (int, []byte, string) {
 	f.h.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, f.srv.URL, strings.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, f.url, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	if token != "" {

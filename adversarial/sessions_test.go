@@ -99,7 +99,7 @@ func TestBearerSchemeAnyCase(t *testing.T) {
 	h := newHarness(t, up, limits{})
 	f := h.http()
 	for _, scheme := range []string{"bearer", "BEARER", "Bearer", "bEaReR"} {
-		req, _ := http.NewRequest(http.MethodPost, f.srv.URL, strings.NewReader(initializeBody))
+		req, _ := http.NewRequest(http.MethodPost, f.url, strings.NewReader(initializeBody))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", scheme+" "+agentToken)
 		resp, err := http.DefaultClient.Do(req)
@@ -112,7 +112,7 @@ func TestBearerSchemeAnyCase(t *testing.T) {
 		}
 	}
 	for _, header := range []string{"Basic " + agentToken, "Bearer", "Bearer ", agentToken, "Bearerx " + agentToken} {
-		req, _ := http.NewRequest(http.MethodPost, f.srv.URL, strings.NewReader(initializeBody))
+		req, _ := http.NewRequest(http.MethodPost, f.url, strings.NewReader(initializeBody))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", header)
 		resp, err := http.DefaultClient.Do(req)
@@ -146,7 +146,7 @@ const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{
 // delete ends a session.
 func (f *httpFront) delete(token, session string) {
 	f.h.t.Helper()
-	req, _ := http.NewRequest(http.MethodDelete, f.srv.URL, nil)
+	req, _ := http.NewRequest(http.MethodDelete, f.url, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Mcp-Session-Id", session)
 	resp, err := http.DefaultClient.Do(req)
