@@ -56,7 +56,8 @@ const (
 // this one ran, the result is withheld — Guard returns a *DeniedError
 // matching ErrBudgetExceeded, the caller must not use fn's result, and the
 // call is recorded as denied with the result's size in the
-// "withheld_tokens" attribute. So a session's tokens pass its limit by at
+// "withheld_tokens" attribute. That holds for a spent call's tokens too:
+// what it answered (an error's text) is then withheld. So a session's tokens pass its limit by at
 // most one result, and by less than CallTokenLimit when it is set, however
 // many calls run at once.
 //
@@ -156,13 +157,23 @@ func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservat
 			setAttr(rec, budgetErrorKey, err.Error())
 		}
 	case callErr != nil:
-		// It ran and failed: no result to deliver, but its slot and
-		// whatever tokens it reports are spent.
-		if err := s.commit(after, rec, res, tokens); errors.Is(err, budget.ErrInvalidTokens) {
+		// It ran and failed: its slot and whatever tokens it reports —
+		// of an error's text, say, or of a result that came too late to
+		// deliver — are spent, under the rules a result has.
+		err := s.commit(after, rec, res, tokens)
+		if de, withheld := errors.AsType[*DeniedError](err); withheld && errors.Is(de, ErrBudgetExceeded) {
+			// What it answered is over the budget: withheld too. The
+			// record says what happened; the denial only why, for it
+			// goes where the answer would have gone.
+			rec.Reason = truncate(rec.Reason + "; " + spent.Error())
+			de.Cause = errors.Join(de.Cause, callErr)
+			callErr = de
+			break
+		}
+		if errors.Is(err, budget.ErrInvalidTokens) {
 			callErr = errors.Join(callErr, err)
 		}
-		// There is no result to withhold: the call stays allowed, and
-		// the reason is what happened to it.
+		// The call stays allowed, and the reason is what happened to it.
 		rec.Outcome, rec.Reason = audit.OutcomeAllowed, truncate(spent.Error())
 	default:
 		rec.Reason = d.Reason.String()
@@ -253,11 +264,12 @@ func (s *Stack) Refuse(ctx context.Context, req Request, reason string) error {
 
 // DeliverResult decides whether a result that comes after its call's own
 // record — a task's result, fetched once the task is done — may reach the
-// caller, by the rules Guard applies to a call's result: only if it is
-// within CallTokenLimit, the session's tokens are below its limit when it
-// is counted, and the decision is recorded (a "tool.result" record, with
-// the result's tokens). It returns nil when the result may be delivered,
-// and otherwise a *DeniedError matching ErrBudgetExceeded,
+// caller, by the rules Guard applies to a call and its result: only if
+// the agent still holds the tool's level, the result is within
+// CallTokenLimit, the session's tokens are below its limit when it is
+// counted, and the decision is recorded (a "tool.result" record, with the
+// result's tokens). It returns nil when the result may be delivered, and
+// otherwise a *DeniedError matching ErrTrustDenied, ErrBudgetExceeded,
 // ErrBudgetUnavailable, ErrAuditUnavailable or ErrInvalidRequest; the
 // result must then be withheld.
 func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) error {
@@ -267,9 +279,16 @@ func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) er
 		sanitize(&rec)
 		return s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
 	}
+	// The agent must still hold the level the call needed: a level
+	// revoked while a task ran stops its result.
+	d := s.TrustGate.Check(req)
+	rec.RequiredLevel, rec.AssignedLevel = d.RequiredName(), d.AssignedName()
+	if !d.Allowed {
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrTrustDenied, Tool: req.Tool, Reason: d.Reason.String(), Trust: d})
+	}
 	if err := s.Audit.Err(); err != nil {
 		return s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
-			Reason: "audit log unavailable", Cause: err})
+			Reason: "audit log unavailable", Trust: d, Cause: err})
 	}
 	if tokens < 0 {
 		tokens = 0

@@ -3,6 +3,7 @@ package agentsec_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -232,5 +233,50 @@ func TestDeliverResultCountsOnce(t *testing.T) {
 	}
 	if allowed != 2 {
 		t.Errorf("%d delivered results recorded, want 2", allowed)
+	}
+}
+
+// A task's result is delivered only while its agent still holds the
+// tool's level: revoked meanwhile, the result is withheld.
+func TestDeliverResultRechecksTrust(t *testing.T) {
+	ctx := context.Background()
+	stack := newCeilingStack(t, 1000, 0)
+	req := agentsec.Request{Agent: "a", Session: "t", Tool: "t"}
+	if err := stack.Guard(ctx, req, tokens(0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.TrustGate.Revoke(ctx, "a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.DeliverResult(ctx, req, 10); !errors.Is(err, agentsec.ErrTrustDenied) {
+		t.Fatalf("a result for an agent whose level was revoked: %v, want %v", err, agentsec.ErrTrustDenied)
+	}
+	if st, _ := stack.Budget.Usage(ctx, "t"); st.Used.Tokens != 0 {
+		t.Errorf("a withheld result counted %d tokens", st.Used.Tokens)
+	}
+}
+
+// A spent call's answer is under the budget's rules too: an error's text
+// over the per-call ceiling is withheld, and recorded so.
+func TestGuardSpentAnswerOverCeilingWithheld(t *testing.T) {
+	ctx := context.Background()
+	stack := newCeilingStack(t, 1000, 10)
+	req := agentsec.Request{Agent: "a", Session: "w", Tool: "t"}
+	failed := errors.New("sent; the MCP server answered with an error")
+	err := stack.Guard(ctx, req, func(context.Context) (int64, error) { return 500, agentsec.Spent(failed) })
+	if !errors.Is(err, agentsec.ErrBudgetExceeded) || !errors.Is(err, failed) {
+		t.Fatalf("Guard = %v, want a withheld answer that also names the failure", err)
+	}
+	page, err := stack.Audit.Query(ctx, audit.Filter{Session: "w"})
+	if err != nil || len(page.Records) != 1 {
+		t.Fatal(len(page.Records), err)
+	}
+	rec := page.Records[0]
+	if rec.Outcome != audit.OutcomeDenied || rec.Attrs["withheld_tokens"] != "500" || rec.Tokens != 0 ||
+		!strings.HasPrefix(rec.Reason, "result withheld") || !strings.HasSuffix(rec.Reason, failed.Error()) {
+		t.Errorf("record = %s %q %d tokens %v", rec.Outcome, rec.Reason, rec.Tokens, rec.Attrs)
+	}
+	if st, _ := stack.Budget.Usage(ctx, "w"); st.Used.Calls != 1 {
+		t.Errorf("calls used %d, want 1: the call ran", st.Used.Calls)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/budget"
@@ -29,6 +31,10 @@ type limits struct {
 	allowUnlisted             bool
 	timeout                   time.Duration // the upstream's
 	budgetStore               budget.Store  // nil: a memory store of the stack's own
+	// viaRead makes the upstream's answers come through its connection's
+	// Read, as a stdio server's do, instead of on the caller's goroutine
+	// as an HTTP server's POST answers do: the gateway's other path.
+	viaRead bool
 }
 
 // harness is a gateway in front of a naive server, with its stack.
@@ -59,7 +65,8 @@ func newHarness(t *testing.T, up *naiveServer, lim limits) *harness {
 			Rules: []trust.Rule{
 				{Tool: "fs.read", Level: "public"}, {Tool: "fs.write", Level: "verified"},
 				{Tool: "admin.*", Level: "privileged"},
-				{Tool: "big", Level: "public"}, {Tool: "fail", Level: "public"}, {Tool: "slow", Level: "public"},
+				{Tool: "big", Level: "public"}, {Tool: "fail", Level: "public"}, {Tool: "failbig", Level: "public"},
+				{Tool: "slow", Level: "public"},
 			},
 			DefaultLevel: lim.defaultLevel,
 			Agents: []trust.Assignment{{Agent: "agent", Level: "verified"}, {Agent: "other", Level: "verified"},
@@ -77,8 +84,20 @@ func newHarness(t *testing.T, up *naiveServer, lim limits) *harness {
 }
 
 func (h *harness) upstreams() []mcpgate.Upstream {
-	return []mcpgate.Upstream{mcpgate.HTTPUpstream("naive", h.up.URL(), h.lim.timeout)}
+	u := mcpgate.HTTPUpstream("naive", h.up.URL(), h.lim.timeout)
+	if h.lim.viaRead {
+		connect := u.Connect
+		u.Connect = func(ctx context.Context) (mcp.Connection, error) {
+			c, err := connect(ctx)
+			return readOnlyConn{c}, err
+		}
+	}
+	return []mcpgate.Upstream{u}
 }
+
+// readOnlyConn is a connection whose answers come only through Read: it
+// hides any other way its type has.
+type readOnlyConn struct{ mcp.Connection }
 
 // records returns every record of the log.
 func (h *harness) records() []audit.Record {
@@ -98,15 +117,17 @@ func (h *harness) records() []audit.Record {
 	}
 }
 
-// executedRecords counts the tool.call records of calls that reached the
-// upstream: allowed ones, and denials of a result withheld after it ran.
+// executedRecords counts the tool.call records of calls that may have
+// reached the upstream: allowed ones but those that failed before they
+// were sent ("tool failed: …", whose slot was given back), and denials of
+// a result withheld after the call ran.
 func executedRecords(recs []audit.Record) int {
 	n := 0
 	for _, r := range recs {
 		if r.Event != agentsec.EventToolCall {
 			continue
 		}
-		if r.Outcome == audit.OutcomeAllowed || r.Attrs["withheld_tokens"] != "" {
+		if r.Outcome == audit.OutcomeAllowed && !strings.HasPrefix(r.Reason, "tool failed: ") || r.Attrs["withheld_tokens"] != "" {
 			n++
 		}
 	}

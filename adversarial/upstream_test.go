@@ -47,7 +47,7 @@ type naiveServer struct {
 // tools is what the naive server lists. "big" answers text of the size
 // its "size" argument asks; "fail" answers a JSON-RPC error; "slow"
 // takes naiveServer.slow.
-var naiveTools = []string{"fs.read", "fs.write", "admin.wipe", "big", "fail", "slow"}
+var naiveTools = []string{"fs.read", "fs.write", "admin.wipe", "big", "fail", "failbig", "slow"}
 
 func newNaiveServer(t *testing.T, opts ...func(*naiveServer)) *naiveServer {
 	s := &naiveServer{t: t, executed: map[string]int{}, byTool: map[string]int{}, taskResult: map[string]string{},
@@ -257,6 +257,9 @@ func (s *naiveServer) execute(session string, params json.RawMessage) (string, *
 		return strings.Repeat("word ", int(size)/5), nil
 	case "fail":
 		return "", &rpcError{Code: -32603, Message: "the tool failed"}
+	case "failbig": // an error whose message is the payload
+		size, _ := p.Arguments["size"].(float64)
+		return "", &rpcError{Code: -32603, Message: strings.Repeat("word ", int(size)/5)}
 	}
 	return "done: " + name, nil
 }

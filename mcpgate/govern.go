@@ -28,7 +28,7 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	params := object(req.Params)
 	name := stringField(params, "name")
 	if name == "" {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: tools/call needs params with a tool name")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: tools/call needs params with a tool name")
 		return
 	}
 	var token string
@@ -154,16 +154,25 @@ func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*ups
 			return nil, "", nil, fmt.Errorf("no upstream serves the tool %q; names are <upstream>%s<tool>", name, Separator)
 		}
 	}
-	for k := range params {
-		// No other spelling of "name" reaches the server: one that reads
-		// keys without regard to case must find only the name checked.
-		if k != "name" && strings.EqualFold(k, "name") {
-			delete(params, k)
-		}
-	}
+	// No other spelling of "name", or of "task", reaches the server: one
+	// that reads keys without regard to case must find only what the
+	// gateway read.
+	onlyExactKeys(params, "name", "task")
 	params["name"], _ = json.Marshal(inner)
 	upParams, err := json.Marshal(params)
 	return u, inner, upParams, err
+}
+
+// onlyExactKeys deletes from params every key that differs from one of
+// keys only by case.
+func onlyExactKeys(params map[string]json.RawMessage, keys ...string) {
+	for k := range params {
+		for _, key := range keys {
+			if k != key && strings.EqualFold(k, key) {
+				delete(params, k)
+			}
+		}
+	}
 }
 
 // deniedResult is the CallToolResult a denied call gets.

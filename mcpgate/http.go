@@ -386,18 +386,20 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	}
 	g.sessions[s.id] = s
 	g.perAgent[agent]++
+	// Counted under the lock Close takes, so Close waits for it.
+	g.running.Add(1)
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
 		AllowUnlistedTools: g.AllowUnlistedTools, onInitialized: g.saveSession(s.id, agent)}
 	r, err := p.router(ctx, s)
 	if err != nil {
 		g.endSession(s.id)
+		g.running.Done()
 		return nil, err
 	}
 	if init != nil {
 		r.adopt(init) // the client initialized the session with another replica
 	}
-	g.running.Add(1)
 	go func() {
 		defer g.running.Done()
 		if err := r.serve(); err != nil {

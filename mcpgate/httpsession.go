@@ -75,11 +75,22 @@ func (st *stream) bind(w http.ResponseWriter, r *http.Request, jsonOK bool, clos
 	st.w, st.req, st.jsonOK, st.closed = w, r, jsonOK, closed
 }
 
-// push queues a message, reporting false if the response is over.
+// maxQueued bounds the messages waiting for one response's writer: a
+// client that holds a stream open and never reads it must not make the
+// gateway hold everything its upstreams send meanwhile (progress,
+// logging). Past it, a message other than the answer is dropped, as one
+// the client can't take now would be without the gateway.
+const maxQueued = 1024
+
+// push queues a message, reporting false if the response is over or its
+// queue is full.
 func (st *stream) push(msg jsonrpc.Message) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.done {
+		return false
+	}
+	if _, answer := msg.(*jsonrpc.Response); !answer && len(st.queue) >= maxQueued {
 		return false
 	}
 	st.queue = append(st.queue, msg)

@@ -23,7 +23,7 @@ var Version = "devel"
 // one protocol version, which they must agree on.
 func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
 	if r.initParams() != nil {
-		r.replyError(ctx, req.ID, codeInvalidRequest, "agentsec: the session is already initialized")
+		r.replyError(ctx, cr, req.ID, codeInvalidRequest, "agentsec: the session is already initialized")
 		return
 	}
 	results := r.fanOut(ctx, req)
@@ -34,7 +34,7 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 			return
 		}
 		if err := res.u.setInitialized(res.resp.Result); err != nil {
-			r.replyError(ctx, req.ID, codeInternal, "agentsec: the MCP server's "+err.Error())
+			r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: the MCP server's "+err.Error())
 			return
 		}
 		if r.record(ctx, req, cr) {
@@ -62,7 +62,7 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 	}
 	merged, err := mergeInitialize(ok)
 	if err != nil {
-		r.replyError(ctx, req.ID, codeInternal, "agentsec: "+err.Error())
+		r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: "+err.Error())
 		return
 	}
 	if r.record(ctx, req, cr) {
@@ -86,7 +86,7 @@ func (r *router) record(ctx context.Context, req *jsonrpc.Request, cr *clientReq
 			for _, u := range r.ups {
 				u.close()
 			}
-			r.replyError(ctx, req.ID, codeInternal, "agentsec: "+err.Error())
+			r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: "+err.Error())
 			return false
 		}
 	}
@@ -132,7 +132,7 @@ func (r *router) discover(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	}
 	merged, err := mergeDiscover(results)
 	if err != nil {
-		r.replyError(ctx, req.ID, codeInternal, "agentsec: "+err.Error())
+		r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: "+err.Error())
 		return
 	}
 	r.reply(ctx, cr, req.ID, &jsonrpc.Response{Result: merged})

@@ -54,12 +54,12 @@ func (r *router) list(ctx context.Context, req *jsonrpc.Request, cr *clientReque
 	}
 	var params map[string]json.RawMessage
 	if len(req.Params) > 0 && json.Unmarshal(req.Params, &params) != nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: list params must be an object")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: list params must be an object")
 		return
 	}
 	var cursor string
 	if raw, ok := params["cursor"]; ok && json.Unmarshal(raw, &cursor) != nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: the cursor must be a string")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: the cursor must be a string")
 		return
 	}
 	var pages []pageCursor
@@ -70,7 +70,7 @@ func (r *router) list(ctx context.Context, req *jsonrpc.Request, cr *clientReque
 			}
 		}
 	} else if pages = r.decodeCursor(cursor); pages == nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: invalid cursor")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: invalid cursor")
 		return
 	}
 	r.async(func() { r.mergePages(ctx, req, cr, kind, params, pages) })

@@ -321,9 +321,13 @@ func (r *router) track(id jsonrpc.ID) (*clientRequest, string) {
 
 func (r *router) initParamsSet() bool { return r.initParams() != nil }
 
-func (r *router) untrack(id jsonrpc.ID) {
+// untrack ends request cr of id, unless the id is another's by now: the
+// client may reuse an id once its request was answered.
+func (r *router) untrack(id jsonrpc.ID, cr *clientRequest) {
 	r.mu.Lock()
-	delete(r.inflight, id)
+	if r.inflight[id] == cr {
+		delete(r.inflight, id)
+	}
 	r.mu.Unlock()
 }
 
@@ -354,7 +358,7 @@ func isCancelled(cr *clientRequest) bool {
 // reply answers the client's request id and ends it. A cancelled request
 // gets no answer, as the protocol asks.
 func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, resp *jsonrpc.Response) {
-	r.untrack(id)
+	r.untrack(id, cr)
 	if cr != nil && isCancelled(cr) {
 		if d, ok := r.down.(requestDropper); ok {
 			d.dropRequest(id)
@@ -366,9 +370,8 @@ func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, re
 }
 
 // replyError answers a tracked request with an error and ends it.
-func (r *router) replyError(ctx context.Context, id jsonrpc.ID, code int64, msg string) {
-	r.untrack(id)
-	r.writeError(ctx, id, code, msg)
+func (r *router) replyError(ctx context.Context, cr *clientRequest, id jsonrpc.ID, code int64, msg string) {
+	r.reply(ctx, cr, id, &jsonrpc.Response{Error: &jsonrpc.Error{Code: code, Message: msg}})
 }
 
 // writeError answers a request that was never tracked: the id may belong
@@ -391,7 +394,7 @@ func (r *router) replyFailure(ctx context.Context, cr *clientRequest, id jsonrpc
 // relays its answer, changed by rewrite if that is not nil.
 func (r *router) forward(ctx context.Context, req *jsonrpc.Request, cr *clientRequest, u *upstreamConn, params json.RawMessage,
 	rewrite func(*jsonrpc.Response) *jsonrpc.Response) {
-	id, err := u.send(ctx, req.Method, params, "", func(resp *jsonrpc.Response, err error) {
+	_, err := u.sendIf(ctx, req.Method, params, "", func(resp *jsonrpc.Response, err error) {
 		if err != nil {
 			r.replyFailure(ctx, cr, req.ID, err)
 			return
@@ -400,14 +403,9 @@ func (r *router) forward(ctx context.Context, req *jsonrpc.Request, cr *clientRe
 			resp = rewrite(resp)
 		}
 		r.reply(ctx, cr, req.ID, resp)
-	})
+	}, func(id int64) bool { return r.sent(cr, u, id) })
 	if err != nil {
-		r.replyFailure(ctx, cr, req.ID, err)
-		return
-	}
-	if !r.sent(cr, u, id) {
-		u.cancel(ctx, id, "cancelled by the client")
-		r.untrack(req.ID)
+		r.replyFailure(ctx, cr, req.ID, err) // a cancelled request's is dropped
 	}
 }
 

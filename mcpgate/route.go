@@ -40,12 +40,12 @@ func (r *router) routeByName(ctx context.Context, req *jsonrpc.Request, cr *clie
 	name := stringField(object(req.Params), "name")
 	u, inner := r.split(name)
 	if u == nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q; names are <upstream>%s<prompt>", name, Separator))
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q; names are <upstream>%s<prompt>", name, Separator))
 		return
 	}
 	upParams, err := withField(req.Params, "name", inner)
 	if err != nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: "+err.Error())
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: "+err.Error())
 		return
 	}
 	r.forward(ctx, req, cr, u, upParams, nil)
@@ -61,7 +61,7 @@ func (r *router) routeByURI(ctx context.Context, req *jsonrpc.Request, cr *clien
 	}
 	uri := stringField(object(req.Params), "uri")
 	if uri == "" {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: "+req.Method+" needs params with a uri")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: "+req.Method+" needs params with a uri")
 		return
 	}
 	resp, u, err := r.tryEach(ctx, r.resourceCandidates(uri), req.Method, req.Params)
@@ -85,14 +85,14 @@ func (r *router) complete(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	params := object(req.Params)
 	ref := object(params["ref"])
 	if ref == nil {
-		r.replyError(ctx, req.ID, codeInvalidParams, "agentsec: completion/complete needs params with a ref")
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, "agentsec: completion/complete needs params with a ref")
 		return
 	}
 	switch refType, refName := stringField(ref, "type"), stringField(ref, "name"); refType {
 	case "ref/prompt":
 		u, inner := r.split(refName)
 		if u == nil {
-			r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q", refName))
+			r.replyError(ctx, cr, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: no upstream serves the prompt %q", refName))
 			return
 		}
 		params["ref"], _ = withField(params["ref"], "name", inner)
@@ -106,7 +106,7 @@ func (r *router) complete(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		}
 		r.reply(ctx, cr, req.ID, resp)
 	default:
-		r.replyError(ctx, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: unknown completion ref type %q", refType))
+		r.replyError(ctx, cr, req.ID, codeInvalidParams, fmt.Sprintf("agentsec: unknown completion ref type %q", refType))
 	}
 }
 

@@ -72,10 +72,16 @@ func wantsTask(params map[string]json.RawMessage) bool {
 func (r *router) roomForTask() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.makeRoomLocked()
+}
+
+// makeRoomLocked makes room for a task if the table is full, forgetting
+// one whose result was delivered, and reports whether there is room.
+func (r *router) makeRoomLocked() bool {
 	if len(r.tasks) < maxTasks {
 		return true
 	}
-	for id, t := range r.tasks { // forget one whose result was fetched
+	for id, t := range r.tasks {
 		if t.state == taskDelivered {
 			delete(r.tasks, id)
 			return true
@@ -86,7 +92,8 @@ func (r *router) roomForTask() bool {
 
 // addTask records a task u created for the session. A task id the session
 // holds already — from another upstream — is an error: requests for it
-// could not be routed.
+// could not be routed; so is a full table (calls that were all let in at
+// once).
 func (r *router) addTask(id string, u *upstreamConn, tool string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -96,42 +103,50 @@ func (r *router) addTask(id string, u *upstreamConn, tool string) error {
 	if _, dup := r.tasks[id]; dup {
 		return fmt.Errorf("the MCP server %q created a task whose id %q this session holds already", u.Name, id)
 	}
+	if !r.makeRoomLocked() {
+		return fmt.Errorf("the MCP server %q created a task past the %d whose results the session has not fetched", u.Name, maxTasks)
+	}
 	r.tasks[id] = &task{up: u, tool: tool}
 	return nil
 }
 
-// ownTask returns the session's task a request names, or the error to
-// answer with.
-func (r *router) ownTask(params json.RawMessage) (string, *task, *jsonrpc.Error) {
-	id := stringField(object(params), "taskId")
+// ownTask returns the session's task a request names, the params to send
+// its upstream, or the error to answer with. The params are re-encoded
+// from what was read, with exactly one "taskId": a server that reads
+// keys without regard to case must find only the task checked.
+func (r *router) ownTask(raw json.RawMessage) (string, *task, json.RawMessage, *jsonrpc.Error) {
+	params := object(raw)
+	id := stringField(params, "taskId")
 	if id == "" {
-		return "", nil, &jsonrpc.Error{Code: codeInvalidParams, Message: "agentsec: the request needs params with a taskId"}
+		return "", nil, nil, &jsonrpc.Error{Code: codeInvalidParams, Message: "agentsec: the request needs params with a taskId"}
 	}
+	onlyExactKeys(params, "taskId")
+	upParams, _ := json.Marshal(params)
 	r.mu.Lock()
 	t := r.tasks[id]
 	r.mu.Unlock()
 	if t == nil {
-		return id, nil, &jsonrpc.Error{Code: codeInvalidParams,
+		return id, nil, nil, &jsonrpc.Error{Code: codeInvalidParams,
 			Message: fmt.Sprintf("agentsec: unknown task %q: a session reaches only the tasks it created", id)}
 	}
-	return id, t, nil
+	return id, t, upParams, nil
 }
 
 // taskRequest relays tasks/get or tasks/cancel for one of the session's
 // tasks to the upstream that has it.
 func (r *router) taskRequest(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
-	_, t, werr := r.ownTask(req.Params)
+	_, t, params, werr := r.ownTask(req.Params)
 	if werr != nil {
 		r.reply(ctx, cr, req.ID, &jsonrpc.Response{Error: werr})
 		return
 	}
-	r.forward(ctx, req, cr, t.up, req.Params, nil)
+	r.forward(ctx, req, cr, t.up, params, nil)
 }
 
 // taskResult relays tasks/result once per task, counting and recording
 // the result before it is delivered.
 func (r *router) taskResult(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
-	id, t, werr := r.ownTask(req.Params)
+	id, t, params, werr := r.ownTask(req.Params)
 	if werr != nil {
 		r.reply(ctx, cr, req.ID, &jsonrpc.Response{Error: werr})
 		return
@@ -144,10 +159,10 @@ func (r *router) taskResult(ctx context.Context, req *jsonrpc.Request, cr *clien
 	r.mu.Unlock()
 	switch state {
 	case taskFetching:
-		r.replyError(ctx, req.ID, codeInvalidRequest, fmt.Sprintf("agentsec: the result of task %q is being fetched already", id))
+		r.replyError(ctx, cr, req.ID, codeInvalidRequest, fmt.Sprintf("agentsec: the result of task %q is being fetched already", id))
 		return
 	case taskDelivered:
-		r.replyError(ctx, req.ID, codeInvalidRequest, fmt.Sprintf("agentsec: the result of task %q was delivered already; a task's result is delivered once", id))
+		r.replyError(ctx, cr, req.ID, codeInvalidRequest, fmt.Sprintf("agentsec: the result of task %q was delivered already; a task's result is delivered once", id))
 		return
 	}
 	settle := func(s taskState) {
@@ -155,22 +170,21 @@ func (r *router) taskResult(ctx context.Context, req *jsonrpc.Request, cr *clien
 		t.state = s
 		r.mu.Unlock()
 	}
-	resp, err := t.up.exchange(ctx, req.Method, req.Params, progressToken(req.Params),
+	resp, err := t.up.exchange(ctx, req.Method, params, progressToken(req.Params),
 		func(upID int64) bool { return r.sent(cr, t.up, upID) })
-	switch {
-	case err != nil:
-		settle(taskPending) // no result came: it may be fetched again
+	if err != nil {
+		settle(taskPending) // no answer came: it may be fetched again
 		r.replyFailure(ctx, cr, req.ID, err)
 		return
-	case resp.Error != nil:
-		settle(taskPending)
-		r.reply(ctx, cr, req.ID, resp)
-		return
 	}
+	// An answer, a result or an error, is the task's outcome: delivered
+	// once, and counted.
 	settle(taskDelivered)
-	tokens, cerr := r.tokens.CountResult(resp.Result)
-	if cerr != nil {
-		r.replyError(ctx, req.ID, codeInternal, "agentsec: the task's result could not be counted: "+cerr.Error())
+	var tokens int64
+	if resp.Error != nil {
+		tokens = r.errorTokens(resp.Error)
+	} else if tokens, err = r.tokens.CountResult(resp.Result); err != nil {
+		r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: the task's result could not be counted: "+err.Error())
 		return
 	}
 	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: t.tool, Attrs: map[string]string{"task": id}}

@@ -124,6 +124,7 @@ type pendingRequest struct {
 	// afterCancel: the client cancelled this governed call, which only
 	// waits out cancelGrace for a late answer now.
 	afterCancel bool
+	deadline    time.Time // when the timer fires, unless reset
 }
 
 // A roundTripper is a connection that can carry one request and its
@@ -231,7 +232,7 @@ func (u *upstreamConn) replayInitialize(ctx context.Context, conn mcp.Connection
 	ch := make(chan answer, 1)
 	if _, err := u.sendOn(ctx, conn, gen, "initialize", params, "", func(resp *jsonrpc.Response, err error) {
 		ch <- answer{resp, err}
-	}); err != nil {
+	}, nil); err != nil {
 		return err
 	}
 	var a answer
@@ -299,18 +300,31 @@ func (u *upstreamConn) serves(capability string) bool {
 // with its answer, or with an error once the server is gone or the
 // request timed out. It returns the id used, for cancellation.
 func (u *upstreamConn) send(ctx context.Context, method string, params json.RawMessage, token string, reply replyFunc) (int64, error) {
+	return u.sendIf(ctx, method, params, token, reply, nil)
+}
+
+// sendIf is send, asking before first whether the request should still go:
+// before, if not nil, is told its id just before it is written, and if it
+// returns false — the client cancelled it meanwhile — the request is not
+// sent, and sendIf returns an unsentError. A request is never written
+// and then found to be unwanted: once written, it may run.
+func (u *upstreamConn) sendIf(ctx context.Context, method string, params json.RawMessage, token string, reply replyFunc, before func(int64) bool) (int64, error) {
 	conn, gen, err := u.connected(ctx)
 	if err != nil {
 		return 0, unsent(err)
 	}
-	return u.sendOn(ctx, conn, gen, method, params, token, reply)
+	return u.sendOn(ctx, conn, gen, method, params, token, reply, before)
 }
 
-// sendOn is send on a given connection.
-func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc) (int64, error) {
+// sendOn is sendIf on a given connection.
+func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc, before func(int64) bool) (int64, error) {
 	id, err := u.register(&pendingRequest{reply: reply, token: token, gen: gen})
 	if err != nil {
 		return 0, err
+	}
+	if before != nil && !before(id) {
+		u.take(id, errCancelled)
+		return 0, unsent(errCancelled)
 	}
 	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
 	if err != nil {
@@ -330,6 +344,7 @@ func (u *upstreamConn) register(p *pendingRequest) (int64, error) {
 	}
 	u.nextID++
 	id := u.nextID
+	p.deadline = time.Now().Add(u.timeout())
 	p.timer = time.AfterFunc(u.timeout(), func() { u.expire(id) })
 	if u.pending == nil {
 		u.pending = map[int64]*pendingRequest{}
@@ -392,13 +407,9 @@ func (u *upstreamConn) callAndWait(ctx context.Context, method string, params js
 		err  error
 	}
 	ch := make(chan answer, 1)
-	id, err := u.send(ctx, method, params, token, func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} })
+	id, err := u.sendIf(ctx, method, params, token, func(resp *jsonrpc.Response, err error) { ch <- answer{resp, err} }, sent)
 	if err != nil {
 		return nil, err
-	}
-	if sent != nil && !sent(id) {
-		u.cancel(ctx, id, "cancelled by the client")
-		return nil, unsent(errCancelled)
 	}
 	select {
 	case a := <-ch:
@@ -454,7 +465,10 @@ func (u *upstreamConn) cancelledByClient(ctx context.Context, id int64, reason s
 		return
 	}
 	p.afterCancel = true
-	p.timer.Reset(min(cancelGrace, u.timeout()))
+	// Never past the request's own deadline.
+	wait := max(0, min(cancelGrace, time.Until(p.deadline)))
+	p.deadline = time.Now().Add(wait)
+	p.timer.Reset(wait)
 	u.mu.Unlock()
 	params, _ := json.Marshal(map[string]any{"requestId": id, "reason": reason})
 	_ = u.notify(context.WithoutCancel(ctx), &jsonrpc.Request{Method: "notifications/cancelled", Params: params})
@@ -495,7 +509,7 @@ func (u *upstreamConn) expire(id int64) {
 	}
 	err := &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())}
 	if afterCancel { // told of the cancel already
-		err = &upstreamError{u.Name, fmt.Errorf("gave no answer within %v of the cancel", min(cancelGrace, u.timeout()))}
+		err = &upstreamError{u.Name, errors.New("did not answer after the cancel")}
 	}
 	if p := u.take(id, err); p != nil {
 		if !afterCancel {
@@ -515,6 +529,7 @@ func (u *upstreamConn) progressed(token string) {
 	defer u.mu.Unlock()
 	for _, p := range u.pending {
 		if p.token == token && !p.afterCancel {
+			p.deadline = time.Now().Add(u.timeout())
 			p.timer.Reset(u.timeout())
 		}
 	}
