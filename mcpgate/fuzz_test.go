@@ -104,8 +104,9 @@ func FuzzStdioFrames(f *testing.F) {
 // FuzzWire checks the gateway's JSON-RPC codec: what it decodes encodes
 // on one line and decodes to the same message, and it agrees with the
 // SDK's decoder on what a message is — except that it is stricter: it
-// refuses ids with a fraction, which the SDK truncates, and trailing
-// bytes after the message, which the SDK ignores.
+// refuses ids with a fraction, which the SDK truncates, numeric ids of
+// more than maxNumberID bytes, and trailing bytes after the message, which
+// the SDK ignores. A numeric id encodes back to its very bytes.
 func FuzzWire(f *testing.F) {
 	for _, seed := range []string{
 		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":[1,2]}}}`,
@@ -114,6 +115,11 @@ func FuzzWire(f *testing.F) {
 		`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}`,
 		"{\"jsonrpc\":\"2.0\",\"id\":2,\n\"result\":{\n\"pretty\": true\n}}",
 		`{"jsonrpc":"2.0","id":1.5,"method":"x"}`,
+		`{"jsonrpc":"2.0","id":9223372036854775807,"method":"x"}`,
+		`{"jsonrpc":"2.0","id":-0,"result":{}}`,
+		`{"jsonrpc":"2.0","id":1e3,"method":"x"}`,
+		`{"jsonrpc":"2.0","id":"\u0000n:7","method":"x"}`,
+		`{"jsonrpc":"2.0","id":12345678901234567890123456789012345678901234567890123456789012345,"method":"x"}`,
 		`{"jsonrpc":"2.0","id":null,"result":{}}`,
 		`{"jsonrpc":"1.0","id":1,"method":"x"}`,
 	} {
@@ -123,7 +129,7 @@ func FuzzWire(f *testing.F) {
 		msg, err := decodeMessage(data)
 		sdk, sdkErr := jsonrpc.DecodeMessage(data)
 		if err != nil {
-			if sdkErr == nil && json.Valid(data) && !fractionalID(data) {
+			if sdkErr == nil && json.Valid(data) && !fractionalID(data) && !longNumberID(data) {
 				t.Fatalf("the SDK decodes %q as %+v; the gateway refuses it: %v", data, sdk, err)
 			}
 			return
@@ -145,6 +151,13 @@ func FuzzWire(f *testing.F) {
 		if err != nil || kind(again) != kind(msg) {
 			t.Fatalf("re-decoding %q: %+v, %v", enc, again, err)
 		}
+		// A numeric id goes back exactly as it came.
+		var ids struct{ ID json.RawMessage }
+		if json.Unmarshal(data, &ids) == nil && len(ids.ID) > 0 && ids.ID[0] != '"' && string(ids.ID) != "null" {
+			if got := idJSON(reqOrRespID(msg)); !bytes.Equal(got, ids.ID) {
+				t.Fatalf("id %s comes back as %s", ids.ID, got)
+			}
+		}
 		switch m := msg.(type) {
 		case *jsonrpc.Request:
 			a := again.(*jsonrpc.Request)
@@ -158,6 +171,16 @@ func FuzzWire(f *testing.F) {
 			}
 		}
 	})
+}
+
+func reqOrRespID(msg jsonrpc.Message) jsonrpc.ID {
+	switch m := msg.(type) {
+	case *jsonrpc.Request:
+		return m.ID
+	case *jsonrpc.Response:
+		return m.ID
+	}
+	return jsonrpc.ID{}
 }
 
 func kind(msg jsonrpc.Message) string {
@@ -180,6 +203,14 @@ func fractionalID(data []byte) bool {
 	json.Unmarshal(data, &m)
 	f, ok := m.ID.(float64)
 	return ok && f != float64(int64(f))
+}
+
+// longNumberID reports whether a message's id is a number longer than the
+// gateway takes (maxNumberID), which the SDK rounds.
+func longNumberID(data []byte) bool {
+	var m struct{ ID json.RawMessage }
+	json.Unmarshal(data, &m)
+	return len(m.ID) > maxNumberID && m.ID[0] != '"'
 }
 
 func sameJSON(a, b json.RawMessage) bool {
