@@ -70,11 +70,10 @@ func admitRequest(w http.ResponseWriter, r *http.Request, maxBytes int64, bodyTi
 	if err := rc.SetReadDeadline(deadline); err != nil {
 		return r, true // a writer with no connection, such as a ResponseRecorder: nothing to hold
 	}
-	// A shallow copy, as http.MaxBytesHandler makes: the server keeps the
-	// request it passed for itself.
-	r2 := *r
-	r2.Body = &boundedBody{ReadCloser: r.Body, rc: rc, deadline: deadline, timeout: bodyTimeout}
-	return &r2, true
+	// As with http.MaxBytesReader, the body is replaced in place: the
+	// server reads and closes the one it made through its own reference.
+	r.Body = &boundedBody{ReadCloser: r.Body, rc: rc, deadline: deadline, timeout: bodyTimeout}
+	return r, true
 }
 
 // closeAfterReply makes the server close the connection once the response

@@ -1,6 +1,7 @@
 package mcpgate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,9 @@ const (
 // taskReceipt returns the task id of a CreateTaskResult, the answer to a
 // task-augmented request; ok is false for any other result.
 func taskReceipt(result json.RawMessage) (id string, ok bool) {
+	if !bytes.Contains(result, []byte(`"taskId"`)) {
+		return "", false // not one: no need to decode every result
+	}
 	m := object(result)
 	if m == nil {
 		return "", false
