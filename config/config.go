@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -36,6 +37,8 @@ type Config struct {
 	// Listen is the address "agentsec serve" listens on, such as
 	// "127.0.0.1:8080".
 	Listen string `yaml:"listen"`
+	// Admin is the operators' listener, apart from the agents'.
+	Admin Admin `yaml:"admin"`
 	// MaxSessions bounds the MCP sessions "agentsec serve" holds at once;
 	// 0 means 1000.
 	MaxSessions int `yaml:"max_sessions"`
@@ -157,6 +160,24 @@ type Audit struct {
 	CheckpointEvery    uint64        `yaml:"checkpoint_every"`
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	CheckpointFile     string        `yaml:"checkpoint_file"`
+}
+
+// Admin configures "agentsec serve"'s admin listener, which serves the
+// operators — for now the probes /healthz and /readyz — apart from the
+// agents' port.
+type Admin struct {
+	// Listen is its host:port; a port alone (":9090") listens on
+	// loopback. Empty means no admin listener.
+	Listen string `yaml:"listen"`
+}
+
+// AdminAddress is the address the admin listener listens on: Listen,
+// with loopback for a missing host.
+func (a Admin) AdminAddress() string {
+	if host, port, err := net.SplitHostPort(a.Listen); err == nil && host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return a.Listen
 }
 
 // Postgres names the PostgreSQL database of a fleet of replicas.

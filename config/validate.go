@@ -112,6 +112,14 @@ func (c *Config) validate(v *validator) {
 			v.errorf(at("listen"), "%q listens on every interface; name one, such as 127.0.0.1:%s or 0.0.0.0:%s", c.Listen, port, port)
 		}
 	}
+	if c.Admin.Listen != "" {
+		_, port, err := net.SplitHostPort(c.Admin.Listen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+			v.errorf(at("admin", "listen"), "%q is not host:port, such as 127.0.0.1:9090 (or :9090, on loopback)", c.Admin.Listen)
+		} else if c.Admin.AdminAddress() == c.Listen && port != "0" {
+			v.errorf(at("admin", "listen"), "%q is the agents' listen address too; give the operators their own", c.Admin.Listen)
+		}
+	}
 	if c.MaxSessions < 0 {
 		v.errorf(at("max_sessions"), "%d is negative", c.MaxSessions)
 	}

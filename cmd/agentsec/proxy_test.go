@@ -304,6 +304,7 @@ trust:
 budget: {tokens: 100000, calls: 10}
 audit: {path: audit.db, key_file: serve.key}
 listen: 127.0.0.1:0
+admin: {listen: ":0"}
 upstreams:
   - name: echo
     command: %q
@@ -342,6 +343,29 @@ upstreams:
 	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "admin", Arguments: map[string]any{"text": "x"}})
 	if err != nil || !res.IsError {
 		t.Errorf("admin = %+v, %v; want denied", res, err)
+	}
+	// The probes are on the admin listener, on loopback, apart from the
+	// agents' port.
+	if m := regexp.MustCompile(`admin endpoints on (http://127\.0\.0\.1:\d+)/`).FindStringSubmatch(stderr.String()); m == nil {
+		t.Errorf("no admin listener on loopback: %s", stderr.String())
+	} else {
+		for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "audit log: ok\nbudget store: ok\n"} {
+			resp, err := http.Get(m[1] + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || string(body) != want {
+				t.Errorf("%s = %d %q, want 200 %q", path, resp.StatusCode, body, want)
+			}
+		}
+		if resp, err := http.Get(endpoint + "readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Error("the agents' port answers /readyz")
+			}
+		}
 	}
 	cs.Close()
 	cancel()

@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/console"
 	"github.com/agentsec/agentsec/mcpgate"
 )
 
@@ -65,6 +67,15 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	for i, u := range cfg.Upstreams {
 		names[i] = u.Name
 	}
+	admin, err := startAdmin(cfg, g.stack)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if admin != nil {
+		defer admin.Close()
+		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz)\n", admin.addr)
+	}
 	fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %s\n", ln.Addr(), strings.Join(names, ", "))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -80,6 +91,35 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
+}
+
+// adminServer is serve's admin listener.
+type adminServer struct {
+	srv  *http.Server
+	addr net.Addr
+}
+
+// startAdmin starts the admin listener the configuration names, if any.
+func startAdmin(cfg *config.Config, stack *agentsec.Stack) (*adminServer, error) {
+	if cfg.Admin.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.AdminAddress())
+	if err != nil {
+		return nil, fmt.Errorf("admin.listen: listening on %s: %w", cfg.Admin.AdminAddress(), err)
+	}
+	a := &adminServer{addr: ln.Addr(), srv: &http.Server{Handler: console.Handler(stack),
+		ReadHeaderTimeout: headerTimeout, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		IdleTimeout: defaultConnectionIdleTimeout, MaxHeaderBytes: maxHeaderBytes}}
+	go a.srv.Serve(ln)
+	return a, nil
+}
+
+// Close stops the admin listener: its probes are answered in a moment.
+func (a *adminServer) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.srv.Shutdown(ctx)
 }
 
 // Bounds on serve's HTTP connections that the configuration does not set.
