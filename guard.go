@@ -70,20 +70,9 @@ const (
 // matching ErrAuditUnavailable even though fn ran: the caller must not use
 // fn's result. A panic in fn is recorded and then propagates.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
-	rec := audit.Record{Event: EventToolCall, Agent: req.Agent, Session: req.Session,
-		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
-	if err := checkRequest(&rec); err != nil {
-		sanitize(&rec)
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
-	}
-	d := s.TrustGate.Check(req)
-	rec.RequiredLevel, rec.AssignedLevel = d.RequiredName(), d.AssignedName()
-	if !d.Allowed {
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrTrustDenied, Tool: req.Tool, Reason: d.Reason.String(), Trust: d})
-	}
-	if err := s.Audit.Err(); err != nil {
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
-			Reason: "audit log unavailable", Trust: d, Cause: err})
+	rec, d, err := s.admit(ctx, EventToolCall, req)
+	if err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
@@ -99,6 +88,29 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 			Reason: "budget store unavailable", Trust: d, Cause: err})
 	}
 	return s.run(ctx, &rec, &res, d, fn)
+}
+
+// admit makes the record of a request for event and applies the checks
+// every governed request passes first: a well-formed request, the trust
+// gate, a working audit log. A request that fails one is recorded as
+// denied, and admit returns the *DeniedError.
+func (s *Stack) admit(ctx context.Context, event string, req Request) (audit.Record, trust.Decision, error) {
+	rec := audit.Record{Event: event, Agent: req.Agent, Session: req.Session,
+		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
+	if err := checkRequest(&rec); err != nil {
+		sanitize(&rec)
+		return rec, trust.Decision{}, s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
+	}
+	d := s.TrustGate.Check(req)
+	rec.RequiredLevel, rec.AssignedLevel = d.RequiredName(), d.AssignedName()
+	if !d.Allowed {
+		return rec, d, s.deny(ctx, &rec, &DeniedError{Kind: ErrTrustDenied, Tool: req.Tool, Reason: d.Reason.String(), Trust: d})
+	}
+	if err := s.Audit.Err(); err != nil {
+		return rec, d, s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
+			Reason: "audit log unavailable", Trust: d, Cause: err})
+	}
+	return rec, d, nil
 }
 
 // A SpentError is a tool's failure after its call reached the tool, which
@@ -207,9 +219,8 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, budget.ErrInvalidTokens)
 		tokens = 0
 	}
-	if s.callTokenLimit > 0 && tokens > s.callTokenLimit {
-		return s.withhold(ctx, rec, res, tokens,
-			fmt.Sprintf("result withheld: %d tokens, more than the %d one call may return", tokens, s.callTokenLimit))
+	if reason, over := s.overCeiling(tokens); over {
+		return s.withhold(ctx, rec, res, tokens, reason)
 	}
 	st, err := res.CommitWithin(ctx, tokens)
 	if errors.Is(err, budget.ErrInvalidTokens) {
@@ -218,9 +229,7 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 		st, err = res.CommitWithin(ctx, 0)
 	}
 	if errors.Is(err, budget.ErrExceeded) {
-		rec.Outcome = audit.OutcomeDenied
-		rec.Reason = fmt.Sprintf("result withheld: the session used its token limit (%d of %d) while the call ran",
-			st.Used.Tokens, st.Limits.Tokens)
+		rec.Outcome, rec.Reason = audit.OutcomeDenied, limitUsed(st)
 		setAttr(rec, withheldKey, strconv.FormatInt(tokens, 10))
 		return &DeniedError{Kind: ErrBudgetExceeded, Tool: rec.Tool, Reason: rec.Reason, Budget: st, Cause: err}
 	}
@@ -234,6 +243,22 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 		rec.Reason = truncate(tokenErr.Error())
 	}
 	return tokenErr
+}
+
+// overCeiling reports whether a result of tokens is over CallTokenLimit,
+// and the reason it is then withheld.
+func (s *Stack) overCeiling(tokens int64) (string, bool) {
+	if s.callTokenLimit <= 0 || tokens <= s.callTokenLimit {
+		return "", false
+	}
+	return fmt.Sprintf("result withheld: %d tokens, more than the %d one call may return", tokens, s.callTokenLimit), true
+}
+
+// limitUsed is why a result is withheld that came once the session had
+// used its token limit.
+func limitUsed(st budget.State) string {
+	return fmt.Sprintf("result withheld: the session used its token limit (%d of %d) while it was on its way",
+		st.Used.Tokens, st.Limits.Tokens)
 }
 
 // withhold settles a call whose result is too big to deliver: its slot
@@ -273,42 +298,29 @@ func (s *Stack) Refuse(ctx context.Context, req Request, reason string) error {
 // ErrBudgetUnavailable, ErrAuditUnavailable or ErrInvalidRequest; the
 // result must then be withheld.
 func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) error {
-	rec := audit.Record{Event: EventToolResult, Agent: req.Agent, Session: req.Session,
-		Tool: req.Tool, Scope: req.Scope, Attrs: req.Attrs}
-	if err := checkRequest(&rec); err != nil {
-		sanitize(&rec)
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
-	}
 	// The agent must still hold the level the call needed: a level
 	// revoked while a task ran stops its result.
-	d := s.TrustGate.Check(req)
-	rec.RequiredLevel, rec.AssignedLevel = d.RequiredName(), d.AssignedName()
-	if !d.Allowed {
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrTrustDenied, Tool: req.Tool, Reason: d.Reason.String(), Trust: d})
+	rec, d, err := s.admit(ctx, EventToolResult, req)
+	if err != nil {
+		return err
 	}
-	if err := s.Audit.Err(); err != nil {
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrAuditUnavailable, Tool: req.Tool,
-			Reason: "audit log unavailable", Trust: d, Cause: err})
+	tokens = max(tokens, 0)
+	withheld := func(e *DeniedError) error {
+		setAttr(&rec, withheldKey, strconv.FormatInt(tokens, 10))
+		e.Tool, e.Trust = req.Tool, d
+		return s.deny(ctx, &rec, e)
 	}
-	if tokens < 0 {
-		tokens = 0
-	}
-	setAttr(&rec, withheldKey, strconv.FormatInt(tokens, 10))
-	if s.callTokenLimit > 0 && tokens > s.callTokenLimit {
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
-			Reason: fmt.Sprintf("result withheld: %d tokens, more than the %d one call may return", tokens, s.callTokenLimit)})
+	if reason, over := s.overCeiling(tokens); over {
+		return withheld(&DeniedError{Kind: ErrBudgetExceeded, Reason: reason})
 	}
 	st, err := s.Budget.CommitWithin(ctx, req.Session, tokens)
 	switch {
 	case errors.Is(err, budget.ErrExceeded):
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool, Budget: st, Cause: err,
-			Reason: fmt.Sprintf("result withheld: the session used its token limit (%d of %d)", st.Used.Tokens, st.Limits.Tokens)})
+		return withheld(&DeniedError{Kind: ErrBudgetExceeded, Reason: limitUsed(st), Budget: st, Cause: err})
 	case err != nil:
 		setAttr(&rec, budgetErrorKey, err.Error())
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
-			Reason: "the result's tokens could not be counted", Cause: err})
+		return withheld(&DeniedError{Kind: ErrBudgetUnavailable, Reason: "the result's tokens could not be counted", Cause: err})
 	}
-	delete(rec.Attrs, withheldKey)
 	rec.Outcome, rec.Tokens, rec.Reason = audit.OutcomeAllowed, tokens, "result delivered"
 	if _, err := s.Audit.Log(ctx, rec); err != nil {
 		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool, Reason: "result could not be recorded", Cause: err}

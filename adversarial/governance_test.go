@@ -141,6 +141,21 @@ func TestLookAlikeToolNames(t *testing.T) {
 	h.checkInvariants()
 }
 
+// The tools the gateway lists for itself are read with exact keys too: a
+// list item's second spelling of "name" names no tool a call may use.
+func TestListedNamesReadExactly(t *testing.T) {
+	up := newNaiveServer(t, func(s *naiveServer) { s.shadowNames = true })
+	h := newHarness(t, up, limits{defaultLevel: "public"})
+	c := h.stdio()
+	r := c.call(toolCall(1, "shadow.fs.read", ""), "1")
+	if text, isErr := resultText(r); !isErr || !strings.Contains(text, "offers no tool named") {
+		t.Errorf("a call to a shadow name: %q %+v, want a refusal naming the unlisted tool", text, r.Error)
+	}
+	if r := c.call(toolCall(2, "fs.read", ""), "2"); !strings.Contains(string(r.Result), "done: fs.read") {
+		t.Errorf("a call to the listed name: %s %+v", r.Result, r.Error)
+	}
+}
+
 // With allow_unlisted_tools the operator takes that risk knowingly.
 func TestUnlistedToolsAllowedWhenConfigured(t *testing.T) {
 	up := newNaiveServer(t)

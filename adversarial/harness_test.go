@@ -144,6 +144,8 @@ func (h *harness) checkInvariants() {
 	for h.up.running.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+	// A call the upstream finished is recorded once its answer is back.
+	h.waitRecords(h.up.executions())
 	if most := h.up.maxPerSession(); int64(most) > h.lim.calls {
 		h.t.Errorf("an upstream session executed %d calls; the session's limit is %d", most, h.lim.calls)
 	}

@@ -80,3 +80,37 @@ func TestTaskIDSmuggling(t *testing.T) {
 		t.Errorf("a task created through a key in another case: %s", r.Result)
 	}
 }
+
+// A cancel's grace never outlasts the call's own deadline: a call
+// cancelled just before its upstream's timeout ends at that timeout, not
+// 5 seconds later.
+func TestCancelGraceWithinDeadline(t *testing.T) {
+	up := newNaiveServer(t, func(s *naiveServer) { s.slow = 3 * time.Second })
+	h := newHarness(t, up, limits{timeout: 600 * time.Millisecond})
+	c := h.stdio()
+	start := time.Now()
+	c.send(toolCall(1, "slow", ""))
+	waitRunning(t, up, 1)
+	time.Sleep(time.Until(start.Add(400 * time.Millisecond)))
+	c.send(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`)
+	var rec *audit.Record
+	for rec == nil && time.Since(start) < 10*time.Second {
+		for _, r := range h.records() {
+			if r.Tool == "slow" {
+				rec = &r
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rec == nil {
+		t.Fatal("the cancelled call was never recorded")
+	}
+	took := time.Since(start)
+	t.Logf("settled after %v", took)
+	if took > 3*time.Second {
+		t.Errorf("the cancelled call settled after %v; its deadline was 600ms", took)
+	}
+	if !strings.Contains(rec.Reason, "cancelled by the client") || rec.Outcome != audit.OutcomeAllowed {
+		t.Errorf("record: %s %q", rec.Outcome, rec.Reason)
+	}
+}

@@ -162,3 +162,33 @@ func (f *httpFront) delete(token, session string) {
 
 var _ = context.Background
 var _ = fmt.Sprint
+
+// A session holds at most 1,024 requests in progress: a flood of calls
+// past that is refused at once, and the session goes on.
+func TestInflightFlood(t *testing.T) {
+	up := newNaiveServer(t, func(s *naiveServer) { s.slow = 1500 * time.Millisecond })
+	h := newHarness(t, up, limits{calls: 5000})
+	c := h.stdio()
+	const calls = 1100
+	var lines strings.Builder
+	for i := range calls {
+		lines.WriteString(toolCall(1000+i, "slow", "") + "\n")
+	}
+	c.send(strings.TrimSuffix(lines.String(), "\n"))
+	refused := 0
+	for deadline := time.After(20 * time.Second); refused < calls-1024; {
+		select {
+		case m := <-c.other:
+			if m.Error != nil && strings.Contains(m.Error.Message, "requests in progress") {
+				refused++
+			}
+		case <-deadline:
+			t.Fatalf("%d calls refused past the in-flight bound, want %d", refused, calls-1024)
+		}
+	}
+	if n := up.running.Load(); n > 1024 {
+		t.Errorf("%d calls ran at once upstream, more than a session may have in progress", n)
+	}
+	h.waitRecords(up.executions())
+	h.checkInvariants()
+}

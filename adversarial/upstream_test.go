@@ -31,6 +31,10 @@ type naiveServer struct {
 	// slow is how long the "slow" tool takes; it runs to the end even if
 	// cancelled, then answers.
 	slow time.Duration
+	// shadowNames lists each tool with a second key "NAME" besides
+	// "name": a reader that matches keys without regard to case takes
+	// "shadow.<name>" for its name.
+	shadowNames bool
 
 	mu         sync.Mutex
 	executed   map[string]int // by gateway session (the upstream session)
@@ -168,7 +172,11 @@ func (s *naiveServer) handle(ctx context.Context, session string, msg *rpcMessag
 			if s.tasks {
 				exec = `,"execution":{"taskSupport":"optional"}`
 			}
-			items = append(items, fmt.Sprintf(`{"name":%q,"inputSchema":{"type":"object"}%s}`, name, exec))
+			shadow := ""
+			if s.shadowNames {
+				shadow = fmt.Sprintf(`,"NAME":%q`, "shadow."+name)
+			}
+			items = append(items, fmt.Sprintf(`{"name":%q%s,"inputSchema":{"type":"object"}%s}`, name, shadow, exec))
 		}
 		return json.RawMessage(`{"tools":[` + strings.Join(items, ",") + `]}`), nil
 	case "tools/call":

@@ -209,12 +209,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 		http.Error(w, "agentsec: reading the request: "+err.Error(), status)
 		return
 	}
-	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '[' && json.Valid(b) {
-		writeJSONError(w, http.StatusBadRequest, nil, codeInvalidRequest,
-			"agentsec: JSON-RPC batches are not supported (MCP removed them): POST one message per request")
-		return
-	}
-	msg, errFrame := decodeFrame(body)
+	msg, errFrame := decodeFrame(body, httpFraming)
 	if errFrame != nil {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)

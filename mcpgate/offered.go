@@ -3,6 +3,7 @@ package mcpgate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -81,24 +82,20 @@ func (e *errNotOffered) Error() string {
 // lists u's tools itself first if the name is unknown and its list may
 // have changed since it was last read.
 func (r *router) offered(ctx context.Context, u *upstreamConn, name string) *errNotOffered {
-	if found, complete := u.tools.has(name); found || complete {
-		if found {
-			return nil
+	found, complete := u.tools.has(name)
+	if !found && !complete {
+		u.tools.listing.Lock()
+		// Another call may have listed them while this one waited.
+		if found, complete = u.tools.has(name); !found && !complete {
+			if err := r.listAllTools(ctx, u); err != nil {
+				u.tools.listing.Unlock()
+				return &errNotOffered{upstream: u.Name, tool: name, cause: err}
+			}
+			found, _ = u.tools.has(name)
 		}
-		return &errNotOffered{upstream: u.Name, tool: name}
+		u.tools.listing.Unlock()
 	}
-	u.tools.listing.Lock()
-	defer u.tools.listing.Unlock()
-	if found, complete := u.tools.has(name); found || complete { // listed meanwhile
-		if found {
-			return nil
-		}
-		return &errNotOffered{upstream: u.Name, tool: name}
-	}
-	if err := r.listAllTools(ctx, u); err != nil {
-		return &errNotOffered{upstream: u.Name, tool: name, cause: err}
-	}
-	if found, _ := u.tools.has(name); found {
+	if found {
 		return nil
 	}
 	return &errNotOffered{upstream: u.Name, tool: name}
@@ -123,22 +120,21 @@ func (r *router) listAllTools(ctx context.Context, u *upstreamConn) error {
 		if err != nil {
 			return err
 		}
-		var page struct {
-			Tools []struct {
-				Name string `json:"name"`
-			} `json:"tools"`
-			NextCursor string `json:"nextCursor"`
+		// Names are read with exact keys, as listItems reads those the
+		// client is shown and the server reads a call's.
+		page := object(resp.Result)
+		var tools []json.RawMessage
+		if page == nil || json.Unmarshal(page["tools"], &tools) != nil {
+			return errors.New("its tools/list result is malformed")
 		}
-		if err := json.Unmarshal(resp.Result, &page); err != nil {
-			return fmt.Errorf("its tools/list result is malformed: %v", err)
+		for _, t := range tools {
+			if name := stringField(object(t), "name"); name != "" {
+				u.tools.add(name)
+			}
 		}
-		for _, t := range page.Tools {
-			u.tools.add(t.Name)
-		}
-		if page.NextCursor == "" {
+		if cursor = stringField(page, "nextCursor"); cursor == "" {
 			break
 		}
-		cursor = page.NextCursor
 	}
 	// Past maxToolPages the rest is more than the gateway keeps.
 	u.tools.mu.Lock()

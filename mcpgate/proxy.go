@@ -424,7 +424,9 @@ func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) *
 			}
 			_ = r.p.Stack.Refuse(ctx, call, "tools/call sent as a notification, without an id: refused")
 		}
-		r.log.Warn("agentsec: refused a notification", "method", truncateMethod(req.Method), "session", r.session, "agent", r.p.Agent)
+		// Debug, not Warn: a client could write the gateway's log full
+		// with them. A refused tools/call is in the audit log.
+		r.log.Debug("agentsec: refused a notification", "method", truncateMethod(req.Method), "session", r.session, "agent", r.p.Agent)
 		return &jsonrpc.Error{Code: codeInvalidRequest, Message: msg}
 	}
 	if handle := clientNotifications[req.Method]; handle != nil {

@@ -51,7 +51,7 @@ func (c *stdioConn) read(br *bufio.Reader, maxBytes int) {
 		if tooLong {
 			c.writeRaw(errorFrame(nil, codeInvalidRequest, fmt.Sprintf("agentsec: message larger than %d bytes", maxBytes)))
 		} else if len(line) > 0 {
-			if msg, reply := decodeFrame(line); reply != nil {
+			if msg, reply := decodeFrame(line, stdioFraming); reply != nil {
 				c.writeRaw(reply)
 			} else if msg != nil {
 				select {
@@ -94,9 +94,16 @@ func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) 
 	}
 }
 
-// decodeFrame decodes one line: a message, or the error reply that says
-// why it is not one. A blank line is neither.
-func decodeFrame(line []byte) (jsonrpc.Message, []byte) {
+// How each transport asks for one message where a client sent a batch.
+const (
+	stdioFraming = "send one message per line"
+	httpFraming  = "POST one message per request"
+)
+
+// decodeFrame decodes one frame of a transport — a line, a request body:
+// a message, or the error reply that says why it is not one, in the
+// transport's words (framing). A blank frame is neither.
+func decodeFrame(line []byte, framing string) (jsonrpc.Message, []byte) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 {
 		return nil, nil
@@ -107,7 +114,7 @@ func decodeFrame(line []byte) (jsonrpc.Message, []byte) {
 	case !json.Valid(line):
 		return nil, errorFrame(nil, jsonrpc.CodeParseError, "agentsec: the message is not valid JSON")
 	case line[0] == '[':
-		return nil, errorFrame(nil, codeInvalidRequest, "agentsec: JSON-RPC batches are not supported; send one message per line")
+		return nil, errorFrame(nil, codeInvalidRequest, "agentsec: JSON-RPC batches are not supported (MCP removed them); "+framing)
 	default:
 		var probe struct {
 			ID json.RawMessage `json:"id"`

@@ -124,8 +124,6 @@ func (r *router) ownTask(raw json.RawMessage) (string, *task, json.RawMessage, *
 	if id == "" {
 		return "", nil, nil, &jsonrpc.Error{Code: codeInvalidParams, Message: "agentsec: the request needs params with a taskId"}
 	}
-	onlyExactKeys(params, "taskId")
-	upParams, _ := json.Marshal(params)
 	r.mu.Lock()
 	t := r.tasks[id]
 	r.mu.Unlock()
@@ -133,6 +131,8 @@ func (r *router) ownTask(raw json.RawMessage) (string, *task, json.RawMessage, *
 		return id, nil, nil, &jsonrpc.Error{Code: codeInvalidParams,
 			Message: fmt.Sprintf("agentsec: unknown task %q: a session reaches only the tasks it created", id)}
 	}
+	onlyExactKeys(params, "taskId")
+	upParams, _ := json.Marshal(params)
 	return id, t, upParams, nil
 }
 

@@ -318,13 +318,9 @@ func (u *upstreamConn) sendIf(ctx context.Context, method string, params json.Ra
 
 // sendOn is sendIf on a given connection.
 func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc, before func(int64) bool) (int64, error) {
-	id, err := u.register(&pendingRequest{reply: reply, token: token, gen: gen})
+	id, err := u.register(&pendingRequest{reply: reply, token: token, gen: gen}, before)
 	if err != nil {
 		return 0, err
-	}
-	if before != nil && !before(id) {
-		u.take(id, errCancelled)
-		return 0, unsent(errCancelled)
 	}
 	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
 	if err != nil {
@@ -336,7 +332,20 @@ func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int,
 }
 
 // register gives a request its id and its place in the table, timed.
-func (u *upstreamConn) register(p *pendingRequest) (int64, error) {
+// before, if not nil, is told the id, and if it returns false — the client
+// cancelled the request meanwhile — the request leaves the table, and
+// register returns an unsentError: it must not be sent.
+func (u *upstreamConn) register(p *pendingRequest, before func(int64) bool) (int64, error) {
+	id, err := u.enter(p)
+	if err == nil && before != nil && !before(id) {
+		u.take(id, errCancelled)
+		return 0, unsent(errCancelled)
+	}
+	return id, err
+}
+
+// enter puts a request in the table under a fresh id, with its timer.
+func (u *upstreamConn) enter(p *pendingRequest) (int64, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.gen != p.gen || u.conn == nil {
@@ -372,13 +381,9 @@ func (u *upstreamConn) exchange(ctx context.Context, method string, params json.
 	rctx, abort := context.WithCancel(ctx)
 	defer abort()
 	p := &pendingRequest{abort: abort, token: token, gen: gen}
-	id, err := u.register(p)
+	id, err := u.register(p, sent)
 	if err != nil {
 		return nil, err
-	}
-	if sent != nil && !sent(id) {
-		u.take(id, errCancelled)
-		return nil, unsent(errCancelled)
 	}
 	resp, rerr := rt.roundTrip(rctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
 	if u.take(id, nil) == nil {
@@ -391,7 +396,7 @@ func (u *upstreamConn) exchange(ctx context.Context, method string, params json.
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if _, never := errors.AsType[*unsentError](rerr); never {
+		if !wasSent(rerr) {
 			return nil, unsent(&upstreamError{u.Name, rerr})
 		}
 		return nil, &upstreamError{u.Name, rerr}
