@@ -41,6 +41,11 @@ type DeniedError struct {
 	Budget budget.State
 	// Cause is the underlying failure, if any.
 	Cause error
+	// Seq is the index of the denial's audit record — its decision id,
+	// which an inclusion proof proves — when Logged is set. A denial that
+	// could not be recorded is not Logged.
+	Seq    uint64
+	Logged bool
 }
 
 // Error says which tool was denied and why.

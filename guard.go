@@ -7,6 +7,7 @@ import (
 	"maps"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/agentsec/agentsec/audit"
@@ -70,24 +71,131 @@ const (
 // matching ErrAuditUnavailable even though fn ran: the caller must not use
 // fn's result. A panic in fn is recorded and then propagates.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
-	rec, d, err := s.admit(ctx, EventToolCall, req)
+	c, err := s.Begin(ctx, req)
 	if err != nil {
 		return err
 	}
+	returned := false
+	defer func() {
+		if !returned {
+			// fn panicked: give the slot back and record the call, then
+			// let the panic go on.
+			c.settle(settling(ctx), 0, nil, "tool panicked")
+		}
+	}()
+	tokens, callErr := fn(ctx)
+	returned = true
+	_, err = c.End(ctx, tokens, callErr)
+	return err
+}
+
+// Begin is the first half of Guard, for a caller that runs the tool
+// itself, later or elsewhere — in another process, say, that asks over
+// the network: steps 1 to 4, the checks and the reservation. A denial is
+// recorded and returned as Guard returns it. An allowed call has taken
+// its slot and is recorded by its End; until then nothing of it is in the
+// log. Every Call must be ended, with End or Abandon: one that is not
+// keeps its slot, spent, and is never recorded.
+func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
+	rec, d, err := s.admit(ctx, EventToolCall, req)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
-		return s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
+		return nil, s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
 			Reason: "request cancelled before the call", Trust: d})
 	}
-	res, err := s.Budget.Reserve(ctx, req.Session)
-	if err != nil {
+	c := &Call{s: s, rec: rec, d: d}
+	if c.res, err = s.Budget.Reserve(ctx, req.Session); err != nil {
 		if ee, ok := errors.AsType[*budget.ExceededError](err); ok {
-			return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
+			return nil, s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
 				Reason: ee.Reason(), Trust: d, Budget: ee.State, Cause: err})
 		}
-		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
+		return nil, s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
 			Reason: "budget store unavailable", Trust: d, Cause: err})
 	}
-	return s.run(ctx, &rec, &res, d, fn)
+	return c, nil
+}
+
+// A Call is a governed tool call between Stack.Begin and its End: it has
+// passed the trust gate and holds one call slot of its session. Its
+// methods are safe for concurrent use; the first End or Abandon settles
+// it, and later ones return ErrSettled.
+type Call struct {
+	s   *Stack
+	rec audit.Record
+	d   trust.Decision
+
+	mu      sync.Mutex
+	res     budget.Reservation
+	settled bool
+}
+
+// ErrSettled is returned by Call.End and Call.Abandon for a call already
+// ended or abandoned.
+var ErrSettled = errors.New("agentsec: the call was already ended")
+
+// Trust returns the trust gate's decision that admitted the call.
+func (c *Call) Trust() trust.Decision { return c.d }
+
+// Request returns the call's request as it is recorded.
+func (c *Call) Request() Request {
+	return Request{Agent: c.rec.Agent, Session: c.rec.Session, Tool: c.rec.Tool, Scope: c.rec.Scope, Attrs: c.rec.Attrs}
+}
+
+// End is the second half of Guard: steps 6 and 7, given what the tool
+// returned — its tokens, and its error, with the meaning a ToolFunc's
+// has (an error made by Spent for a call that ran). It returns the call's
+// one "tool.call" record, durable, and the error Guard would return; when
+// that error is a *DeniedError the caller must not use the tool's
+// result. ctx's cancellation does not cut End short: the call has run.
+func (c *Call) End(ctx context.Context, tokens int64, callErr error) (audit.Record, error) {
+	return c.settle(settling(ctx), tokens, callErr, "")
+}
+
+// Abandon settles a call that will not be ended — its caller went away
+// without saying what happened: the call may have run, so its slot stays
+// spent, with no tokens counted, and it is recorded as allowed with
+// reason. It returns the record, and an error only if the record could
+// not be written (a *DeniedError matching ErrAuditUnavailable) or the
+// call was settled already (ErrSettled).
+func (c *Call) Abandon(ctx context.Context, reason string) (audit.Record, error) {
+	rec, err := c.settle(settling(ctx), 0, Spent(errors.New(reason)), "")
+	if err != nil && !errors.Is(err, ErrAuditUnavailable) && !errors.Is(err, ErrSettled) {
+		err = nil // what it was settled with, or a withholding of no result
+	}
+	return rec, err
+}
+
+// settling returns ctx without its cancellation: once a call has run,
+// settling its budget and recording it must not be cut short.
+func settling(ctx context.Context) context.Context {
+	if ctx.Done() == nil {
+		return ctx
+	}
+	return context.WithoutCancel(ctx)
+}
+
+// settle settles the call once: with the tool's outcome, or, if panicked
+// is set, as a call whose tool panicked, which gives the slot back.
+func (c *Call) settle(ctx context.Context, tokens int64, callErr error, panicked string) (audit.Record, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.settled {
+		return audit.Record{}, ErrSettled
+	}
+	c.settled = true
+	rec := c.rec
+	rec.Outcome = audit.OutcomeAllowed
+	if panicked != "" {
+		rec.Reason = panicked
+		if err := c.res.Release(ctx); err != nil {
+			setAttr(&rec, budgetErrorKey, err.Error())
+		}
+		logged, _ := c.s.Audit.Log(ctx, rec)
+		return logged, nil
+	}
+	return c.s.finish(ctx, &rec, &c.res, c.d, tokens, callErr)
 }
 
 // admit makes the record of a request for event and applies the checks
@@ -136,43 +244,21 @@ func Spent(err error) error {
 	return &SpentError{Err: err}
 }
 
-// run calls fn under a reservation and records the outcome.
-func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservation, d trust.Decision, fn ToolFunc) error {
-	// Once the call has run, settling the budget and recording it must
-	// not be cut short by the caller cancelling ctx.
-	after := ctx
-	if ctx.Done() != nil {
-		after = context.WithoutCancel(ctx)
-	}
-	rec.Outcome = audit.OutcomeAllowed
-	returned := false
-	defer func() {
-		if returned {
-			return
-		}
-		// fn panicked: give the slot back and record the call, then let
-		// the panic go on.
-		rec.Reason = "tool panicked"
-		if err := res.Release(after); err != nil {
-			setAttr(rec, budgetErrorKey, err.Error())
-		}
-		_, _ = s.Audit.Log(after, *rec)
-	}()
-	tokens, callErr := fn(ctx)
-	returned = true
-
+// finish settles a call that ran under res with the tool's outcome, and
+// records it.
+func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reservation, d trust.Decision, tokens int64, callErr error) (audit.Record, error) {
 	spent, ran := errors.AsType[*SpentError](callErr)
 	switch {
 	case callErr != nil && !ran:
 		rec.Reason = truncate("tool failed: " + callErr.Error())
-		if err := res.Release(after); err != nil {
+		if err := res.Release(ctx); err != nil {
 			setAttr(rec, budgetErrorKey, err.Error())
 		}
 	case callErr != nil:
 		// It ran and failed: its slot and whatever tokens it reports —
 		// of an error's text, say, or of a result that came too late to
 		// deliver — are spent, under the rules a result has.
-		err := s.commit(after, rec, res, tokens)
+		err := s.commit(ctx, rec, res, tokens)
 		if de, withheld := errors.AsType[*DeniedError](err); withheld && errors.Is(de, ErrBudgetExceeded) {
 			// What it answered is over the budget: withheld too. The
 			// record says what happened; the denial only why, for it
@@ -189,13 +275,17 @@ func (s *Stack) run(ctx context.Context, rec *audit.Record, res *budget.Reservat
 		rec.Outcome, rec.Reason = audit.OutcomeAllowed, truncate(spent.Error())
 	default:
 		rec.Reason = d.Reason.String()
-		callErr = s.commit(after, rec, res, tokens)
+		callErr = s.commit(ctx, rec, res, tokens)
 	}
-	if _, err := s.Audit.Log(after, *rec); err != nil {
-		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool,
+	logged, err := s.Audit.Log(ctx, *rec)
+	if err != nil {
+		return audit.Record{}, &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool,
 			Reason: "call could not be recorded", Trust: d, Cause: errors.Join(err, callErr)}
 	}
-	return callErr
+	if de, ok := errors.AsType[*DeniedError](callErr); ok {
+		de.Seq, de.Logged = logged.Seq, true
+	}
+	return logged, callErr
 }
 
 // Attributes a Stack sets on records.
@@ -333,9 +423,12 @@ func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) er
 func (s *Stack) deny(ctx context.Context, rec *audit.Record, e *DeniedError) error {
 	rec.Outcome = audit.OutcomeDenied
 	rec.Reason = truncate(e.Reason)
-	if _, err := s.Audit.Log(ctx, *rec); err != nil {
+	logged, err := s.Audit.Log(ctx, *rec)
+	if err != nil {
 		e.Cause = errors.Join(e.Cause, err)
+		return e
 	}
+	e.Seq, e.Logged = logged.Seq, true
 	return e
 }
 

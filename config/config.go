@@ -39,6 +39,9 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// Admin is the operators' listener, apart from the agents'.
 	Admin Admin `yaml:"admin"`
+	// Operators are the people and programs that read the whole log, or
+	// change what agents may do, over the decision API (docs/api.md).
+	Operators []Operator `yaml:"operators"`
 	// MaxSessions bounds the MCP sessions "agentsec serve" holds at once;
 	// 0 means 1000.
 	MaxSessions int `yaml:"max_sessions"`
@@ -132,6 +135,28 @@ type Agent struct {
 	// TokenSHA256 is the hex SHA-256 of the bearer token the agent
 	// presents over HTTP; "agentsec token" makes a token and its hash.
 	// The token itself is never stored.
+	TokenSHA256 string `yaml:"token_sha256"`
+}
+
+// Operator roles.
+const (
+	// RoleAuditor reads the whole audit log and every session's budget.
+	RoleAuditor = "auditor"
+	// RoleAdmin is an auditor that also changes things: it assigns and
+	// revokes trust levels and logs events, each change recorded with its
+	// id first.
+	RoleAdmin = "admin"
+)
+
+// Operator is one operator of the decision API: not an agent — it takes
+// no budget and calls no tools — but someone who reads or steers.
+type Operator struct {
+	// ID names the operator in the audit records of its changes.
+	ID string `yaml:"id"`
+	// Role is RoleAuditor or RoleAdmin.
+	Role string `yaml:"role"`
+	// TokenSHA256 is the hex SHA-256 of the operator's bearer token, as
+	// an agent's is; "agentsec token" makes one.
 	TokenSHA256 string `yaml:"token_sha256"`
 }
 

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.yaml.in/yaml/v3"
@@ -134,6 +135,7 @@ func (c *Config) validate(v *validator) {
 	if c.StdioAgent != "" && policy != nil && !c.hasAgent(c.StdioAgent) {
 		v.errorf(at("stdio_agent"), "agent %q is not among trust.agents", c.StdioAgent)
 	}
+	c.validateOperators(v)
 	c.validateUpstreams(v)
 	c.validatePrefixedRules(v)
 	c.validateConnections(v)
@@ -291,6 +293,43 @@ func (c *Config) validateTrust(v *validator) *trust.Policy {
 		tokens[a.TokenSHA256] = i
 	}
 	return policy
+}
+
+// validateOperators checks the operators: each named once, with a known
+// role and a token of its own, which is no agent's.
+func (c *Config) validateOperators(v *validator) {
+	agentTokens := map[string]string{}
+	for _, a := range c.Trust.Agents {
+		if a.TokenSHA256 != "" {
+			agentTokens[a.TokenSHA256] = a.ID
+		}
+	}
+	ids, tokens := map[string]bool{}, map[string]string{}
+	for i, o := range c.Operators {
+		switch {
+		case o.ID == "":
+			v.errorf(at("operators", i, "id"), "is required: it names the operator in the records of its changes")
+		case !utf8.ValidString(o.ID) || len(o.ID) > 256:
+			v.errorf(at("operators", i, "id"), "must be valid UTF-8 of at most 256 bytes")
+		case ids[o.ID]:
+			v.errorf(at("operators", i, "id"), "operator %q is configured twice", o.ID)
+		}
+		ids[o.ID] = true
+		if o.Role != RoleAuditor && o.Role != RoleAdmin {
+			v.errorf(at("operators", i, "role"), "%q is not a role: %s (reads the whole log) or %s (also changes levels)", o.Role, RoleAuditor, RoleAdmin)
+		}
+		if b, err := hex.DecodeString(o.TokenSHA256); err != nil || len(b) != 32 || strings.ToLower(o.TokenSHA256) != o.TokenSHA256 {
+			v.errorf(at("operators", i, "token_sha256"), "is not a SHA-256 in lowercase hex; make a token and its hash with 'agentsec token'")
+			continue
+		}
+		if agent, dup := agentTokens[o.TokenSHA256]; dup {
+			v.errorf(at("operators", i, "token_sha256"), "is agent %q's token too; an operator needs its own", agent)
+		}
+		if other, dup := tokens[o.TokenSHA256]; dup {
+			v.errorf(at("operators", i, "token_sha256"), "is operator %q's token too; each operator needs its own", other)
+		}
+		tokens[o.TokenSHA256] = o.ID
+	}
 }
 
 func (c *Config) validateAudit(v *validator) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,6 +28,9 @@ func (m *Main) runProxy(ctx context.Context, args []string) error {
 			"configuration names, applying the trust gate, the budget and the audit log to every\n"+
 			"tool call as the configuration's stdio_agent.\n", args,
 		func(cfg *config.Config, file string) error {
+			if len(cfg.Upstreams) == 0 {
+				return fmt.Errorf("%s: proxy needs an upstream MCP server: add one under upstreams", file)
+			}
 			if cfg.StdioAgent == "" {
 				return fmt.Errorf("%s: proxy needs stdio_agent, the agent the stdio client acts as", file)
 			}
@@ -66,21 +70,25 @@ func (g *openedGateway) Close() {
 	}
 }
 
-// openGateway reads the -config flag of the gateway command cmd, loads
-// the file, checks what every gateway needs — an upstream, a durable
-// audit log — and what check adds, and builds the stack.
-func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error) (*openedGateway, error) {
-	fs := newFlagSet(cmd, "-config FILE", about)
+// openGateway reads the -config flag of the gateway command cmd, and the
+// flags more adds, loads the file, checks what every gateway needs — a
+// durable audit log — and what check adds, and builds the stack.
+func (m *Main) openGateway(cmd, about string, args []string, check func(*config.Config, string) error, more ...func(*flag.FlagSet)) (*openedGateway, error) {
+	synopsis := "-config FILE"
+	if len(more) > 0 {
+		synopsis = "-config FILE [flags]"
+	}
+	fs := newFlagSet(cmd, synopsis, about)
 	file := fs.String("config", "agentsec.yaml", "the configuration `file`")
+	for _, add := range more {
+		add(fs)
+	}
 	if err := m.parseFlags(fs, args, 0); err != nil {
 		return nil, err
 	}
 	cfg, err := config.Load(*file)
 	if err != nil {
 		return nil, err
-	}
-	if len(cfg.Upstreams) == 0 {
-		return nil, fmt.Errorf("%s: %s needs an upstream MCP server: add one under upstreams", *file, cmd)
 	}
 	if err := check(cfg, *file); err != nil {
 		return nil, err

@@ -239,11 +239,14 @@ func TestProxyConfigErrors(t *testing.T) {
 	noAgent := filepath.Join(dir, "a.yaml")
 	os.WriteFile(noAgent, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nupstreams: [{name: x, command: y}]\n"), 0o600)
 	noUpstream := filepath.Join(dir, "d.yaml")
-	os.WriteFile(noUpstream, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nlisten: 127.0.0.1:1\n"), 0o600)
+	os.WriteFile(noUpstream, []byte("namespace: n\nbudget: {tokens: 1, calls: 1}\nlisten: 127.0.0.1:1\ntrust: {agents: [{id: a, level: public}]}\nstdio_agent: a\n"), 0o600)
 	for _, tc := range []struct{ cmd, path, want string }{
 		{"proxy", noAgent, "needs stdio_agent"},
 		{"proxy", noDisk, "keeps its audit log durably"},
-		{"serve", noUpstream, "needs an upstream MCP server"},
+		{"proxy", noUpstream, "needs an upstream MCP server"},
+		// serve with no upstreams serves the decision API alone, but
+		// needs someone who may call it.
+		{"serve", noUpstream, "no agent or operator has a token_sha256"},
 		{"serve", noDisk, "serve needs listen"},
 	} {
 		cmd, path, want := tc.cmd, tc.path, tc.want

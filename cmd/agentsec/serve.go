@@ -4,52 +4,94 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/console"
+	"github.com/agentsec/agentsec/httpapi"
 	"github.com/agentsec/agentsec/mcpgate"
 )
 
-// runServe serves many MCP clients over streamable HTTP in front of the
-// configured upstream.
+// runServe serves the decision API and, in front of the configured
+// upstreams, MCP clients over streamable HTTP.
 func (m *Main) runServe(ctx context.Context, args []string) error {
-	var gw *mcpgate.Gateway
+	var (
+		gw             *mcpgate.Gateway
+		api            *httpapi.Server
+		addrFile       string
+		stopOnStdinEOF bool
+	)
 	g, err := m.openGateway("serve",
-		"Serves MCP clients over streamable HTTP on the configuration's listen address, in front\n"+
-			"of the upstream MCP server it names. Each client authenticates with an agent's bearer\n"+
-			"token (agentsec token); each MCP session is a budget session.\n", args,
+		"Serves the decision API (/v1/, docs/api.md) and, in front of the upstream MCP servers\n"+
+			"the configuration names, MCP clients over streamable HTTP, on the configuration's\n"+
+			"listen address. Each client authenticates with an agent's or an operator's bearer\n"+
+			"token (agentsec token); each MCP session is a budget session. With no upstreams it\n"+
+			"serves the decision API alone.\n", args,
 		func(cfg *config.Config, file string) (err error) {
-			gw, err = gatewayFor(cfg, file)
+			if api, err = apiFor(cfg, file); err != nil {
+				return err
+			}
+			if len(cfg.Upstreams) > 0 {
+				gw, err = gatewayFor(cfg, file)
+			}
 			return err
+		},
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&addrFile, "addr-file", "", "once listening, write the listen address (host:port) to this `file`;\nwith listen port 0, it says which port was chosen")
+			fs.BoolVar(&stopOnStdinEOF, "stop-on-stdin-eof", false, "stop, as on SIGTERM, when standard input ends: for a parent process\nthat starts agentsec and holds its stdin open while it needs it")
 		})
 	if err != nil {
 		return err
 	}
 	defer g.Close()
 	cfg := g.cfg
-	gw.Stack = g.stack
-	if g.sessions != nil {
-		gw.Sessions = g.sessions
+	logger := slog.New(slog.NewTextHandler(m.Stderr, nil))
+	api.Stack, api.Log = g.stack, logger
+	var handler http.Handler = api
+	if gw != nil {
+		gw.Stack = g.stack
+		if g.sessions != nil {
+			gw.Sessions = g.sessions
+		}
+		gw.Upstreams = upstreams(cfg, m.Stderr)
+		gw.Log = logger
+		// Close waits for the sessions' upstream servers to exit, before
+		// the stack signs its last checkpoint.
+		defer gw.Close()
+		handler = agentsListener(api, gw)
+	} else {
+		handler = agentsListener(api, nil)
 	}
-	gw.Upstreams = upstreams(cfg, m.Stderr)
-	gw.Log = slog.New(slog.NewTextHandler(m.Stderr, nil))
-	// Close waits for the sessions' upstream servers to exit, before the
-	// stack signs its last checkpoint.
-	defer gw.Close()
+	if stopOnStdinEOF {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		stdin := m.Stdin
+		if stdin == nil {
+			stdin = os.Stdin
+		}
+		go func() {
+			io.Copy(io.Discard, stdin)
+			cancel()
+		}()
+	}
 
 	tcp, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
 	ln, err := mcpgate.LimitListener(tcp, mcpgate.ListenerLimits{MaxConnections: cfg.MaxConnections,
-		MaxConnectionsPerAddress: cfg.MaxConnectionsPerAddress, Log: gw.Log})
+		MaxConnectionsPerAddress: cfg.MaxConnectionsPerAddress, Log: logger})
 	if err != nil {
 		tcp.Close()
 		return err
@@ -60,13 +102,10 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	}
 	// No ReadTimeout or WriteTimeout: they would bound every response,
 	// and one may be an event stream as long as a tool call, or, for a
-	// GET, as long as its session. The gateway bounds a request's body
-	// itself (request_body_timeout), and the listener the connections.
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	names := make([]string, len(cfg.Upstreams))
-	for i, u := range cfg.Upstreams {
-		names[i] = u.Name
-	}
+	// GET, as long as its session. The gateway and the API bound a
+	// request's body themselves (request_body_timeout), and the listener
+	// the connections.
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
 	admin, err := startAdmin(cfg, g.stack)
 	if err != nil {
 		ln.Close()
@@ -76,21 +115,63 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		defer admin.Close()
 		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz)\n", admin.addr)
 	}
-	fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %s\n", ln.Addr(), strings.Join(names, ", "))
+	if gw != nil {
+		names := make([]string, len(cfg.Upstreams))
+		for i, u := range cfg.Upstreams {
+			names[i] = u.Name
+		}
+		fmt.Fprintf(m.Stderr, "agentsec: serving MCP on http://%s/ in front of %s\n", ln.Addr(), strings.Join(names, ", "))
+	}
+	fmt.Fprintf(m.Stderr, "agentsec: serving the decision API on http://%s/v1/\n", ln.Addr())
+	if addrFile != "" {
+		if err := writeFileAtomically(addrFile, []byte(ln.Addr().String()+"\n")); err != nil {
+			ln.Close()
+			return fmt.Errorf("-addr-file: %w", err)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
+		api.Close()
 		return err
 	case <-ctx.Done():
-		gw.Close() // ends the sessions, whose open streams would hold Shutdown up
+		if gw != nil {
+			gw.Close() // ends the sessions, whose open streams would hold Shutdown up
+		}
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		err := srv.Shutdown(shutdown)
+		// What is still open is recorded as spent, before the log closes.
+		api.Close()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
 		return nil
 	}
+}
+
+// agentsListener routes the agents' listener: the decision API under
+// /v1/, and MCP, if there is a gateway, everywhere else.
+func agentsListener(api *httpapi.Server, gw *mcpgate.Gateway) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", api)
+	if gw != nil {
+		mux.Handle("/", gw)
+	} else {
+		mux.Handle("/", api) // its not-found problem, naming the API
+	}
+	return mux
+}
+
+// writeFileAtomically writes data to a temporary file beside path and
+// renames it there, so that a reader sees all of it or nothing.
+func writeFileAtomically(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // adminServer is serve's admin listener.
@@ -139,13 +220,50 @@ const (
 	defaultConnectionIdleTimeout = 2 * time.Minute
 )
 
+// apiFor builds the decision API a configuration describes, without its
+// stack: who may call it, by their tokens' hashes.
+func apiFor(cfg *config.Config, file string) (*httpapi.Server, error) {
+	if cfg.Listen == "" {
+		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
+	}
+	api := &httpapi.Server{BodyTimeout: cfg.RequestBodyTimeout}
+	byToken := map[string]int{}
+	for _, a := range cfg.Trust.Agents {
+		if a.TokenSHA256 == "" {
+			continue
+		}
+		i, seen := byToken[a.TokenSHA256]
+		if !seen {
+			var c httpapi.Credential
+			if _, err := hex.Decode(c.TokenSHA256[:], []byte(a.TokenSHA256)); err != nil {
+				return nil, fmt.Errorf("%s: agent %q: %w", file, a.ID, err)
+			}
+			c.Agent = a.ID
+			i = len(api.Agents)
+			byToken[a.TokenSHA256] = i
+			api.Agents = append(api.Agents, c)
+		}
+		// A token acts in the scopes of the assignments that hold it.
+		if !slices.Contains(api.Agents[i].Scopes, a.Scope) {
+			api.Agents[i].Scopes = append(api.Agents[i].Scopes, a.Scope)
+		}
+	}
+	for _, o := range cfg.Operators {
+		op := httpapi.Operator{ID: o.ID, Admin: o.Role == config.RoleAdmin}
+		if _, err := hex.Decode(op.TokenSHA256[:], []byte(o.TokenSHA256)); err != nil {
+			return nil, fmt.Errorf("%s: operator %q: %w", file, o.ID, err)
+		}
+		api.Operators = append(api.Operators, op)
+	}
+	if len(api.Agents) == 0 && len(api.Operators) == 0 {
+		return nil, fmt.Errorf("%s: no agent or operator has a token_sha256, so no client could connect; make one with agentsec token", file)
+	}
+	return api, nil
+}
+
 // gatewayFor builds the HTTP gateway a configuration describes, without
 // its stack.
 func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
-	switch {
-	case cfg.Listen == "":
-		return nil, fmt.Errorf("%s: serve needs listen, such as 127.0.0.1:8080", file)
-	}
 	gw := &mcpgate.Gateway{MaxSessions: cfg.MaxSessions, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent,
 		IdleTimeout: cfg.SessionIdleTimeout, RequestBodyTimeout: cfg.RequestBodyTimeout,
 		AllowUnlistedTools: cfg.AllowUnlistedTools}
@@ -161,7 +279,7 @@ func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
 		gw.Agents = append(gw.Agents, c)
 	}
 	if len(gw.Agents) == 0 {
-		return nil, fmt.Errorf("%s: no agent has a token_sha256, so no client could connect; make one with agentsec token", file)
+		return nil, fmt.Errorf("%s: no agent has a token_sha256, so no MCP client could connect; make one with agentsec token", file)
 	}
 	host, _, _ := net.SplitHostPort(cfg.Listen)
 	ip := net.ParseIP(host)

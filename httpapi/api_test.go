@@ -1,0 +1,377 @@
+package httpapi_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// TestGuardExactUnderConcurrency: 200 calls at once on a session of 50
+// give exactly 50 calls, 150 recorded denials, and a log of exactly the
+// 200 decisions that verifies.
+func TestGuardExactUnderConcurrency(t *testing.T) {
+	s := newTestServer(t, limits{calls: 50})
+	const n = 200
+	var (
+		wg               sync.WaitGroup
+		mu               sync.Mutex
+		allowed, refused int
+		decisions        = map[uint64]bool{}
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "busy"})
+			var id uint64
+			switch begin.status {
+			case http.StatusCreated:
+				end := s.do("POST", "/v1/calls/"+begin.str("call_id")+"/end", aliceToken, map[string]any{"tokens": i})
+				if end.status != http.StatusOK {
+					t.Errorf("end: %d %s", end.status, end.raw)
+					return
+				}
+				id, _ = end.decisionID()
+				mu.Lock()
+				allowed++
+			case http.StatusTooManyRequests:
+				if begin.code() != "budget_exceeded" {
+					t.Errorf("refusal code %q", begin.code())
+				}
+				var ok bool
+				if id, ok = begin.decisionID(); !ok {
+					t.Errorf("refusal without a decision id: %s", begin.raw)
+				}
+				mu.Lock()
+				refused++
+			default:
+				t.Errorf("begin: %d %s", begin.status, begin.raw)
+				return
+			}
+			if decisions[id] {
+				t.Errorf("decision id %d given twice", id)
+			}
+			decisions[id] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if allowed != 50 || refused != 150 {
+		t.Fatalf("allowed %d, refused %d; want 50 and 150", allowed, refused)
+	}
+	recs := s.records(audit.Filter{Event: "tool.call", Session: "alice/busy"})
+	if len(recs) != n {
+		t.Fatalf("the log holds %d tool.call records of the session, want %d", len(recs), n)
+	}
+	var allows int
+	for _, r := range recs {
+		if !decisions[r.Seq] {
+			t.Errorf("record %d answered with no decision id", r.Seq)
+		}
+		if r.Outcome == audit.OutcomeAllowed {
+			allows++
+		}
+	}
+	if allows != 50 {
+		t.Errorf("%d allow records, want 50", allows)
+	}
+	s.verify()
+}
+
+// TestReservationLifecycle: a reservation takes a slot; commit counts its
+// tokens; release gives the slot back; one left open expires as spent and
+// is recorded so; settled ones can't be settled again.
+func TestReservationLifecycle(t *testing.T) {
+	s := newTestServer(t, limits{calls: 3})
+	used := func() (calls, tokens float64) {
+		r := s.do("GET", "/v1/budget/sessions/s", aliceToken, nil)
+		u := r.body["used"].(map[string]any)
+		return u["calls"].(float64), u["tokens"].(float64)
+	}
+	r1 := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil)
+	if r1.status != http.StatusCreated || r1.str("reservation_id") == "" {
+		t.Fatalf("reserve: %d %s", r1.status, r1.raw)
+	}
+	if c := s.do("POST", "/v1/budget/reservations/"+r1.str("reservation_id")+"/commit", aliceToken, map[string]any{"tokens": 40}); c.status != http.StatusOK {
+		t.Fatalf("commit: %d %s", c.status, c.raw)
+	}
+	if calls, tokens := used(); calls != 1 || tokens != 40 {
+		t.Fatalf("after commit used %v calls, %v tokens; want 1, 40", calls, tokens)
+	}
+	again := s.do("POST", "/v1/budget/reservations/"+r1.str("reservation_id")+"/commit", aliceToken, map[string]any{"tokens": 40})
+	if again.status != http.StatusConflict || again.code() != "conflict" {
+		t.Errorf("second commit: %d %s, want 409 conflict", again.status, again.raw)
+	}
+
+	r2 := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil)
+	if rel := s.do("POST", "/v1/budget/reservations/"+r2.str("reservation_id")+"/release", aliceToken, nil); rel.status != http.StatusOK {
+		t.Fatalf("release: %d %s", rel.status, rel.raw)
+	}
+	if calls, _ := used(); calls != 1 {
+		t.Fatalf("after release used %v calls, want the slot back (1)", calls)
+	}
+
+	r3 := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, map[string]any{"ttl_seconds": 1})
+	if r3.status != http.StatusCreated {
+		t.Fatalf("reserve: %d %s", r3.status, r3.raw)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.records(audit.Filter{Event: "budget.expire"})) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no budget.expire record 5s after a reservation of 1s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if calls, _ := used(); calls != 2 {
+		t.Errorf("after expiry used %v calls, want 2: an expired reservation is spent", calls)
+	}
+	late := s.do("POST", "/v1/budget/reservations/"+r3.str("reservation_id")+"/commit", aliceToken, map[string]any{"tokens": 1})
+	if late.status != http.StatusConflict {
+		t.Errorf("commit after expiry: %d %s, want 409", late.status, late.raw)
+	}
+	exp := s.records(audit.Filter{Event: "budget.expire"})[0]
+	if exp.Agent != "alice" || exp.Session != "alice/s" || exp.Attrs["reservation"] != r3.str("reservation_id") {
+		t.Errorf("expiry record %+v", exp)
+	}
+	s.verify()
+}
+
+// TestCallExpiresAsSpent: a call begun and never ended is recorded as
+// spent, once, when its time is up.
+func TestCallExpiresAsSpent(t *testing.T) {
+	s := newTestServer(t, limits{calls: 5})
+	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s", "ttl_seconds": 1})
+	if b.status != http.StatusCreated {
+		t.Fatalf("begin: %d %s", b.status, b.raw)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		recs := s.records(audit.Filter{Event: "tool.call"})
+		if len(recs) == 1 {
+			if recs[0].Outcome != audit.OutcomeAllowed || recs[0].Tokens != 0 {
+				t.Errorf("expired call recorded as %+v", recs[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no record 5s after a call of 1s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	end := s.do("POST", "/v1/calls/"+b.str("call_id")+"/end", aliceToken, map[string]any{"tokens": 5})
+	if end.status != http.StatusConflict {
+		t.Errorf("end after expiry: %d %s, want 409", end.status, end.raw)
+	}
+	if u := s.do("GET", "/v1/budget/sessions/s", aliceToken, nil); u.body["used"].(map[string]any)["calls"].(float64) != 1 {
+		t.Errorf("an expired call's slot was given back: %s", u.raw)
+	}
+}
+
+// TestEndOutcomes: an error that ran is spent; one that never ran gives
+// the slot back; a result over call_tokens is withheld, recorded as a
+// denial.
+func TestEndOutcomes(t *testing.T) {
+	s := newTestServer(t, limits{calls: 10, callTokens: 100})
+	calls := func() float64 {
+		return s.do("GET", "/v1/budget/sessions/s", aliceToken, nil).body["used"].(map[string]any)["calls"].(float64)
+	}
+	begin := func() string {
+		b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"})
+		if b.status != http.StatusCreated {
+			t.Fatalf("begin: %d %s", b.status, b.raw)
+		}
+		return b.str("call_id")
+	}
+	if e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"error": "disk full", "tokens": 3}); e.status != http.StatusOK || e.str("reason") != "disk full" {
+		t.Errorf("end with an error that ran: %d %s", e.status, e.raw)
+	}
+	if calls() != 1 {
+		t.Errorf("a failed call that ran gave its slot back")
+	}
+	if e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"error": "no such file", "ran": false}); e.status != http.StatusOK {
+		t.Errorf("end with an error that never ran: %d %s", e.status, e.raw)
+	}
+	if calls() != 1 {
+		t.Errorf("a call that never ran kept its slot")
+	}
+	e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"tokens": 101})
+	if _, ok := e.decisionID(); e.status != http.StatusTooManyRequests || e.code() != "budget_exceeded" || !ok {
+		t.Errorf("end over call_tokens: %d %s, want 429 budget_exceeded with a decision id", e.status, e.raw)
+	}
+	if r := s.do("POST", "/v1/calls/c_none/end", aliceToken, map[string]any{"tokens": 1, "ran": true}); r.status != http.StatusBadRequest {
+		t.Errorf("ran without error: %d %s, want 400", r.status, r.raw)
+	}
+}
+
+// TestIdempotencyKeys: a retried reserve with the same key takes one slot
+// and answers the same reservation; the key with another body is a
+// conflict; concurrent retries still take one slot.
+func TestIdempotencyKeys(t *testing.T) {
+	s := newTestServer(t, limits{calls: 100})
+	first := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, map[string]any{"ttl_seconds": 60}, "Idempotency-Key", "k1")
+	second := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, map[string]any{"ttl_seconds": 60}, "Idempotency-Key", "k1")
+	if first.str("reservation_id") == "" || first.str("reservation_id") != second.str("reservation_id") || second.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry answered %s, first %s", second.raw, first.raw)
+	}
+	other := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, map[string]any{"ttl_seconds": 61}, "Idempotency-Key", "k1")
+	if other.status != http.StatusUnprocessableEntity || other.code() != "conflict" {
+		t.Errorf("same key, other body: %d %s, want 422 conflict", other.status, other.raw)
+	}
+	// Another agent's identical key is its own.
+	bob := s.do("POST", "/v1/budget/sessions/s/reservations", bobToken, map[string]any{"ttl_seconds": 60}, "Idempotency-Key", "k1")
+	if bob.status != http.StatusCreated || bob.str("reservation_id") == first.str("reservation_id") {
+		t.Errorf("bob's request with alice's key: %d %s", bob.status, bob.raw)
+	}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := s.do("POST", "/v1/budget/sessions/t/reservations", aliceToken, nil, "Idempotency-Key", "k2")
+			if r.status != http.StatusCreated && r.status != http.StatusConflict {
+				t.Errorf("concurrent retry: %d %s", r.status, r.raw)
+			}
+		}()
+	}
+	wg.Wait()
+	u := s.do("GET", "/v1/budget/sessions/t", aliceToken, nil)
+	if c := u.body["used"].(map[string]any)["calls"].(float64); c != 1 {
+		t.Errorf("20 retries of one reservation took %v slots", c)
+	}
+	if r := s.do("POST", "/v1/budget/sessions/t/reservations", aliceToken, nil, "Idempotency-Key", strings.Repeat("k", 256)); r.status != http.StatusBadRequest {
+		t.Errorf("a key of 256 characters: %d", r.status)
+	}
+}
+
+// TestFailsClosed: with the log failing, nothing is allowed unrecorded.
+// A call begun before the failure was known ends refused (its result
+// must not be used); after that, begin, reserve, spending and events are
+// refused with audit_unavailable and take nothing.
+func TestFailsClosed(t *testing.T) {
+	s := newTestServer(t, limits{calls: 10})
+	s.audit.Fail.Store(true)
+	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"})
+	if b.status != http.StatusCreated {
+		t.Fatalf("begin before the failure is known: %d %s", b.status, b.raw)
+	}
+	if e := s.do("POST", "/v1/calls/"+b.str("call_id")+"/end", aliceToken, map[string]any{"tokens": 5}); e.status != http.StatusServiceUnavailable || e.code() != "audit_unavailable" {
+		t.Errorf("end with a failing log: %d %s, want 503 audit_unavailable", e.status, e.raw)
+	}
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s"}},
+		{"/v1/budget/sessions/s/reservations", nil},
+		{"/v1/budget/sessions/s/spending", map[string]any{"tokens": 5}},
+		{"/v1/audit/events", map[string]any{"event": "note"}},
+	} {
+		r := s.do("POST", c.path, aliceToken, c.body)
+		if r.status != http.StatusServiceUnavailable || r.code() != "audit_unavailable" {
+			t.Errorf("POST %s with a failed log: %d %s, want 503 audit_unavailable", c.path, r.status, r.raw)
+		}
+	}
+	s.audit.Fail.Store(false)
+	u := s.do("GET", "/v1/budget/sessions/s", aliceToken, nil)
+	if c := u.body["used"].(map[string]any)["calls"].(float64); c != 1 {
+		t.Errorf("used %v calls after the refusals, want 1 (the call that ran)", c)
+	}
+}
+
+// TestOperators: an auditor reads everything and changes nothing; an
+// admin's change is recorded with its id before it takes effect.
+func TestOperators(t *testing.T) {
+	s := newTestServer(t, limits{})
+	s.do("POST", "/v1/audit/events", aliceToken, map[string]any{"event": "note", "session": "s"})
+	q := s.do("GET", "/v1/audit/records?agent=alice", auditorToken, nil)
+	if q.status != http.StatusOK || len(q.body["records"].([]any)) == 0 {
+		t.Fatalf("auditor query: %d %s", q.status, q.raw)
+	}
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/v1/trust/assignments"}, {"DELETE", "/v1/trust/assignments?agent=bob"}, {"POST", "/v1/audit/events"},
+		{"POST", "/v1/calls"}, {"POST", "/v1/budget/sessions/s/reservations"},
+	} {
+		if r := s.do(c.method, c.path, auditorToken, map[string]any{}); r.status != http.StatusForbidden || r.code() != "forbidden" {
+			t.Errorf("auditor %s %s: %d %s, want 403 forbidden", c.method, c.path, r.status, r.raw)
+		}
+	}
+	if r := s.do("POST", "/v1/trust/check", bobToken, map[string]any{"tool": "deploy"}); r.body["allowed"] != false {
+		t.Fatalf("bob may deploy before the change: %s", r.raw)
+	}
+	a := s.do("POST", "/v1/trust/assignments", adminToken, map[string]any{"agent": "bob", "level": "privileged", "reason": "on call"})
+	id, ok := a.decisionID()
+	if a.status != http.StatusCreated || !ok {
+		t.Fatalf("assign: %d %s", a.status, a.raw)
+	}
+	if r := s.do("POST", "/v1/trust/check", bobToken, map[string]any{"tool": "deploy"}); r.body["allowed"] != true {
+		t.Errorf("bob may not deploy after the change: %s", r.raw)
+	}
+	rec := s.records(audit.Filter{Event: "trust.assign", Agent: "bob"})
+	last := rec[len(rec)-1]
+	if last.Seq != id || last.Attrs["operator"] != "root" || last.Reason != "on call" {
+		t.Errorf("assignment record %+v", last)
+	}
+	if r := s.do("DELETE", "/v1/trust/assignments?agent=bob&scope=nowhere", adminToken, nil); r.status != http.StatusNotFound {
+		t.Errorf("revoking a missing assignment: %d %s", r.status, r.raw)
+	}
+	if r := s.do("DELETE", "/v1/trust/assignments?agent=bob", adminToken, nil); r.status != http.StatusOK {
+		t.Errorf("revoke: %d %s", r.status, r.raw)
+	}
+	ev := s.do("POST", "/v1/audit/events", adminToken, map[string]any{"event": "maintenance"})
+	if ev.status != http.StatusCreated || ev.body["record"].(map[string]any)["attrs"].(map[string]any)["operator"] != "root" {
+		t.Errorf("admin event: %d %s", ev.status, ev.raw)
+	}
+	s.verify()
+}
+
+// TestProofAndCheckpoint: a decision id proves with the log's key.
+func TestProofAndCheckpoint(t *testing.T) {
+	s := newTestServer(t, limits{})
+	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"})
+	e := s.do("POST", "/v1/calls/"+b.str("call_id")+"/end", aliceToken, map[string]any{"tokens": 7})
+	id, _ := e.decisionID()
+	p := s.do("GET", fmt.Sprintf("/v1/audit/records/%d/proof", id), aliceToken, nil)
+	if p.status != http.StatusOK {
+		t.Fatalf("proof: %d %s", p.status, p.raw)
+	}
+	var proof audit.InclusionProof
+	if err := proof.UnmarshalText([]byte(p.str("proof"))); err != nil {
+		t.Fatal(err)
+	}
+	rec, cp, err := audit.CheckInclusion(&proof, s.stack.Audit.Verifier())
+	if err != nil || rec.Tool != "write" || rec.Tokens != 7 || cp.Size <= id {
+		t.Fatalf("CheckInclusion = %+v, %+v, %v", rec, cp, err)
+	}
+	c := s.do("GET", "/v1/audit/checkpoint", bobToken, nil)
+	if c.status != http.StatusOK || c.body["size"].(float64) < float64(id+1) {
+		t.Errorf("checkpoint: %d %s", c.status, c.raw)
+	}
+	if r := s.do("GET", fmt.Sprintf("/v1/audit/records/%d", id), aliceToken, nil); r.status != http.StatusOK || r.str("leaf_hash") == "" {
+		t.Errorf("record: %d %s", r.status, r.raw)
+	}
+}
+
+// TestCloseSettlesOpen: stopping the server records what is still open
+// as spent.
+func TestCloseSettlesOpen(t *testing.T) {
+	s := newTestServer(t, limits{})
+	s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"})
+	s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil)
+	if err := s.api.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.records(audit.Filter{Event: "tool.call"})); n != 1 {
+		t.Errorf("%d tool.call records after Close, want 1", n)
+	}
+	if n := len(s.records(audit.Filter{Event: "budget.expire"})); n != 1 {
+		t.Errorf("%d budget.expire records after Close, want 1", n)
+	}
+	if r := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"}); r.status != http.StatusServiceUnavailable {
+		t.Errorf("begin after Close: %d %s", r.status, r.raw)
+	}
+}

@@ -1,0 +1,104 @@
+package httpapi_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// TestAgentsActOnlyAsThemselves: a token can't read, reserve, commit,
+// release, end or log as another agent or in another agent's session.
+func TestAgentsActOnlyAsThemselves(t *testing.T) {
+	s := newTestServer(t, limits{calls: 5})
+	res := s.do("POST", "/v1/budget/sessions/shared/reservations", aliceToken, nil)
+	call := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "shared"})
+	ev := s.do("POST", "/v1/audit/events", aliceToken, map[string]any{"event": "secret", "session": "shared"})
+	evID, _ := ev.decisionID()
+
+	// Bob's session of the same name is his own: alice's use is not his.
+	if u := s.do("GET", "/v1/budget/sessions/shared", bobToken, nil); u.body["used"].(map[string]any)["calls"].(float64) != 0 {
+		t.Errorf("bob sees alice's use of a session of the same name: %s", u.raw)
+	}
+	for _, c := range []struct {
+		name, method, path string
+		body               any
+		status             int
+	}{
+		{"commit alice's reservation", "POST", "/v1/budget/reservations/" + res.str("reservation_id") + "/commit", map[string]any{"tokens": 1}, 404},
+		{"release alice's reservation", "POST", "/v1/budget/reservations/" + res.str("reservation_id") + "/release", nil, 404},
+		{"end alice's call", "POST", "/v1/calls/" + call.str("call_id") + "/end", map[string]any{"tokens": 1}, 404},
+		{"read alice's record", "GET", fmt.Sprintf("/v1/audit/records/%d", evID), nil, 404},
+		{"prove alice's record", "GET", fmt.Sprintf("/v1/audit/records/%d/proof", evID), nil, 404},
+		{"query alice's records", "GET", "/v1/audit/records?agent=alice", nil, 403},
+		{"check trust as alice", "POST", "/v1/trust/check", map[string]any{"tool": "write", "agent": "alice"}, 403},
+		{"evaluate as alice", "POST", "/v1/access/v1/evaluation", map[string]any{"subject": map[string]any{"type": "agent", "id": "alice"},
+			"action": map[string]any{"name": "call"}, "resource": map[string]any{"type": "tool", "id": "write"}}, 403},
+		{"read alice's budget", "GET", "/v1/budget/sessions/shared?agent=alice", nil, 403},
+		{"log as alice", "POST", "/v1/audit/events", map[string]any{"event": "x", "agent": "alice"}, 400},
+		{"log a source", "POST", "/v1/audit/events", map[string]any{"event": "x", "attrs": map[string]any{"source": "agentsec"}}, 400},
+		{"pass for a decision", "POST", "/v1/audit/events", map[string]any{"event": "tool.call", "outcome": "allow"}, 400},
+		{"name a session in a path", "POST", "/v1/budget/sessions/alice%2Fshared/reservations", nil, 400},
+		{"use a scope not its token's", "POST", "/v1/calls", map[string]any{"tool": "write", "session": "s", "scope": "staging"}, 403},
+	} {
+		r := s.do(c.method, c.path, bobToken, c.body)
+		if r.status != c.status {
+			t.Errorf("bob tries to %s: %d %s, want %d", c.name, r.status, r.raw, c.status)
+		}
+	}
+	// Bob's query, with a session name, reads only his own.
+	q := s.do("GET", "/v1/audit/records?session=shared", bobToken, nil)
+	if n := len(q.body["records"].([]any)); n != 0 {
+		t.Errorf("bob's query of session shared found %d of alice's records", n)
+	}
+	// Alice's things are untouched.
+	if r := s.do("POST", "/v1/budget/reservations/"+res.str("reservation_id")+"/commit", aliceToken, map[string]any{"tokens": 1}); r.status != http.StatusOK {
+		t.Errorf("alice's own commit after bob's attempts: %d %s", r.status, r.raw)
+	}
+	for _, r := range s.records(audit.Filter{}) {
+		if r.Agent == "bob" && strings.HasPrefix(r.Session, "alice/") {
+			t.Errorf("a record of bob in alice's session: %+v", r)
+		}
+	}
+	s.verify()
+}
+
+// TestScopesAreTheTokens: a token acts in the scopes it was configured
+// on, so an agent can't raise its level by naming a scope.
+func TestScopesAreTheTokens(t *testing.T) {
+	s := newTestServer(t, limits{})
+	r := s.do("POST", "/v1/trust/check", scopedToken, map[string]any{"tool": "deploy"})
+	if r.body["allowed"] != true || r.str("scope") != "staging" {
+		t.Errorf("carol's staging token, no scope named: %s", r.raw)
+	}
+	if r := s.do("POST", "/v1/trust/check", scopedToken, map[string]any{"tool": "deploy", "scope": ""}); r.status != http.StatusForbidden {
+		t.Errorf("carol's staging token in the unscoped assignment: %d %s", r.status, r.raw)
+	}
+	if r := s.do("POST", "/v1/trust/check", aliceToken, map[string]any{"tool": "deploy", "scope": "staging"}); r.status != http.StatusForbidden {
+		t.Errorf("alice naming a scope her token lacks: %d %s", r.status, r.raw)
+	}
+}
+
+// TestUnauthenticated: every route but the OpenAPI document answers 401
+// with WWW-Authenticate to a request with no token, or a wrong one, and
+// reveals nothing else.
+func TestUnauthenticated(t *testing.T) {
+	s := newTestServer(t, limits{})
+	for _, token := range []string{"", "not-a-token", "alice-token-x", strings.ToUpper(aliceToken)} {
+		for _, c := range []struct{ method, path string }{
+			{"POST", "/v1/trust/check"}, {"POST", "/v1/calls"}, {"POST", "/v1/calls/c_x/end"},
+			{"GET", "/v1/budget/sessions/s"}, {"GET", "/v1/audit/records"}, {"GET", "/v1/audit/checkpoint"},
+			{"DELETE", "/v1/trust/assignments"}, {"GET", "/v1/no/such/route"}, {"PUT", "/v1/calls"},
+		} {
+			r := s.do(c.method, c.path, token, map[string]any{})
+			if r.status != http.StatusUnauthorized || r.code() != "unauthenticated" || !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("%s %s with token %q: %d %q %s", c.method, c.path, token, r.status, r.header.Get("WWW-Authenticate"), r.raw)
+			}
+		}
+	}
+	if r := s.do("GET", "/v1/openapi.json", "", nil); r.status != http.StatusOK {
+		t.Errorf("the OpenAPI document without a token: %d", r.status)
+	}
+}
