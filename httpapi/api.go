@@ -151,6 +151,8 @@ func (s *Server) init() {
 		s.open = newOpenCalls(s)
 		s.replays = newIdempotency()
 		s.mux, s.paths = http.NewServeMux(), http.NewServeMux()
+		// The most general pattern: only what no route takes.
+		s.mux.HandleFunc("/", s.noRoute)
 		paths := map[string]bool{}
 		for _, rt := range routes {
 			s.mux.Handle(rt.method+" "+rt.path, s.serveRoute(rt))
@@ -165,22 +167,23 @@ func (s *Server) init() {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
-	if _, pattern := s.mux.Handler(r); pattern == "" {
-		// Unknown to the API: a caller without a token learns nothing
-		// of which routes exist.
-		if s.authenticate(r).none() {
-			s.write(w, unauthenticated())
-			return
-		}
-		if _, p := s.paths.Handler(r); p != "" {
-			w.Header().Set("Allow", s.allowed(r))
-			s.write(w, fail(http.StatusMethodNotAllowed, CodeInvalidRequest, r.Method+" is not a method of "+r.URL.Path))
-			return
-		}
-		s.write(w, notFound("no route "+r.Method+" "+r.URL.Path+"; the API is described at /v1/openapi.json"))
+	s.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers a request no route takes: 401 to a caller without a
+// token, who learns nothing of which routes exist; 405 for a path served
+// with other methods; 404 otherwise.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	if s.authenticate(r).none() {
+		s.write(w, unauthenticated())
 		return
 	}
-	s.mux.ServeHTTP(w, r) // which sets the path's values, as Handler does not
+	if _, p := s.paths.Handler(r); p != "" {
+		w.Header().Set("Allow", s.allowed(r))
+		s.write(w, fail(http.StatusMethodNotAllowed, CodeInvalidRequest, r.Method+" is not a method of "+r.URL.Path))
+		return
+	}
+	s.write(w, notFound("no route "+r.Method+" "+r.URL.Path+"; the API is described at /v1/openapi.json"))
 }
 
 // allowed lists the methods the routes of r's path take.
