@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -114,4 +115,39 @@ func run(t *testing.T, dir, name string, args ...string) {
 	if err != nil {
 		t.Fatalf("the suite failed: %v", err)
 	}
+}
+
+// TestREADMEQuickStarts: the TypeScript and Python quick starts of the
+// repository's README are the ones the clients' READMEs hold, which their
+// suites run; so the README's run as written.
+func TestREADMEQuickStarts(t *testing.T) {
+	readme := readFile(t, "../README.md")
+	for _, c := range []struct{ section, fence, client string }{
+		{"### TypeScript", "```js\n", "typescript/README.md"},
+		{"### Python", "```python\n", "python/README.md"},
+	} {
+		_, rest, found := strings.Cut(readme, "\n"+c.section+"\n")
+		if !found {
+			t.Errorf("README.md has no %q section", c.section)
+			continue
+		}
+		_, rest, found = strings.Cut(rest, c.fence)
+		block, _, closed := strings.Cut(rest, "```\n")
+		if !found || !closed {
+			t.Errorf("README.md's %s section has no %s block", c.section, strings.TrimSpace(c.fence))
+			continue
+		}
+		if !strings.Contains(readFile(t, c.client), block) {
+			t.Errorf("README.md's %s quick start is not the one clients/%s holds (and tests); copy it from there", c.section, c.client)
+		}
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
