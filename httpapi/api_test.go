@@ -375,3 +375,41 @@ func TestCloseSettlesOpen(t *testing.T) {
 		t.Errorf("begin after Close: %d %s", r.status, r.raw)
 	}
 }
+
+// TestOpenBound: one agent holding MaxOpen reservations and calls is
+// refused more (rate_limited, nothing recorded or reserved), others are
+// not, and settling one frees a place.
+func TestOpenBound(t *testing.T) {
+	s := newTestServer(t, limits{})
+	s.api.MaxOpen = 3
+	var ids []string
+	for range 2 {
+		ids = append(ids, s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil).str("reservation_id"))
+	}
+	if b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"}); b.status != http.StatusCreated {
+		t.Fatalf("third: %d %s", b.status, b.raw)
+	}
+	size := s.stack.Audit.Size()
+	for _, path := range []string{"/v1/budget/sessions/s/reservations", "/v1/calls"} {
+		r := s.do("POST", path, aliceToken, map[string]any{"tool": "write", "session": "s"})
+		if path != "/v1/calls" {
+			r = s.do("POST", path, aliceToken, nil)
+		}
+		if r.status != http.StatusTooManyRequests || r.code() != "rate_limited" {
+			t.Errorf("POST %s past the bound: %d %s, want 429 rate_limited", path, r.status, r.raw)
+		}
+	}
+	if s.stack.Audit.Size() != size {
+		t.Errorf("refusals past the bound were recorded")
+	}
+	if u := s.do("GET", "/v1/budget/sessions/s", aliceToken, nil); u.body["used"].(map[string]any)["calls"].(float64) != 3 {
+		t.Errorf("refusals past the bound took slots: %s", u.raw)
+	}
+	if r := s.do("POST", "/v1/budget/sessions/s/reservations", bobToken, nil); r.status != http.StatusCreated {
+		t.Errorf("bob is held to alice's bound: %d %s", r.status, r.raw)
+	}
+	s.do("POST", "/v1/budget/reservations/"+ids[0]+"/release", aliceToken, nil)
+	if r := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil); r.status != http.StatusCreated {
+		t.Errorf("after settling one: %d %s", r.status, r.raw)
+	}
+}

@@ -119,15 +119,25 @@ func (o *openCalls) unadmit(agent string) {
 	}
 }
 
-// add registers c, admitted, and starts its expiry.
+// add registers c, admitted, and starts its expiry. One added after
+// closeAll began is settled at once, as closeAll settles the others.
 func (o *openCalls) add(c *openCall) {
 	o.mu.Lock()
 	o.byID[c.id] = c
+	closed := o.closed
 	o.mu.Unlock()
+	if closed {
+		o.expireWith(context.Background(), c, stoppedReason)
+		return
+	}
 	c.mu.Lock()
 	c.timer = time.AfterFunc(time.Until(c.expires), func() { o.expire(c) })
 	c.mu.Unlock()
 }
+
+// stoppedReason is the recorded reason of what was open when the server
+// stopped.
+const stoppedReason = "the server stopped before it was settled; counted as spent"
 
 // get returns agent's reservation or call id; another agent's is not
 // found, as an unknown one is.
@@ -207,7 +217,7 @@ func (o *openCalls) closeAll(ctx context.Context) error {
 	o.mu.Unlock()
 	var errs []error
 	for _, c := range open {
-		if err := o.expireWith(ctx, c, "the server stopped before it was settled; counted as spent"); err != nil {
+		if err := o.expireWith(ctx, c, stoppedReason); err != nil {
 			errs = append(errs, err)
 		}
 	}
