@@ -135,8 +135,6 @@ type answer struct {
 	body   any
 }
 
-func ok(status int, body any) answer { return answer{status: status, body: body} }
-
 func (s *Server) init() {
 	s.once.Do(func() {
 		if s.Log == nil {
