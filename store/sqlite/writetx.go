@@ -30,8 +30,11 @@ func (s *Store) begin(ctx context.Context) (*writeTx, error) {
 		return nil, err
 	}
 	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		conn.Close()
-		return nil, err
+		// A cancellation can come after SQLite ran BEGIN: roll back
+		// whatever was begun, or the next transaction on this
+		// connection would fail to begin inside it.
+		t := &writeTx{conn: conn}
+		return nil, errors.Join(err, t.Rollback())
 	}
 	return &writeTx{conn: conn}, nil
 }
