@@ -2,7 +2,6 @@ package agentsec
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -62,25 +61,9 @@ func (g *TrustGate) CheckAt(req Request, now time.Time) trust.Decision {
 // The record names the level the agent held before in the "previous"
 // attribute, if it held one in that scope.
 func (g *TrustGate) Assign(ctx context.Context, a trust.Assignment) error {
-	_, err := g.AssignBy(ctx, a, Change{})
-	return err
-}
-
-// A Change says who changed an assignment, and why, for its record.
-type Change struct {
-	// Operator is the id of the operator who made the change, recorded in
-	// the "operator" attribute; empty for the program itself.
-	Operator string
-	// Reason is recorded as the record's reason.
-	Reason string
-}
-
-// AssignBy is Assign, recording who made the change and why, and
-// returning the record.
-func (g *TrustGate) AssignBy(ctx context.Context, a trust.Assignment, by Change) (audit.Record, error) {
 	now := time.Now()
 	if err := g.gate.ValidateAt(a, now); err != nil {
-		return audit.Record{}, err
+		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -88,51 +71,28 @@ func (g *TrustGate) AssignBy(ctx context.Context, a trust.Assignment, by Change)
 	if old, ok := g.gate.Assignment(a.Agent, a.Scope); ok {
 		rec.Attrs["previous"] = old.Level
 	}
-	by.apply(&rec)
-	logged, err := g.log.Log(ctx, rec)
-	if err != nil {
-		return audit.Record{}, fmt.Errorf("agentsec: assignment not applied: %w", err)
+	if _, err := g.log.Log(ctx, rec); err != nil {
+		return fmt.Errorf("agentsec: assignment not applied: %w", err)
 	}
-	return logged, g.gate.AssignAt(a, now)
+	return g.gate.AssignAt(a, now)
 }
 
 // Revoke records the removal of agent's assignment in scope as a
 // "trust.revoke" event and then removes it. Revoking an assignment that
 // does not exist is an error and is not recorded.
 func (g *TrustGate) Revoke(ctx context.Context, agent, scope string) error {
-	_, err := g.RevokeBy(ctx, agent, scope, Change{})
-	return err
-}
-
-// ErrNoAssignment is returned, wrapped, for revoking an assignment that
-// does not exist.
-var ErrNoAssignment = errors.New("no such assignment")
-
-// RevokeBy is Revoke, recording who made the change and why, and
-// returning the record.
-func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change) (audit.Record, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if _, ok := g.gate.Assignment(agent, scope); !ok {
-		return audit.Record{}, fmt.Errorf("agentsec: agent %q has no assignment in scope %q to revoke: %w", agent, scope, ErrNoAssignment)
+		return fmt.Errorf("agentsec: agent %q has no assignment in scope %q to revoke", agent, scope)
 	}
 	rec := audit.Record{Event: EventTrustRevoke, Agent: agent, Scope: scope,
 		Attrs: map[string]string{"source": "api"}}
-	by.apply(&rec)
-	logged, err := g.log.Log(ctx, rec)
-	if err != nil {
-		return audit.Record{}, fmt.Errorf("agentsec: revocation not applied: %w", err)
+	if _, err := g.log.Log(ctx, rec); err != nil {
+		return fmt.Errorf("agentsec: revocation not applied: %w", err)
 	}
 	g.gate.Revoke(agent, scope)
-	return logged, nil
-}
-
-// apply puts the change's author and reason on its record.
-func (by Change) apply(rec *audit.Record) {
-	if by.Operator != "" {
-		rec.Attrs["operator"] = by.Operator
-	}
-	rec.Reason = truncate(by.Reason)
+	return nil
 }
 
 // Assignments returns the assignments in force.

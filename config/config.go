@@ -142,9 +142,8 @@ type Agent struct {
 const (
 	// RoleAuditor reads the whole audit log and every session's budget.
 	RoleAuditor = "auditor"
-	// RoleAdmin is an auditor that also changes things: it assigns and
-	// revokes trust levels and logs events, each change recorded with its
-	// id first.
+	// RoleAdmin is an auditor that also changes things — for now it logs
+	// events of its own — each change recorded with its id.
 	RoleAdmin = "admin"
 )
 

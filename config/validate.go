@@ -316,7 +316,7 @@ func (c *Config) validateOperators(v *validator) {
 		}
 		ids[o.ID] = true
 		if o.Role != RoleAuditor && o.Role != RoleAdmin {
-			v.errorf(at("operators", i, "role"), "%q is not a role: %s (reads the whole log) or %s (also changes levels)", o.Role, RoleAuditor, RoleAdmin)
+			v.errorf(at("operators", i, "role"), "%q is not a role: %s (reads the whole log) or %s (also changes things)", o.Role, RoleAuditor, RoleAdmin)
 		}
 		if b, err := hex.DecodeString(o.TokenSHA256); err != nil || len(b) != 32 || strings.ToLower(o.TokenSHA256) != o.TokenSHA256 {
 			v.errorf(at("operators", i, "token_sha256"), "is not a SHA-256 in lowercase hex; make a token and its hash with 'agentsec token'")

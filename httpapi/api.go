@@ -82,11 +82,9 @@ const (
 type access int
 
 const (
-	public   access = iota // no token
-	agents                 // agents only: it acts as one
-	anyone                 // agents, and operators of any role
-	auditors               // operators of any role
-	admins                 // admin operators
+	public access = iota // no token
+	agents               // agents only: it acts as one
+	anyone               // agents, and operators of any role
 )
 
 // A route is one operation of the API.
@@ -105,8 +103,6 @@ var routes = []route{
 	{"GET", "/v1/openapi.json", public, false, (*Server).openAPI},
 	{"POST", "/v1/trust/check", anyone, false, (*Server).checkTrust},
 	{"POST", "/v1/access/v1/evaluation", anyone, false, (*Server).evaluateAccess},
-	{"POST", "/v1/trust/assignments", admins, true, (*Server).assignTrust},
-	{"DELETE", "/v1/trust/assignments", admins, true, (*Server).revokeTrust},
 	{"GET", "/v1/budget/sessions/{session}", anyone, false, (*Server).getBudget},
 	{"POST", "/v1/budget/sessions/{session}/reservations", agents, true, (*Server).reserve},
 	{"POST", "/v1/budget/reservations/{id}/commit", agents, true, (*Server).commitReservation},
@@ -187,7 +183,7 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 // allowed lists the methods the routes of r's path take.
 func (s *Server) allowed(r *http.Request) string {
 	var methods []string
-	for _, m := range []string{"GET", "POST", "DELETE"} {
+	for _, m := range []string{"GET", "POST"} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
 		if _, p := s.mux.Handler(r2); p != "" {
@@ -328,9 +324,7 @@ func (p principal) may(rt route) (answer, bool) {
 	switch {
 	case rt.who == agents && p.agent == "":
 		return forbidden("operators act on no budget and call no tools: this route is an agent's"), true
-	case (rt.who == auditors || rt.who == admins) && p.operator == "":
-		return forbidden("this route is an operator's"), true
-	case rt.who == admins && !p.admin, rt.changes && p.operator != "" && !p.admin:
+	case rt.changes && p.operator != "" && !p.admin:
 		return forbidden("operator " + p.operator + " is an auditor, who reads; changes need the admin role"), true
 	}
 	return answer{}, false

@@ -22,7 +22,7 @@ func FuzzRequests(f *testing.F) {
 	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s", "ttl_seconds": 3600})
 	r := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, map[string]any{"ttl_seconds": 3600})
 	paths := []string{
-		"/v1/trust/check", "/v1/access/v1/evaluation", "/v1/trust/assignments",
+		"/v1/trust/check", "/v1/access/v1/evaluation",
 		"/v1/budget/sessions/s/reservations", "/v1/budget/reservations/" + r.str("reservation_id") + "/commit",
 		"/v1/budget/reservations/" + r.str("reservation_id") + "/release", "/v1/budget/sessions/s/spending",
 		"/v1/calls", "/v1/calls/" + b.str("call_id") + "/end", "/v1/audit/events",

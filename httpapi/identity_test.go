@@ -90,7 +90,7 @@ func TestUnauthenticated(t *testing.T) {
 		for _, c := range []struct{ method, path string }{
 			{"POST", "/v1/trust/check"}, {"POST", "/v1/calls"}, {"POST", "/v1/calls/c_x/end"},
 			{"GET", "/v1/budget/sessions/s"}, {"GET", "/v1/audit/records"}, {"GET", "/v1/audit/checkpoint"},
-			{"DELETE", "/v1/trust/assignments"}, {"GET", "/v1/no/such/route"}, {"PUT", "/v1/calls"},
+			{"GET", "/v1/no/such/route"}, {"PUT", "/v1/calls"},
 		} {
 			r := s.do(c.method, c.path, token, map[string]any{})
 			if r.status != http.StatusUnauthorized || r.code() != "unauthenticated" || !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {

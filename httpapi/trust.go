@@ -2,10 +2,8 @@ package httpapi
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"slices"
-	"time"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/trust"
@@ -152,46 +150,3 @@ func (s *Server) evaluateAccess(_ context.Context, q *request) answer {
 	return answer{http.StatusOK, out}
 }
 
-type assignRequest struct {
-	Agent   string    `json:"agent"`
-	Level   string    `json:"level"`
-	Scope   string    `json:"scope"`
-	Expires time.Time `json:"expires"`
-	Reason  string    `json:"reason"`
-}
-
-type decisionAnswer struct {
-	DecisionID uint64 `json:"decision_id"`
-}
-
-func (s *Server) assignTrust(ctx context.Context, q *request) answer {
-	var in assignRequest
-	if err := decode(q.body, &in); err != nil {
-		return invalid(err.Error())
-	}
-	if in.Agent == "" || in.Level == "" {
-		return invalid("\"agent\" and \"level\" are required")
-	}
-	rec, err := s.Stack.TrustGate.AssignBy(ctx, trust.Assignment{Agent: in.Agent, Scope: in.Scope, Level: in.Level, Expires: in.Expires},
-		agentsec.Change{Operator: q.who.operator, Reason: in.Reason})
-	if err != nil {
-		return stackFailure(err)
-	}
-	return answer{http.StatusCreated, decisionAnswer{rec.Seq}}
-}
-
-func (s *Server) revokeTrust(ctx context.Context, q *request) answer {
-	v := q.r.URL.Query()
-	agent := v.Get("agent")
-	if agent == "" {
-		return invalid("the query parameter agent is required")
-	}
-	rec, err := s.Stack.TrustGate.RevokeBy(ctx, agent, v.Get("scope"), agentsec.Change{Operator: q.who.operator})
-	if errors.Is(err, agentsec.ErrNoAssignment) {
-		return notFound(err.Error())
-	}
-	if err != nil {
-		return stackFailure(err)
-	}
-	return answer{http.StatusOK, decisionAnswer{rec.Seq}}
-}
