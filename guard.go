@@ -105,6 +105,8 @@ func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
 		return nil, s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
 			Reason: "request cancelled before the call", Trust: d})
 	}
+	// The caller's map may change before End; the record is of now.
+	rec.Attrs = maps.Clone(rec.Attrs)
 	c := &Call{s: s, rec: rec, d: d}
 	if c.res, err = s.Budget.Reserve(ctx, req.Session); err != nil {
 		if ee, ok := errors.AsType[*budget.ExceededError](err); ok {

@@ -50,6 +50,9 @@ type Server struct {
 	paths   *http.ServeMux // every route's path, any method: tells 405 from 404
 	open    *openCalls
 	replays *idempotency
+
+	signing    sync.Mutex // held while signing a checkpoint a caller asked for
+	lastSigned time.Time
 }
 
 // A Credential maps an agent's bearer token, by its SHA-256, to the
@@ -72,7 +75,7 @@ type Operator struct {
 
 // Defaults of a Server's bounds.
 const (
-	DefaultMaxOpen = 10_000
+	DefaultMaxOpen = 1000
 	// MaxBodyBytes bounds a request body.
 	MaxBodyBytes       = 64 << 10
 	defaultBodyTimeout = 30 * time.Second
@@ -129,7 +132,14 @@ type request struct {
 type answer struct {
 	status int
 	body   any
+	// resume, on an answer to a change that was made but could not be
+	// recorded, records it: a retry with the same Idempotency-Key runs
+	// it instead of making the change again.
+	resume func() answer
 }
+
+// reply is the answer of a status and a value.
+func reply(status int, body any) answer { return answer{status: status, body: body} }
 
 func (s *Server) init() {
 	s.once.Do(func() {
@@ -231,8 +241,9 @@ func (s *Server) serveRoute(rt route) http.Handler {
 			s.write(w, invalid("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 			return
 		}
-		a, replayed := s.replays.do(q.who.id()+"\x00"+r.Method+" "+r.URL.Path+"\x00"+key, sha256.Sum256(q.body),
-			func() answer { return rt.h(s, r.Context(), q) })
+		// The key is the caller's, for this route and query string.
+		a, replayed := s.replays.do(q.who.id(), q.who.id()+"\x00"+r.Method+" "+r.URL.RequestURI()+"\x00"+key,
+			sha256.Sum256(q.body), func() answer { return rt.h(s, r.Context(), q) })
 		if replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}
@@ -273,10 +284,20 @@ func (s *Server) write(w http.ResponseWriter, a answer) {
 			h.Set(hv.key, hv.value)
 		}
 	}
-	if raw, isRaw := a.body.(rawJSON); isRaw {
+	switch b := a.body.(type) {
+	case rawJSON:
 		h.Set("Content-Type", ct)
 		w.WriteHeader(a.status)
-		w.Write(raw)
+		w.Write(b)
+		return
+	case encodedBody:
+		if b.problem {
+			ct = "application/problem+json"
+		}
+		h.Set("Content-Type", ct)
+		h.Set("Cache-Control", "no-store")
+		w.WriteHeader(a.status)
+		w.Write(b.data)
 		return
 	}
 	data, err := json.Marshal(a.body)

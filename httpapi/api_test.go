@@ -1,8 +1,10 @@
 package httpapi_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -401,4 +403,95 @@ func TestOpenBound(t *testing.T) {
 	if r := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil); r.status != http.StatusCreated {
 		t.Errorf("after settling one: %d %s", r.status, r.raw)
 	}
+}
+
+// TestRetryRecordsOnce: a spending or commit counted but not recorded (the
+// log failed) answers 503; its retry with the same Idempotency-Key
+// records it once the log recovers, without counting it again.
+func TestRetryRecordsOnce(t *testing.T) {
+	s := newTestServer(t, limits{calls: 10})
+	res := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil).str("reservation_id")
+	for _, c := range []struct{ name, path, event string }{
+		{"spending", "/v1/budget/sessions/s/spending", "budget.spend"},
+		{"commit", "/v1/budget/reservations/" + res + "/commit", "budget.commit"},
+	} {
+		s.audit.Fail.Store(true)
+		first := s.do("POST", c.path, aliceToken, map[string]any{"tokens": 100}, "Idempotency-Key", c.name)
+		if first.status != http.StatusServiceUnavailable || first.code() != "audit_unavailable" {
+			t.Fatalf("%s with a failing log: %d %s", c.name, first.status, first.raw)
+		}
+		// While the log is still failing the retry still answers 503.
+		if again := s.do("POST", c.path, aliceToken, map[string]any{"tokens": 100}, "Idempotency-Key", c.name); again.status != http.StatusServiceUnavailable {
+			t.Fatalf("%s retried while the log fails: %d %s", c.name, again.status, again.raw)
+		}
+		s.audit.Fail.Store(false)
+		retry := s.do("POST", c.path, aliceToken, map[string]any{"tokens": 100}, "Idempotency-Key", c.name)
+		id, ok := retry.decisionID()
+		if retry.status != http.StatusOK || !ok {
+			t.Fatalf("%s retried after the log recovered: %d %s", c.name, retry.status, retry.raw)
+		}
+		recs := s.records(audit.Filter{Event: c.event})
+		if len(recs) != 1 || recs[0].Seq != id || recs[0].Tokens != 100 {
+			t.Errorf("%s: records %+v, want one of 100 tokens with the answer's id %d", c.name, recs, id)
+		}
+		if replay := s.do("POST", c.path, aliceToken, map[string]any{"tokens": 100}, "Idempotency-Key", c.name); replay.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("%s: a retry after success is not a replay: %s", c.name, replay.raw)
+		}
+	}
+	u := s.do("GET", "/v1/budget/sessions/s", aliceToken, nil).body["used"].(map[string]any)
+	if u["calls"].(float64) != 2 || u["tokens"].(float64) != 200 {
+		t.Errorf("used %v: want 2 calls (the reservation and the spending) and 200 tokens, each counted once", u)
+	}
+}
+
+// TestIdempotencyKeyScope: a key is the caller's for one route and query;
+// answers that say "later" are not remembered.
+func TestIdempotencyKeyScope(t *testing.T) {
+	s := newTestServer(t, limits{})
+	s.api.MaxOpen = 1
+	first := s.do("POST", "/v1/budget/sessions/a/reservations", aliceToken, nil, "Idempotency-Key", "k")
+	other := s.do("POST", "/v1/budget/sessions/b/reservations", aliceToken, nil, "Idempotency-Key", "k")
+	if other.header.Get("Idempotent-Replayed") == "true" || other.code() != "rate_limited" {
+		t.Fatalf("the same key on another path: %d %s", other.status, other.raw)
+	}
+	s.do("POST", "/v1/budget/reservations/"+first.str("reservation_id")+"/release", aliceToken, nil)
+	if again := s.do("POST", "/v1/budget/sessions/b/reservations", aliceToken, nil, "Idempotency-Key", "k"); again.status != http.StatusCreated {
+		t.Errorf("a rate_limited answer was remembered: the retry after a place freed got %d %s", again.status, again.raw)
+	}
+}
+
+// TestProofsOnDemand: a caller that asks for proofs and goes away at any
+// moment can't mark the log failed for everyone, and asking can't make
+// the log sign checkpoints faster than one a second.
+func TestProofsOnDemand(t *testing.T) {
+	s := newTestServer(t, limits{durable: true})
+	for i := range 100 {
+		ev := s.do("POST", "/v1/audit/events", aliceToken, map[string]any{"event": "note"})
+		seq, _ := ev.decisionID()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%50)*20*time.Microsecond)
+		req := httptest.NewRequest("GET", fmt.Sprintf("/v1/audit/records/%d/proof", seq), nil).WithContext(ctx)
+		req.Header.Set("Authorization", "Bearer "+aliceToken)
+		s.api.ServeHTTP(httptest.NewRecorder(), req)
+		cancel()
+		if err := s.stack.Audit.Err(); err != nil {
+			t.Fatalf("after a proof request cancelled at %v, the log is failed: %v", time.Duration(i%50)*20*time.Microsecond, err)
+		}
+	}
+	if b := s.do("POST", "/v1/calls", bobToken, map[string]any{"tool": "write", "session": "s"}); b.status != http.StatusCreated {
+		t.Fatalf("bob's begin after alice's cancelled proofs: %d %s", b.status, b.raw)
+	}
+	// Two proofs of new records back to back: the second waits for the
+	// signing gap.
+	for range 2 {
+		ev := s.do("POST", "/v1/audit/events", aliceToken, map[string]any{"event": "note"})
+		seq, _ := ev.decisionID()
+		start := time.Now()
+		if p := s.do("GET", fmt.Sprintf("/v1/audit/records/%d/proof", seq), aliceToken, nil); p.status != http.StatusOK {
+			t.Fatalf("proof: %d %s", p.status, p.raw)
+		}
+		if waited := time.Since(start); waited >= 900*time.Millisecond {
+			return // the signing gap held it back
+		}
+	}
+	t.Errorf("two proofs of new records, each needing a checkpoint, were both signed at once")
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,9 +51,31 @@ type eventRequest struct {
 	Attrs   map[string]string `json:"attrs"`
 }
 
-// reservedEvents are the prefixes of the events agentsec records itself:
-// a caller's event can't pass for one of its decisions.
-var reservedEvents = []string{"tool.", "trust.", "budget.", "agentsec."}
+// reservedEvents are the prefixes of the events agentsec records itself,
+// in any case: a caller's event can't pass for one of its decisions.
+var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec."}
+
+// serverAttrs are the attributes agentsec sets on records itself: a
+// caller's can't pass for them.
+var serverAttrs = []string{"source", "operator", "withheld_tokens", "budget_error", "reservation", "expires", "previous"}
+
+// checkAttrs refuses attributes a caller may not set, or too many.
+func checkAttrs(attrs map[string]string) error {
+	if len(attrs) > maxAttrs {
+		return fmt.Errorf("at most %d attributes", maxAttrs)
+	}
+	n := 0
+	for k, v := range attrs {
+		n += len(k) + len(v)
+		if slices.Contains(serverAttrs, strings.ToLower(k)) {
+			return fmt.Errorf("the attribute %q is agentsec's to set", k)
+		}
+	}
+	if n > maxAttrsBytes {
+		return fmt.Errorf("attributes of %d bytes, more than %d", n, maxAttrsBytes)
+	}
+	return nil
+}
 
 type eventAnswer struct {
 	DecisionID uint64     `json:"decision_id"`
@@ -105,7 +128,7 @@ func (s *Server) logEvent(ctx context.Context, q *request) answer {
 	if err != nil {
 		return auditUnavailable(err)
 	}
-	return answer{http.StatusCreated, eventAnswer{DecisionID: logged.Seq, Record: recordOf(&logged)}}
+	return reply(http.StatusCreated, eventAnswer{DecisionID: logged.Seq, Record: recordOf(&logged)})
 }
 
 // checkEvent checks a caller's event before it becomes a record.
@@ -119,28 +142,16 @@ func checkEvent(in *eventRequest) error {
 		return fmt.Errorf("reason is limited to %d bytes", maxReason)
 	case in.Outcome != "" && in.Outcome != audit.OutcomeAllowed && in.Outcome != audit.OutcomeDenied:
 		return fmt.Errorf("outcome must be %q or %q", audit.OutcomeAllowed, audit.OutcomeDenied)
-	case len(in.Attrs) > maxAttrs:
-		return fmt.Errorf("at most %d attributes", maxAttrs)
 	}
 	if err := checkTokens("tokens", in.Tokens); err != nil {
 		return err
 	}
 	for _, p := range reservedEvents {
-		if strings.HasPrefix(in.Event, p) {
+		if strings.HasPrefix(strings.ToLower(in.Event), p) {
 			return fmt.Errorf("events beginning %q are agentsec's own; name yours otherwise", p)
 		}
 	}
-	n := 0
-	for k, v := range in.Attrs {
-		n += len(k) + len(v)
-		if k == "source" || k == "operator" {
-			return fmt.Errorf("the attribute %q is the server's to set", k)
-		}
-	}
-	if n > maxAttrsBytes {
-		return fmt.Errorf("attributes of %d bytes, more than %d", n, maxAttrsBytes)
-	}
-	return nil
+	return checkAttrs(in.Attrs)
 }
 
 type queryAnswer struct {
@@ -209,7 +220,7 @@ func (s *Server) queryRecords(ctx context.Context, q *request) answer {
 	for i := range page.Records {
 		out.Records[i] = recordOf(&page.Records[i])
 	}
-	return answer{http.StatusOK, out}
+	return reply(http.StatusOK, out)
 }
 
 // storedRecord returns record seq's stored bytes and the record, if the
@@ -261,7 +272,7 @@ func (s *Server) getRecord(ctx context.Context, q *request) answer {
 	if !ok {
 		return a
 	}
-	return answer{http.StatusOK, recordAnswer{Record: recordOf(&rec), LeafHash: leafHash(data)}}
+	return reply(http.StatusOK, recordAnswer{Record: recordOf(&rec), LeafHash: leafHash(data)})
 }
 
 type proofAnswer struct {
@@ -277,11 +288,7 @@ func (s *Server) getRecordProof(ctx context.Context, q *request) answer {
 	if !ok {
 		return a
 	}
-	size, signed, err := s.Stack.Audit.Store().LatestCheckpoint(ctx)
-	if err == nil && (signed == nil || size <= rec.Seq) {
-		// Sign one that covers the record.
-		signed, err = s.Stack.Audit.Checkpoint(ctx)
-	}
+	signed, err := s.checkpointWhere(ctx, func(size uint64) bool { return size > rec.Seq })
 	if err != nil {
 		return auditUnavailable(err)
 	}
@@ -293,8 +300,8 @@ func (s *Server) getRecordProof(ctx context.Context, q *request) answer {
 	if err != nil {
 		return auditUnavailable(err)
 	}
-	return answer{http.StatusOK, proofAnswer{Seq: rec.Seq, Record: recordOf(&rec), LeafHash: leafHash(data),
-		Checkpoint: string(signed), Proof: string(text)}}
+	return reply(http.StatusOK, proofAnswer{Seq: rec.Seq, Record: recordOf(&rec), LeafHash: leafHash(data),
+		Checkpoint: string(signed), Proof: string(text)})
 }
 
 type checkpointAnswer struct {
@@ -305,10 +312,7 @@ type checkpointAnswer struct {
 }
 
 func (s *Server) getCheckpoint(ctx context.Context, q *request) answer {
-	_, signed, err := s.Stack.Audit.Store().LatestCheckpoint(ctx)
-	if err == nil && signed == nil {
-		signed, err = s.Stack.Audit.Checkpoint(ctx)
-	}
+	signed, err := s.checkpointWhere(ctx, func(uint64) bool { return true })
 	if err != nil {
 		return auditUnavailable(err)
 	}
@@ -316,13 +320,54 @@ func (s *Server) getCheckpoint(ctx context.Context, q *request) answer {
 	if err != nil {
 		return auditUnavailable(fmt.Errorf("the latest checkpoint does not verify: %w", err))
 	}
-	return answer{http.StatusOK, checkpointAnswer{Origin: cp.Origin, Size: cp.Size,
-		RootHash: base64.StdEncoding.EncodeToString(cp.Root[:]), Checkpoint: string(signed)}}
+	return reply(http.StatusOK, checkpointAnswer{Origin: cp.Origin, Size: cp.Size,
+		RootHash: base64.StdEncoding.EncodeToString(cp.Root[:]), Checkpoint: string(signed)})
+}
+
+// minSigningGap is the least time between two checkpoints signed because
+// a caller asked for one.
+const minSigningGap = time.Second
+
+// checkpointWhere returns the latest signed checkpoint if there is one
+// and its size is good, or else one signed now. However many callers
+// ask, the server signs for them at most once per minSigningGap — they
+// wait, and most find the one signed for another covers them too — so
+// that asking can't make the log sign and store a checkpoint per request.
+// The signing is not cut short by a caller going away: a checkpoint
+// half stored would mark the log failed for every agent.
+func (s *Server) checkpointWhere(ctx context.Context, good func(size uint64) bool) ([]byte, error) {
+	latest := func() ([]byte, bool, error) {
+		size, signed, err := s.Stack.Audit.Store().LatestCheckpoint(ctx)
+		return signed, err == nil && signed != nil && good(size), err
+	}
+	if signed, ok, err := latest(); err != nil || ok {
+		return signed, err
+	}
+	s.signing.Lock()
+	defer s.signing.Unlock()
+	if signed, ok, err := latest(); err != nil || ok {
+		return signed, err
+	}
+	if wait := time.Until(s.lastSigned.Add(minSigningGap)); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if signed, ok, err := latest(); err != nil || ok {
+			return signed, err
+		}
+	}
+	signed, err := s.Stack.Audit.Checkpoint(context.WithoutCancel(ctx))
+	s.lastSigned = time.Now()
+	return signed, err
 }
 
 //go:embed openapi.json
 var openAPIDocument []byte
 
 func (s *Server) openAPI(context.Context, *request) answer {
-	return answer{http.StatusOK, rawJSON(openAPIDocument)}
+	return reply(http.StatusOK, rawJSON(openAPIDocument))
 }

@@ -54,8 +54,8 @@ func (s *Server) getBudget(ctx context.Context, q *request) answer {
 	if err != nil {
 		return budgetUnavailable(err)
 	}
-	return answer{http.StatusOK, budgetAnswer{Session: name, Allowed: st.Allowed, Reason: st.Reason,
-		Used: usageOf(st.Used), Limits: limitsOf(st.Limits), Remaining: usageOf(st.Remaining())}}
+	return reply(http.StatusOK, budgetAnswer{Session: name, Allowed: st.Allowed, Reason: st.Reason,
+		Used: usageOf(st.Used), Limits: limitsOf(st.Limits), Remaining: usageOf(st.Remaining())})
 }
 
 type reserveRequest struct {
@@ -140,10 +140,12 @@ func (s *Server) reserve(ctx context.Context, q *request) answer {
 		return auditUnavailable(err)
 	}
 	admitted = false
-	s.open.add(c)
+	if err := s.open.add(c); err != nil {
+		return tooMany(err) // settled, as spent
+	}
 	st := res.State()
-	return answer{http.StatusCreated, reservationAnswer{ReservationID: c.id, Session: name, ExpiresAt: c.expires.UTC(),
-		DecisionID: logged.Seq, Used: usageOf(st.Used), Limits: limitsOf(st.Limits)}}
+	return reply(http.StatusCreated, reservationAnswer{ReservationID: c.id, Session: name, ExpiresAt: c.expires.UTC(),
+		DecisionID: logged.Seq, Used: usageOf(st.Used), Limits: limitsOf(st.Limits)})
 }
 
 type commitRequest struct {
@@ -163,7 +165,7 @@ type settledAnswer struct {
 func (s *Server) reservation(q *request) (*openCall, answer, bool) {
 	id := q.r.PathValue("id")
 	c := s.open.get(q.who.agent, id)
-	if c == nil || c.call != nil {
+	if c == nil || c.isCall {
 		return nil, notFound("no reservation " + quote(id) + " of this agent"), false
 	}
 	c.mu.Lock()
@@ -188,21 +190,34 @@ func (s *Server) commitReservation(ctx context.Context, q *request) answer {
 	}
 	defer c.mu.Unlock()
 	// The tokens were spent: they count before they are recorded, so
-	// that a failure can only over-count.
-	if err := c.res.Commit(ctx, in.Tokens); err != nil {
+	// that a failure can only over-count; and once asked for, the count
+	// is made whether or not the caller waits for it.
+	bg := context.WithoutCancel(ctx)
+	if err := c.res.Commit(bg, in.Tokens); err != nil {
 		if errors.Is(err, budget.ErrInvalidTokens) {
 			return invalid(err.Error())
 		}
 		return budgetUnavailable(err)
 	}
 	s.open.settle(c, stateCommitted)
-	logged, err := s.Stack.Audit.Log(context.WithoutCancel(ctx), audit.Record{Event: EventBudgetCommit, Agent: c.agent,
-		Session: c.key, Outcome: audit.OutcomeAllowed, Reason: "tokens committed", Tokens: in.Tokens,
-		Attrs: map[string]string{"reservation": c.id}})
+	rec := audit.Record{Event: EventBudgetCommit, Agent: c.agent, Session: c.key, Outcome: audit.OutcomeAllowed,
+		Reason: "tokens committed", Tokens: in.Tokens, Attrs: map[string]string{"reservation": c.id}}
+	return s.record(bg, rec, func(seq uint64) answer { return s.settled(bg, c.id, c.key, seq, &in.Tokens) })
+}
+
+// record writes the record of a change already made, and answers with
+// then. If the record can't be written the answer is audit_unavailable,
+// with a resume that writes it: the caller's retry, with the same
+// Idempotency-Key, records the change once the log takes appends again,
+// without making it twice.
+func (s *Server) record(ctx context.Context, rec audit.Record, then func(seq uint64) answer) answer {
+	logged, err := s.Stack.Audit.Log(ctx, rec)
 	if err != nil {
-		return auditUnavailable(err)
+		a := auditUnavailable(fmt.Errorf("the change was made, but not recorded; retry with the same Idempotency-Key to record it: %w", err))
+		a.resume = func() answer { return s.record(ctx, rec, then) }
+		return a
 	}
-	return s.settled(ctx, c, logged.Seq, &in.Tokens)
+	return then(logged.Seq)
 }
 
 func (s *Server) releaseReservation(ctx context.Context, q *request) answer {
@@ -217,29 +232,31 @@ func (s *Server) releaseReservation(ctx context.Context, q *request) answer {
 	defer c.mu.Unlock()
 	// Giving a slot back is recorded before it takes effect: an
 	// unrecorded release would be budget given to the agent unseen.
-	logged, err := s.Stack.Audit.Log(ctx, audit.Record{Event: EventBudgetRelease, Agent: c.agent, Session: c.key,
+	bg := context.WithoutCancel(ctx)
+	logged, err := s.Stack.Audit.Log(bg, audit.Record{Event: EventBudgetRelease, Agent: c.agent, Session: c.key,
 		Outcome: audit.OutcomeAllowed, Reason: "released by the caller: the tool did not run",
 		Attrs: map[string]string{"reservation": c.id}})
 	if err != nil {
 		return auditUnavailable(err)
 	}
-	if err := c.res.Release(context.WithoutCancel(ctx)); err != nil {
+	res := c.res
+	s.open.settle(c, stateReleased)
+	if err := res.Release(bg); err != nil {
 		// Recorded but not given back: the slot stays spent, the
 		// safe way, and the reservation is settled.
-		s.open.settle(c, stateReleased)
 		return budgetUnavailable(err).withDecision(logged.Seq, true)
 	}
-	s.open.settle(c, stateReleased)
-	return s.settled(ctx, c, logged.Seq, nil)
+	return s.settled(bg, c.id, c.key, logged.Seq, nil)
 }
 
-// settled answers a settled reservation with the session's state.
-func (s *Server) settled(ctx context.Context, c *openCall, seq uint64, tokens *int64) answer {
-	out := settledAnswer{ReservationID: c.id, DecisionID: seq, Tokens: tokens}
-	if st, err := s.Stack.Budget.Usage(ctx, c.key); err == nil {
+// settled answers a settled reservation, or spending (id ""), with the
+// session's state.
+func (s *Server) settled(ctx context.Context, id, key string, seq uint64, tokens *int64) answer {
+	out := settledAnswer{ReservationID: id, DecisionID: seq, Tokens: tokens}
+	if st, err := s.Stack.Budget.Usage(ctx, key); err == nil {
 		out.Used, out.Limits = usageOf(st.Used), limitsOf(st.Limits)
 	}
-	return answer{http.StatusOK, out}
+	return reply(http.StatusOK, out)
 }
 
 func (s *Server) recordSpending(ctx context.Context, q *request) answer {
@@ -254,27 +271,21 @@ func (s *Server) recordSpending(ctx context.Context, q *request) answer {
 	if !ok {
 		return a
 	}
-	// Refused while the log is known to be failed, so that the caller's
-	// retry, later, counts the spending once.
+	// Refused while the log is known to be failed: the caller's retry,
+	// later, counts the spending once.
 	if err := s.Stack.Audit.Err(); err != nil {
 		return auditUnavailable(err)
 	}
-	if err := s.Stack.Budget.RecordSpending(ctx, key, in.Tokens); err != nil {
+	bg := context.WithoutCancel(ctx)
+	if err := s.Stack.Budget.RecordSpending(bg, key, in.Tokens); err != nil {
 		if errors.Is(err, budget.ErrInvalidTokens) {
 			return invalid(err.Error())
 		}
 		return budgetUnavailable(err)
 	}
-	logged, err := s.Stack.Audit.Log(context.WithoutCancel(ctx), audit.Record{Event: EventBudgetSpend, Agent: agent,
-		Session: key, Outcome: audit.OutcomeAllowed, Reason: "spending recorded", Tokens: in.Tokens})
-	if err != nil {
-		return auditUnavailable(err)
-	}
-	out := settledAnswer{DecisionID: logged.Seq, Tokens: &in.Tokens}
-	if st, err := s.Stack.Budget.Usage(ctx, key); err == nil {
-		out.Used, out.Limits = usageOf(st.Used), limitsOf(st.Limits)
-	}
-	return answer{http.StatusOK, out}
+	rec := audit.Record{Event: EventBudgetSpend, Agent: agent, Session: key, Outcome: audit.OutcomeAllowed,
+		Reason: "spending recorded", Tokens: in.Tokens}
+	return s.record(bg, rec, func(seq uint64) answer { return s.settled(bg, "", key, seq, &in.Tokens) })
 }
 
 func budgetUnavailable(err error) answer {

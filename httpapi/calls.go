@@ -42,6 +42,9 @@ func (s *Server) beginCall(ctx context.Context, q *request) answer {
 	if err := checkSessionName(in.Session); err != nil {
 		return invalid(err.Error())
 	}
+	if err := checkAttrs(in.Attrs); err != nil {
+		return invalid(err.Error())
+	}
 	scope, a, ok := q.who.actingScope(in.Scope)
 	if !ok {
 		return a
@@ -57,11 +60,13 @@ func (s *Server) beginCall(ctx context.Context, q *request) answer {
 		return denial(err)
 	}
 	c := &openCall{id: newID("c_"), agent: agent, session: in.Session, key: req.Session,
-		expires: time.Now().Add(life), call: call}
-	s.open.add(c)
+		expires: time.Now().Add(life), call: call, isCall: true}
+	if err := s.open.add(c); err != nil {
+		return tooMany(err) // settled, as spent
+	}
 	d := call.Trust()
-	return answer{http.StatusCreated, beginAnswer{CallID: c.id, Session: in.Session, Tool: in.Tool,
-		ExpiresAt: c.expires.UTC(), RequiredLevel: d.RequiredName(), AssignedLevel: d.AssignedName()}}
+	return reply(http.StatusCreated, beginAnswer{CallID: c.id, Session: in.Session, Tool: in.Tool,
+		ExpiresAt: c.expires.UTC(), RequiredLevel: d.RequiredName(), AssignedLevel: d.AssignedName()})
 }
 
 type endRequest struct {
@@ -95,7 +100,7 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 	}
 	id := q.r.PathValue("id")
 	c := s.open.get(q.who.agent, id)
-	if c == nil || c.call == nil {
+	if c == nil || !c.isCall {
 		return notFound("no call " + quote(id) + " of this agent")
 	}
 	c.mu.Lock()
@@ -121,7 +126,7 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 	if st, err := s.Stack.Budget.Usage(ctx, c.key); err == nil {
 		out.Used, out.Limits = usageOf(st.Used), limitsOf(st.Limits)
 	}
-	return answer{http.StatusOK, out}
+	return reply(http.StatusOK, out)
 }
 
 // denial answers a Stack's *DeniedError, or another of its errors.

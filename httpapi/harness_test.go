@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 
 	"github.com/agentsec/agentsec"
@@ -39,6 +40,9 @@ type testServer struct {
 
 type limits struct {
 	calls, tokens, callTokens int64
+	// durable keeps the log in SQLite, on disk, instead of in memory
+	// behind a store that can be made to fail.
+	durable bool
 }
 
 func newTestServer(t testing.TB, l limits) *testServer {
@@ -54,6 +58,10 @@ func newTestServer(t testing.TB, l limits) *testServer {
 		t.Fatal(err)
 	}
 	store := &audittest.FailingStore{Store: audit.NewMemoryStore()}
+	ac := agentsec.AuditConfig{Store: store, SignerKey: signer}
+	if l.durable {
+		ac = agentsec.AuditConfig{Path: filepath.Join(t.TempDir(), "audit.db"), SignerKey: signer, CheckpointEvery: 1 << 30}
+	}
 	stack, err := agentsec.New(agentsec.Config{
 		TrustGate: agentsec.TrustGateConfig{
 			Rules: []trust.Rule{{Tool: "read", Level: "public"}, {Tool: "write", Level: "verified"},
@@ -63,7 +71,7 @@ func newTestServer(t testing.TB, l limits) *testServer {
 		},
 		Budget:         agentsec.BudgetConfig{TokenLimit: l.tokens, CallLimit: l.calls, CallTokenLimit: l.callTokens},
 		AuditNamespace: "test",
-		Audit:          agentsec.AuditConfig{Store: store, SignerKey: signer},
+		Audit:          ac,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,8 @@
 package httpapi
 
 import (
-	"strings"
+	"encoding/json"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -9,18 +10,25 @@ import (
 // Bounds on remembered idempotency keys.
 const (
 	idempotencyTTL = 24 * time.Hour
-	// maxKeysPerCaller bounds the keys one caller has remembered: its
-	// oldest are forgotten first.
-	maxKeysPerCaller = 10_000
+	// maxKeysPerCaller and maxKeyBytesPerCaller bound what one caller has
+	// remembered: its oldest keys are forgotten first.
+	maxKeysPerCaller     = 10_000
+	maxKeyBytesPerCaller = 8 << 20
 )
 
 // idempotency remembers, by caller, route and Idempotency-Key, the answer
 // to a request that changed something, so that a retry has the effect of
 // one.
 type idempotency struct {
-	mu     sync.Mutex
-	byKey  map[string]*replay
-	queues map[string][]queued // each caller's keys, oldest first
+	mu      sync.Mutex
+	byKey   map[string]*replay
+	callers map[string]*keysOf
+}
+
+// keysOf is one caller's keys, oldest first, and their size.
+type keysOf struct {
+	keys  []queued
+	bytes int
 }
 
 // queued is one of a caller's remembered keys.
@@ -29,61 +37,111 @@ type queued struct {
 	r   *replay
 }
 
-// A replay is one remembered request.
+// A replay is one remembered request: running until done is closed, then
+// its answer, encoded.
 type replay struct {
 	sum     [32]byte // of the body
 	done    chan struct{}
-	answer  answer
+	answer  answer // encoded (its body an encodedBody)
 	expires time.Time
 }
 
 func newIdempotency() *idempotency {
-	return &idempotency{byKey: map[string]*replay{}, queues: map[string][]queued{}}
+	return &idempotency{byKey: map[string]*replay{}, callers: map[string]*keysOf{}}
 }
 
-// do answers the request of key, whose body hashes to sum: by running h
-// the first time, and with h's answer again for a retry. A retry with
-// another body, or while the first is running, is a conflict. An answer
-// that says to try again (a 5xx) is not remembered: the retry runs.
-func (m *idempotency) do(key string, sum [32]byte, h func() answer) (answer, bool) {
-	caller, _, _ := strings.Cut(key, "\x00")
+// do answers the request of caller with key, whose body hashes to sum: by
+// running h the first time, and with h's answer again for a retry. A retry
+// with another body, or while the first is running, is a conflict.
+//
+// An answer that says to try again later — a 5xx, rate_limited — is not
+// remembered: the retry runs again. One that carries a resume (a change
+// made but not recorded) is remembered with it, and the retry runs the
+// resume, which records what was done, instead of doing it again.
+func (m *idempotency) do(caller, key string, sum [32]byte, h func() answer) (answer, bool) {
 	now := time.Now()
 	m.mu.Lock()
 	if r, found := m.byKey[key]; found && now.Before(r.expires) {
-		m.mu.Unlock()
 		if r.sum != sum {
-			return fail(422, CodeConflict, "this Idempotency-Key was used with another body"), false
+			m.mu.Unlock()
+			return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used with another body"), false
 		}
 		select {
 		case <-r.done:
-			return r.answer, true
 		default:
-			return conflict("a request with this Idempotency-Key is still running"), false
+			m.mu.Unlock()
+			a := conflict("a request with this Idempotency-Key is still running; retry with the same key")
+			a.body.(*problem).headers = []headerValue{{"Retry-After", "1"}}
+			return a, false
 		}
+		if r.answer.resume == nil {
+			m.mu.Unlock()
+			return r.answer, true
+		}
+		h = r.answer.resume
 	}
 	r := &replay{sum: sum, done: make(chan struct{}), expires: now.Add(idempotencyTTL)}
 	m.byKey[key] = r
-	q := append(m.queues[caller], queued{key, r})
-	for len(q) > maxKeysPerCaller || now.After(q[0].r.expires) {
-		if m.byKey[q[0].key] == q[0].r {
-			delete(m.byKey, q[0].key)
-		}
-		q = q[1:]
-	}
-	m.queues[caller] = q
 	m.mu.Unlock()
 
 	a := h()
-	if a.status >= 500 {
-		m.mu.Lock()
+	keep := a.resume != nil || (a.status < 500 && !isRateLimited(a))
+	enc := encode(a)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r.answer = enc
+	close(r.done)
+	if !keep {
 		if m.byKey[key] == r {
 			delete(m.byKey, key)
 		}
-		m.mu.Unlock()
+		return a, false
 	}
-	r.answer = a
-	close(r.done)
+	c := m.callers[caller]
+	if c == nil {
+		c = &keysOf{}
+		m.callers[caller] = c
+	}
+	c.keys = append(c.keys, queued{key, r})
+	c.bytes += len(key) + r.size()
+	for len(c.keys) > 0 && (len(c.keys) > maxKeysPerCaller || c.bytes > maxKeyBytesPerCaller || now.After(c.keys[0].r.expires)) {
+		old := c.keys[0]
+		if m.byKey[old.key] == old.r {
+			delete(m.byKey, old.key)
+		}
+		c.bytes -= len(old.key) + old.r.size()
+		c.keys = c.keys[1:]
+	}
 	return a, false
+}
+
+func (r *replay) size() int {
+	if e, ok := r.answer.body.(encodedBody); ok {
+		return len(e.data)
+	}
+	return 0
+}
+
+func isRateLimited(a answer) bool {
+	p, ok := a.body.(*problem)
+	return ok && p.Code == CodeRateLimited
+}
+
+// An encodedBody is an answer's body encoded, as the idempotency cache
+// keeps it: a few hundred bytes rather than the values behind them.
+type encodedBody struct {
+	data    []byte
+	problem bool
+}
+
+// encode returns a with its body encoded.
+func encode(a answer) answer {
+	_, isProblem := a.body.(*problem)
+	data, err := json.Marshal(a.body)
+	if err != nil {
+		return a
+	}
+	return answer{status: a.status, body: encodedBody{data: append(data, '\n'), problem: isProblem}, resume: a.resume}
 }
 
 // validIdempotencyKey reports whether k is 1 to 255 printable ASCII

@@ -102,3 +102,29 @@ func TestUnauthenticated(t *testing.T) {
 		t.Errorf("the OpenAPI document without a token: %d", r.status)
 	}
 }
+
+// TestNoForgedRecords: a caller can't dress a record up as agentsec's own:
+// not with an event name of agentsec's, in any case, nor with an
+// attribute agentsec sets, on an event or on a call.
+func TestNoForgedRecords(t *testing.T) {
+	s := newTestServer(t, limits{})
+	size := s.stack.Audit.Size()
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/audit/events", map[string]any{"event": "Tool.Call", "outcome": "allow"}},
+		{"/v1/audit/events", map[string]any{"event": "health.probe"}},
+		{"/v1/audit/events", map[string]any{"event": "note", "attrs": map[string]any{"Operator": "root"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"operator": "root"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"withheld_tokens": "999"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"source": "config"}}},
+	} {
+		if r := s.do("POST", c.path, aliceToken, c.body); r.status != http.StatusBadRequest || r.code() != "invalid_request" {
+			t.Errorf("POST %s %v: %d %s, want 400 invalid_request", c.path, c.body, r.status, r.raw)
+		}
+	}
+	if s.stack.Audit.Size() != size {
+		t.Errorf("forged records were written")
+	}
+}

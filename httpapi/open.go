@@ -29,9 +29,10 @@ const (
 	maxTTL     = time.Hour
 	// remembered is how long a settled reservation or call is
 	// remembered, so that a late commit or end is told it is settled
-	// (conflict) rather than unknown; at most maxRemembered are.
+	// (conflict) rather than unknown; at most maxRemembered of each
+	// agent's are, so that no agent's crowd out another's.
 	remembered    = time.Hour
-	maxRemembered = 100_000
+	maxRemembered = 10_000
 )
 
 // A state is where an open reservation or call is in its life.
@@ -53,6 +54,7 @@ func (st state) String() string {
 // POST /v1/calls, from its start until it is settled.
 type openCall struct {
 	id      string
+	isCall  bool // a call, not a reservation
 	agent   string
 	session string // the agent's name for it
 	key     string // the budget session
@@ -60,8 +62,8 @@ type openCall struct {
 
 	mu    sync.Mutex
 	state state
-	res   *budget.Reservation // a reservation's slot
-	call  *agentsec.Call      // a call's
+	res   *budget.Reservation // a reservation's slot, while open
+	call  *agentsec.Call      // a call's, while open
 	timer *time.Timer
 	// settledAt is when it stopped being open.
 	settledAt time.Time
@@ -73,13 +75,13 @@ type openCalls struct {
 	s       *Server
 	mu      sync.Mutex
 	byID    map[string]*openCall
-	perWho  map[string]int // open ones, by agent
-	settled []*openCall    // in the order they settled, to forget
+	perWho  map[string]int         // open ones, by agent
+	settled map[string][]*openCall // by agent, in the order they settled, to forget
 	closed  bool
 }
 
 func newOpenCalls(s *Server) *openCalls {
-	return &openCalls{s: s, byID: map[string]*openCall{}, perWho: map[string]int{}}
+	return &openCalls{s: s, byID: map[string]*openCall{}, perWho: map[string]int{}, settled: map[string][]*openCall{}}
 }
 
 // newID makes an unguessable id with a prefix saying what it names.
@@ -120,19 +122,21 @@ func (o *openCalls) unadmit(agent string) {
 }
 
 // add registers c, admitted, and starts its expiry. One added after
-// closeAll began is settled at once, as closeAll settles the others.
-func (o *openCalls) add(c *openCall) {
+// closeAll began is settled at once, as closeAll settles the others, and
+// add returns errClosed.
+func (o *openCalls) add(c *openCall) error {
 	o.mu.Lock()
 	o.byID[c.id] = c
 	closed := o.closed
 	o.mu.Unlock()
 	if closed {
 		o.expireWith(context.Background(), c, stoppedReason)
-		return
+		return errClosed
 	}
 	c.mu.Lock()
 	c.timer = time.AfterFunc(time.Until(c.expires), func() { o.expire(c) })
 	c.mu.Unlock()
+	return nil
 }
 
 // stoppedReason is the recorded reason of what was open when the server
@@ -158,23 +162,27 @@ func (o *openCalls) settle(c *openCall, st state) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	c.res = nil
+	// What is remembered of it is its id, owner and state, not its
+	// request.
+	c.res, c.call = nil, nil
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.perWho[c.agent]--
 	if o.perWho[c.agent] == 0 {
 		delete(o.perWho, c.agent)
 	}
-	o.settled = append(o.settled, c)
-	// Forget the oldest settled ones past their time, or past the bound.
+	// Forget the agent's oldest settled ones past their time, or past
+	// the bound.
+	settled := append(o.settled[c.agent], c)
 	n := 0
-	for n < len(o.settled) && (len(o.settled)-n > maxRemembered || time.Since(o.settled[n].settledAt) > remembered) {
-		delete(o.byID, o.settled[n].id)
+	for n < len(settled) && (len(settled)-n > maxRemembered || time.Since(settled[n].settledAt) > remembered) {
+		delete(o.byID, settled[n].id)
 		n++
 	}
 	if n > 0 {
-		o.settled = append(o.settled[:0], o.settled[n:]...)
+		settled = append(settled[:0], settled[n:]...)
 	}
+	o.settled[c.agent] = settled
 }
 
 // expire settles c if it is still open when its time is up: as spent,
@@ -190,7 +198,7 @@ func (o *openCalls) expireWith(ctx context.Context, c *openCall, reason string) 
 		return nil
 	}
 	var err error
-	if c.call != nil {
+	if c.isCall {
 		_, err = c.call.Abandon(ctx, reason)
 	} else {
 		// The slot stays taken: nothing to give back.
@@ -215,12 +223,26 @@ func (o *openCalls) closeAll(ctx context.Context) error {
 		open = append(open, c)
 	}
 	o.mu.Unlock()
-	var errs []error
+	// Many at once, so that the log commits their records together.
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, 64)
+	)
 	for _, c := range open {
-		if err := o.expireWith(ctx, c, stoppedReason); err != nil {
-			errs = append(errs, err)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := o.expireWith(ctx, c, stoppedReason); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

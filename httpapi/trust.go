@@ -75,8 +75,8 @@ func (s *Server) checkTrust(_ context.Context, q *request) answer {
 	if !ok {
 		return a
 	}
-	return answer{http.StatusOK, trustCheckAnswer{Allowed: d.Allowed, Reason: d.Reason.String(), Agent: d.Agent,
-		Tool: d.Tool, Scope: d.Scope, RequiredLevel: d.RequiredName(), AssignedLevel: d.AssignedName()}}
+	return reply(http.StatusOK, trustCheckAnswer{Allowed: d.Allowed, Reason: d.Reason.String(), Agent: d.Agent,
+		Tool: d.Tool, Scope: d.Scope, RequiredLevel: d.RequiredName(), AssignedLevel: d.AssignedName()})
 }
 
 // check asks the trust gate, for the agent and scope the caller may act
@@ -147,6 +147,5 @@ func (s *Server) evaluateAccess(_ context.Context, q *request) answer {
 	var out authzenAnswer
 	out.Decision = d.Allowed
 	out.Context.Reason, out.Context.RequiredLevel, out.Context.AssignedLevel = d.Reason.String(), d.RequiredName(), d.AssignedName()
-	return answer{http.StatusOK, out}
+	return reply(http.StatusOK, out)
 }
-
