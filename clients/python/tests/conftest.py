@@ -56,13 +56,19 @@ class FakeServer:
                         Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                     )
                     status, answer = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]
+                extra_headers: Dict[str, str] = {}
                 if isinstance(answer, (bytes, str)):
                     data = answer.encode() if isinstance(answer, str) else answer
                     ctype = "text/plain"
                 else:
+                    # A dict's "_headers", if any, are sent as headers.
+                    answer = dict(answer)
+                    extra_headers = answer.pop("_headers", {})
                     data = json.dumps(answer).encode()
                     ctype = "application/problem+json" if status >= 400 else "application/json"
                 self.send_response(status)
+                for k, v in extra_headers.items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -18,6 +18,7 @@ from agentsec_client import (
     AuditUnavailableError,
     BudgetExceededError,
     BudgetUnavailableError,
+    ConflictError,
     InvalidRequestError,
     RateLimitedError,
     RetryPolicy,
@@ -84,6 +85,24 @@ def test_post_retried_after_503_sends_the_same_idempotency_key(fake: FakeServer)
         fake.answer((200, SPEND))
         s.budget.record_spending("s1", 2)
         assert fake.requests[0].headers["idempotency-key"] != keys[0]
+
+
+def test_change_in_progress_is_retried_with_the_same_key(fake: FakeServer) -> None:
+    # A retry that reaches the server while the attempt it repeats still
+    # runs hears 409 with Retry-After: it tries again, with the same key.
+    status, doc = problem("conflict", 409)
+    doc["_headers"] = {"Retry-After": "1"}
+    fake.answer(problem("audit_unavailable", 503), (status, doc), (200, SPEND))
+    with stack(fake) as s:
+        assert s.budget.record_spending("s1", 2).decision_id == 9
+        keys = [r.headers["idempotency-key"] for r in fake.requests]
+        assert len(keys) == 3 and len(set(keys)) == 1
+    # A conflict without Retry-After is final.
+    fake.answer(problem("conflict", 409), (200, SPEND))
+    with stack(fake) as s:
+        with pytest.raises(ConflictError):
+            s.budget.record_spending("s1", 2)
+        assert len(fake.requests) == 1
 
 
 def test_trust_check_is_retried_without_a_key(fake: FakeServer) -> None:

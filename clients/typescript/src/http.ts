@@ -97,6 +97,7 @@ export class Transport {
       let status = 0;
       let text = '';
       let contentType: string | null = null;
+      let retryAfter: string | null = null;
       // An AbortController and a timer cleared on the answer cost less
       // than AbortSignal.timeout, which showed in guard's latency.
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -112,6 +113,7 @@ export class Transport {
         const res = await fetch(url, { method, headers, body: payload, signal });
         status = res.status;
         contentType = res.headers.get('content-type');
+        retryAfter = res.headers.get('retry-after');
         text = await res.text();
       } catch (err) {
         failed = true;
@@ -142,7 +144,10 @@ export class Transport {
         }
         throw new AgentsecError({ code: 'invalid_response', status, detail: `${method} ${path}: the answer is not a JSON object` });
       }
-      if (status === 503 && attempt < this.maxAttempts) {
+      // 503 says try again; so does 409 with Retry-After, which a retry
+      // hears while the attempt it repeats is still running.
+      const inProgress = status === 409 && retryAfter !== null && kind === 'change';
+      if ((status === 503 || inProgress) && attempt < this.maxAttempts) {
         await this.backoff(attempt);
         continue;
       }

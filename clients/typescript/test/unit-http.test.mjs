@@ -81,6 +81,22 @@ test('a POST retried after a 503 sends the same Idempotency-Key; the next call a
   assert.notEqual(srv.requests[2].headers['idempotency-key'], a.headers['idempotency-key']);
 });
 
+test('a change whose retry hears 409 with Retry-After (still running) tries again with the same key', async (t) => {
+  const spent = { body: { decision_id: 7, used: { tokens: 5, calls: 1 }, limits: { tokens: 100, calls: 5 } } };
+  const { srv, stack } = await connect(t, (_r, i) =>
+    i === 1 ? problem('audit_unavailable', 503) : i === 2 ? { ...problem('conflict', 409), headers: { 'retry-after': '1' } } : spent,
+  );
+  assert.equal((await stack.budget.recordSpending('s1', 5)).decisionId, 7);
+  assert.equal(srv.requests.length, 3);
+  assert.equal(new Set(srv.requests.map((r) => r.headers['idempotency-key'])).size, 1);
+});
+
+test('a 409 without Retry-After is final', async (t) => {
+  const { srv, stack } = await connect(t, () => problem('conflict', 409));
+  await assert.rejects(stack.budget.recordSpending('s1', 5), ConflictError);
+  assert.equal(srv.requests.length, 1);
+});
+
 test('a POST whose connection drops is retried with the same Idempotency-Key', async (t) => {
   const { srv, stack } = await connect(t, (_r, i) =>
     i === 1 ? 'destroy' : { status: 201, body: { decision_id: 3, record: { seq: 3, time: '2026-01-02T03:04:05.5Z', namespace: 'ns', event: 'e' } } },

@@ -122,9 +122,13 @@ def _changing(method: str, path: str, token: str, parse: Callable[[Any], T], bod
     return Op(method, path, token, parse, body=body, idempotency_key=str(uuid.uuid4()))
 
 
-def should_retry(status: int) -> bool:
-    """Whether an answer's status is worth another attempt (503 only)."""
-    return status == 503
+def should_retry(op: "Op[Any]", status: int, headers: Mapping[str, str]) -> bool:
+    """Whether an answer is worth another attempt: a 503, or a 409 with
+    Retry-After, which a retry of a change hears while the attempt it
+    repeats is still running."""
+    if status == 503:
+        return True
+    return status == 409 and op.idempotency_key is not None and "retry-after" in headers
 
 
 def read_answer(op: Op[T], status: int, content: bytes) -> T:

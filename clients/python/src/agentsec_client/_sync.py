@@ -88,7 +88,7 @@ class _Transport:
                         f"{op.method} {op.path}: {type(exc).__name__}: {exc} (after {attempt + 1} attempts)"
                     ) from exc
             else:
-                if last or not p.should_retry(resp.status_code):
+                if last or not p.should_retry(op, resp.status_code, resp.headers):
                     return p.read_answer(op, resp.status_code, resp.content)
             time.sleep(self.retry.delay(attempt))
             attempt += 1
