@@ -495,3 +495,23 @@ func TestProofsOnDemand(t *testing.T) {
 	}
 	t.Errorf("two proofs of new records, each needing a checkpoint, were both signed at once")
 }
+
+// TestEndRetriedAfterAuditFailure: an end whose record could not be
+// written answers audit_unavailable, and so does its retry with the same
+// key — never "ended already", which a client could take for success.
+func TestEndRetriedAfterAuditFailure(t *testing.T) {
+	s := newTestServer(t, limits{})
+	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "write", "session": "s"})
+	s.audit.Fail.Store(true)
+	path := "/v1/calls/" + b.str("call_id") + "/end"
+	for i, fail := range []bool{true, true, false} {
+		s.audit.Fail.Store(fail)
+		r := s.do("POST", path, aliceToken, map[string]any{"tokens": 3}, "Idempotency-Key", "end-1")
+		if r.status != http.StatusServiceUnavailable || r.code() != "audit_unavailable" {
+			t.Errorf("attempt %d (log failing %v): %d %s, want 503 audit_unavailable", i+1, fail, r.status, r.raw)
+		}
+	}
+	if r := s.do("POST", path, aliceToken, map[string]any{"tokens": 3}); r.status != http.StatusConflict || !strings.Contains(r.str("detail"), "must not be used") {
+		t.Errorf("an end without a key after the failure: %d %s", r.status, r.raw)
+	}
+}

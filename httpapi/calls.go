@@ -117,10 +117,18 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 	}
 	rec, err := c.call.End(ctx, in.Tokens, callErr)
 	s.open.settle(c, stateEnded)
-	if _, denied := errors.AsType[*agentsec.DeniedError](err); denied {
+	if de, denied := errors.AsType[*agentsec.DeniedError](err); denied {
 		// The result is withheld, or its record could not be written:
 		// either way the caller must not use it.
-		return denial(err)
+		a := denial(err)
+		if errors.Is(de, agentsec.ErrAuditUnavailable) {
+			// The record is lost with the log's failure. A retry of
+			// this end, with its Idempotency-Key, hears the same — not
+			// "ended already", which would read as a success.
+			c.unrecorded = true
+			a.resume = func() answer { return a }
+		}
+		return a
 	}
 	out := endAnswer{CallID: c.id, DecisionID: rec.Seq, Outcome: rec.Outcome, Reason: rec.Reason, Tokens: rec.Tokens}
 	if st, err := s.Stack.Budget.Usage(ctx, c.key); err == nil {

@@ -67,6 +67,9 @@ type openCall struct {
 	timer *time.Timer
 	// settledAt is when it stopped being open.
 	settledAt time.Time
+	// unrecorded says a call's end could not be recorded: its result
+	// was denied.
+	unrecorded bool
 }
 
 // openCalls holds the open reservations and calls, and remembers the
@@ -248,5 +251,8 @@ func (o *openCalls) closeAll(ctx context.Context) error {
 
 // settledProblem is the conflict answer for c, settled already.
 func settledProblem(what string, c *openCall) answer {
+	if c.unrecorded {
+		return conflict(fmt.Sprintf("%s %s is %s already, but its record could not be written: its result must not be used", what, c.id, c.state))
+	}
 	return conflict(fmt.Sprintf("%s %s is %s already", what, c.id, c.state))
 }
