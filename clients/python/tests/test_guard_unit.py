@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, List, Tuple, Type
 
 import pytest
@@ -69,7 +70,8 @@ def test_guard_begins_runs_and_ends(fake: FakeServer) -> None:
     [
         ({"tokens_used": 3}, None, 3),
         ({"tokensUsed": 4}, None, 4),
-        ({"tokens_used": True}, None, 0),
+        ({"tokens_used": None}, None, 0),
+        ({"tokens_used": 2**53 - 1}, None, 2**53 - 1),
         ("text", None, 0),
         (None, None, 0),
         ("abcdef", len, 6),
@@ -152,3 +154,67 @@ def test_async_guard(fake: FakeServer) -> None:
             assert len(fake.requests) == 1
 
     asyncio.run(main())
+
+
+class _NumpyLikeInt:
+    """An integer type that is not int but has __index__, as numpy's are."""
+
+    def __index__(self) -> int:
+        return 8
+
+
+def test_guard_tokens_accepts_index_ints(fake: FakeServer) -> None:
+    fake.answer(BEGIN, END)
+    with SecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
+        s.guard(REQ, lambda: {"tokens_used": _NumpyLikeInt()})
+    assert fake.requests[1].json() == {"tokens": 8}
+
+
+@pytest.mark.parametrize(
+    "result,tokens,exc",
+    [
+        ({"tokens_used": True}, None, TypeError),
+        ({"tokens_used": 3.0}, None, TypeError),
+        ({"tokensUsed": "3"}, None, TypeError),
+        ({"tokens_used": Decimal(3)}, None, TypeError),
+        ({"tokens_used": -1}, None, ValueError),
+        ({"tokens_used": 2**53}, None, ValueError),
+        (Result(-2), None, ValueError),
+        ("x", lambda r: 1.5, TypeError),
+        ("x", lambda r: False, TypeError),
+        ("x", lambda r: 2**60, ValueError),
+    ],
+)
+def test_guard_bad_token_count_fails_the_call(fake: FakeServer, result: Any, tokens: Any, exc: Type[Exception]) -> None:
+    fake.answer(BEGIN, END)
+    with SecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
+        with pytest.raises(exc):
+            s.guard(REQ, lambda: result, tokens=tokens)
+    assert len(fake.requests) == 2
+    end = fake.requests[1].json()
+    assert end["ran"] is True and end["tokens"] == 0 and end["error"].startswith(exc.__name__ + ": ")
+
+
+def test_async_guard_bad_token_count_fails_the_call(fake: FakeServer) -> None:
+    async def main() -> None:
+        async with AsyncSecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
+            fake.answer(BEGIN, END)
+            with pytest.raises(ValueError):
+                await s.guard(REQ, lambda: {"tokens_used": -3})
+            end = fake.requests[1].json()
+            assert end["ran"] is True and end["error"].startswith("ValueError: ")
+
+    asyncio.run(main())
+
+
+def test_guard_truncates_a_huge_error(fake: FakeServer) -> None:
+    fake.answer(BEGIN, END)
+
+    def boom() -> None:
+        raise RuntimeError("x" * 1_000_000)
+
+    with SecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
+        with pytest.raises(RuntimeError):
+            s.guard(REQ, boom)
+    error = fake.requests[1].json()["error"]
+    assert len(error) == 4096 and error.startswith("RuntimeError: xxx")

@@ -325,3 +325,73 @@ def test_a_server_that_fails_to_start_shows_its_stderr(binary: str) -> None:
     with pytest.raises(AgentsecStartupError) as ei:
         create_security_stack(config)
     assert "no-such-level" in str(ei.value)
+
+
+def test_close_is_quick_and_clean_when_another_process_holds_the_stdin_pipe(binary: str) -> None:
+    import signal
+
+    stack = create_security_stack(make_config(binary))
+    server = stack._local
+    assert server is not None
+    proc = server._proc
+    assert proc.stdin is not None
+    # A process that inherited the server's stdin pipe keeps it from seeing
+    # EOF: close() must not hang until its timeout and SIGKILL the server.
+    holder = subprocess.Popen(["sleep", "60"], pass_fds=(proc.stdin.fileno(),))
+    try:
+        t0 = time.monotonic()
+        stack.close()
+        elapsed = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert elapsed < 5, elapsed
+    assert proc.returncode != -signal.SIGKILL
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_drops_the_stdin_pipe_and_leaves_the_server_alone(binary: str) -> None:
+    import warnings
+
+    with create_security_stack(make_config(binary)) as stack:
+        server = stack._local
+        assert server is not None and server._proc.stdin is not None
+        fd = server._proc.stdin.fileno()
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                try:
+                    os.fstat(fd)
+                    still_open = True
+                except OSError:
+                    still_open = False
+                server.stop()  # a no-op here: the parent owns the server
+                os.write(w, b"open" if still_open else b"closed")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        got = os.read(r, 16)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert got == b"closed" and status == 0
+        assert server._proc.poll() is None  # still running
+        assert stack.budget.record_spending("s", 1).decision_id > 0
+
+
+def test_keygen_runs_only_when_the_private_key_is_missing(binary: str, tmp_path: Any) -> None:
+    data_dir = str(tmp_path / "kept")
+    with create_security_stack(make_config(binary, data_dir=data_dir)):
+        pass
+    key = os.path.join(data_dir, "local.key")
+    with open(key, "rb") as f:
+        first = f.read()
+    os.remove(os.path.join(data_dir, "local.pub"))
+    with create_security_stack(make_config(binary, data_dir=data_dir)) as stack:
+        stack.budget.record_spending("s", 1)
+    with open(key, "rb") as f:
+        assert f.read() == first  # the signing key was not replaced

@@ -264,3 +264,56 @@ def test_audit_unavailable_after_retries_is_typed(fake: FakeServer) -> None:
     assert len(fake.requests) == 4
     assert len({r.headers["idempotency-key"] for r in fake.requests}) == 1
     assert ei.value.code == "audit_unavailable"
+
+
+def _arrivals(fake: FakeServer) -> List[float]:
+    import time
+
+    times: List[float] = []
+    original = fake.httpd.RequestHandlerClass._serve  # type: ignore[attr-defined]
+
+    def timed(handler: Any) -> None:
+        times.append(time.monotonic())
+        original(handler)
+
+    fake.httpd.RequestHandlerClass.do_POST = timed  # type: ignore[attr-defined]
+    fake.httpd.RequestHandlerClass.do_GET = timed  # type: ignore[attr-defined]
+    return times
+
+
+@pytest.mark.parametrize("status", [409, 503])
+def test_retry_after_is_honoured(fake: FakeServer, status: int) -> None:
+    # FAST_RETRY backs off ~1 ms: only Retry-After explains a ~1 s wait.
+    code = "conflict" if status == 409 else "budget_unavailable"
+    st, doc = problem(code, status)
+    doc["_headers"] = {"Retry-After": "1"}
+    times = _arrivals(fake)
+    fake.answer((st, doc), (200, SPEND))
+    with stack(fake) as s:
+        assert s.budget.record_spending("s1", 2).decision_id == 9
+    assert len(times) == 2 and times[1] - times[0] >= 0.9
+
+
+def test_async_retry_after_is_honoured(fake: FakeServer) -> None:
+    st, doc = problem("conflict", 409)
+    doc["_headers"] = {"Retry-After": "1"}
+    times = _arrivals(fake)
+    fake.answer((st, doc), (200, SPEND))
+
+    async def main() -> None:
+        async with AsyncSecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
+            assert (await s.budget.record_spending("s1", 2)).decision_id == 9
+
+    asyncio.run(main())
+    assert len(times) == 2 and times[1] - times[0] >= 0.9
+
+
+def test_retry_after_is_capped_and_parsed() -> None:
+    from agentsec_client import _protocol as p
+
+    assert p.retry_after({}) == 0.0
+    assert p.retry_after({"retry-after": "2"}) == 2.0
+    assert p.retry_after({"retry-after": "3600"}) == 10.0
+    assert p.retry_after({"retry-after": "soon"}) == 0.0
+    assert p.retry_after({"retry-after": "-5"}) == 0.0
+    assert p.retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past

@@ -264,3 +264,39 @@ def test_small_posts_do_not_wait_for_delayed_acks(fake: FakeServer) -> None:
             s.budget.record_spending("s", 1)
         elapsed = time.perf_counter() - t0
     assert elapsed < 0.5, f"20 small POSTs took {elapsed:.2f} s: is TCP_NODELAY set?"
+
+
+def test_tokens_never_appear_in_reprs() -> None:
+    from datetime import datetime, timezone
+
+    from agentsec_client import _protocol as p
+    from agentsec_client.models import Usage
+
+    secret = "s3cr3t-token-value"
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    op = p.Op("GET", "/v1/x", secret, lambda d: d)
+    res = p.ReservationData("r_1", "s1", when, 1, Usage(0, 0), Usage(1, 1), secret)
+    call = p.OpenCall("c_1", "s1", "t", when, "verified", "verified", secret)
+    creds = p.Credentials(token=secret)
+    for obj in (op, res, call, creds, p.ReservationBase(res), p.end_call(call), p.commit(res, 1)):
+        assert secret not in repr(obj)
+    assert op.headers()["Authorization"] == "Bearer " + secret  # still used
+
+
+@pytest.mark.parametrize("token", ["", "Zq9x\n", "Zq9x\r\n", " Zq9x", "Zq 9x", "Zq9x\t", "Zq\x00x", "Zqöx", "Zq9x\x7f"])
+def test_connect_rejects_bad_tokens_without_echoing_them(token: str) -> None:
+    from agentsec_client import AsyncSecurityStack, SecurityStack
+
+    for connect in (SecurityStack.connect, AsyncSecurityStack.connect):
+        with pytest.raises(ValueError) as ei:
+            connect("http://127.0.0.1:1", token)
+        assert "Zq" not in str(ei.value)
+        if token.endswith("\n"):
+            assert "newline" in str(ei.value)
+
+
+def test_connect_rejects_a_non_str_token() -> None:
+    from agentsec_client import SecurityStack
+
+    with pytest.raises(TypeError):
+        SecurityStack.connect("http://127.0.0.1:1", b"tok")  # type: ignore[arg-type]

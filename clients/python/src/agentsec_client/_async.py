@@ -23,7 +23,8 @@ R = TypeVar("R")
 
 
 class _AsyncTransport:
-    """Sends ops over one httpx.AsyncClient, retrying connection errors and 503s."""
+    """Sends ops over one httpx.AsyncClient, retrying connection errors and 503s
+    (and 409s of a change still running), honouring Retry-After."""
 
     def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy) -> None:
         self.client = client
@@ -34,6 +35,7 @@ class _AsyncTransport:
         attempt = 0
         while True:
             last = attempt + 1 >= self.retry.max_attempts
+            hint = 0.0
             try:
                 resp = await self.client.request(op.method, op.path, params=op.params, json=op.body, headers=headers)
             except httpx.TransportError as exc:
@@ -44,7 +46,9 @@ class _AsyncTransport:
             else:
                 if last or not p.should_retry(op, resp.status_code, resp.headers):
                     return p.read_answer(op, resp.status_code, resp.content)
-            await asyncio.sleep(self.retry.delay(attempt))
+                # A 409 or 503 with Retry-After: wait at least that long (capped).
+                hint = p.retry_after(resp.headers)
+            await asyncio.sleep(max(self.retry.delay(attempt), hint))
             attempt += 1
 
 
@@ -196,7 +200,7 @@ class AsyncSecurityStack:
     ) -> "AsyncSecurityStack":
         """A stack over a running server at ``url``, calling with ``token``
         (an agent's or an operator's). Not a coroutine: nothing is sent yet."""
-        return cls(url, p.Credentials(token=token), retry=retry, timeout=timeout, transport=transport)
+        return cls(url, p.Credentials(token=p.check_token(token)), retry=retry, timeout=timeout, transport=transport)
 
     @classmethod
     async def start(

@@ -4,7 +4,8 @@ The client writes the server's configuration (JSON, which is YAML) with a
 fresh random token per agent and one admin operator token, starts
 ``agentsec serve`` with ``-addr-file`` and ``-stop-on-stdin-eof``, and waits
 for the address. Closing the child's stdin stops it: it settles what is open
-and exits. The same class serves the sync and the async stacks (the async
+and exits; stopping also sends SIGTERM, which it treats the same way.
+The same class serves the sync and the async stacks (the async
 one runs ``start`` and ``stop`` in a thread).
 """
 
@@ -131,20 +132,49 @@ class _StderrTail:
         self._thread.join(timeout)
 
 
-def _stop(proc: "subprocess.Popen[bytes]", temp_dir: Optional[str]) -> None:
-    # The finalizer of a stack that was never closed: stop at once.
+def _shutdown(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
+    """Closes the server's stdin and sends SIGTERM at once (it drains and
+    exits cleanly on either; the signal also reaches it when a forked child
+    still holds the stdin pipe open), waits up to ``timeout`` seconds, then
+    kills it."""
     try:
         if proc.stdin is not None:
             proc.stdin.close()
     except OSError:
         pass
+    if sys.platform != "win32":  # on Windows terminate() is a kill: rely on stdin EOF there
+        try:
+            proc.terminate()
+        except OSError:
+            pass
     try:
-        proc.wait(5)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _stop(proc: "subprocess.Popen[bytes]", temp_dir: Optional[str]) -> None:
+    # The finalizer of a stack that was never closed: stop at once.
+    _shutdown(proc, 5)
     if temp_dir:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+#: The servers this process started and has not stopped, for the fork hook.
+_live: "weakref.WeakSet[LocalServer]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child does not own its parent's servers: it closes its copy
+    # of their stdin pipes (so they still see EOF when the parent closes
+    # its own), and its close() or exit leaves them alone.
+    for server in list(_live):
+        server._disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LocalServer:
@@ -174,6 +204,20 @@ class LocalServer:
         self._lock = threading.Lock()
         self._stopped = False
         self._finalizer = weakref.finalize(self, _stop, proc, data_dir if temp else None)
+        _live.add(self)
+
+    def _disown(self) -> None:
+        """In a forked child: closes the inherited stdin pipe end and makes
+        stop() a no-op (the parent stops the server)."""
+        self._lock = threading.Lock()
+        self._stopped = True
+        self._finalizer.detach()
+        _live.discard(self)
+        try:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        except Exception:
+            pass
 
     @classmethod
     def start(cls, cfg: SecurityStackConfig) -> "LocalServer":
@@ -193,9 +237,10 @@ class LocalServer:
     def _start(cls, cfg: SecurityStackConfig, binary: str, data_dir: str, temp: bool) -> "LocalServer":
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         key = os.path.join(data_dir, KEY_NAME + ".key")
-        pub = os.path.join(data_dir, KEY_NAME + ".pub")
-        if not (os.path.exists(key) and os.path.exists(pub)):
-            # A kept data_dir keeps its key pair, so that its log stays verifiable.
+        if not os.path.exists(key):
+            # A kept data_dir keeps its key pair, so that its log stays
+            # verifiable: only a missing private key makes a new pair (a
+            # missing local.pub alone must not replace the signing key).
             done = subprocess.run(
                 [binary, "keygen", "-name", KEY_NAME, "-dir", data_dir],
                 stdin=subprocess.DEVNULL,
@@ -281,25 +326,16 @@ class LocalServer:
         return self._stderr.text()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Closes the server's stdin (it settles what is open, and exits),
-        waits up to ``timeout`` seconds, then kills it; removes a temporary
-        data directory. Idempotent."""
+        """Closes the server's stdin and sends it SIGTERM (it settles what
+        is open, and exits), waits up to ``timeout`` seconds, then kills it;
+        removes a temporary data directory. Idempotent."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
         self._finalizer.detach()
-        proc = self._proc
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _live.discard(self)
+        _shutdown(self._proc, timeout)
         self._stderr.join(2.0)
         if self._temp:
             shutil.rmtree(self.data_dir, ignore_errors=True)

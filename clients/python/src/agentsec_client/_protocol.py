@@ -9,9 +9,12 @@ transports (``_sync`` and ``_async``) only send ops, with retries.
 from __future__ import annotations
 
 import json
+import math
+import operator
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar, Union
 from urllib.parse import quote
 
@@ -103,7 +106,7 @@ class Op(Generic[T]):
 
     method: str
     path: str
-    token: str
+    token: str = field(repr=False)
     parse: Callable[[Any], T]
     params: Optional[Dict[str, str]] = None
     body: Optional[Dict[str, Any]] = None
@@ -129,6 +132,35 @@ def should_retry(op: "Op[Any]", status: int, headers: Mapping[str, str]) -> bool
     if status == 503:
         return True
     return status == 409 and op.idempotency_key is not None and "retry-after" in headers
+
+
+#: The longest Retry-After the client honours, in seconds.
+MAX_RETRY_AFTER = 10.0
+
+
+def retry_after(headers: Mapping[str, str]) -> float:
+    """The wait an answer's Retry-After asks for, in seconds, capped at
+    :data:`MAX_RETRY_AFTER`; 0 without one (or with one not understood).
+    Takes delta-seconds or an HTTP date."""
+    value = headers.get("retry-after")
+    if value is None:
+        return 0.0
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return 0.0
+        if when is None:
+            return 0.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        secs = (when - datetime.now(timezone.utc)).total_seconds()
+    if not math.isfinite(secs) or secs <= 0:
+        return 0.0
+    return min(secs, MAX_RETRY_AFTER)
 
 
 def read_answer(op: Op[T], status: int, content: bytes) -> T:
@@ -262,7 +294,7 @@ class ReservationData:
     decision_id: int
     used: Usage
     limits: Usage
-    token: str
+    token: str = field(repr=False)
 
 
 class ReservationBase:
@@ -300,7 +332,7 @@ class OpenCall:
     expires_at: datetime
     required_level: str
     assigned_level: str
-    token: str
+    token: str = field(repr=False)
 
 
 # --- building requests ---------------------------------------------------
@@ -466,27 +498,74 @@ def end_call(call: OpenCall, tokens: int = 0, error: Optional[str] = None, ran: 
     return _changing("POST", f"/v1/calls/{_seg(call.call_id)}/end", call.token, _call_result, body)
 
 
+#: The largest token count a call may report: JSON numbers are exact up to here.
+MAX_TOKENS = 2**53 - 1
+
+
+def token_count(value: Any, what: str = "tokens") -> int:
+    """``value`` as a token count: an integer (``operator.index``, so numpy
+    ints pass; bool, float, str, Decimal do not) in ``[0, 2**53 - 1]``.
+    Raises TypeError or ValueError otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if not 0 <= n <= MAX_TOKENS:
+        raise ValueError(f"{what} must be between 0 and {MAX_TOKENS}, not {n}")
+    return n
+
+
 def tokens_of(result: Any, tokens: Optional[TokensFn]) -> int:
     """The tokens a guarded call's result counts: ``tokens(result)`` if
     given, else ``result.tokens_used`` or ``result["tokens_used"]`` /
-    ``result["tokensUsed"]`` if it is an int, else 0."""
+    ``result["tokensUsed"]``; 0 only if the result has no count (or it is
+    None). A count that is not an int in ``[0, 2**53 - 1]`` raises
+    TypeError or ValueError."""
     if tokens is not None:
-        n = tokens(result)
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"tokens(result) must return an int, not {type(n).__name__}")
-        return n
+        return token_count(tokens(result), "tokens(result)")
     value = getattr(result, "tokens_used", None)
     if value is None and isinstance(result, Mapping):
-        value = result.get("tokens_used", result.get("tokensUsed"))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return 0
+        value = result.get("tokens_used")
+        if value is None:
+            value = result.get("tokensUsed")
+    if value is None:
+        return 0
+    return token_count(value, "the result's tokens_used")
+
+
+#: The most characters of an exception's text a failed end sends.
+MAX_ERROR_CHARS = 4096
 
 
 def describe_error(exc: BaseException) -> str:
-    """What a guarded call's end reports of the exception its tool raised."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """What a guarded call's end reports of the exception its tool raised,
+    cut to :data:`MAX_ERROR_CHARS` characters so a huge message cannot make
+    the end request too big."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    desc = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(desc) > MAX_ERROR_CHARS:
+        desc = desc[: MAX_ERROR_CHARS - 3] + "..."
+    return desc
+
+
+def check_token(token: str) -> str:
+    """Checks a bearer token: a non-empty str of printable ASCII with no
+    whitespace. The error never includes the token."""
+    if not isinstance(token, str):
+        raise TypeError(f"the token must be a str, not {type(token).__name__}")
+    if not token:
+        raise ValueError("the token is empty")
+    bad = next((c for c in token if not ("!" <= c <= "~")), None)
+    if bad is not None:
+        kind = "whitespace" if bad.isspace() else "a control character" if ord(bad) < 0x20 or ord(bad) == 0x7F else "a non-ASCII character"
+        hint = " (a trailing newline from a file? strip it)" if token[-1:] in ("\n", "\r") else ""
+        raise ValueError(f"the token contains {kind} ({len(token)} characters){hint}: it must be printable ASCII without spaces")
+    return token
 
 
 def check_url(url: str) -> str:

@@ -69,7 +69,8 @@ def _default_transport() -> httpx.HTTPTransport:
 
 
 class _Transport:
-    """Sends ops over one httpx.Client, retrying connection errors and 503s."""
+    """Sends ops over one httpx.Client, retrying connection errors and 503s
+    (and 409s of a change still running), honouring Retry-After."""
 
     def __init__(self, client: httpx.Client, retry: RetryPolicy) -> None:
         self.client = client
@@ -80,6 +81,7 @@ class _Transport:
         attempt = 0
         while True:
             last = attempt + 1 >= self.retry.max_attempts
+            hint = 0.0
             try:
                 resp = self.client.request(op.method, op.path, params=op.params, json=op.body, headers=headers)
             except httpx.TransportError as exc:
@@ -90,7 +92,9 @@ class _Transport:
             else:
                 if last or not p.should_retry(op, resp.status_code, resp.headers):
                     return p.read_answer(op, resp.status_code, resp.content)
-            time.sleep(self.retry.delay(attempt))
+                # A 409 or 503 with Retry-After: wait at least that long (capped).
+                hint = p.retry_after(resp.headers)
+            time.sleep(max(self.retry.delay(attempt), hint))
             attempt += 1
 
 
@@ -238,7 +242,7 @@ class SecurityStack:
     ) -> "SecurityStack":
         """A stack over a running server at ``url`` (``http://host:port``),
         calling with ``token`` (an agent's or an operator's)."""
-        return cls(url, p.Credentials(token=token), retry=retry, timeout=timeout, transport=transport)
+        return cls(url, p.Credentials(token=p.check_token(token)), retry=retry, timeout=timeout, transport=transport)
 
     @classmethod
     def start(

@@ -105,7 +105,9 @@ class RetryPolicy:
 
     Up to ``max_attempts`` attempts in all; before retry *n* (0-based) it
     sleeps a random time in ``[0, min(max_delay, base_delay * multiplier**n))``
-    seconds ("full jitter"). 4xx answers are never retried. Requests that
+    seconds ("full jitter"); if the answer carried Retry-After (a 503, or a
+    409 of a change still running), it sleeps at least that long, capped at
+    10 seconds. Other 4xx answers are never retried. Requests that
     change something carry an ``Idempotency-Key`` that is the same on every
     attempt, so a retry has the effect of one request.
     """
