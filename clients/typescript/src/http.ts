@@ -14,7 +14,8 @@ import { AgentsecConnectionError, AgentsecError, errorFromResponse } from './err
  * never on another 4xx or 5xx. Reads (GETs and `POST /v1/trust/check`) are
  * retried as they are; every other POST carries an `Idempotency-Key` made
  * once per logical call and sent again on each retry, so the server acts on
- * it once.
+ * it once. A 503, or a 409 with Retry-After, waits at least the
+ * Retry-After header's seconds (at most 10 s) before the next attempt.
  */
 export interface RetryOptions {
   /** Attempts in all, the first included; 1 disables retries. Default 4. */
@@ -148,19 +149,38 @@ export class Transport {
       // hears while the attempt it repeats is still running.
       const inProgress = status === 409 && retryAfter !== null && kind === 'change';
       if ((status === 503 || inProgress) && attempt < this.maxAttempts) {
-        await this.backoff(attempt);
+        // Wait at least as long as the server asks (capped), and no less
+        // than the backoff.
+        await this.backoff(attempt, retryAfterMs(retryAfter));
         continue;
       }
       throw errorFromResponse(status, text, contentType);
     }
   }
 
-  /** Waits before retry number `attempt`: full jitter over an exponential cap. */
-  private backoff(attempt: number): Promise<void> {
+  /**
+   * Waits before retry number `attempt`: full jitter over an exponential
+   * cap, or `atLeastMs` (the server's Retry-After) if that is longer.
+   */
+  private backoff(attempt: number, atLeastMs = 0): Promise<void> {
     const cap = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
-    const ms = Math.random() * cap;
+    const ms = Math.max(Math.random() * cap, atLeastMs);
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
+}
+
+/** The longest wait a Retry-After header can ask for, in milliseconds. */
+const maxRetryAfterMs = 10_000;
+
+/**
+ * A Retry-After header's integer number of seconds, in milliseconds and
+ * capped at {@link maxRetryAfterMs}; 0 if absent or not an integer.
+ */
+export function retryAfterMs(v: string | null): number {
+  if (v === null) return 0;
+  const t = v.trim();
+  if (!/^\d+$/.test(t)) return 0;
+  return Math.min(Number(t) * 1000, maxRetryAfterMs);
 }
 
 /** An attempt that took longer than `timeoutMs`. */

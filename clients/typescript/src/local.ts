@@ -60,18 +60,50 @@ function isExecutable(p: string): boolean {
   }
 }
 
-/** A running local server and the tokens the client holds for it. */
-export interface LocalServer {
+/**
+ * A running local server and the tokens the client holds for it. The tokens
+ * are `#private` fields, so that printing or serializing a server (or a
+ * stack holding one) never shows them.
+ */
+export class LocalServer {
   /** The server's base URL (`http://127.0.0.1:PORT`). */
-  url: string;
+  readonly url: string;
   /** The data directory. */
-  dataDir: string;
+  readonly dataDir: string;
   /** Every agent's bearer token, by agent id, in configuration order. */
-  agentTokens: Map<string, string>;
+  readonly #agentTokens: Map<string, string>;
   /** The admin operator's bearer token. */
-  operatorToken: string;
+  readonly #operatorToken: string;
+  readonly #close: () => Promise<void>;
+
+  constructor(url: string, dataDir: string, agentTokens: Map<string, string>, operatorToken: string, close: () => Promise<void>) {
+    this.url = url;
+    this.dataDir = dataDir;
+    this.#agentTokens = agentTokens;
+    this.#operatorToken = operatorToken;
+    this.#close = close;
+  }
+
+  /** The configured agents' ids, in configuration order. */
+  agentIds(): string[] {
+    return [...this.#agentTokens.keys()];
+  }
+
+  /** An agent's bearer token; the first agent's if `agentId` is undefined; undefined if there is no such agent. */
+  agentToken(agentId: string | undefined): string | undefined {
+    if (agentId === undefined) return this.#agentTokens.values().next().value;
+    return this.#agentTokens.get(agentId);
+  }
+
+  /** The admin operator's bearer token. */
+  operatorToken(): string {
+    return this.#operatorToken;
+  }
+
   /** Stops the server (it drains and signs its last checkpoint) and removes a temporary data dir. */
-  close(): Promise<void>;
+  close(): Promise<void> {
+    return this.#close();
+  }
 }
 
 /** The identifier of the operator a local stack configures. */
@@ -230,31 +262,26 @@ async function startIn(o: LocalStackOptions, bin: string, dir: string, temporary
   unrefStream(child.stderr);
 
   let closing: Promise<void> | undefined;
-  return {
-    url: `http://${addr}`,
-    dataDir: dir,
-    agentTokens,
-    operatorToken,
-    close(): Promise<void> {
-      closing ??= (async () => {
-        const e = exit ?? (await stop(child, exited, stopTimeoutMs));
-        if (temporary) await rm(dir, { recursive: true, force: true });
-        if (e.killed) {
-          throw new AgentsecError({
-            code: 'server_exit',
-            detail: `agentsec serve did not stop within ${stopTimeoutMs / 1000} s of its stdin closing and was killed:\n${stderr.trim()}`,
-          });
-        }
-        if (e.code !== 0 && e.code !== null) {
-          throw new AgentsecError({ code: 'server_exit', detail: `agentsec serve exited with code ${e.code}:\n${stderr.trim()}` });
-        }
-        if (e.signal !== null) {
-          throw new AgentsecError({ code: 'server_exit', detail: `agentsec serve was killed by ${e.signal}:\n${stderr.trim()}` });
-        }
-      })();
-      return closing;
-    },
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      const e = exit ?? (await stop(child, exited, stopTimeoutMs));
+      if (temporary) await rm(dir, { recursive: true, force: true });
+      if (e.killed) {
+        throw new AgentsecError({
+          code: 'server_exit',
+          detail: `agentsec serve did not stop within ${stopTimeoutMs / 1000} s of its stdin closing and SIGTERM and was killed:\n${stderr.trim()}`,
+        });
+      }
+      if (e.code !== 0 && e.code !== null) {
+        throw new AgentsecError({ code: 'server_exit', detail: `agentsec serve exited with code ${e.code}:\n${stderr.trim()}` });
+      }
+      if (e.signal !== null) {
+        throw new AgentsecError({ code: 'server_exit', detail: `agentsec serve was killed by ${e.signal}:\n${stderr.trim()}` });
+      }
+    })();
+    return closing;
   };
+  return new LocalServer(`http://${addr}`, dir, agentTokens, operatorToken, close);
 }
 
 /** How the server process ended. */
@@ -267,9 +294,17 @@ interface Exit {
   killed?: boolean;
 }
 
-/** Closes the child's stdin, waits up to `ms` for it to exit, then kills it. */
+/**
+ * Closes the child's stdin and sends it SIGTERM (on either it drains and
+ * exits cleanly), waits up to `ms` for it to exit, then kills it.
+ */
 async function stop(child: ChildProcess, exited: Promise<Exit>, ms: number): Promise<Exit> {
   child.stdin?.end();
+  try {
+    child.kill('SIGTERM');
+  } catch {
+    // already gone
+  }
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<undefined>((res) => {
     timer = setTimeout(res, ms, undefined);

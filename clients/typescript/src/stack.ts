@@ -54,6 +54,10 @@ export async function createSecurityStack(options: ConnectOptions | LocalStackOp
     const { url, token } = options;
     if (typeof url !== 'string') throw new TypeError('agentsec: url must be a string');
     if (typeof token !== 'string' || token === '') throw new TypeError('agentsec: connect mode needs token, a bearer token');
+    // The message never quotes the token: it is a secret.
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      throw new TypeError('agentsec: token must be printable ASCII, with no spaces or control characters');
+    }
     const http = new Transport(url, options);
     return new SecurityStack(new Context(http, 'connect', token, undefined, undefined));
   }
@@ -62,7 +66,7 @@ export async function createSecurityStack(options: ConnectOptions | LocalStackOp
   new Transport('http://127.0.0.1', local);
   const server = await startLocal(local);
   const http = new Transport(server.url, local);
-  return new SecurityStack(new Context(http, 'local', server.operatorToken, server, local.trustGate.toolName));
+  return new SecurityStack(new Context(http, 'local', server.operatorToken(), server, local.trustGate.toolName));
 }
 
 /**
@@ -73,29 +77,31 @@ export async function createSecurityStack(options: ConnectOptions | LocalStackOp
  */
 export class Context {
   closed = false;
+  /** Connect mode: the token. Local mode: the operator's. `#private`, so it is never printed. */
+  readonly #mainToken: string;
   constructor(
     readonly http: Transport,
     readonly mode: 'connect' | 'local',
-    /** Connect mode: the token. Local mode: the operator's. */
-    private readonly mainToken: string,
+    mainToken: string,
     readonly local: LocalServer | undefined,
     readonly defaultTool: string | undefined,
-  ) {}
+  ) {
+    this.#mainToken = mainToken;
+  }
 
   /** The first configured agent (local mode). */
   get firstAgent(): string | undefined {
-    return this.local?.agentTokens.keys().next().value;
+    return this.local?.agentIds()[0];
   }
 
   /** The token of the agent a call acts as. */
   agentToken(agentId: string | undefined): string {
     this.checkOpen();
-    if (!this.local) return this.mainToken;
-    if (agentId === undefined) return this.local.agentTokens.values().next().value as string;
-    const t = this.local.agentTokens.get(agentId);
+    if (!this.local) return this.#mainToken;
+    const t = this.local.agentToken(agentId);
     if (t === undefined) {
       throw new TypeError(
-        `agentsec: agent ${JSON.stringify(agentId)} is not in this local stack's trustGate.agents (${[...this.local.agentTokens.keys()].join(', ')})`,
+        `agentsec: agent ${JSON.stringify(agentId)} is not in this local stack's trustGate.agents (${this.local.agentIds().join(', ')})`,
       );
     }
     return t;
@@ -104,7 +110,7 @@ export class Context {
   /** The token that reads the whole log: the operator's in local mode. */
   readerToken(): string {
     this.checkOpen();
-    return this.mainToken;
+    return this.#mainToken;
   }
 
   checkOpen(): void {
@@ -165,12 +171,14 @@ export class Reservation {
   /** The session's limits. */
   readonly limits: Usage;
 
+  readonly #ctx: Context;
+  /** The token of the agent that took it; `#private`, so it is never printed. */
+  readonly #token: string;
+
   /** @internal */
-  constructor(
-    private readonly ctx: Context,
-    private readonly token: string,
-    r: Json,
-  ) {
+  constructor(ctx: Context, token: string, r: Json) {
+    this.#ctx = ctx;
+    this.#token = token;
     this.id = s(r.reservation_id);
     this.sessionId = s(r.session);
     this.expiresAt = new Date(s(r.expires_at));
@@ -186,8 +194,8 @@ export class Reservation {
    */
   async commit(tokens: number): Promise<ReservationOutcome> {
     checkTokens(tokens);
-    this.ctx.checkOpen();
-    const r = await this.ctx.request('POST', `/v1/budget/reservations/${encodeURIComponent(this.id)}/commit`, this.token, 'change', { tokens });
+    this.#ctx.checkOpen();
+    const r = await this.#ctx.request('POST', `/v1/budget/reservations/${encodeURIComponent(this.id)}/commit`, this.#token, 'change', { tokens });
     return outcome(r);
   }
 
@@ -197,8 +205,8 @@ export class Reservation {
    * @throws {@link ConflictError} if the reservation was already committed, released or expired.
    */
   async release(): Promise<ReservationOutcome> {
-    this.ctx.checkOpen();
-    const r = await this.ctx.request('POST', `/v1/budget/reservations/${encodeURIComponent(this.id)}/release`, this.token, 'change', {});
+    this.#ctx.checkOpen();
+    const r = await this.#ctx.request('POST', `/v1/budget/reservations/${encodeURIComponent(this.id)}/release`, this.#token, 'change', {});
     return outcome(r);
   }
 }
@@ -400,9 +408,11 @@ export class SecurityStack {
    *    does not run;
    * 2. runs `fn(call)`;
    * 3. ends the call (`POST /v1/calls/{id}/end`) with the tokens the result
-   *    used — `options.tokens(result)`, else `result.tokensUsed` if it is a
-   *    number, else 0 — and returns the result once the call's record is
-   *    durable.
+   *    used — `options.tokens(result)`, else `result.tokensUsed`, else 0 if
+   *    the result has none — and returns the result once the call's record
+   *    is durable. A count that is not an integer from 0 to 2^53−1 (a
+   *    string, a bigint, a fraction, NaN, a negative) ends the call as
+   *    failed and throws a `TypeError`.
    *
    * If `fn` throws, the call is ended as failed (`{error, ran: true}`: the
    * slot stays spent) and `fn`'s error is rethrown. If ending is refused —
@@ -526,10 +536,14 @@ function toRecord(v: unknown): AuditRecord {
   return rec;
 }
 
-function defaultTokens(result: unknown): number {
+/**
+ * The result's `tokensUsed`, unchecked (guard checks it), or 0 if it has
+ * none: a present count that is not a number is an error, never 0.
+ */
+function defaultTokens(result: unknown): unknown {
   if (result !== null && typeof result === 'object') {
     const t = (result as { tokensUsed?: unknown }).tokensUsed;
-    if (typeof t === 'number') return t;
+    if (t !== undefined) return t;
   }
   return 0;
 }

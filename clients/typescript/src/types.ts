@@ -89,7 +89,7 @@ export interface ToolRequest {
    * takes it, so that the server refuses a name that is not the token's.
    */
   agentId?: string;
-  /** The agent's budget session (1–256 bytes, no `/`). */
+  /** The agent's budget session (1–200 bytes of UTF-8, no `/`, no control characters). */
   sessionId: string;
   /** The tool; in local mode it defaults to `trustGate.toolName`. */
   toolName?: string;
@@ -329,8 +329,9 @@ export interface GuardCall {
 /** Options of `guard`. */
 export interface GuardOptions<T> {
   /**
-   * The tokens the result used. By default `result.tokensUsed` if it is a
-   * number, else 0.
+   * The tokens the result used. By default `result.tokensUsed`, or 0 if
+   * the result has none; a count that is not an integer from 0 to 2^53−1
+   * is a `TypeError`.
    */
   tokens?: (result: T) => number;
   /** Seconds until the call counts as spent if it has not ended (1–3600; server default 300). */

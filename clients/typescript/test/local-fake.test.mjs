@@ -17,7 +17,8 @@ import { tempDir, withEnv, fastRetry } from './helpers.mjs';
 
 // The fake: keygen writes the two key files; serve reads the config, answers
 // every request with who the token is (by its hash) and what was asked,
-// writes its address, and exits when its stdin ends (writing DIR/stopped).
+// writes its address, and exits when its stdin ends or on SIGTERM (writing
+// DIR/stopped, and what stopped it to DIR/stop-signals).
 const fakeSource = String.raw`
 const fs = require('node:fs');
 const http = require('node:http');
@@ -61,14 +62,21 @@ server.listen(0, '127.0.0.1', () => {
   if (process.env.FAKE_STDERR_FLOOD) process.stderr.write('x'.repeat(1 << 20) + '\n');
   fs.writeFileSync(flag('-addr-file'), '127.0.0.1:' + server.address().port + '\n');
 });
-process.stdin.resume();
-process.stdin.on('end', () => {
+let stopping = false;
+const stop = (why) => {
+  if (stopping) return;
+  stopping = true;
   const code = Number(process.env.FAKE_EXIT_CODE || 0);
   if (code) console.error('serve: could not sign the last checkpoint');
   fs.writeFileSync(path.join(path.dirname(cfgPath), 'stopped'), 'yes');
+  fs.appendFileSync(path.join(path.dirname(cfgPath), 'stop-signals'), why + '\n');
   server.close();
   process.exit(code);
-});
+};
+process.stdin.resume();
+process.stdin.on('end', () => stop('stdin-eof'));
+process.on('SIGTERM', () => stop('SIGTERM'));
+if (process.env.FAKE_STOP_ON_SIGTERM_ONLY) process.stdin.removeAllListeners('end');
 `;
 
 async function fakeBinary(t) {
@@ -251,5 +259,18 @@ test('invalid local options are TypeErrors, before anything runs', async () => {
       { ...seed, retry: { maxAttempts: 0 } },
     ];
     for (const o of bad) await assert.rejects(createSecurityStack(o), TypeError, JSON.stringify(o));
+  });
+});
+
+test('close sends SIGTERM as well as closing stdin; a server that only heeds SIGTERM stops promptly', async (t) => {
+  const { bin } = await fakeBinary(t);
+  const dataDir = await tempDir(t);
+  await withEnv({ AGENTSEC_BIN: bin, FAKE_STOP_ON_SIGTERM_ONLY: '1' }, async () => {
+    const stack = await createSecurityStack({ ...seed, dataDir });
+    const t0 = Date.now();
+    await stack.close();
+    assert.ok(Date.now() - t0 < 5000, 'stopped by SIGTERM, not by the 10 s kill');
+    assert.equal(await readFile(join(dataDir, 'stopped'), 'utf8'), 'yes');
+    assert.equal(await readFile(join(dataDir, 'stop-signals'), 'utf8'), 'SIGTERM\n');
   });
 });

@@ -20,6 +20,7 @@ import {
   ConflictError,
   RateLimitedError,
 } from '../dist/index.js';
+import { retryAfterMs } from '../dist/http.js';
 import { fakeServer, problem, fastRetry } from './helpers.mjs';
 
 const budgetBody = {
@@ -89,6 +90,51 @@ test('a change whose retry hears 409 with Retry-After (still running) tries agai
   assert.equal((await stack.budget.recordSpending('s1', 5)).decisionId, 7);
   assert.equal(srv.requests.length, 3);
   assert.equal(new Set(srv.requests.map((r) => r.headers['idempotency-key'])).size, 1);
+});
+
+test('a change retried after 409 + Retry-After: 1 waits at least about a second', async (t) => {
+  const spent = { body: { decision_id: 7, used: { tokens: 5, calls: 1 }, limits: { tokens: 100, calls: 5 } } };
+  const times = [];
+  const { srv, stack } = await connect(t, (_r, i) => {
+    times.push(Date.now());
+    return i === 1 ? { ...problem('conflict', 409), headers: { 'retry-after': '1' } } : spent;
+  });
+  assert.equal((await stack.budget.recordSpending('s1', 5)).decisionId, 7);
+  assert.equal(srv.requests.length, 2);
+  assert.ok(times[1] - times[0] >= 900, `the retry came ${times[1] - times[0]} ms later`);
+});
+
+test('a 503 with Retry-After: 1 waits at least about a second before the retry', async (t) => {
+  const times = [];
+  const { srv, stack } = await connect(t, (_r, i) => {
+    times.push(Date.now());
+    return i === 1 ? { ...problem('budget_unavailable', 503), headers: { 'retry-after': '1' } } : { body: budgetBody };
+  });
+  assert.equal((await stack.budget.checkBudget('s1')).allowed, true);
+  assert.equal(srv.requests.length, 2);
+  assert.ok(times[1] - times[0] >= 900, `the retry came ${times[1] - times[0]} ms later`);
+});
+
+test('Retry-After is read as whole seconds and capped at 10 s', () => {
+  assert.equal(retryAfterMs('1'), 1000);
+  assert.equal(retryAfterMs(' 3 '), 3000);
+  assert.equal(retryAfterMs('10'), 10_000);
+  assert.equal(retryAfterMs('3600'), 10_000);
+  assert.equal(retryAfterMs('99999999999999999999999'), 10_000);
+  assert.equal(retryAfterMs(null), 0);
+  assert.equal(retryAfterMs('1.5'), 0);
+  assert.equal(retryAfterMs('-1'), 0);
+  assert.equal(retryAfterMs('Fri, 04 Dec 2026 10:00:00 GMT'), 0);
+});
+
+test('a Retry-After that is not whole seconds leaves only the backoff', async (t) => {
+  const times = [];
+  const { stack } = await connect(t, (_r, i) => {
+    times.push(Date.now());
+    return i === 1 ? { ...problem('budget_unavailable', 503), headers: { 'retry-after': '1.5' } } : { body: budgetBody };
+  });
+  await stack.budget.checkBudget('s1');
+  assert.ok(times[1] - times[0] < 500, 'a non-integer Retry-After is ignored');
 });
 
 test('a 409 without Retry-After is final', async (t) => {

@@ -3,6 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { inspect } from 'node:util';
 import { createSecurityStack, BudgetExceededError, TrustDeniedError, AuditUnavailableError, ConflictError, AgentsecError } from '../dist/index.js';
 import { fakeServer, problem, fastRetry } from './helpers.mjs';
 
@@ -112,6 +113,28 @@ test('guard: a bad token count ends the call as failed and throws a TypeError', 
   await assert.rejects(stack.guard({ sessionId: 's1', toolName: 'x' }, () => ({ tokensUsed: -1 })), TypeError);
   assert.equal(srv.requests[1].body.ran, true);
   assert.match(srv.requests[1].body.error, /token count/);
+});
+
+test('guard: a present tokensUsed that is not a safe non-negative integer is a TypeError, never 0', async (t) => {
+  const bad = ['12', 12n, 1.5, NaN, -1, 2 ** 53, Infinity, null, { n: 1 }];
+  for (const v of bad) {
+    const { srv, stack } = await connect(t, guardServer());
+    await assert.rejects(stack.guard({ sessionId: 's1', toolName: 'x' }, () => ({ tokensUsed: v })), TypeError, `tokensUsed ${typeof v} ${String(v)}`);
+    assert.equal(srv.requests.length, 2);
+    assert.equal(srv.requests[1].body.ran, true);
+    assert.match(srv.requests[1].body.error, /token count/);
+    assert.equal(srv.requests[1].body.tokens, undefined);
+  }
+  // options.tokens returning a bad count is refused the same way.
+  const { srv, stack } = await connect(t, guardServer());
+  await assert.rejects(stack.guard({ sessionId: 's1', toolName: 'x' }, () => 'r', { tokens: () => '7' }), TypeError);
+  assert.equal(srv.requests[1].body.ran, true);
+  // Absent (no property, or undefined) means 0.
+  const ok = await connect(t, guardServer());
+  await ok.stack.guard({ sessionId: 's1', toolName: 'x' }, () => ({ tokensUsed: undefined }));
+  await ok.stack.guard({ sessionId: 's1', toolName: 'x' }, () => ({ other: 1 }));
+  assert.deepEqual(ok.srv.requests[1].body, { tokens: 0 });
+  assert.deepEqual(ok.srv.requests[3].body, { tokens: 0 });
 });
 
 test('reserve, commit and release', async (t) => {
@@ -263,4 +286,51 @@ test('a closed stack refuses calls; close is idempotent; Symbol.asyncDispose clo
   assert.equal(err.code, 'closed');
   await assert.rejects(stack.guard({ sessionId: 's1', toolName: 'x' }, () => 1), /closed/);
   assert.equal(srv.requests.length, 0);
+});
+
+test('tokens are never printed: inspect and JSON.stringify of the stack, its parts and a reservation', async (t) => {
+  const secret = 'SECRET-TOKEN-123';
+  const srv = await fakeServer((r) =>
+    r.url === '/v1/budget/sessions/s1/reservations'
+      ? { status: 201, body: { reservation_id: 'r_1', session: 's1', expires_at: '2026-12-04T10:00:00Z', decision_id: 17, ...usage } }
+      : problem('not_found', 404),
+  );
+  t.after(() => srv.close());
+  const stack = await createSecurityStack({ url: srv.url, token: secret, ...fastRetry });
+  const reservation = await stack.budget.reserve('s1');
+  assert.equal(srv.requests[0].headers.authorization, `Bearer ${secret}`, 'the token is still sent');
+  const shown = {
+    'inspect(stack)': inspect(stack, { depth: Infinity, showHidden: true }),
+    'inspect(stack.trustGate)': inspect(stack.trustGate, { depth: Infinity, showHidden: true }),
+    'inspect(stack.budget)': inspect(stack.budget, { depth: Infinity }),
+    'JSON.stringify(stack.budget)': JSON.stringify(stack.budget),
+    'JSON.stringify(stack.audit)': JSON.stringify(stack.audit),
+    'inspect(reservation)': inspect(reservation, { depth: Infinity, showHidden: true }),
+    'JSON.stringify(reservation)': JSON.stringify(reservation),
+  };
+  for (const [what, text] of Object.entries(shown)) assert.ok(!text.includes(secret), `${what} shows the token: ${text}`);
+  await stack.close();
+});
+
+test('connect mode refuses a token that is not printable ASCII without spaces, without quoting it', async () => {
+  const url = 'http://127.0.0.1:1';
+  for (const token of ['', 'has space', 'tab\there', 'new\nline', 'nul\0x', 'del\x7f', 'café-tok', ' lead', 'trail ']) {
+    await assert.rejects(createSecurityStack({ url, token }), (err) => {
+      assert.ok(err instanceof TypeError, `token ${JSON.stringify(token)}: ${err}`);
+      if (token.trim() !== '') assert.ok(!err.message.includes(token.trim()), `the message quotes the token: ${err.message}`);
+      return true;
+    });
+  }
+  for (const token of [42, null]) await assert.rejects(createSecurityStack({ url, token }), TypeError);
+  const ok = await createSecurityStack({ url, token: 'abc.DEF-123_~!' });
+  await ok.close();
+});
+
+test('the published types give a session name’s length as docs/api.md does (1–200 bytes)', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const dts = await readFile(new URL('../dist/types.d.ts', import.meta.url), 'utf8');
+  const api = await readFile(new URL('../../../docs/api.md', import.meta.url), 'utf8').catch(() => undefined);
+  assert.match(dts, /budget session \(1–200 bytes/);
+  assert.doesNotMatch(dts, /1–256 bytes/);
+  if (api !== undefined) assert.match(api, /session\s+name is 1–200 bytes/);
 });
