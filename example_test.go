@@ -119,3 +119,40 @@ func ExampleStack_Guard() {
 	// file-reader budget denied: agentsec: call to tool "file-reader" denied: call limit reached
 	// used: 2 calls, 240 tokens
 }
+
+// Guard in two halves, for a tool run elsewhere: Begin takes the trust
+// check and the slot, End records what happened, once.
+func ExampleStack_Begin() {
+	ctx := context.Background()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{RequiredLevel: "verified", ToolName: "file-reader",
+			Agents: []trust.Assignment{{Agent: "agent-7", Level: "verified"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 10_000, CallLimit: 1},
+		AuditNamespace: "my-agent",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stack.Close()
+	req := agentsec.Request{Agent: "agent-7", Session: "s1", Tool: "file-reader"}
+
+	call, err := stack.Begin(ctx, req)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ... the tool runs, here or in another process ...
+	rec, err := call.End(ctx, 42, nil)
+	fmt.Println(rec.Event, rec.Outcome, rec.Tokens, err)
+	_, err = call.End(ctx, 42, nil)
+	fmt.Println(errors.Is(err, agentsec.ErrSettled))
+
+	// The session's one call is spent: the next Begin is denied, and the
+	// denial recorded, with the index of its record.
+	_, err = stack.Begin(ctx, req)
+	var de *agentsec.DeniedError
+	fmt.Println(errors.As(err, &de) && errors.Is(err, agentsec.ErrBudgetExceeded), de.Logged, de.Seq == rec.Seq+1)
+	// Output:
+	// tool.call allow 42 <nil>
+	// true
+	// true true true
+}
