@@ -238,6 +238,9 @@ func TestIdempotencyKeys(t *testing.T) {
 			if r.status != http.StatusCreated && r.status != http.StatusConflict {
 				t.Errorf("concurrent retry: %d %s", r.status, r.raw)
 			}
+			if r.status == http.StatusConflict && r.header.Get("Retry-After") != "1" {
+				t.Errorf("a retry while the first runs: 409 without Retry-After: %s", r.raw)
+			}
 		}()
 	}
 	wg.Wait()
