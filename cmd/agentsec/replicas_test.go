@@ -495,10 +495,12 @@ func TestReplicasSurviveKillAndDatabaseRestart(t *testing.T) {
 		restarted time.Time
 		afterUp   int // calls allowed after the database came back
 	)
-	var wg sync.WaitGroup
+	var wg, connected sync.WaitGroup
 	for range sessions {
+		connected.Add(1)
 		wg.Go(func() {
 			s, err := f.rawConnect()
+			connected.Done()
 			if err != nil {
 				t.Errorf("connect: %v", err)
 				return
@@ -531,6 +533,11 @@ func TestReplicasSurviveKillAndDatabaseRestart(t *testing.T) {
 		})
 	}
 
+	// Every session is open before anything fails: an initialize, which
+	// starts a session's upstream server, can take more than the 1.5 s
+	// below on a loaded machine, and one cut by the kill is not what this
+	// test is about.
+	connected.Wait()
 	time.Sleep(1500 * time.Millisecond)
 	f.mu.Lock()
 	victim := f.replicas[1]
