@@ -137,6 +137,16 @@ type Call struct {
 // ended or abandoned.
 var ErrSettled = errors.New("agentsec: the call was already ended")
 
+// Budget returns the session's state as the call's last budget step left
+// it: its reservation, or, once End has counted its result, that count.
+// (A call that never ran gives its slot back, and no state comes back
+// with it: Budget then still returns the reservation's.)
+func (c *Call) Budget() budget.State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.res.State()
+}
+
 // Trust returns the trust gate's decision that admitted the call.
 func (c *Call) Trust() trust.Decision { return c.d }
 

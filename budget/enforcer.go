@@ -156,7 +156,8 @@ type Reservation struct {
 // Session returns the session the slot belongs to.
 func (r *Reservation) Session() string { return r.session }
 
-// State returns the session's state just after the slot was taken.
+// State returns the session's state just after the slot was taken, or,
+// once CommitWithin has settled the reservation, just after that.
 func (r *Reservation) State() State { return r.state }
 
 // Commit records that the call used tokens and keeps the call counted. It
@@ -195,7 +196,7 @@ func (r *Reservation) CommitWithin(ctx context.Context, tokens int64) (State, er
 	}
 	st, err := r.store.CommitWithin(ctx, r.session, tokens)
 	if err == nil || errors.Is(err, ErrExceeded) {
-		r.closed = true
+		r.closed, r.state = true, st
 	}
 	return st, err
 }

@@ -195,10 +195,15 @@ func TestEndOutcomes(t *testing.T) {
 	if calls() != 1 {
 		t.Errorf("a failed call that ran gave its slot back")
 	}
-	if e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"error": "no such file", "ran": false}); e.status != http.StatusOK {
-		t.Errorf("end with an error that never ran: %d %s", e.status, e.raw)
+	// An end's answer says how the session stands after it.
+	used := func(r reply) map[string]any { u, _ := r.body["used"].(map[string]any); return u }
+	if e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"tokens": 4}); used(e)["calls"] != 2.0 || used(e)["tokens"] != 7.0 {
+		t.Errorf("end's used: %s, want 2 calls and 7 tokens", e.raw)
 	}
-	if calls() != 1 {
+	if e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"error": "no such file", "ran": false}); e.status != http.StatusOK || used(e)["calls"] != 2.0 {
+		t.Errorf("end with an error that never ran: %d %s, want 200 and the slot back (2 calls)", e.status, e.raw)
+	}
+	if calls() != 2 {
 		t.Errorf("a call that never ran kept its slot")
 	}
 	e := s.do("POST", "/v1/calls/"+begin()+"/end", aliceToken, map[string]any{"tokens": 101})

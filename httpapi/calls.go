@@ -109,13 +109,15 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 		return settledProblem("call", c)
 	}
 	var callErr error
+	released := in.Error != nil && in.Ran != nil && !*in.Ran
 	if in.Error != nil {
 		callErr = errors.New(*in.Error)
-		if in.Ran == nil || *in.Ran {
+		if !released {
 			callErr = agentsec.Spent(callErr)
 		}
 	}
-	rec, err := c.call.End(ctx, in.Tokens, callErr)
+	call := c.call // settle forgets it
+	rec, err := call.End(ctx, in.Tokens, callErr)
 	s.open.settle(c, stateEnded)
 	if de, denied := errors.AsType[*agentsec.DeniedError](err); denied {
 		// The result is withheld, or its record could not be written:
@@ -131,7 +133,13 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 		return a
 	}
 	out := endAnswer{CallID: c.id, DecisionID: rec.Seq, Outcome: rec.Outcome, Reason: rec.Reason, Tokens: rec.Tokens}
-	if st, err := s.Stack.Budget.Usage(ctx, c.key); err == nil {
+	// The count that settled the call says how the session stands: no
+	// second trip to the budget store, except for a slot given back.
+	st, err := call.Budget(), error(nil)
+	if released {
+		st, err = s.Stack.Budget.Usage(ctx, c.key)
+	}
+	if err == nil {
 		out.Used, out.Limits = usageOf(st.Used), limitsOf(st.Limits)
 	}
 	return reply(http.StatusOK, out)
