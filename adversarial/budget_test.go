@@ -2,7 +2,6 @@ package adversarial
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -231,5 +230,3 @@ func TestResultOverCeilingWithheld(t *testing.T) {
 	}
 	h.checkInvariants()
 }
-
-var _ = json.Valid

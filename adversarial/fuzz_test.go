@@ -2,7 +2,6 @@ package adversarial
 
 import (
 	"bytes"
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -120,5 +119,3 @@ func FuzzHTTPFront(f *testing.F) {
 		}
 	})
 }
-
-var _ = fmt.Sprint

@@ -1,8 +1,6 @@
 package adversarial
 
 import (
-	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -159,9 +157,6 @@ func (f *httpFront) delete(token, session string) {
 		f.h.t.Fatalf("DELETE: %d", resp.StatusCode)
 	}
 }
-
-var _ = context.Background
-var _ = fmt.Sprint
 
 // A session holds at most 1,024 requests in progress: a flood of calls
 // past that is refused at once, and the session goes on.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/internal/bearer"
 )
 
 // A Server serves the decision API of one Stack. Its fields are read
@@ -354,9 +355,8 @@ func (p principal) may(rt route) (answer, bool) {
 // authenticate returns the principal whose token the request bears; it
 // compares every credential, in constant time.
 func (s *Server) authenticate(r *http.Request) principal {
-	scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
-	token = strings.TrimLeft(token, " ")
-	if !found || !strings.EqualFold(scheme, "Bearer") || token == "" {
+	token, found := bearer.Token(r)
+	if !found {
 		return principal{}
 	}
 	sum := sha256.Sum256([]byte(token))

@@ -22,6 +22,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/internal/bearer"
 )
 
 // A Gateway serves many MCP clients over streamable HTTP. Each client
@@ -290,11 +291,8 @@ func writeJSONError(w http.ResponseWriter, status int, id json.RawMessage, code 
 // authenticate returns the agent whose token the request bears. Every
 // credential is compared, in constant time, so timing reveals nothing.
 func (g *Gateway) authenticate(r *http.Request) (string, bool) {
-	// The scheme is case-insensitive (RFC 9110, 11.1); the token is what
-	// follows the space.
-	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	token = strings.TrimLeft(token, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+	token, ok := bearer.Token(r)
+	if !ok {
 		return "", false
 	}
 	sum := sha256.Sum256([]byte(token))

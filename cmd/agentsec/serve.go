@@ -42,7 +42,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 				return err
 			}
 			if len(cfg.Upstreams) > 0 {
-				gw, err = gatewayFor(cfg, file)
+				gw, err = gatewayFor(cfg, file, api.Agents)
 			}
 			return err
 		},
@@ -262,21 +262,13 @@ func apiFor(cfg *config.Config, file string) (*httpapi.Server, error) {
 }
 
 // gatewayFor builds the HTTP gateway a configuration describes, without
-// its stack.
-func gatewayFor(cfg *config.Config, file string) (*mcpgate.Gateway, error) {
+// its stack, for the agents the decision API knows by their tokens.
+func gatewayFor(cfg *config.Config, file string, agents []httpapi.Credential) (*mcpgate.Gateway, error) {
 	gw := &mcpgate.Gateway{MaxSessions: cfg.MaxSessions, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent,
 		IdleTimeout: cfg.SessionIdleTimeout, RequestBodyTimeout: cfg.RequestBodyTimeout,
 		AllowUnlistedTools: cfg.AllowUnlistedTools}
-	for _, a := range cfg.Trust.Agents {
-		if a.TokenSHA256 == "" {
-			continue
-		}
-		var c mcpgate.Credential
-		if _, err := hex.Decode(c.TokenSHA256[:], []byte(a.TokenSHA256)); err != nil {
-			return nil, fmt.Errorf("%s: agent %q: %w", file, a.ID, err)
-		}
-		c.Agent = a.ID
-		gw.Agents = append(gw.Agents, c)
+	for _, a := range agents {
+		gw.Agents = append(gw.Agents, mcpgate.Credential{TokenSHA256: a.TokenSHA256, Agent: a.Agent})
 	}
 	if len(gw.Agents) == 0 {
 		return nil, fmt.Errorf("%s: no agent has a token_sha256, so no MCP client could connect; make one with agentsec token", file)
