@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -106,5 +107,31 @@ func TestServeAPIAlone(t *testing.T) {
 	}
 	if err := (&Main{Stdout: &out, Stderr: &out}).Run(ctx, []string{"audit", "verify", "-db", filepath.Join(dir, "audit.db"), "-pubkey", filepath.Join(dir, "api.pub")}); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out.String())
+	}
+}
+
+// TestOneCredentialPerToken: an agent whose token sits on several scoped
+// entries has one credential, in the API (with every scope) and in the
+// gateway, whose exactly-one-match check refused it with one per entry.
+func TestOneCredentialPerToken(t *testing.T) {
+	sum := sha256.Sum256([]byte("t"))
+	h := hex.EncodeToString(sum[:])
+	cfg, err := config.Parse([]byte(`{"namespace": "n", "listen": "127.0.0.1:0", "budget": {"tokens": 1, "calls": 1},
+  "trust": {"agents": [{"id": "a", "level": "public", "token_sha256": "`+h+`"},
+                       {"id": "a", "scope": "staging", "level": "privileged", "token_sha256": "`+h+`"}]},
+  "upstreams": [{"name": "u", "url": "http://127.0.0.1:1/mcp"}]}`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := apiFor(cfg, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gatewayFor(cfg, "f", api.Agents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(api.Agents) != 1 || len(api.Agents[0].Scopes) != 2 || len(gw.Agents) != 1 {
+		t.Errorf("API credentials %+v, gateway credentials %d; want one each, the API's with both scopes", api.Agents, len(gw.Agents))
 	}
 }
