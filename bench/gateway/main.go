@@ -1,154 +1,259 @@
 // Command gateway measures what the agentsec gateway adds to a tools/call
-// over streamable HTTP: the same no-op tool is called straight on an MCP
-// server and through `agentsec serve` in front of it, with the durable
-// SQLite audit log on, at fixed offered rates and at saturation.
+// over streamable HTTP, against the physical floors under it, measured
+// side by side in the same run:
 //
-// Three processes, as in production, all on loopback: this one is the
-// client (the Go SDK's), a child of it is the MCP server (the Go SDK's),
-// and the gateway is the real agentsec binary, built from this checkout
-// and run with a configuration file. Each process's CPU time per call is
-// read from /proc, so the gateway's own cost is measured, not inferred.
+//   - direct: the client calls the MCP server itself;
+//   - proxy: through a bare httputil.ReverseProxy, the floor of any HTTP
+//     hop;
+//   - gateway on tmpfs: through `agentsec serve` with its durable audit
+//     log on tmpfs, where a sync costs nothing: governance without the
+//     disk;
+//   - gateway on disk: the same with the log on the disk, as in
+//     production;
+//   - fdatasync: a small write and fdatasync on the log's disk, the floor
+//     under any durable append.
 //
-//	go run ./bench/gateway                 # defaults: rates 500 and 2000/s, 10 s each
-//	go run ./bench/gateway -duration 5s -rates 500,2000 -sessions 16
+// Each round measures every path at a fixed offered rate, then the
+// fdatasync probe at the same rate, then every path at saturation; the
+// paths' order rotates from round to round, so that no path always runs
+// first or last. The ratios are computed within each round, and their
+// medians over the rounds are the result: on a shared, noisy machine a
+// ratio of two figures measured a second apart means more than either.
 //
-// Latency is measured from each call's scheduled start, so a stalled call
-// delays the ones behind it in the measurement too (no coordinated
-// omission). Before the measurements it times fdatasync on the audit
-// log's disk, the floor under any durable append.
+// Then, unless -count-calls is 0 or strace is missing, a third gateway
+// runs under strace, which sees only its fdatasync and fsync calls, and
+// the syncs per governed call are counted with one caller and with
+// -clients callers.
+//
+// Four processes, as in production, all on loopback: this one is the
+// client (the Go SDK's), children of it are the MCP server (the Go
+// SDK's) and the bare proxy, and the gateways are the real agentsec
+// binary, built from this checkout and run with a configuration file.
+//
+//	go run ./bench/gateway                       # 11 rounds of 3 s per path and load
+//	go run ./bench/gateway -rounds 3 -duration 1s
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
 	"flag"
 	"fmt"
 	"log"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-const token = "bench-token"
-
 func main() {
-	duration := flag.Duration("duration", 10*time.Second, "how long each measurement runs")
-	ratesFlag := flag.String("rates", "500,2000", "offered rates in calls per second, comma-separated")
-	sessions := flag.Int("sessions", 16, "client sessions the calls are spread over")
-	upstreamOnly := flag.Bool("upstream", false, "serve the no-op MCP server and print its URL (the benchmark's child)")
+	rounds := flag.Int("rounds", 11, "rounds of measurements")
+	duration := flag.Duration("duration", 3*time.Second, "how long each path is measured, per round and load")
+	rate := flag.Int("rate", 500, "the fixed offered rate, in calls per second")
+	sessions := flag.Int("sessions", 16, "client sessions per path; calls are spread over them")
+	clients := flag.Int("clients", 64, "concurrent callers at saturation")
+	diskDir := flag.String("disk", os.TempDir(), "a `directory` on the disk the durable log is measured on")
+	tmpfsDir := flag.String("tmpfs", "/dev/shm", "a `directory` on tmpfs")
+	countCalls := flag.Int("count-calls", 3000, "calls per phase when counting syncs under strace; 0 skips counting")
+	upstream := flag.Bool("upstream", false, "serve the no-op MCP server and print its URL (the benchmark's child)")
+	proxyTo := flag.String("proxy", "", "serve a bare reverse proxy to this `URL` and print its URL (the benchmark's child)")
 	flag.Parse()
-	if *upstreamOnly {
+	switch {
+	case *upstream:
 		serveUpstream()
 		return
+	case *proxyTo != "":
+		serveProxy(*proxyTo)
+		return
+	case *rounds < 1 || *rate < 1 || *sessions < 1 || *clients < 1:
+		log.Fatal("-rounds, -rate, -sessions and -clients must be positive")
 	}
-	var rates []int
-	for _, f := range strings.Split(*ratesFlag, ",") {
-		r, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || r <= 0 {
-			log.Fatalf("bad rate %q", f)
-		}
-		rates = append(rates, r)
-	}
-	dir, err := os.MkdirTemp("", "agentsec-bench-")
+	mustBe(*tmpfsDir, true)
+	mustBe(*diskDir, false)
+
+	disk, err := os.MkdirTemp(*diskDir, "agentsec-bench-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
-
-	upstream, upstreamURL := startUpstream()
-	defer upstream.Process.Kill()
-	gateway, gatewayURL, stopGateway := startGateway(dir, upstreamURL)
-	defer stopGateway()
-
-	direct := connectAll(upstreamURL, "", *sessions)
-	gated := connectAll(gatewayURL, token, *sessions)
-	procs := []*os.Process{upstream.Process, gateway}
-
-	fsync := fdatasyncP50(dir)
-	fmt.Printf("# agentsec gateway benchmark: %d sessions, %v per measurement, durable SQLite audit\n", *sessions, *duration)
-	fmt.Printf("# fdatasync on the audit log's disk, same run: p50 %v\n\n", fsync.Round(time.Microsecond))
-	fmt.Println("| load | path | calls/s | p50 | p99 | CPU/call: client | server | gateway | errors |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
-	for _, rate := range rates {
-		d := measure(procs, func() *result { return fixedRate(direct, rate, *duration) })
-		g := measure(procs, func() *result { return fixedRate(gated, rate, *duration) })
-		row("offered "+strconv.Itoa(rate)+"/s", "direct", d)
-		row("offered "+strconv.Itoa(rate)+"/s", "gateway", g)
-		fmt.Printf("| offered %d/s | **added** | | **%v** | **%v** | | | | |\n", rate,
-			(g.pct(50) - d.pct(50)).Round(time.Microsecond), (g.pct(99) - d.pct(99)).Round(time.Microsecond))
+	defer os.RemoveAll(disk)
+	tmpfs, err := os.MkdirTemp(*tmpfsDir, "agentsec-bench-")
+	if err != nil {
+		log.Fatal(err)
 	}
-	d := measure(procs, func() *result { return saturate(direct, *duration) })
-	g := measure(procs, func() *result { return saturate(gated, *duration) })
-	row("saturation", "direct", d)
-	row("saturation", "gateway", g)
-	fmt.Printf("| saturation | **gateway/direct** | **%.0f%%** | | | | | | |\n", 100*g.rate()/d.rate())
-}
+	defer os.RemoveAll(tmpfs)
 
-type result struct {
-	lat     []time.Duration
-	errors  int64
-	elapsed time.Duration
-	cpu     [3]time.Duration // CPU time of the client, the server and the gateway during the measurement
-}
+	upstreamProc, upstreamURL := startChild("-upstream")
+	defer upstreamProc.Kill()
+	proxyProc, proxyURL := startChild("-proxy", upstreamURL)
+	defer proxyProc.Kill()
+	bin := buildAgentsec(disk)
+	onTmpfs := startGateway(bin, filepath.Join(tmpfs, "gateway"), upstreamURL, false)
+	defer onTmpfs.stop()
+	onDisk := startGateway(bin, filepath.Join(disk, "gateway"), upstreamURL, false)
+	defer onDisk.stop()
 
-func (r *result) pct(p int) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
+	paths := []*path{
+		{name: "direct", sessions: connectAll(upstreamURL, "", *sessions)},
+		{name: "proxy", sessions: connectAll(proxyURL, "", *sessions), proc: proxyProc},
+		{name: "gateway, log on tmpfs", sessions: connectAll(onTmpfs.url, token, *sessions), proc: onTmpfs.proc},
+		{name: "gateway, log on disk", sessions: connectAll(onDisk.url, token, *sessions), proc: onDisk.proc},
 	}
-	slices.Sort(r.lat)
-	return r.lat[min(len(r.lat)-1, len(r.lat)*p/100)]
-}
-
-func (r *result) rate() float64 { return float64(len(r.lat)) / r.elapsed.Seconds() }
-
-func (r *result) perCall(i int) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
+	direct, proxy, gwTmpfs, gwDisk := paths[0], paths[1], paths[2], paths[3]
+	for _, p := range paths { // warm up: connections, the log's first pages
+		saturate(p.sessions, *clients, time.Second, 0)
 	}
-	return (r.cpu[i] / time.Duration(len(r.lat))).Round(time.Microsecond)
-}
 
-func row(load, path string, r *result) {
-	gateway := "–"
-	if path == "gateway" {
-		gateway = r.perCall(2).String()
+	fmt.Printf("# agentsec gateway against its floors, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Printf("# %d rounds; per round and path %v at %d calls/s, then %v with %d callers; %d sessions per path; %d CPUs; %s\n",
+		*rounds, *duration, *rate, *duration, *clients, *sessions, runtime.NumCPU(), runtime.Version())
+	fmt.Printf("# log on disk in %s, on tmpfs in %s\n\n", disk, tmpfs)
+	fmt.Println("Each round (latencies at the offered rate as p50/p90; saturation in calls/s):")
+	fmt.Println()
+	fmt.Println("| round | direct | proxy | gateway, tmpfs | gateway, disk | fdatasync | overhead | durability p50 | durability p90 | saturation: direct | proxy | gateway, disk | gateway ÷ proxy | errors |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	var ratios [4][]float64
+	var cpu [4][]float64
+	for r := range *rounds {
+		order := rotate(paths, r)
+		fixed := map[*path]*result{}
+		for _, p := range order {
+			fixed[p] = p.measure(func() *result { return fixedRate(p.sessions, *rate, *duration) })
+		}
+		sync := fdatasyncProbe(disk, *rate, *duration)
+		sat := map[*path]*result{}
+		for _, p := range order {
+			sat[p] = p.measure(func() *result { return saturate(p.sessions, *clients, *duration, 0) })
+		}
+		d, px, gt, gd := fixed[direct], fixed[proxy], fixed[gwTmpfs], fixed[gwDisk]
+		overhead := float64(gt.pct(50)-d.pct(50)) / float64(px.pct(50)-d.pct(50))
+		durable50 := float64(gd.pct(50)-gt.pct(50)) / float64(sync.pct(50))
+		durable90 := float64(gd.pct(90)-gt.pct(90)) / float64(sync.pct(90))
+		saturation := sat[gwDisk].rate() / sat[proxy].rate()
+		for i, v := range []float64{overhead, durable50, durable90, saturation} {
+			ratios[i] = append(ratios[i], v)
+		}
+		for i, p := range paths[1:] {
+			cpu[i] = append(cpu[i], float64(sat[p].cpuPerCall().Microseconds()))
+		}
+		var errs int64
+		for _, p := range paths {
+			errs += fixed[p].errors + sat[p].errors
+		}
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f | %d |\n", r+1,
+			p5090(d), p5090(px), p5090(gt), p5090(gd), p5090(sync), overhead, durable50, durable90,
+			sat[direct].rate(), sat[proxy].rate(), sat[gwDisk].rate(), saturation, errs)
 	}
-	fmt.Printf("| %s | %s | %.0f | %v | %v | %v | %v | %s | %d |\n", load, path, r.rate(),
-		r.pct(50).Round(time.Microsecond), r.pct(99).Round(time.Microsecond), r.perCall(0), r.perCall(1), gateway, r.errors)
+
+	fmt.Println()
+	fmt.Printf("Medians of the %d rounds:\n\n", *rounds)
+	fmt.Println("| measure | floor | goal | median | rounds' range |")
+	fmt.Println("|---|---|---|---|---|")
+	goals := []struct{ name, floor, goal string }{
+		{fmt.Sprintf("governance overhead at %d calls/s: (gateway, log on tmpfs − direct) ÷ (bare reverse proxy − direct), p50", *rate), "1.0", "≤ 1.25"},
+		{fmt.Sprintf("price of durability at %d calls/s: (gateway, log on disk − the same on tmpfs) ÷ fdatasync, p50", *rate), "1.0", "≤ 1.5"},
+		{"the same at p90 ÷ fdatasync p90", "1.0", "≤ 2"},
+		{fmt.Sprintf("saturation, %d callers: gateway with the durable log ÷ bare reverse proxy", *clients), "1.0", "≥ 0.9"},
+	}
+	for i, g := range goals {
+		fmt.Printf("| %s | %s | %s | **%.2f** | %.2f–%.2f |\n", g.name, g.floor, g.goal, median(ratios[i]), slices.Min(ratios[i]), slices.Max(ratios[i]))
+	}
+	fmt.Println()
+	fmt.Printf("CPU per call at saturation, medians: proxy %.0f µs, gateway on tmpfs %.0f µs, gateway on disk %.0f µs\n",
+		median(cpu[0]), median(cpu[1]), median(cpu[2]))
+
+	if *countCalls > 0 {
+		countSyncs(bin, filepath.Join(disk, "traced"), upstreamURL, *countCalls, *sessions, *clients)
+	}
 }
 
-// measure runs f and adds the CPU time each process spent meanwhile.
-func measure(procs []*os.Process, f func() *result) *result {
-	before := cpuTimes(procs)
+// A path is one way to the MCP server, with its client sessions and the
+// process in the middle, if any.
+type path struct {
+	name     string
+	sessions []*mcp.ClientSession
+	proc     *os.Process
+}
+
+// measure runs f and adds the CPU time the path's process spent meanwhile.
+func (p *path) measure(f func() *result) *result {
+	var before time.Duration
+	if p.proc != nil {
+		before = procCPU(p.proc.Pid)
+	}
 	r := f()
-	after := cpuTimes(procs)
-	for i := range r.cpu {
-		r.cpu[i] = after[i] - before[i]
+	if p.proc != nil {
+		r.cpu = procCPU(p.proc.Pid) - before
 	}
 	return r
 }
 
-// cpuTimes is the CPU time used so far by this process and each of procs.
-func cpuTimes(procs []*os.Process) [3]time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	out := [3]time.Duration{time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
-	for i, p := range procs {
-		out[i+1] = procCPU(p.Pid)
+// countSyncs runs a gateway under strace and prints how many fdatasync
+// and fsync calls it made per governed call, with one caller and with
+// clients callers.
+func countSyncs(bin, dir, upstream string, calls, sessions, clients int) {
+	fmt.Println()
+	if _, err := exec.LookPath("strace"); err != nil {
+		fmt.Println("Syncs per governed call: not counted, strace is not installed (apt-get install strace).")
+		return
 	}
-	return out
+	g := startGateway(bin, dir, upstream, true)
+	defer g.stop()
+	cs := connectAll(g.url, token, sessions)
+	saturate(cs, clients, time.Second, 0) // warm up
+	fmt.Println("Syncs (fdatasync and fsync, counted by strace) per governed call, log on disk:")
+	fmt.Println()
+	fmt.Println("| callers | calls | syncs | syncs per call | goal |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, n := range []int{1, clients} {
+		before := syncCount(g.trace)
+		r := saturate(cs[:min(n, len(cs))], n, time.Hour, int64(calls))
+		time.Sleep(100 * time.Millisecond) // a sync still under way is written out
+		syncs := syncCount(g.trace) - before
+		goal := "≤ 1"
+		if n > 1 {
+			goal = "≤ 0.1"
+		}
+		fmt.Printf("| %d | %d | %d | **%.3f** | %s |\n", n, len(r.lat), syncs, float64(syncs)/float64(len(r.lat)), goal)
+	}
+}
+
+func rotate(paths []*path, r int) []*path {
+	r %= len(paths)
+	return append(slices.Clone(paths[r:]), paths[:r]...)
+}
+
+func p5090(r *result) string {
+	return fmt.Sprintf("%s/%s", ms(r.pct(50)), ms(r.pct(90)))
+}
+
+func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// mustBe stops the benchmark unless dir is (or, with tmpfs false, is
+// not) on tmpfs.
+func mustBe(dir string, tmpfs bool) {
+	const tmpfsMagic = 0x01021994
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		log.Fatal(err)
+	}
+	if (st.Type == tmpfsMagic) != tmpfs {
+		what := map[bool]string{true: "is not on tmpfs (-tmpfs)", false: "is on tmpfs, not a disk (-disk)"}[tmpfs]
+		log.Fatalf("%s %s", dir, what)
+	}
 }
 
 // procCPU reads a process's user and system time from /proc.
@@ -164,221 +269,4 @@ func procCPU(pid int) time.Duration {
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	const ticks = 100 // USER_HZ on Linux
 	return time.Duration(utime+stime) * time.Second / ticks
-}
-
-func call(cs *mcp.ClientSession) error {
-	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "noop", Arguments: map[string]any{}})
-	if err == nil && res.IsError {
-		err = fmt.Errorf("tool error")
-	}
-	return err
-}
-
-// fixedRate offers calls at rate per second, spread over the sessions in
-// turn, each at its scheduled time.
-func fixedRate(sessions []*mcp.ClientSession, rate int, d time.Duration) *result {
-	n := int(d.Seconds() * float64(rate))
-	interval := time.Second / time.Duration(rate)
-	res := &result{lat: make([]time.Duration, 0, n)}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range n {
-		due := start.Add(time.Duration(i) * interval)
-		time.Sleep(time.Until(due))
-		wg.Go(func() {
-			err := call(sessions[i%len(sessions)])
-			lat := time.Since(due)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				res.errors++
-				return
-			}
-			res.lat = append(res.lat, lat)
-		})
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	return res
-}
-
-// saturate calls as fast as each session can, all at once.
-func saturate(sessions []*mcp.ClientSession, d time.Duration) *result {
-	res := &result{}
-	var mu sync.Mutex
-	var errs atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	stop := start.Add(d)
-	for _, cs := range sessions {
-		for range 4 { // a few calls in flight per session
-			wg.Go(func() {
-				var mine []time.Duration
-				for time.Now().Before(stop) {
-					t0 := time.Now()
-					if err := call(cs); err != nil {
-						errs.Add(1)
-						continue
-					}
-					mine = append(mine, time.Since(t0))
-				}
-				mu.Lock()
-				res.lat = append(res.lat, mine...)
-				mu.Unlock()
-			})
-		}
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	res.errors = errs.Load()
-	return res
-}
-
-// serveUpstream serves an MCP server with one no-op tool over streamable
-// HTTP on loopback, prints its URL and serves until killed.
-func serveUpstream() {
-	server := mcp.NewServer(&mcp.Implementation{Name: "noop", Version: "1"}, nil)
-	mcp.AddTool(server, &mcp.Tool{Name: "noop", Description: "does nothing"},
-		func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "ok"}}}, nil, nil
-		})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	fmt.Printf("http://%s/\n", ln.Addr())
-	log.Fatal(http.Serve(ln, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)))
-}
-
-// startUpstream runs this program as the MCP server and returns it and
-// its URL.
-func startUpstream() (*exec.Cmd, string) {
-	self, err := os.Executable()
-	if err != nil {
-		log.Fatal(err)
-	}
-	cmd := exec.Command(self, "-upstream")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
-	}
-	url, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		log.Fatalf("the upstream did not start: %v", err)
-	}
-	return cmd, strings.TrimSpace(url)
-}
-
-// startGateway builds agentsec from this checkout and runs `agentsec
-// serve` in front of upstream, with a signing key and a durable audit log
-// in dir. It returns the process, its URL, and a function that stops it
-// (with an interrupt, as an operator would) and checks the log verifies.
-func startGateway(dir, upstream string) (*os.Process, string, func()) {
-	bin := filepath.Join(dir, "agentsec")
-	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/agentsec").CombinedOutput(); err != nil {
-		log.Fatalf("building agentsec (run from the repository's root): %v\n%s", err, out)
-	}
-	if out, err := exec.Command(bin, "keygen", "-name", "bench", "-dir", dir).CombinedOutput(); err != nil {
-		log.Fatalf("agentsec keygen: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cfg := filepath.Join(dir, "agentsec.yaml")
-	config := fmt.Sprintf(`namespace: bench
-trust:
-  rules: [{tool: noop, level: public}]
-  agents: [{id: bench, level: public, token_sha256: %x}]
-budget: {tokens: 1000000000000, calls: 1000000000000}
-audit: {path: audit.db, key_file: bench.key}
-listen: %s
-max_sessions: 100000
-upstreams: [{name: noop, url: %q}]
-`, sha256.Sum256([]byte(token)), addr, upstream)
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		log.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "-config", cfg)
-	cmd.Dir = dir
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
-	}
-	lines := bufio.NewScanner(stderr)
-	for lines.Scan() {
-		if strings.Contains(lines.Text(), "serving MCP on") {
-			break
-		}
-	}
-	go func() {
-		for lines.Scan() {
-			fmt.Fprintln(os.Stderr, "agentsec serve:", lines.Text())
-		}
-	}()
-	return cmd.Process, "http://" + addr + "/", func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		out, err := exec.Command(bin, "audit", "verify", "-db", filepath.Join(dir, "audit.db"), "-pubkey", filepath.Join(dir, "bench.pub")).CombinedOutput()
-		if err != nil {
-			log.Printf("the audit log does not verify: %v\n%s", err, out)
-		}
-	}
-}
-
-// fdatasyncP50 times 200 small writes each followed by fdatasync, in dir.
-func fdatasyncP50(dir string) time.Duration {
-	f, err := os.Create(filepath.Join(dir, "fsync-probe"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer f.Close()
-	var lat []time.Duration
-	buf := make([]byte, 4096)
-	for i := range 200 {
-		t0 := time.Now()
-		f.WriteAt(buf, int64(i%16)*4096)
-		syscall.Fdatasync(int(f.Fd()))
-		lat = append(lat, time.Since(t0))
-	}
-	slices.Sort(lat)
-	return lat[len(lat)/2]
-}
-
-type bearer struct{ token string }
-
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	if b.token != "" {
-		r.Header.Set("Authorization", "Bearer "+b.token)
-	}
-	return clientTransport.RoundTrip(r)
-}
-
-// clientTransport is the benchmark client's connection pool, for both
-// paths: large enough that concurrent calls don't re-dial.
-var clientTransport = &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
-
-func connectAll(url, token string, n int) []*mcp.ClientSession {
-	out := make([]*mcp.ClientSession, n)
-	for i := range out {
-		client := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil)
-		cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{
-			Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}, MaxRetries: -1}, nil)
-		if err != nil {
-			log.Fatalf("connecting to %s: %v", url, err)
-		}
-		out[i] = cs
-	}
-	return out
 }
