@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 
 	_ "modernc.org/sqlite" // the attacker's own connection to the database
 
@@ -17,9 +18,10 @@ import (
 
 // The third attacker: a process that can write the SQLite database
 // behind a running gateway, ignoring its lock. It appends a record of its
-// own: the gateway's next append fails rather than fork the log, every
-// call is then denied before it runs (fail closed), and verification
-// names the record that isn't the log's. It edits a record the log
+// own: the gateway notices when it next commits to the database, moments
+// later, rather than fork the log; every call is then denied before it
+// runs (fail closed), and verification names the record that isn't the
+// log's. It edits a record the log
 // holds: verification names that one.
 func TestDatabaseWriterBehindTheGateway(t *testing.T) {
 	ctx := context.Background()
@@ -57,7 +59,10 @@ func TestDatabaseWriterBehindTheGateway(t *testing.T) {
 		t.Errorf("a second writer: %v, want an *sqlite.InUseError", err)
 	}
 	// The attacker writes the file itself: a copy of the last record, as
-	// the next one.
+	// the next one, once the gateway has committed its records there.
+	if err := stack.Audit.Store().(*sqlite.Store).Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
 	if err != nil {
 		t.Fatal(err)
@@ -67,22 +72,46 @@ func TestDatabaseWriterBehindTheGateway(t *testing.T) {
 		SELECT seq + 1, data, hashes FROM audit_records ORDER BY seq DESC LIMIT 1`); err != nil {
 		t.Fatal(err)
 	}
+	// The gateway's appends are durable in its record log first; the
+	// forged row is found when they are committed to the database, moments
+	// later. From then on the log is failed, and calls are denied before
+	// they run. Until then each call that ran had its record appended.
 	before := ran
-	err = stack.Guard(ctx, req, tool)
-	if !errors.Is(err, agentsec.ErrAuditUnavailable) && err != nil {
-		t.Fatalf("the call after a foreign append: %v", err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := stack.Guard(ctx, req, tool)
+		if errors.Is(err, agentsec.ErrAuditUnavailable) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("a call after the foreign append: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls after the foreign append were allowed; the gateway never noticed it", ran-before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	// The call's own record could not be appended: from here on the log
-	// is failed, and calls are denied before they run.
+	failedAt := ran
 	for range 3 {
 		if err := stack.Guard(ctx, req, tool); !errors.Is(err, agentsec.ErrAuditUnavailable) {
 			t.Fatalf("a call while the log is failed: %v, want %v", err, agentsec.ErrAuditUnavailable)
 		}
 	}
-	if ran > before+1 {
-		t.Errorf("%d calls ran after the foreign append, want at most the one whose record failed", ran-before)
+	if ran > failedAt+1 {
+		t.Errorf("%d calls ran after the log failed, want at most the one whose record failed", ran-failedAt)
 	}
-	if _, err := stack.Audit.Verify(ctx); err == nil {
+	// An outside verifier, reading the file as the CLI does, names the
+	// forged record.
+	reader, err := sqlite.Open(ctx, path, sqlite.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	verify := func() error {
+		_, err := audit.Verify(ctx, reader, audit.VerifyOptions{Verifier: stack.Audit.Verifier()})
+		return err
+	}
+	if err := verify(); err == nil {
 		t.Error("the log verifies with a record the gateway never wrote")
 	} else if ve, ok := errors.AsType[*audit.VerifyError](err); !ok || ve.Seq != 4 {
 		t.Errorf("verify: %v, want it to name record 4 (records 0 to 3 are the assignment and the three calls)", err)
@@ -95,7 +124,7 @@ func TestDatabaseWriterBehindTheGateway(t *testing.T) {
 	if _, err := db.ExecContext(ctx, `UPDATE audit_records SET data = CAST(replace(CAST(data AS TEXT), 'fs.read', 'fs.redd') AS BLOB) WHERE seq = 1`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stack.Audit.Verify(ctx); err == nil {
+	if err := verify(); err == nil {
 		t.Error("the log verifies with an edited record")
 	} else if ve, ok := errors.AsType[*audit.VerifyError](err); !ok || ve.Seq != 1 {
 		t.Errorf("verify: %v, want it to name record 1", err)

@@ -47,9 +47,14 @@ func demoLog(t *testing.T) string {
 	return dir
 }
 
-// tamper runs SQL statements against the log's database.
+// tamper runs SQL statements against the log's database, and removes
+// the store's record log, which holds a durable copy of the latest
+// records and would put records cut from the database back.
 func tamper(t *testing.T, path string, fn func(db *sql.DB) error) {
 	t.Helper()
+	if err := os.RemoveAll(path + "-segments"); err != nil {
+		t.Fatal(err)
+	}
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
@@ -256,6 +261,9 @@ func TestVerifyLiveLog(t *testing.T) {
 	verify := []string{"audit", "verify", "-db", path, "-pubkey", filepath.Join(dir, "live.pub")}
 
 	appendN(3)
+	if err := store.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	code, _, stderr := runExit(t, &Main{}, verify...)
 	if code != 1 {
 		t.Errorf("verify without a checkpoint: exit %d, want 1", code)
@@ -266,6 +274,12 @@ func TestVerifyLiveLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	appendN(2)
+	// Other processes read what the writer has committed to the
+	// database, which it does moments after each append; Flush does it
+	// at once.
+	if err := store.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	code, stdout, stderr := runExit(t, &Main{}, verify...)
 	if code != 0 {
 		t.Fatalf("verify: exit %d\n%s", code, stderr)

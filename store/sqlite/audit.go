@@ -2,10 +2,13 @@ package sqlite
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 
 	"github.com/agentsec/agentsec/audit"
@@ -13,6 +16,10 @@ import (
 
 // Size implements audit.Store.
 func (s *Store) Size(ctx context.Context) (uint64, error) {
+	if s.tail != nil {
+		v := s.tail.view()
+		return v.base + uint64(len(v.entries)), nil
+	}
 	return s.size(ctx, s.reader)
 }
 
@@ -28,8 +35,10 @@ func (s *Store) size(ctx context.Context, q queryer) (uint64, error) {
 	return uint64(size), nil
 }
 
-// Append implements audit.Store: the entries are committed in one
-// transaction, on stable storage when Append returns nil.
+// Append implements audit.Store: the entries are on stable storage, in
+// the record log, when Append returns nil. The database gets them a
+// moment later, from the tail (see tail.go); until then reads find them
+// in the tail.
 func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	if s.writer == nil {
 		return errors.New("sqlite: the store is read-only")
@@ -40,56 +49,53 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	size := s.nextSeq
-	if entries[0].Seq != size {
-		return fmt.Errorf("sqlite: append of entry %d to a log of size %d", entries[0].Seq, size)
+	for i, e := range entries {
+		if e.Seq != size+uint64(i) {
+			return fmt.Errorf("sqlite: append of entry %d to a log of size %d", e.Seq, size+uint64(i))
+		}
+		if len(e.Data) == 0 || len(e.Data) > audit.MaxRecordSize || len(e.Hashes) == 0 || len(e.Hashes) > audit.MaxStoredHashes {
+			return fmt.Errorf("sqlite: entry %d has %d bytes and %d tree hashes", e.Seq, len(e.Data), len(e.Hashes))
+		}
 	}
-	tx, err := s.begin(ctx)
-	if err != nil {
-		return s.wrap("appending", err)
+	if err := s.indexErr.Load(); err != nil {
+		return *err
 	}
-	defer tx.Rollback()
+	if err := s.rlog.append(func(dst []byte, prev uint32) ([]byte, uint32, int64) {
+		for _, e := range entries {
+			dst, prev = appendFrame(dst, prev, frame{kind: frameRecord, seq: e.Seq, data: e.Data, hashes: audit.PackHashes(e.Hashes)})
+		}
+		return dst, prev, int64(entries[len(entries)-1].Seq)
+	}); err != nil {
+		return err
+	}
+	s.tail.push(entries)
+	s.nextSeq = size + uint64(len(entries))
+	return nil
+}
+
+// insertRecords inserts entries, which must follow size, within tx, and
+// returns their index rows.
+func (s *Store) insertRecords(ctx context.Context, tx *writeTx, entries []audit.Entry, size uint64) ([]indexRow, error) {
 	rows := make([]indexRow, 0, len(entries))
 	args := make([]any, 0, 3*min(len(entries), rowsPerInsert))
 	for i, e := range entries {
 		if e.Seq != size+uint64(i) {
-			return fmt.Errorf("sqlite: entry %d follows entry %d", e.Seq, size+uint64(i)-1)
+			return nil, fmt.Errorf("sqlite: entry %d follows entry %d", e.Seq, size+uint64(i)-1)
 		}
 		row, err := rowOf(e)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rows = append(rows, row)
 		args = append(args, int64(e.Seq), e.Data, audit.PackHashes(e.Hashes))
 		if len(args) == cap(args) || i == len(entries)-1 {
 			if _, err := tx.ExecContext(ctx, insertSQL("audit_records", 3, len(args)/3), args...); err != nil {
-				return s.wrap(fmt.Sprintf("appending entries up to %d", e.Seq), err)
+				return nil, s.wrap(fmt.Sprintf("appending entries up to %d", e.Seq), err)
 			}
 			args = args[:0]
 		}
 	}
-	// Index rows ride along once enough are waiting, so most appends
-	// write only the records' page.
-	flushed := len(s.pending)+len(rows) >= indexBatch
-	if flushed {
-		if err := s.writeIndex(ctx, tx, s.pending, rows); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		// The commit may have landed all the same; the next append
-		// starts from what the database holds.
-		if n, serr := s.size(ctx, s.writer); serr == nil {
-			s.nextSeq = n
-		}
-		return s.wrap("committing append", err)
-	}
-	s.nextSeq = size + uint64(len(entries))
-	if flushed {
-		s.pending = s.pending[:0]
-	} else {
-		s.pending = append(s.pending, rows...)
-	}
-	return nil
+	return rows, nil
 }
 
 // Scan implements audit.Store.
@@ -97,13 +103,28 @@ func (s *Store) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) 
 	if to <= from {
 		return nil
 	}
-	rows, err := s.reader.QueryContext(ctx,
-		`SELECT seq, data, hashes FROM audit_records WHERE seq >= ? AND seq < ? ORDER BY seq`,
-		clampSeq(from), clampSeq(to))
-	if err != nil {
-		return s.wrap("scanning", err)
+	// The view first: what it lacks was in the database before it.
+	v := s.view()
+	if from < v.base {
+		rows, err := s.reader.QueryContext(ctx,
+			`SELECT seq, data, hashes FROM audit_records WHERE seq >= ? AND seq < ? ORDER BY seq`,
+			clampSeq(from), clampSeq(min(to, v.base)))
+		if err != nil {
+			return s.wrap("scanning", err)
+		}
+		if err := s.each(rows, true, fn); err != nil {
+			return err
+		}
 	}
-	return s.each(rows, true, fn)
+	return v.each(ctx, from, to, fn)
+}
+
+// view returns the tail's view; a read-only Store has no tail.
+func (s *Store) view() tailView {
+	if s.tail == nil {
+		return tailView{base: math.MaxUint64}
+	}
+	return s.tail.view()
 }
 
 // clampSeq keeps a sequence number within SQLite's signed integers.
@@ -157,7 +178,17 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, 
 		}
 		byRecord[rec] = append(byRecord[rec], slot{i, level})
 	}
+	v := s.view()
 	for rec, slots := range byRecord {
+		if e, ok := v.entry(uint64(rec)); ok {
+			for _, sl := range slots {
+				if sl.level >= len(e.Hashes) {
+					return nil, fmt.Errorf("sqlite: record %d has no tree hash at level %d", rec, sl.level)
+				}
+				out[sl.i] = e.Hashes[sl.level]
+			}
+			continue
+		}
 		var raw []byte
 		err := s.reader.QueryRowContext(ctx, `SELECT hashes FROM audit_records WHERE seq = ?`, rec).Scan(&raw)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -177,37 +208,83 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]audit.Hash, 
 	return out, nil
 }
 
-// AddCheckpoint implements audit.Store.
+// AddCheckpoint implements audit.Store. Like a record, a checkpoint is
+// durable in the record log when AddCheckpoint returns nil.
 func (s *Store) AddCheckpoint(ctx context.Context, size uint64, signed []byte) error {
 	if s.writer == nil {
 		return errors.New("sqlite: the store is read-only")
 	}
-	tx, err := s.begin(ctx)
-	if err != nil {
-		return s.wrap("storing checkpoint", err)
+	if len(signed) == 0 || len(signed) > maxNote {
+		return fmt.Errorf("sqlite: a checkpoint note of %d bytes (at most %d)", len(signed), maxNote)
 	}
-	defer tx.Rollback()
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	if err := s.indexErr.Load(); err != nil {
+		return *err
+	}
+	old, err := s.checkpointOfSize(ctx, size)
+	switch {
+	case err != nil:
+		return err
+	case old != nil && bytes.Equal(old, signed):
+		return nil
+	case old != nil:
+		return fmt.Errorf("sqlite: a different checkpoint of size %d is stored", size)
+	}
+	if err := s.rlog.append(func(dst []byte, prev uint32) ([]byte, uint32, int64) {
+		dst, prev = appendFrame(dst, prev, frame{kind: frameCheckpoint, seq: size, data: signed})
+		// The segment may be reused once the next record is durable in
+		// the database: the indexer commits the checkpoint with it, or
+		// before.
+		return dst, prev, int64(s.nextSeq)
+	}); err != nil {
+		return err
+	}
+	s.tail.pushCheckpoint(size, signed)
+	return nil
+}
+
+// checkpointOfSize returns the stored checkpoint of size, or nil.
+func (s *Store) checkpointOfSize(ctx context.Context, size uint64) ([]byte, error) {
+	v := s.tail.view()
+	if note, ok := v.checkpoint(size); ok {
+		return note, nil
+	}
+	var note []byte
+	err := s.reader.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints WHERE size = ?`, clampSeq(size)).Scan(&note)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, s.wrap("reading checkpoint", err)
+	}
+	return note, nil
+}
+
+// insertCheckpoint stores a checkpoint within tx unless the same one is
+// stored; it reports whether it inserted it.
+func insertCheckpoint(ctx context.Context, tx *writeTx, size uint64, signed []byte) (bool, error) {
 	var old []byte
-	err = tx.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints WHERE size = ?`, clampSeq(size)).Scan(&old)
+	err := tx.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints WHERE size = ?`, clampSeq(size)).Scan(&old)
 	switch {
 	case err == nil && bytes.Equal(old, signed):
-		return nil
+		return false, nil
 	case err == nil:
-		return fmt.Errorf("sqlite: a different checkpoint of size %d is stored", size)
+		return false, fmt.Errorf("sqlite: a different checkpoint of size %d is stored", size)
 	case !errors.Is(err, sql.ErrNoRows):
-		return s.wrap("storing checkpoint", err)
+		return false, fmt.Errorf("sqlite: storing checkpoint: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_checkpoints (size, note) VALUES (?, ?)`, clampSeq(size), signed); err != nil {
-		return s.wrap("storing checkpoint", err)
+		return false, fmt.Errorf("sqlite: storing checkpoint: %w", err)
 	}
-	if err := tx.Commit(); err != nil {
-		return s.wrap("storing checkpoint", err)
-	}
-	return nil
+	return true, nil
 }
 
 // Checkpoints implements audit.Store.
 func (s *Store) Checkpoints(ctx context.Context, fn func(uint64, []byte) error) error {
+	// The tail's checkpoints, by size, are merged into the database's;
+	// one the indexer committed since the view is passed once.
+	pending := slices.SortedFunc(slices.Values(s.view().checkpoints), func(a, b checkpointFrame) int { return cmp.Compare(a.size, b.size) })
 	rows, err := s.reader.QueryContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size`)
 	if err != nil {
 		return s.wrap("reading checkpoints", err)
@@ -219,6 +296,14 @@ func (s *Store) Checkpoints(ctx context.Context, fn func(uint64, []byte) error) 
 		if err := rows.Scan(&size, &note); err != nil {
 			return s.wrap("reading checkpoints", err)
 		}
+		for len(pending) > 0 && pending[0].size <= uint64(size) {
+			if pending[0].size < uint64(size) {
+				if err := fn(pending[0].size, pending[0].note); err != nil {
+					return err
+				}
+			}
+			pending = pending[1:]
+		}
 		if err := fn(uint64(size), note); err != nil {
 			return err
 		}
@@ -226,19 +311,36 @@ func (s *Store) Checkpoints(ctx context.Context, fn func(uint64, []byte) error) 
 	if err := rows.Err(); err != nil {
 		return s.wrap("reading checkpoints", err)
 	}
+	for _, c := range pending {
+		if err := fn(c.size, c.note); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // LatestCheckpoint implements audit.Store.
 func (s *Store) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
+	var latest *checkpointFrame
+	for _, c := range s.view().checkpoints {
+		if latest == nil || c.size > latest.size {
+			latest = &c
+		}
+	}
 	var size int64
 	var note []byte
 	err := s.reader.QueryRowContext(ctx, `SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1`).Scan(&size, &note)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		size = -1
+	case err != nil:
 		return 0, nil, s.wrap("reading latest checkpoint", err)
+	}
+	if latest != nil && int64(latest.size) > size {
+		return latest.size, latest.note, nil
+	}
+	if size < 0 {
+		return 0, nil, nil
 	}
 	return uint64(size), note, nil
 }
@@ -246,10 +348,12 @@ func (s *Store) LatestCheckpoint(ctx context.Context) (uint64, []byte, error) {
 // QueryEntries implements audit.Querier: it finds candidates through the
 // index table, then passes every record the index does not cover yet.
 func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, fn func(audit.Entry) error) error {
+	v := s.view()
 	var indexed int64
 	if err := s.reader.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_index`).Scan(&indexed); err != nil {
 		return s.wrap("querying", err)
 	}
+	indexed = min(indexed, clampSeq(v.base))
 	where := []string{"i.seq >= ?", "i.seq < ?"}
 	args := []any{clampSeq(from), indexed}
 	for _, c := range []struct{ col, v string }{
@@ -279,10 +383,13 @@ func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, f
 	if err := s.each(rows, false, fn); err != nil {
 		return err
 	}
-	rows, err = s.reader.QueryContext(ctx, `SELECT seq, data FROM audit_records WHERE seq >= ? ORDER BY seq`,
-		max(clampSeq(from), indexed))
+	rows, err = s.reader.QueryContext(ctx, `SELECT seq, data FROM audit_records WHERE seq >= ? AND seq < ? ORDER BY seq`,
+		max(clampSeq(from), indexed), clampSeq(v.base))
 	if err != nil {
 		return s.wrap("querying", err)
 	}
-	return s.each(rows, false, fn)
+	if err := s.each(rows, false, fn); err != nil {
+		return err
+	}
+	return v.each(ctx, from, math.MaxUint64, fn)
 }

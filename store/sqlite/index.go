@@ -9,14 +9,12 @@ import (
 	"github.com/agentsec/agentsec/audit"
 )
 
-// The query index lags the records by design. A durable append commits in
-// a transaction of its own, and each index b-tree it touched would add a
-// page to that commit's sync; so index rows wait in memory and are written
-// with the first append that finds indexBatch of them waiting, or on
-// Close. Rows lost to a crash are rebuilt from the records' bytes by the
-// next Open, and QueryEntries passes the records the index doesn't cover
-// yet, so no record is ever missing from a query.
-const indexBatch = 64
+// The query index: each record's row in audit_index is written in the
+// same transaction as the record, by the indexer (see tail.go). Index
+// rows only find candidates: audit.Query checks every record it returns
+// against its own bytes. A database written before the index rows went
+// with their records may lack the rows of its last records; Open
+// rebuilds them from the records' bytes.
 
 // indexRow is one record's row in audit_index.
 type indexRow struct {
@@ -95,29 +93,7 @@ type insertKey struct {
 
 var insertCache sync.Map
 
-// flushIndex writes the pending index rows in a transaction of their own.
-func (s *Store) flushIndex(ctx context.Context) error {
-	s.appendMu.Lock()
-	defer s.appendMu.Unlock()
-	if len(s.pending) == 0 {
-		return nil
-	}
-	tx, err := s.begin(ctx)
-	if err != nil {
-		return s.wrap("indexing", err)
-	}
-	defer tx.Rollback()
-	if err := s.writeIndex(ctx, tx, s.pending); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return s.wrap("indexing", err)
-	}
-	s.pending = s.pending[:0]
-	return nil
-}
-
-// catchUpIndex indexes the records a crash left unindexed, from their
+// catchUpIndex indexes the records that have no index row, from their
 // bytes.
 func (s *Store) catchUpIndex(ctx context.Context) error {
 	var indexed int64
@@ -136,8 +112,16 @@ func (s *Store) catchUpIndex(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sqlite: rebuilding the index: %w", err)
 	}
-	s.appendMu.Lock()
-	s.pending = rows
-	s.appendMu.Unlock()
-	return s.flushIndex(ctx)
+	tx, err := s.begin(ctx)
+	if err != nil {
+		return s.wrap("indexing", err)
+	}
+	defer tx.Rollback()
+	if err := s.writeIndex(ctx, tx, rows); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.wrap("indexing", err)
+	}
+	return nil
 }

@@ -79,6 +79,9 @@ func TestSecondWriterRefused(t *testing.T) {
 		}
 	}
 	logEvents(3) // the refused Opens changed nothing for the first
+	if err := first.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	r, err := sqlite.Open(ctx, path, sqlite.Options{ReadOnly: true})
 	if err != nil {

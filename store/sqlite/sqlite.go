@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	msqlite "modernc.org/sqlite"
 
@@ -58,7 +59,23 @@ type Store struct {
 	// number rather than fork the log.
 	appendMu sync.Mutex
 	nextSeq  uint64
-	pending  []indexRow
+
+	// A writable Store's record log, the tail of its records not yet in
+	// the database, and the goroutines that commit the tail (the
+	// indexer) and checkpoint the database (see recordlog.go and
+	// tail.go). committed is the size of the log in the database.
+	rlog         *recordLog
+	tail         *tail
+	committed    atomic.Uint64
+	indexMu      sync.Mutex            // held while the tail is committed
+	indexErr     atomic.Pointer[error] // why the indexer failed, if it did
+	indexed      int                   // records committed from the tail since the last checkpoint was asked for
+	stopIndexer  chan struct{}
+	indexerDone  chan struct{}
+	abandoned    atomic.Bool // set by tests that leave the tail as a crash would
+	checkpointer *sql.DB
+	checkpoints  chan struct{}
+	checkpointed chan struct{}
 }
 
 var (
@@ -132,8 +149,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		if s.lock, err = lockDatabase(path); err != nil {
 			return nil, err
 		}
+		// The database's commits are not synced: the record log's are
+		// (see recordlog.go), and the checkpointer syncs the database.
 		s.writer, err = openDB(path, "rwc", 1,
-			"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)")
+			"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "busy_timeout(10000)")
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -149,8 +168,22 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	if s.writer == nil {
+		if err := s.recoverForReader(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	if s.writer != nil {
 		if s.nextSeq, err = s.size(ctx, s.writer); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if s.checkpointer, err = openCheckpointer(path); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if err := s.recoverRecords(ctx); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -158,6 +191,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 			s.Close()
 			return nil, err
 		}
+		s.checkpoints, s.checkpointed = make(chan struct{}, 1), make(chan struct{})
+		go s.runCheckpoints()
+		s.tail = newTail(s.nextSeq)
+		s.stopIndexer, s.indexerDone = make(chan struct{}), make(chan struct{})
+		go s.runIndexer(s.stopIndexer)
 	}
 	return s, nil
 }
@@ -234,9 +272,12 @@ func (s *Store) Path() string { return s.path }
 // releases its lock.
 func (s *Store) Close() error {
 	var errs []error
-	if s.writer != nil {
-		errs = append(errs, s.flushIndex(context.Background()))
+	if s.stopIndexer != nil {
+		close(s.stopIndexer) // the indexer commits the tail and returns
+		<-s.indexerDone
+		s.stopIndexer = nil
 	}
+	errs = append(errs, s.closeRecordLog())
 	if s.writer != nil {
 		errs = append(errs, s.writer.Close())
 	}

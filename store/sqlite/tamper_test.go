@@ -83,6 +83,30 @@ func (s *signedLog) exec(t *testing.T, stmts ...string) {
 	}
 }
 
+// removeRecordLog removes the store's record log, the durable copy of
+// its latest appends, as someone with access to the host could.
+func (s *signedLog) removeRecordLog(t *testing.T) {
+	t.Helper()
+	if err := os.RemoveAll(s.path + "-segments"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// size returns the number of records in the database.
+func (s *signedLog) size(t *testing.T) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM audit_records`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func (s *signedLog) data(t *testing.T, seq int) []byte {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+s.path)
@@ -217,14 +241,28 @@ func TestVerifyFindsSwappedRecords(t *testing.T) {
 }
 
 func TestVerifyFindsTruncation(t *testing.T) {
+	// Whoever cuts the database's last records must remove the record
+	// log's copy of them as well, or the next Open puts them back.
+	t.Run("the record log restores records cut from the database alone", func(t *testing.T) {
+		s := newSignedLog(t)
+		s.exec(t, `DELETE FROM audit_records WHERE seq >= 95`, `DELETE FROM audit_checkpoints WHERE size > 90`)
+		if err := s.verify(t, s.latest); err != nil {
+			t.Fatalf("Verify = %v, want the records replayed from the record log", err)
+		}
+		if n := s.size(t); n != 100 {
+			t.Fatalf("the log holds %d records after the replay, want 100", n)
+		}
+	})
 	t.Run("caught by the latest stored checkpoint", func(t *testing.T) {
 		s := newSignedLog(t)
 		s.exec(t, `DELETE FROM audit_records WHERE seq >= 95`)
+		s.removeRecordLog(t)
 		wantRecord(t, s.verify(t), 95, "records 95 to 99 were removed")
 	})
 	t.Run("checkpoints truncated too: caught by a kept checkpoint", func(t *testing.T) {
 		s := newSignedLog(t)
 		s.exec(t, `DELETE FROM audit_records WHERE seq >= 85`, `DELETE FROM audit_checkpoints WHERE size > 80`)
+		s.removeRecordLog(t)
 		if err := s.verify(t); err != nil {
 			t.Fatalf("without a kept checkpoint the cut log looks whole, but Verify = %v", err)
 		}
