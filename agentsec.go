@@ -108,6 +108,11 @@ type Stack struct {
 	Audit     *audit.Log
 
 	callTokenLimit int64 // BudgetConfig.CallTokenLimit; 0 for none
+	// lazyCommits is set when the budget store's commits are made
+	// durable by the audit log's appends (budget.LazyCommitter): a call's
+	// token count then waits for no disk of its own, since its record,
+	// appended before its answer, takes the count with it.
+	lazyCommits bool
 }
 
 // Audit events a Stack records.
@@ -171,6 +176,9 @@ func New(cfg Config) (*Stack, error) {
 
 	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log,
 		callTokenLimit: cfg.Budget.CallTokenLimit}
+	if lazy, ok := budgetStore.(budget.LazyCommitter); ok && lazy.SyncedBy(log.Store()) {
+		s.lazyCommits = true
+	}
 	for _, a := range gate.Assignments() {
 		if _, err := log.Log(ctx, assignmentRecord(a, "config")); err != nil {
 			log.Close()

@@ -324,11 +324,11 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 	if reason, over := s.overCeiling(tokens); over {
 		return s.withhold(ctx, rec, res, tokens, reason)
 	}
-	st, err := res.CommitWithin(ctx, tokens)
+	st, err := s.commitWithin(ctx, res, tokens)
 	if errors.Is(err, budget.ErrInvalidTokens) {
 		tokenErr = fmt.Errorf("agentsec: tool %q reported %d tokens: %w", rec.Tool, tokens, err)
 		tokens = 0
-		st, err = res.CommitWithin(ctx, 0)
+		st, err = s.commitWithin(ctx, res, 0)
 	}
 	if errors.Is(err, budget.ErrExceeded) {
 		rec.Outcome, rec.Reason = audit.OutcomeDenied, limitUsed(st)
@@ -369,11 +369,22 @@ func (s *Stack) withhold(ctx context.Context, rec *audit.Record, res *budget.Res
 	rec.Outcome = audit.OutcomeDenied
 	rec.Reason = reason
 	setAttr(rec, withheldKey, strconv.FormatInt(tokens, 10))
-	st, err := res.CommitWithin(ctx, 0)
+	st, err := s.commitWithin(ctx, res, 0)
 	if err != nil && !errors.Is(err, budget.ErrExceeded) {
 		setAttr(rec, budgetErrorKey, err.Error())
 	}
 	return &DeniedError{Kind: ErrBudgetExceeded, Tool: rec.Tool, Reason: reason, Budget: st}
+}
+
+// commitWithin settles a call's reservation with its tokens. Its caller
+// appends the call's record next, before the call's answer leaves: so
+// the count may be a lazy one, made durable by that append (see
+// budget.LazyCommitter).
+func (s *Stack) commitWithin(ctx context.Context, res *budget.Reservation, tokens int64) (budget.State, error) {
+	if s.lazyCommits {
+		return res.CommitWithinLazily(ctx, tokens)
+	}
+	return res.CommitWithin(ctx, tokens)
 }
 
 // Refuse records a call refused before it reached the trust gate — one

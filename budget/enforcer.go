@@ -201,6 +201,29 @@ func (r *Reservation) CommitWithin(ctx context.Context, tokens int64) (State, er
 	return st, err
 }
 
+// CommitWithinLazily is CommitWithin, through the store's
+// CommitWithinLazily if it is a LazyCommitter: the count is durable only
+// once the caller's next durable write to the same database is. Use it
+// only when that write — the call's record — comes before the call's
+// answer is delivered (see LazyCommitter).
+func (r *Reservation) CommitWithinLazily(ctx context.Context, tokens int64) (State, error) {
+	lazy, ok := r.store.(LazyCommitter)
+	if !ok {
+		return r.CommitWithin(ctx, tokens)
+	}
+	if r.closed {
+		return State{}, fmt.Errorf("budget: %w", ErrReservationClosed)
+	}
+	if tokens < 0 {
+		return State{}, CheckTokens(0, tokens)
+	}
+	st, err := lazy.CommitWithinLazily(ctx, r.session, tokens)
+	if err == nil || errors.Is(err, ErrExceeded) {
+		r.closed, r.state = true, st
+	}
+	return st, err
+}
+
 // Release gives the call slot back. It is an error to release twice or
 // after Commit.
 func (r *Reservation) Release(ctx context.Context) error {

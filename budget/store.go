@@ -42,3 +42,22 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// A LazyCommitter is a Store that can count a call's tokens without
+// waiting for the count to reach stable storage, because a durable write
+// its caller makes next, to the same database, takes the count with it:
+// a crash that loses the count loses that write too. The Stack settles a
+// call so when its audit log is in that database (see SyncedBy): the
+// call's record is appended, durably, before its answer is delivered, so
+// a count a crash forgot belongs to a call whose answer never left, as
+// with a result that is withheld. It saves a call one wait for the disk.
+type LazyCommitter interface {
+	Store
+	// CommitWithinLazily is CommitWithin, durable only once a later
+	// durable write to the same database is.
+	CommitWithinLazily(ctx context.Context, session string, tokens int64) (State, error)
+	// SyncedBy reports whether a durable write of store — such as an
+	// audit log's append — also makes this store's earlier lazy commits
+	// durable: whether they share one database.
+	SyncedBy(store any) bool
+}

@@ -80,6 +80,26 @@ func RunWith(t *testing.T, opts Options, newStore func(t *testing.T) budget.Stor
 		{"ConcurrentFirstReserves", testConcurrentFirstReserves},
 		{"ConcurrentRecord", func(t *testing.T, s budget.Store) { testConcurrentRecord(t, s, records) }},
 	}
+	// A LazyCommitter's lazy commits obey CommitWithin's rules.
+	for _, tt := range []struct {
+		name string
+		fn   func(*testing.T, budget.Store)
+	}{
+		{"LazyCommitWithinStopsAtTokenLimit", testCommitWithinStopsAtTokenLimit},
+		{"LazyCommitWithinRejectsInvalidTokens", testCommitWithinRejectsInvalidTokens},
+		{"ConcurrentLazyCommitWithin", testConcurrentCommitWithin},
+	} {
+		tests = append(tests, struct {
+			name string
+			fn   func(*testing.T, budget.Store)
+		}{tt.name, func(t *testing.T, s budget.Store) {
+			lazy, ok := s.(budget.LazyCommitter)
+			if !ok {
+				t.Skip("the store has no lazy commits (budget.LazyCommitter)")
+			}
+			tt.fn(t, lazily{lazy})
+		}})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStore(t)
@@ -89,6 +109,13 @@ func RunWith(t *testing.T, opts Options, newStore func(t *testing.T) budget.Stor
 			tt.fn(t, s)
 		})
 	}
+}
+
+// lazily is a LazyCommitter whose CommitWithin commits lazily.
+type lazily struct{ budget.LazyCommitter }
+
+func (l lazily) CommitWithin(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	return l.CommitWithinLazily(ctx, session, tokens)
 }
 
 // runID keeps session ids of this process apart from those of earlier

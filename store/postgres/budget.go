@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -30,7 +31,7 @@ func newBudgetStore(db *DB) *BudgetStore {
 	return s
 }
 
-var _ budget.Store = (*BudgetStore)(nil)
+var _ budget.LazyCommitter = (*BudgetStore)(nil)
 
 const stateColumns = `token_limit, call_limit, tokens_used, calls_used`
 
@@ -90,13 +91,43 @@ func (s *BudgetStore) Record(ctx context.Context, session string, tokens int64) 
 // clause is the check. It is not batched: its answer depends on the
 // changes before it, which a batch has no order between.
 func (s *BudgetStore) CommitWithin(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	return s.commitWithin(ctx, session, tokens, false)
+}
+
+// CommitWithinLazily implements budget.LazyCommitter: CommitWithin's
+// statement in a transaction committed with synchronous_commit off,
+// which returns without waiting for the server's write-ahead log to
+// reach the disk. The commit is in that log before any commit made after
+// it, and a synchronous commit makes everything before it durable: the
+// call's record, appended next to an AuditStore of the same DB, takes the
+// count with it.
+func (s *BudgetStore) CommitWithinLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	return s.commitWithin(ctx, session, tokens, true)
+}
+
+// SyncedBy implements budget.LazyCommitter: an AuditStore of the same DB
+// makes the lazy commits before its appends durable.
+func (s *BudgetStore) SyncedBy(store any) bool {
+	a, ok := store.(*AuditStore)
+	return ok && a.db == s.db
+}
+
+const commitWithinSQL = `UPDATE agentsec_budgets SET tokens_used = tokens_used + $2::bigint
+	WHERE session = $1 AND tokens_used < token_limit AND tokens_used <= $3::bigint - $2::bigint
+	RETURNING ` + stateColumns
+
+func (s *BudgetStore) commitWithin(ctx context.Context, session string, tokens int64, lazy bool) (budget.State, error) {
 	if err := budget.CheckTokens(0, tokens); err != nil {
 		return budget.State{}, err
 	}
 	for {
-		st, err := scanState(s.db.pool.QueryRow(ctx, `UPDATE agentsec_budgets SET tokens_used = tokens_used + $2::bigint
-			WHERE session = $1 AND tokens_used < token_limit AND tokens_used <= $3::bigint - $2::bigint
-			RETURNING `+stateColumns, session, tokens, int64(math.MaxInt64)))
+		var st budget.State
+		var err error
+		if lazy {
+			st, err = s.commitLazily(ctx, session, tokens)
+		} else {
+			st, err = scanState(s.db.pool.QueryRow(ctx, commitWithinSQL, session, tokens, int64(math.MaxInt64)))
+		}
 		if err == nil {
 			return st, nil
 		}
@@ -114,6 +145,32 @@ func (s *BudgetStore) CommitWithin(ctx context.Context, session string, tokens i
 		}
 		// The session was created between the two statements: try again.
 	}
+}
+
+// commitLazily runs commitWithinSQL in a transaction committed with
+// synchronous_commit off, its four statements sent in one round trip.
+func (s *BudgetStore) commitLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	b.Queue(commitWithinSQL, session, tokens, int64(math.MaxInt64))
+	b.Queue("COMMIT")
+	res := s.db.pool.SendBatch(ctx, b)
+	var st budget.State
+	var err error
+	for i := range 4 {
+		if i == 2 {
+			st, err = scanState(res.QueryRow())
+		} else {
+			_, err = res.Exec()
+		}
+		if err != nil {
+			break
+		}
+	}
+	// A failed statement ends the batch's transaction: Close sends
+	// nothing more, and the connection goes back to the pool idle.
+	return st, errors.Join(err, res.Close())
 }
 
 // Forget implements budget.Store.
