@@ -112,7 +112,9 @@ func TestCrashPointChild(t *testing.T) {
 		mu.Unlock()
 	}
 	// Set before Open: "segment" is first hit there.
-	defer sqlite.SetSegmentSize(cpSegmentSize, checkpointRecords)()
+	// Records wait in the tail 20 ms at most, so that the indexer's
+	// points come often.
+	defer sqlite.SetSegmentSize(cpSegmentSize, checkpointRecords, 20*time.Millisecond)()
 	var hits atomic.Int64
 	defer sqlite.SetTestHook(func(p string) {
 		if p == point && hits.Add(1) == k {

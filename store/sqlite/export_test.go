@@ -1,5 +1,7 @@
 package sqlite
 
+import "time"
+
 // Abandon closes s as a crash would leave it: the records not yet
 // committed to the database stay only in the record log. It releases the
 // lock, as the end of a crashed process does.
@@ -17,11 +19,11 @@ func SetTestHook(fn func(point string)) (restore func()) {
 	return func() { testHook = old }
 }
 
-// SetSegmentSize sets the size of the record log's segments and how
-// many records the database takes between checkpoints, and returns a
-// function that restores them.
-func SetSegmentSize(size int64, checkpoint int) (restore func()) {
-	oldSize, oldCheckpoint := segmentSize, checkpointRecords
-	segmentSize, checkpointRecords = size, checkpoint
-	return func() { segmentSize, checkpointRecords = oldSize, oldCheckpoint }
+// SetSegmentSize sets the size of the record log's segments, how many
+// records the database takes between checkpoints and how long a record
+// waits in the tail at most, and returns a function that restores them.
+func SetSegmentSize(size int64, checkpoint int, delay time.Duration) (restore func()) {
+	oldSize, oldCheckpoint, oldDelay := segmentSize, checkpointRecords, indexDelay
+	segmentSize, checkpointRecords, indexDelay = size, checkpoint, delay
+	return func() { segmentSize, checkpointRecords, indexDelay = oldSize, oldCheckpoint, oldDelay }
 }

@@ -18,12 +18,13 @@ import (
 // own appends at once; other processes' read-only Stores see them once
 // the indexer has committed them, within indexDelay.
 
+// indexDelay is how long a record waits in the tail at most, when the
+// indexer keeps up. Tests make it shorter.
+var indexDelay = 200 * time.Millisecond
+
 const (
 	// indexBatch is how many tail records make the indexer commit at once.
 	indexBatch = 512
-	// indexDelay is how long a record waits in the tail at most, when
-	// the indexer keeps up.
-	indexDelay = 200 * time.Millisecond
 	// maxTail bounds the tail: an append that finds it full waits for
 	// the indexer, so that appends faster than SQLite can take them are
 	// slowed to its pace rather than fill memory.
