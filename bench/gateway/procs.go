@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -65,6 +66,7 @@ func startChild(args ...string) (*os.Process, string) {
 		log.Fatal(err)
 	}
 	cmd := exec.Command(self, args...)
+	cmd.SysProcAttr = diesWithUs()
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -135,6 +137,7 @@ upstreams: [{name: noop, url: %q}]
 		g.cmd = exec.Command(bin, args...)
 	}
 	g.cmd.Dir = dir
+	g.cmd.SysProcAttr = diesWithUs()
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
 		log.Fatal(err)
@@ -188,4 +191,10 @@ func (g *gateway) stop() {
 	if err != nil {
 		log.Printf("the audit log in %s does not verify: %v\n%s", g.dir, err, out)
 	}
+}
+
+// diesWithUs has a child killed when this process ends, even by
+// log.Fatal, which runs no deferred kills.
+func diesWithUs() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
