@@ -300,7 +300,11 @@ func (l *recordLog) next() error {
 // background, once appends come near the end of what is allocated.
 func (l *recordLog) growAhead() {
 	seg := l.active
-	seg.extendMu.Lock()
+	// The allocator holds extendMu while it writes and syncs: an append
+	// never waits for it here, only when it must write past its end.
+	if !seg.extendMu.TryLock() {
+		return
+	}
 	allocated := seg.allocated
 	seg.extendMu.Unlock()
 	chunk := min(max(allocated, firstChunk), maxChunk)
