@@ -168,8 +168,9 @@ func (s *BudgetStore) commitLazily(ctx context.Context, session string, tokens i
 			break
 		}
 	}
-	// A failed statement ends the batch's transaction: Close sends
-	// nothing more, and the connection goes back to the pool idle.
+	// After a failed statement the batch's transaction is aborted and
+	// nothing of it commits; the pool discards a connection returned in
+	// a transaction, so none is reused in that state.
 	return st, errors.Join(err, res.Close())
 }
 

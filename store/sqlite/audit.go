@@ -48,6 +48,9 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	}
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
+	if s.closed.Load() {
+		return errClosed
+	}
 	size := s.nextSeq
 	for i, e := range entries {
 		if e.Seq != size+uint64(i) {
@@ -219,6 +222,9 @@ func (s *Store) AddCheckpoint(ctx context.Context, size uint64, signed []byte) e
 	}
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
+	if s.closed.Load() {
+		return errClosed
+	}
 	if err := s.indexErr.Load(); err != nil {
 		return *err
 	}

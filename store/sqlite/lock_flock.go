@@ -8,6 +8,9 @@ import (
 	"syscall"
 )
 
+// locksWriters says that a second writer of a database is refused here.
+const locksWriters = true
+
 // tryLock takes an exclusive flock(2) lock on f without waiting. The
 // lock belongs to f's open file description: another open of the same
 // file, in this process or another, is refused until f is closed.

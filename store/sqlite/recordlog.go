@@ -99,7 +99,15 @@ func (s *Store) recoverRecords(ctx context.Context) error {
 // left only in the record log: if the record log holds records or a
 // checkpoint the database lacks and no writer holds the database, it
 // opens the database to write once, which replays them.
+//
+// Where writers are not locked out (locksWriters), that open can't tell
+// a crashed writer from a running one, whose tail of records it would
+// replay under it: there a reader sees what the database holds, and the
+// next writer replays the rest.
 func (s *Store) recoverForReader(ctx context.Context) error {
+	if !locksWriters {
+		return nil
+	}
 	frames, err := readSegments(segmentsDir(s.path))
 	if err != nil || len(frames) == 0 {
 		return err

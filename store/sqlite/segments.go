@@ -54,8 +54,9 @@ type segment struct {
 	// segment may be reused once the database holds record last durably.
 	last atomic.Int64
 	// allocated is how far the file is written and synced, zeros or
-	// frames; guarded by extendMu.
-	allocated int64
+	// frames. It grows only under extendMu, which whoever writes past it
+	// holds: the allocator, or an append that outruns it.
+	allocated atomic.Int64
 	extendMu  sync.Mutex
 }
 
@@ -83,7 +84,7 @@ type recordLog struct {
 // replays what the database lacks, makes the database durable, and then
 // calls restart.
 func openRecordLog(dir string) (*recordLog, []frame, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := makeDir(dir); err != nil {
 		return nil, nil, fmt.Errorf("sqlite: record log: %w", err)
 	}
 	l := &recordLog{dir: dir}
@@ -93,6 +94,18 @@ func openRecordLog(dir string) (*recordLog, []frame, error) {
 		return nil, nil, err
 	}
 	return l, frames, nil
+}
+
+// makeDir makes dir, if it is missing, so that it outlives a crash: its
+// entry in its parent is synced too.
+func makeDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
 }
 
 // readSegments returns the frames of the record log in dir, records in
@@ -129,7 +142,7 @@ func (l *recordLog) load(flag int) ([]frame, error) {
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: record log: reading %s: %w", name, err)
 		}
-		seg.allocated = int64(len(data))
+		seg.allocated.Store(int64(len(data)))
 		found := scanSegment(data)
 		for _, f := range found {
 			// A checkpoint's size is at most the next record's seq.
@@ -188,7 +201,7 @@ func (l *recordLog) begin(seg *segment) error {
 	seg.last.Store(-1)
 	seg.extendMu.Lock()
 	_, err := seg.f.WriteAt(appendHeader(nil, salt), 0)
-	seg.allocated = max(seg.allocated, segmentHeader)
+	seg.allocated.Store(max(seg.allocated.Load(), segmentHeader))
 	seg.extendMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("sqlite: record log: %w", err)
@@ -232,10 +245,14 @@ func (l *recordLog) append(frames func(dst []byte, prev uint32) ([]byte, uint32,
 	}
 	seg := l.active
 	end := l.off + int64(len(buf))
-	seg.extendMu.Lock()
-	grows := end > seg.allocated
-	if !grows {
-		seg.extendMu.Unlock()
+	// Within what is allocated the allocator never writes: only an append
+	// that goes past it waits for the allocator, and keeps it out.
+	grows := end > seg.allocated.Load()
+	if grows {
+		seg.extendMu.Lock()
+		if grows = end > seg.allocated.Load(); !grows {
+			seg.extendMu.Unlock()
+		}
 	}
 	_, err := seg.f.WriteAt(buf, l.off)
 	if err == nil {
@@ -244,7 +261,7 @@ func (l *recordLog) append(frames func(dst []byte, prev uint32) ([]byte, uint32,
 	}
 	if grows {
 		if err == nil {
-			seg.allocated = end
+			seg.allocated.Store(end)
 		}
 		seg.extendMu.Unlock()
 	}
@@ -298,29 +315,34 @@ func (l *recordLog) next() error {
 
 // growAhead allocates the active segment further ahead, in the
 // background, once appends come near the end of what is allocated.
+//
+// The allocator writes and syncs through a file description of its own.
+// Linux reports a failed writeback once to each open file description
+// that syncs after it: had the allocator synced through the appends'
+// descriptor, its sync could take the error of an append's frames, and
+// the append's own sync then report none.
 func (l *recordLog) growAhead() {
 	seg := l.active
-	// The allocator holds extendMu while it writes and syncs: an append
-	// never waits for it here, only when it must write past its end.
-	if !seg.extendMu.TryLock() {
-		return
-	}
-	allocated := seg.allocated
-	seg.extendMu.Unlock()
+	allocated := seg.allocated.Load()
 	chunk := min(max(allocated, firstChunk), maxChunk)
 	if allocated >= segmentSize || l.off+chunk/2 < allocated || !l.growing.CompareAndSwap(false, true) {
 		return
 	}
 	l.wg.Go(func() {
 		defer l.growing.Store(false)
-		seg.extendMu.Lock()
-		defer seg.extendMu.Unlock()
-		zeros := make([]byte, chunk)
-		if _, err := seg.f.WriteAt(zeros, seg.allocated); err != nil {
+		f, err := os.OpenFile(seg.f.Name(), os.O_WRONLY, 0)
+		if err != nil {
 			return // appends extend the file themselves
 		}
-		if datasync(seg.f) == nil {
-			seg.allocated += chunk
+		defer f.Close()
+		seg.extendMu.Lock()
+		defer seg.extendMu.Unlock()
+		at := seg.allocated.Load()
+		if _, err := f.WriteAt(make([]byte, chunk), at); err != nil {
+			return
+		}
+		if datasync(f) == nil {
+			seg.allocated.Store(at + chunk)
 		}
 	})
 }

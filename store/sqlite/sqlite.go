@@ -59,6 +59,9 @@ type Store struct {
 	// number rather than fork the log.
 	appendMu sync.Mutex
 	nextSeq  uint64
+	// closed is set, under appendMu, when Close begins: no append or
+	// flush starts after it.
+	closed atomic.Bool
 
 	// A writable Store's record log, the tail of its records not yet in
 	// the database, and the goroutines that commit the tail (the
@@ -272,11 +275,19 @@ func (s *Store) Path() string { return s.path }
 // releases its lock.
 func (s *Store) Close() error {
 	var errs []error
+	// Appends stop first, while the indexer still makes room in the tail
+	// for one that waits for it; then the indexer commits the tail and
+	// returns, and a Flush waits for the rest of Close and does nothing.
+	s.appendMu.Lock()
+	s.closed.Store(true)
+	s.appendMu.Unlock()
 	if s.stopIndexer != nil {
-		close(s.stopIndexer) // the indexer commits the tail and returns
+		close(s.stopIndexer)
 		<-s.indexerDone
 		s.stopIndexer = nil
 	}
+	s.indexMu.Lock()
+	defer s.indexMu.Unlock()
 	errs = append(errs, s.closeRecordLog())
 	if s.writer != nil {
 		errs = append(errs, s.writer.Close())

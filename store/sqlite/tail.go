@@ -202,6 +202,10 @@ func (s *Store) runIndexer(stop <-chan struct{}) {
 func (s *Store) indexTail() error {
 	s.indexMu.Lock()
 	defer s.indexMu.Unlock()
+	return s.indexTailLocked()
+}
+
+func (s *Store) indexTailLocked() error {
 	v := s.tail.view()
 	if len(v.entries) == 0 && len(v.checkpoints) == 0 {
 		return nil
@@ -232,7 +236,12 @@ func (s *Store) Flush(ctx context.Context) error {
 	if s.tail == nil {
 		return nil
 	}
-	return s.indexTail()
+	s.indexMu.Lock()
+	defer s.indexMu.Unlock()
+	if s.closed.Load() {
+		return errClosed
+	}
+	return s.indexTailLocked()
 }
 
 func (s *Store) commitTail(v tailView) error {
