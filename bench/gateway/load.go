@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -33,6 +35,19 @@ func (r *result) pct(p int) time.Duration {
 		r.sorted = true
 	}
 	return r.lat[min(len(r.lat)-1, len(r.lat)*p/100)]
+}
+
+// add returns r with o's calls added: two slices of one measurement.
+func (r *result) add(o *result) *result {
+	if r == nil {
+		return o
+	}
+	r.lat = append(r.lat, o.lat...)
+	r.errors += o.errors
+	r.elapsed += o.elapsed
+	r.cpu += o.cpu
+	r.sorted = false
+	return r
 }
 
 // rate returns the calls per second that succeeded.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command gateway measures what the agentsec gateway adds to a tools/call
 // over streamable HTTP, against the physical floors under it, measured
 // side by side in the same run:
@@ -13,10 +15,16 @@
 //   - fdatasync: a small write and fdatasync on the log's disk, the floor
 //     under any durable append.
 //
-// Each round measures every path at a fixed offered rate, then the
-// fdatasync probe at the same rate, then every path at saturation; the
-// paths' order rotates from round to round, so that no path always runs
-// first or last. The ratios are computed within each round, and their
+// Each round measures every path, and the fdatasync probe, at a fixed
+// offered rate, taking turns in slices of half a second (-slice) until
+// each has had its time, so that noise that comes and goes over seconds
+// falls on all alike; then every path at saturation. The probe runs
+// twice: alone, on an otherwise idle machine, as the ratios
+// have it, and beside the gateway on tmpfs at the same rate, where a
+// sync waits for processors busy with the client, the server and the
+// gateway, as the gateway's own syncs do. The paths' order
+// rotates from round to round, so that no path always runs first or
+// last. The ratios are computed within each round, and their
 // medians over the rounds are the result: on a shared, noisy machine a
 // ratio of two figures measured a second apart means more than either.
 //
@@ -29,6 +37,8 @@
 // client (the Go SDK's), children of it are the MCP server (the Go
 // SDK's) and the bare proxy, and the gateways are the real agentsec
 // binary, built from this checkout and run with a configuration file.
+//
+// It runs on Linux: it reads /proc, and uses tmpfs and strace.
 //
 //	go run ./bench/gateway                       # 11 rounds of 3 s per path and load
 //	go run ./bench/gateway -rounds 3 -duration 1s
@@ -54,6 +64,7 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 11, "rounds of measurements")
 	duration := flag.Duration("duration", 3*time.Second, "how long each path is measured, per round and load")
+	slice := flag.Duration("slice", 500*time.Millisecond, "at the fixed rate, the paths take turns for this long each, until each has had -duration")
 	rate := flag.Int("rate", 500, "the fixed offered rate, in calls per second")
 	sessions := flag.Int("sessions", 16, "client sessions per path; calls are spread over them")
 	clients := flag.Int("clients", 64, "concurrent callers at saturation")
@@ -70,8 +81,8 @@ func main() {
 	case *proxyTo != "":
 		serveProxy(*proxyTo)
 		return
-	case *rounds < 1 || *rate < 1 || *sessions < 1 || *clients < 1:
-		log.Fatal("-rounds, -rate, -sessions and -clients must be positive")
+	case *rounds < 1 || *rate < 1 || *sessions < 1 || *clients < 1 || *slice <= 0:
+		log.Fatal("-rounds, -rate, -sessions, -clients and -slice must be positive")
 	}
 	mustBe(*tmpfsDir, true)
 	mustBe(*diskDir, false)
@@ -97,6 +108,9 @@ func main() {
 	onDisk := startGateway(bin, filepath.Join(disk, "gateway"), upstreamURL, false)
 	defer onDisk.stop()
 
+	probe := newSyncProbe(disk)
+	defer probe.close()
+
 	paths := []*path{
 		{name: "direct", sessions: connectAll(upstreamURL, "", *sessions)},
 		{name: "proxy", sessions: connectAll(proxyURL, "", *sessions), proc: proxyProc},
@@ -109,22 +123,18 @@ func main() {
 	}
 
 	fmt.Printf("# agentsec gateway against its floors, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Printf("# %d rounds; per round and path %v at %d calls/s, then %v with %d callers; %d sessions per path; %d CPUs; %s\n",
-		*rounds, *duration, *rate, *duration, *clients, *sessions, runtime.NumCPU(), runtime.Version())
+	fmt.Printf("# %d rounds; per round and path %v at %d calls/s in turns of %v, then %v with %d callers; %d sessions per path; %d CPUs; %s\n",
+		*rounds, *duration, *rate, *slice, *duration, *clients, *sessions, runtime.NumCPU(), runtime.Version())
 	fmt.Printf("# log on disk in %s, on tmpfs in %s\n\n", disk, tmpfs)
 	fmt.Println("Each round (latencies at the offered rate as p50/p90; saturation in calls/s):")
 	fmt.Println()
-	fmt.Println("| round | direct | proxy | gateway, tmpfs | gateway, disk | fdatasync | overhead | durability p50 | durability p90 | saturation: direct | proxy | gateway, disk | gateway ÷ proxy | errors |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-	var ratios [4][]float64
-	var cpu [4][]float64
+	fmt.Println("| round | direct | proxy | gateway, tmpfs | gateway, disk | fdatasync | fdatasync beside the gateway | overhead | durability p50 | durability p90 | the same ÷ fdatasync beside the gateway, p50 | p90 | saturation: direct | proxy | gateway, disk | gateway ÷ proxy | errors |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	var ratios [6][]float64
+	var cpu, cpuFixed [3][]float64
 	for r := range *rounds {
 		order := rotate(paths, r)
-		fixed := map[*path]*result{}
-		for _, p := range order {
-			fixed[p] = p.measure(func() *result { return fixedRate(p.sessions, *rate, *duration) })
-		}
-		sync := fdatasyncProbe(disk, *rate, *duration)
+		fixed, sync, loaded := atFixedRate(order, gwTmpfs, probe, *rate, *duration, *slice)
 		sat := map[*path]*result{}
 		for _, p := range order {
 			sat[p] = p.measure(func() *result { return saturate(p.sessions, *clients, *duration, 0) })
@@ -134,18 +144,21 @@ func main() {
 		durable50 := float64(gd.pct(50)-gt.pct(50)) / float64(sync.pct(50))
 		durable90 := float64(gd.pct(90)-gt.pct(90)) / float64(sync.pct(90))
 		saturation := sat[gwDisk].rate() / sat[proxy].rate()
-		for i, v := range []float64{overhead, durable50, durable90, saturation} {
+		loaded50 := float64(gd.pct(50)-gt.pct(50)) / float64(loaded.pct(50))
+		loaded90 := float64(gd.pct(90)-gt.pct(90)) / float64(loaded.pct(90))
+		for i, v := range []float64{overhead, durable50, durable90, saturation, loaded50, loaded90} {
 			ratios[i] = append(ratios[i], v)
 		}
 		for i, p := range paths[1:] {
 			cpu[i] = append(cpu[i], float64(sat[p].cpuPerCall().Microseconds()))
+			cpuFixed[i] = append(cpuFixed[i], float64(fixed[p].cpuPerCall().Microseconds()))
 		}
 		var errs int64
 		for _, p := range paths {
 			errs += fixed[p].errors + sat[p].errors
 		}
-		fmt.Printf("| %d | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f | %d |\n", r+1,
-			p5090(d), p5090(px), p5090(gt), p5090(gd), p5090(sync), overhead, durable50, durable90,
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f | %d |\n", r+1,
+			p5090(d), p5090(px), p5090(gt), p5090(gd), p5090(sync), p5090(loaded), overhead, durable50, durable90, loaded50, loaded90,
 			sat[direct].rate(), sat[proxy].rate(), sat[gwDisk].rate(), saturation, errs)
 	}
 
@@ -163,8 +176,19 @@ func main() {
 		fmt.Printf("| %s | %s | %s | **%.2f** | %.2f–%.2f |\n", g.name, g.floor, g.goal, median(ratios[i]), slices.Min(ratios[i]), slices.Max(ratios[i]))
 	}
 	fmt.Println()
+	fmt.Println("The price of durability against an fdatasync measured beside the gateway's load (the gateway on tmpfs at the same rate), not on an idle machine:")
+	fmt.Println()
+	fmt.Println("| measure | median | rounds' range |")
+	fmt.Println("|---|---|---|")
+	for i, name := range []string{"(gateway, log on disk − the same on tmpfs) ÷ fdatasync beside the gateway, p50", "the same at p90"} {
+		v := ratios[4+i]
+		fmt.Printf("| %s | **%.2f** | %.2f–%.2f |\n", name, median(v), slices.Min(v), slices.Max(v))
+	}
+	fmt.Println()
 	fmt.Printf("CPU per call at saturation, medians: proxy %.0f µs, gateway on tmpfs %.0f µs, gateway on disk %.0f µs\n",
 		median(cpu[0]), median(cpu[1]), median(cpu[2]))
+	fmt.Printf("CPU per call at %d calls/s, medians: proxy %.0f µs, gateway on tmpfs %.0f µs, gateway on disk %.0f µs\n",
+		*rate, median(cpuFixed[0]), median(cpuFixed[1]), median(cpuFixed[2]))
 
 	if *countCalls > 0 {
 		countSyncs(bin, filepath.Join(disk, "traced"), upstreamURL, *countCalls, *sessions, *clients)
@@ -190,6 +214,28 @@ func (p *path) measure(f func() *result) *result {
 		r.cpu = procCPU(p.proc.Pid) - before
 	}
 	return r
+}
+
+// atFixedRate measures every path, and the fdatasync probe, at rate for
+// d each, in slices: the paths take turns slice by slice, so that the
+// machine's noise, which comes and goes over seconds, falls on each
+// alike. The probe runs twice a turn: alone, on a machine otherwise
+// idle, and beside load, a path whose calls take the processors as a
+// gateway's do (its latencies, disturbed by the probe, are not kept).
+func atFixedRate(order []*path, load *path, probe *syncProbe, rate int, d, slice time.Duration) (fixed map[*path]*result, alone, beside *result) {
+	fixed = map[*path]*result{}
+	for done := time.Duration(0); done < d; done += slice {
+		s := min(slice, d-done)
+		for _, p := range order {
+			fixed[p] = fixed[p].add(p.measure(func() *result { return fixedRate(p.sessions, rate, s) }))
+		}
+		alone = alone.add(probe.run(rate, s))
+		loaded := make(chan *result)
+		go func() { loaded <- probe.run(rate, s) }()
+		fixedRate(load.sessions, rate, s)
+		beside = beside.add(<-loaded)
+	}
+	return fixed, alone, beside
 }
 
 // countSyncs runs a gateway under strace and prints how many fdatasync

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -9,25 +11,34 @@ import (
 	"time"
 )
 
-// fdatasyncProbe times what the gateway's durable log can't go below: a
-// small write followed by fdatasync, in a file of dir, offered at rate
-// per second for d, as the gateway's calls are. It writes over a file it
-// first fills, as a log that reuses its space does, so that no sync also
-// pays for the file growing.
-func fdatasyncProbe(dir string, rate int, d time.Duration) *result {
+// A syncProbe times what the gateway's durable log can't go below: a
+// small write followed by fdatasync, in a file of the log's directory,
+// offered at the gateway's rate. It writes over a file it first fills, as
+// a log that reuses its space does, so that no sync also pays for the
+// file growing.
+type syncProbe struct {
+	f    *os.File
+	next int64 // the offset of the next write
+}
+
+const probeSpan = 1 << 20 // the bytes the probe writes over, again and again
+
+func newSyncProbe(dir string) *syncProbe {
 	f, err := os.Create(filepath.Join(dir, "fdatasync-probe"))
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	const span = 1 << 20
-	if _, err := f.Write(make([]byte, span)); err != nil {
+	if _, err := f.Write(make([]byte, probeSpan)); err != nil {
 		log.Fatal(err)
 	}
 	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
 		log.Fatal(err)
 	}
+	return &syncProbe{f: f}
+}
+
+// run offers writes and syncs at rate per second for d.
+func (p *syncProbe) run(rate int, d time.Duration) *result {
 	buf := bytes.Repeat([]byte{'x'}, 256)
 	n := int(d.Seconds() * float64(rate))
 	interval := time.Second / time.Duration(rate)
@@ -36,16 +47,22 @@ func fdatasyncProbe(dir string, rate int, d time.Duration) *result {
 	for i := range n {
 		time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
 		t0 := time.Now()
-		if _, err := f.WriteAt(buf, int64(i*len(buf))%span); err != nil {
+		if _, err := p.f.WriteAt(buf, p.next); err != nil {
 			log.Fatal(err)
 		}
-		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+		if err := syscall.Fdatasync(int(p.f.Fd())); err != nil {
 			log.Fatal(err)
 		}
 		res.lat = append(res.lat, time.Since(t0))
+		p.next = (p.next + int64(len(buf))) % probeSpan
 	}
 	res.elapsed = time.Since(start)
 	return res
+}
+
+func (p *syncProbe) close() {
+	p.f.Close()
+	os.Remove(p.f.Name())
 }
 
 // syncCount counts the fdatasync and fsync calls in an strace output
