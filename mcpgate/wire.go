@@ -30,8 +30,8 @@ var (
 // servers behind the gateway read only the exact key, and a message must
 // mean to the gateway what it means to them.
 func decodeMessage(data []byte) (jsonrpc.Message, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(data, &m); err != nil {
+	m, err := decodeObject(data)
+	if err != nil {
 		return nil, err
 	}
 	if m == nil || string(m["jsonrpc"]) != `"2.0"` {
@@ -65,8 +65,8 @@ func decodeMessage(data []byte) (jsonrpc.Message, error) {
 // object decodes a JSON object with its keys exactly as they are; nil if
 // raw is not an object.
 func object(raw json.RawMessage) map[string]json.RawMessage {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(raw, &m) != nil {
+	m, err := decodeObject(raw)
+	if err != nil {
 		return nil
 	}
 	return m

@@ -1,0 +1,115 @@
+package mcpgate
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// splitObject decodes a JSON object into its members, keys exactly as
+// they are, as json.Unmarshal into a map[string]json.RawMessage does —
+// the last of a repeated key wins, values are their bytes as written —
+// but without Go's reflective decoder: after json.Valid it only finds
+// where each member begins and ends. It reports false, and the caller
+// decodes the slow way, for anything but a valid object whose keys hold
+// no escapes and are valid UTF-8, so the two can differ in nothing. The values share one
+// copy of data: the caller's buffer may be reused.
+func splitObject(data []byte) (map[string]json.RawMessage, bool) {
+	data = bytes.TrimLeft(data, " \t\r\n")
+	if len(data) == 0 || data[0] != '{' || !json.Valid(data) {
+		return nil, false
+	}
+	data = bytes.Clone(data)
+	m := make(map[string]json.RawMessage, 8)
+	i := skipSpace(data, 1)
+	if data[i] == '}' {
+		return m, true
+	}
+	for {
+		// data[i] is the '"' of a key: the input is valid JSON.
+		end := i + 1
+		for data[end] != '"' {
+			if data[end] == '\\' {
+				return nil, false
+			}
+			end++
+		}
+		if !utf8.Valid(data[i+1 : end]) {
+			return nil, false // Go's decoder would replace the bad bytes
+		}
+		key := string(data[i+1 : end])
+		i = skipSpace(data, end+1) + 1 // past ':'
+		i = skipSpace(data, i)
+		vend := skipValue(data, i)
+		m[key] = json.RawMessage(data[i:vend:vend])
+		i = skipSpace(data, vend)
+		if data[i] == '}' {
+			return m, true
+		}
+		i = skipSpace(data, i+1) // past ','
+	}
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns where the valid JSON value at data[i] ends.
+func skipValue(data []byte, i int) int {
+	depth := 0
+	for ; i < len(data); i++ {
+		switch data[i] {
+		case '"':
+			for i++; data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',', ' ', '\t', '\r', '\n', ':':
+			if depth == 0 {
+				return i
+			}
+		default:
+			if depth == 0 {
+				// A number or a literal: it ends at a delimiter.
+				for i < len(data) && !endsLiteral(data[i]) {
+					i++
+				}
+				return i
+			}
+		}
+	}
+	return i
+}
+
+func endsLiteral(c byte) bool {
+	switch c {
+	case ',', '}', ']', ' ', '\t', '\r', '\n':
+		return true
+	}
+	return false
+}
+
+// decodeObject decodes a JSON object into its members, keys exactly as
+// they are; nil, without error, for null.
+func decodeObject(data []byte) (map[string]json.RawMessage, error) {
+	if m, ok := splitObject(data); ok {
+		return m, nil
+	}
+	var m map[string]json.RawMessage
+	err := json.Unmarshal(data, &m)
+	return m, err
+}

@@ -1,0 +1,88 @@
+package mcpgate
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"testing"
+)
+
+var splitSeeds = []string{
+	`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"noop","arguments":{}}}`,
+	`{"jsonrpc":"2.0","id":"a","result":{"content":[{"type":"text","text":"ok \"quoted\" \\ back"}]}}`,
+	` { "a" : 1 , "b" : [ 1 , { "c" : null } ] , "a" : "last" } `,
+	`{}`, `{ }`, `null`, `[]`, `"x"`, `{"a":1}x`, `{"a":}`, `{"\u006dethod":"x"}`,
+	`{"a":-1.5e+10,"b":true,"c":false,"d":null,"e":"","f":{},"g":[]}`,
+	"{\"k\xff\":1,\"method\":\"m\"}", `{"a":"\ud800"}`, "{\"a\":1}\n",
+	`{"method":"tools/call","Method":"other","METHOD":"x"}`,
+}
+
+// splitObject must decode exactly as json.Unmarshal into a map does, or
+// say it can't: a message must mean to the gateway what it means to the
+// servers behind it.
+func FuzzSplitObject(f *testing.F) {
+	for _, s := range splitSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want map[string]json.RawMessage
+		wantErr := json.Unmarshal(data, &want)
+		in := bytes.Clone(data)
+		got, ok := splitObject(in)
+		if !ok {
+			return
+		}
+		if wantErr != nil {
+			t.Fatalf("splitObject(%q) decoded what json.Unmarshal refuses: %v", data, wantErr)
+		}
+		if !maps.EqualFunc(got, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+			t.Fatalf("splitObject(%q) = %q, json.Unmarshal %q", data, got, want)
+		}
+		clear(in) // the values must not share the caller's buffer
+		if !maps.EqualFunc(got, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+			t.Fatalf("splitObject(%q)'s values changed with its input", data)
+		}
+	})
+}
+
+func TestSplitObjectTakesTheCommonMessages(t *testing.T) {
+	for _, s := range splitSeeds[:3] {
+		if _, ok := splitObject([]byte(s)); !ok {
+			t.Errorf("splitObject(%q) fell back to the slow path", s)
+		}
+	}
+	// Escaped keys go the slow way, which unescapes them.
+	if _, ok := splitObject([]byte(`{"\u006dethod":"x"}`)); ok {
+		t.Error("a key with an escape took the fast path")
+	}
+	m, err := decodeObject([]byte(`{"\u006dethod":"x"}`))
+	if err != nil || string(m["method"]) != `"x"` {
+		t.Errorf("decodeObject of an escaped key: %q, %v", m, err)
+	}
+}
+
+func BenchmarkDecodeMessage(b *testing.B) {
+	msgs := map[string][]byte{
+		"request":  []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"noop","arguments":{"path":"/tmp/x","n":3}}}`),
+		"response": []byte(`{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok"}],"structuredContent":{"a":1}}}`),
+	}
+	for name, msg := range msgs {
+		b.Run(name+"/map", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var m map[string]json.RawMessage
+				if err := json.Unmarshal(msg, &m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/split", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decodeObject(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
