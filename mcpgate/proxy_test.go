@@ -424,3 +424,37 @@ func TestTiktokenCounter(t *testing.T) {
 		t.Error("CountResult of a non-result succeeded")
 	}
 }
+
+// A result is counted as MCP clients read it: JavaScript's and Python's
+// match keys exactly, Go's without regard to case, all take the last of
+// a repeated key. A server must not hide a text from the count behind a
+// key only one reading takes: such a result costs the more of the two.
+func TestTiktokenCounterReadsKeysAsClientsDo(t *testing.T) {
+	c := &mcpgate.TiktokenCounter{}
+	hello, _ := c.CountResult([]byte(`{"content":[{"type":"text","text":"hello world"}]}`))
+	for _, tc := range []struct {
+		result string
+		want   int64
+	}{
+		{`{"content":[{"type":"text","text":"hello world","TEXT":""}]}`, hello},
+		{`{"content":[{"type":"text","Type":"image","text":"hello world"}]}`, hello},
+		{`{"content":[{"type":"text","text":"hello world"}],"Content":[]}`, hello},
+		{`{"content":[{"type":"text","text":""}],"structuredContent":{"a":1},"STRUCTUREDCONTENT":null}`, 5},
+		{`{"content":[{"TYPE":"text","TEXT":"hello world"}]}`, hello},           // as Go's clients read it
+		{`{"content":[{"type":"text","text":"","TEXT":"hello world"}]}`, hello}, // the same
+		{`{"content":[{"type":"text","text":"hello world","Text":"hello world hello world"}]}`, 2 * hello},
+		{`{"content":[{"type":"text","text":"x"},{"type":"text","text":"hello world"}],"content":[{"type":"text","text":"hello world"}]}`, hello},
+		{`{"content":[null,{"type":"image","data":"AAAA"}]}`, 0},
+		{`null`, 0},
+	} {
+		n, err := c.CountResult([]byte(tc.result))
+		if err != nil || n != tc.want {
+			t.Errorf("CountResult(%s) = %d, %v; want %d", tc.result, n, err, tc.want)
+		}
+	}
+	for _, bad := range []string{`[1,2]`, `"x"`, `{"content":{}}`, `{"content":[{"type":1}]}`, `{"content":[{"type":"text","text":2}]}`, `{"content":["x"]}`} {
+		if _, err := c.CountResult([]byte(bad)); err == nil {
+			t.Errorf("CountResult(%s) succeeded", bad)
+		}
+	}
+}

@@ -86,3 +86,43 @@ func BenchmarkDecodeMessage(b *testing.B) {
 		})
 	}
 }
+
+// CountResult never counts less than either reading of a result — keys
+// exact, as JavaScript's and Python's clients read it, or without regard
+// to case, as Go's do.
+func FuzzCountResult(f *testing.F) {
+	for _, s := range []string{
+		`{"content":[{"type":"text","text":"hello world"}]}`,
+		`{"content":[{"type":"text","text":"a","TEXT":""}],"structuredContent":{"x":1}}`,
+		`{"Content":[{"Type":"text","Text":"b"}],"content":[]}`,
+		`{"content":[null,{"type":"image"}]}`, `null`, `[]`, `{"content":{}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	c := &TiktokenCounter{}
+	f.Fuzz(func(t *testing.T, result []byte) {
+		n, err := c.CountResult(result)
+		if err != nil {
+			return
+		}
+		texts, structured, _, err := resultText(result)
+		if err != nil {
+			t.Fatalf("CountResult(%q) counted what resultText refuses: %v", result, err)
+		}
+		if exact, err := c.count(texts, structured); err == nil && n < exact {
+			t.Fatalf("CountResult(%q) = %d, less than the exact reading's %d", result, n, exact)
+		}
+		var r goToolResult
+		if json.Unmarshal(result, &r) == nil {
+			var goTexts []string
+			for _, item := range r.Content {
+				if item.Type == "text" {
+					goTexts = append(goTexts, item.Text)
+				}
+			}
+			if asGo, err := c.count(goTexts, r.StructuredContent); err == nil && n < asGo {
+				t.Fatalf("CountResult(%q) = %d, less than Go's reading's %d", result, n, asGo)
+			}
+		}
+	})
+}

@@ -3,6 +3,7 @@ package mcpgate
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/tiktoken-go/tokenizer"
@@ -26,17 +27,12 @@ type TiktokenCounter struct {
 	err   error
 }
 
-// toolResult is the part of an MCP CallToolResult that reaches the model
-// as text.
-type toolResult struct {
-	Content []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
-	} `json:"content"`
-	StructuredContent json.RawMessage `json:"structuredContent"`
-}
-
-// CountResult implements TokenCounter.
+// CountResult implements TokenCounter. A result is read as MCP clients
+// read it, and they differ: most (JavaScript's, Python's) match keys
+// exactly, the last of a repeated key winning; Go's match "TEXT" for
+// "text" too. A server could hide a text from one reading behind a key
+// only the other takes — an empty "TEXT" after "text" — so a result
+// with such keys is counted both ways and costs the more.
 func (c *TiktokenCounter) CountResult(result json.RawMessage) (int64, error) {
 	c.once.Do(func() {
 		enc := c.Encoding
@@ -48,10 +44,40 @@ func (c *TiktokenCounter) CountResult(result json.RawMessage) (int64, error) {
 	if c.err != nil {
 		return 0, fmt.Errorf("mcpgate: loading tokenizer: %w", c.err)
 	}
-	var r toolResult
-	if err := json.Unmarshal(result, &r); err != nil {
+	texts, structured, caseless, err := resultText(result)
+	if err != nil {
 		return 0, fmt.Errorf("mcpgate: tool result is not a CallToolResult: %w", err)
 	}
+	total, err := c.count(texts, structured)
+	if err != nil || !caseless {
+		return total, err
+	}
+	var r goToolResult
+	if err := json.Unmarshal(result, &r); err != nil {
+		return total, nil // Go's clients can't read it: they see nothing
+	}
+	texts = texts[:0]
+	for _, item := range r.Content {
+		if item.Type == "text" {
+			texts = append(texts, item.Text)
+		}
+	}
+	asGo, err := c.count(texts, r.StructuredContent)
+	return max(total, asGo), err
+}
+
+// goToolResult is a CallToolResult as Go's decoder reads it, keys matched
+// without regard to case.
+type goToolResult struct {
+	Content []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	} `json:"content"`
+	StructuredContent json.RawMessage `json:"structuredContent"`
+}
+
+// count counts texts and structured content.
+func (c *TiktokenCounter) count(texts []string, structured json.RawMessage) (int64, error) {
 	var total int64
 	count := func(s string) error {
 		if s == "" {
@@ -61,17 +87,78 @@ func (c *TiktokenCounter) CountResult(result json.RawMessage) (int64, error) {
 		total += int64(n)
 		return err
 	}
-	for _, item := range r.Content {
-		if item.Type == "text" {
-			if err := count(item.Text); err != nil {
-				return 0, err
-			}
+	for _, text := range texts {
+		if err := count(text); err != nil {
+			return 0, err
 		}
 	}
-	if len(r.StructuredContent) > 0 && string(r.StructuredContent) != "null" {
-		if err := count(string(r.StructuredContent)); err != nil {
+	if len(structured) > 0 && string(structured) != "null" {
+		if err := count(string(structured)); err != nil {
 			return 0, err
 		}
 	}
 	return total, nil
+}
+
+// resultText returns what of a CallToolResult reaches the model as text,
+// keys matched exactly: the text of each content item of type "text",
+// and the structured content. caseless reports a key that differs from
+// one of those only by case, which Go's decoder would take instead.
+func resultText(result json.RawMessage) (texts []string, structured json.RawMessage, caseless bool, err error) {
+	m, err := decodeObject(result)
+	switch {
+	case err != nil:
+		return nil, nil, false, err
+	case m == nil:
+		return nil, nil, false, nil // null: no content
+	}
+	caseless = hasCaselessKey(m, "content", "structuredContent")
+	if raw := nullIsAbsent(m["content"]); raw != nil {
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return nil, nil, false, fmt.Errorf("content: %w", err)
+		}
+		for i, raw := range items {
+			item, err := decodeObject(raw)
+			if err != nil {
+				return nil, nil, false, fmt.Errorf("content item %d: %w", i, err)
+			}
+			caseless = caseless || hasCaselessKey(item, "type", "text")
+			typ, err := optionalString(item["type"])
+			if err != nil {
+				return nil, nil, false, fmt.Errorf("content item %d: type: %w", i, err)
+			}
+			text, err := optionalString(item["text"])
+			if err != nil {
+				return nil, nil, false, fmt.Errorf("content item %d: text: %w", i, err)
+			}
+			if typ == "text" {
+				texts = append(texts, text)
+			}
+		}
+	}
+	return texts, m["structuredContent"], caseless, nil
+}
+
+// hasCaselessKey reports whether m has a key that differs from one of
+// keys only by case.
+func hasCaselessKey(m map[string]json.RawMessage, keys ...string) bool {
+	for k := range m {
+		for _, key := range keys {
+			if k != key && strings.EqualFold(k, key) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// optionalString decodes a string that may be absent or null.
+func optionalString(raw json.RawMessage) (string, error) {
+	var s string
+	if len(raw) == 0 {
+		return "", nil
+	}
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }
