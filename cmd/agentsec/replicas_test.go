@@ -41,6 +41,9 @@ type fleet struct {
 
 	mu       sync.Mutex
 	replicas []*replica
+
+	logMu  sync.Mutex
+	logged []string // what the replicas wrote to stderr, shown if the test fails
 }
 
 type replica struct {
@@ -68,6 +71,15 @@ func newFleet(t *testing.T, n int, calls int64) *fleet {
 	}
 	t.Cleanup(pg.Stop)
 	f := &fleet{t: t, pg: pg, dir: t.TempDir(), upstream: newCountingServer(t)}
+	t.Cleanup(func() {
+		f.logMu.Lock()
+		defer f.logMu.Unlock()
+		if t.Failed() || testing.Verbose() {
+			for _, line := range f.logged[max(0, len(f.logged)-100):] {
+				t.Log("replica:", line)
+			}
+		}
+	})
 	f.dsn = pg.NewDB(t)
 	skey, vkey, err := audit.GenerateKey("fleet")
 	if err != nil {
@@ -123,8 +135,10 @@ func (f *fleet) start() *replica {
 		for lines.Scan() {
 			if m := addr.FindStringSubmatch(lines.Text()); m != nil {
 				found <- m[1]
-			} else if testing.Verbose() {
-				fmt.Fprintln(os.Stderr, "replica:", lines.Text())
+			} else {
+				f.logMu.Lock()
+				f.logged = append(f.logged, lines.Text())
+				f.logMu.Unlock()
 			}
 		}
 		cmd.Wait()
@@ -202,7 +216,10 @@ func (b *balancer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return nil, lastErr
 }
 
-var fleetTransport = &http.Transport{MaxIdleConnsPerHost: 64}
+// fleetTransport keeps as many connections as the test's callers use at
+// once, as a load balancer's pool does: each new one would be a
+// connection the replica counts against the balancer's address.
+var fleetTransport = &http.Transport{MaxIdleConnsPerHost: 1024}
 
 // connect starts an MCP session through the balancer.
 func (f *fleet) connect(ctx context.Context) (*mcp.ClientSession, error) {
