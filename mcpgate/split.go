@@ -12,8 +12,8 @@ import (
 // but without Go's reflective decoder: after json.Valid it only finds
 // where each member begins and ends. It reports false, and the caller
 // decodes the slow way, for anything but a valid object whose keys hold
-// no escapes and are valid UTF-8, so the two can differ in nothing. The values share one
-// copy of data: the caller's buffer may be reused.
+// no escapes and are valid UTF-8, so the two can differ in nothing. The
+// values share one copy of data: the caller's buffer may be reused.
 func splitObject(data []byte) (map[string]json.RawMessage, bool) {
 	data = bytes.TrimLeft(data, " \t\r\n")
 	if len(data) == 0 || data[0] != '{' || !json.Valid(data) {
