@@ -135,7 +135,7 @@ func (f *fleet) start() *replica {
 		for lines.Scan() {
 			if m := addr.FindStringSubmatch(lines.Text()); m != nil {
 				found <- m[1]
-			} else {
+			} else if !strings.Contains(lines.Text(), "ending a session ended through another replica") {
 				f.logMu.Lock()
 				f.logged = append(f.logged, lines.Text())
 				f.logMu.Unlock()
