@@ -167,12 +167,21 @@ func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*ups
 // keys only by case.
 func onlyExactKeys(params map[string]json.RawMessage, keys ...string) {
 	for k := range params {
-		for _, key := range keys {
-			if k != key && strings.EqualFold(k, key) {
-				delete(params, k)
-			}
+		if caselessTwin(k, keys...) {
+			delete(params, k)
 		}
 	}
+}
+
+// caselessTwin reports whether k differs from one of keys only by case:
+// a key Go's decoder would take for it, and the servers would not.
+func caselessTwin(k string, keys ...string) bool {
+	for _, key := range keys {
+		if k != key && strings.EqualFold(k, key) {
+			return true
+		}
+	}
+	return false
 }
 
 // deniedResult is the CallToolResult a denied call gets.

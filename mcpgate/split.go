@@ -19,7 +19,12 @@ func splitObject(data []byte) (map[string]json.RawMessage, bool) {
 	if len(data) == 0 || data[0] != '{' || !json.Valid(data) {
 		return nil, false
 	}
-	data = bytes.Clone(data)
+	return members(bytes.Clone(data))
+}
+
+// members splits data, a valid JSON object, into its members, values
+// sharing data; false if a key holds an escape or is not valid UTF-8.
+func members(data []byte) (map[string]json.RawMessage, bool) {
 	m := make(map[string]json.RawMessage, 8)
 	i := skipSpace(data, 1)
 	if data[i] == '}' {
@@ -45,6 +50,25 @@ func splitObject(data []byte) (map[string]json.RawMessage, bool) {
 		i = skipSpace(data, vend)
 		if data[i] == '}' {
 			return m, true
+		}
+		i = skipSpace(data, i+1) // past ','
+	}
+}
+
+// elements splits data, a valid JSON array, into its elements, which
+// share data.
+func elements(data []byte) []json.RawMessage {
+	var out []json.RawMessage
+	i := skipSpace(data, 1)
+	if data[i] == ']' {
+		return out
+	}
+	for {
+		end := skipValue(data, i)
+		out = append(out, json.RawMessage(data[i:end:end]))
+		i = skipSpace(data, end)
+		if data[i] == ']' {
+			return out
 		}
 		i = skipSpace(data, i+1) // past ','
 	}
@@ -109,7 +133,48 @@ func decodeObject(data []byte) (map[string]json.RawMessage, error) {
 	if m, ok := splitObject(data); ok {
 		return m, nil
 	}
+	return slowObject(data)
+}
+
+// validObject is decodeObject for a value of a decoded object: valid
+// JSON, not shared with the caller's buffer, so neither checked nor
+// copied again.
+func validObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
+	if len(raw) > 0 && raw[0] == '{' {
+		if m, ok := members(raw); ok {
+			return m, nil
+		}
+	}
+	return slowObject(raw)
+}
+
+// plainString reports whether b, between quotes, is a JSON string that
+// means its own bytes: no escapes, no control characters, valid UTF-8.
+func plainString(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' || c == '"' || c < 0x20 {
+			return false
+		}
+	}
+	return utf8.Valid(b)
+}
+
+func slowObject(data []byte) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
 	err := json.Unmarshal(data, &m)
 	return m, err
+}
+
+// stringValue decodes raw as json.Unmarshal into a string does: absent
+// is an error, null is "". A plain string — no escapes, valid UTF-8 —
+// is taken as it is.
+func stringValue(raw json.RawMessage) (string, error) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' {
+		if body := raw[1 : n-1]; plainString(body) {
+			return string(body), nil
+		}
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }

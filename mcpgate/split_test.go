@@ -15,6 +15,7 @@ var splitSeeds = []string{
 	`{"a":-1.5e+10,"b":true,"c":false,"d":null,"e":"","f":{},"g":[]}`,
 	"{\"k\xff\":1,\"method\":\"m\"}", `{"a":"\ud800"}`, "{\"a\":1}\n",
 	`{"method":"tools/call","Method":"other","METHOD":"x"}`,
+	`{"s":"plain","e":"esc\"aped\u00e9","u":"\ud800","n":null,"a":[1,"two",{"t":3},[]],"o":{"k":"v","\u006b":"w"},"x":[ ]}`,
 }
 
 // splitObject must decode exactly as json.Unmarshal into a map does, or
@@ -27,6 +28,9 @@ func FuzzSplitObject(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var want map[string]json.RawMessage
 		wantErr := json.Unmarshal(data, &want)
+		for _, v := range want {
+			valuesAsGoDecodes(t, v)
+		}
 		in := bytes.Clone(data)
 		got, ok := splitObject(in)
 		if !ok {
@@ -43,6 +47,35 @@ func FuzzSplitObject(f *testing.F) {
 			t.Fatalf("splitObject(%q)'s values changed with its input", data)
 		}
 	})
+}
+
+// valuesAsGoDecodes checks the splitters of values of a decoded object —
+// valid JSON — against json.Unmarshal: as a string, an array's elements,
+// an object's members.
+func valuesAsGoDecodes(t *testing.T, v json.RawMessage) {
+	var s string
+	errS := json.Unmarshal(v, &s)
+	if got, err := stringValue(v); (err == nil) != (errS == nil) || got != s {
+		t.Fatalf("stringValue(%q) = %q, %v; json.Unmarshal %q, %v", v, got, err, s, errS)
+	}
+	var elems []json.RawMessage
+	if json.Unmarshal(v, &elems) == nil && elems != nil {
+		got := elements(v)
+		if len(got) != len(elems) {
+			t.Fatalf("elements(%q) = %q, json.Unmarshal %q", v, got, elems)
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], elems[i]) {
+				t.Fatalf("elements(%q) = %q, json.Unmarshal %q", v, got, elems)
+			}
+		}
+	}
+	var m map[string]json.RawMessage
+	errM := json.Unmarshal(v, &m)
+	got, err := validObject(v)
+	if (err == nil) != (errM == nil) || !maps.EqualFunc(got, m, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+		t.Fatalf("validObject(%q) = %q, %v; json.Unmarshal %q, %v", v, got, err, m, errM)
+	}
 }
 
 func TestSplitObjectTakesTheCommonMessages(t *testing.T) {
@@ -125,4 +158,16 @@ func FuzzCountResult(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkCountResult(b *testing.B) {
+	item := `{"type":"text","text":"The quick brown fox jumps over the lazy dog; 0123456789 and some more words to count."}`
+	result := []byte(`{"content":[` + item + `,` + item + `,` + item + `,{"type":"image","data":"AAAA","mimeType":"image/png"}],"structuredContent":{"rows":[1,2,3],"ok":true}}`)
+	c := &TiktokenCounter{}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.CountResult(result); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -2,8 +2,8 @@ package mcpgate
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/tiktoken-go/tokenizer"
@@ -113,22 +113,22 @@ func resultText(result json.RawMessage) (texts []string, structured json.RawMess
 		return nil, nil, false, nil // null: no content
 	}
 	caseless = hasCaselessKey(m, "content", "structuredContent")
+	// The values of m are valid JSON of m's own: split, not decoded again.
 	if raw := nullIsAbsent(m["content"]); raw != nil {
-		var items []json.RawMessage
-		if err := json.Unmarshal(raw, &items); err != nil {
-			return nil, nil, false, fmt.Errorf("content: %w", err)
+		if raw[0] != '[' {
+			return nil, nil, false, errors.New("content is not an array")
 		}
-		for i, raw := range items {
-			item, err := decodeObject(raw)
+		for i, raw := range elements(raw) {
+			item, err := validObject(raw)
 			if err != nil {
 				return nil, nil, false, fmt.Errorf("content item %d: %w", i, err)
 			}
 			caseless = caseless || hasCaselessKey(item, "type", "text")
-			typ, err := optionalString(item["type"])
+			typ, err := optionalString(item, "type")
 			if err != nil {
 				return nil, nil, false, fmt.Errorf("content item %d: type: %w", i, err)
 			}
-			text, err := optionalString(item["text"])
+			text, err := optionalString(item, "text")
 			if err != nil {
 				return nil, nil, false, fmt.Errorf("content item %d: text: %w", i, err)
 			}
@@ -144,21 +144,19 @@ func resultText(result json.RawMessage) (texts []string, structured json.RawMess
 // keys only by case.
 func hasCaselessKey(m map[string]json.RawMessage, keys ...string) bool {
 	for k := range m {
-		for _, key := range keys {
-			if k != key && strings.EqualFold(k, key) {
-				return true
-			}
+		if caselessTwin(k, keys...) {
+			return true
 		}
 	}
 	return false
 }
 
-// optionalString decodes a string that may be absent or null.
-func optionalString(raw json.RawMessage) (string, error) {
-	var s string
-	if len(raw) == 0 {
+// optionalString is m's string under exactly key, which may be absent or
+// null.
+func optionalString(m map[string]json.RawMessage, key string) (string, error) {
+	raw, ok := m[key]
+	if !ok {
 		return "", nil
 	}
-	err := json.Unmarshal(raw, &s)
-	return s, err
+	return stringValue(raw)
 }

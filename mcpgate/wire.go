@@ -74,8 +74,7 @@ func object(raw json.RawMessage) map[string]json.RawMessage {
 
 // stringField is an object's string under exactly key, or "".
 func stringField(m map[string]json.RawMessage, key string) string {
-	var s string
-	json.Unmarshal(m[key], &s)
+	s, _ := stringValue(m[key])
 	return s
 }
 
