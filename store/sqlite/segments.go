@@ -99,10 +99,10 @@ func openRecordLog(dir string) (*recordLog, []frame, error) {
 // makeDir makes dir, if it is missing, so that it outlives a crash: its
 // entry in its parent is synced too.
 func makeDir(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
+	switch err := os.Mkdir(dir, 0o700); {
+	case errors.Is(err, os.ErrExist):
 		return nil
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	case err != nil:
 		return err
 	}
 	return syncDir(filepath.Dir(dir))
