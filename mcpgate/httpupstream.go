@@ -224,20 +224,34 @@ func (c *httpUpstreamConn) roundTrip(ctx context.Context, req *jsonrpc.Request) 
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(c.ctx, cancel)() // the connection closing ends it too
 	return c.do(ctx, req, data)
 }
 
 // do POSTs one request and returns its answer; what the server sends
-// before the answer is delivered through Read.
+// before the answer is delivered through Read. The answer is returned
+// as soon as it is read: the end of an event stream, which a server may
+// send later, or never, is read in the background.
+//
+// The POST ends with the connection, or with ctx until do returns.
 func (c *httpUpstreamConn) do(ctx context.Context, req *jsonrpc.Request, data []byte) (*jsonrpc.Response, error) {
-	resp, err := c.post(ctx, req, data)
+	pctx, cancel := context.WithCancel(c.ctx)
+	detach := context.AfterFunc(ctx, cancel)
+	resp, err := c.post(pctx, req, data)
 	if err != nil {
+		detach()
+		cancel()
 		return nil, err
 	}
-	defer drain(resp)
+	background := false
+	defer func() {
+		if background {
+			go finishStream(resp, detach, cancel)
+			return
+		}
+		drain(resp)
+		detach()
+		cancel()
+	}()
 	if resp.StatusCode == http.StatusNotFound && c.hasSession() {
 		err := errors.New("no longer knows the MCP session")
 		c.fail(err)
@@ -248,6 +262,7 @@ func (c *httpUpstreamConn) do(ctx context.Context, req *jsonrpc.Request, data []
 	case resp.StatusCode/100 != 2 && ct != "application/json":
 		return nil, c.statusError(resp)
 	case ct == "text/event-stream":
+		background = true
 		answer, err := c.readEvents(resp.Body, req)
 		if err == nil && answer == nil {
 			err = errors.New("ended its response stream without answering")
@@ -451,6 +466,23 @@ func readBody(r io.Reader, length int64, max int) ([]byte, error) {
 	buf := make([]byte, length)
 	_, err := io.ReadFull(r, buf)
 	return buf, err
+}
+
+// streamGrace is how long a server may take to end an event stream after
+// the answer it carried, before its connection is given up.
+const streamGrace = 5 * time.Second
+
+// finishStream reads what is left of an event stream whose answer has
+// been read, so that its connection carries later requests. The caller
+// has its answer, and its context no longer ends the POST (detach): a
+// server that has not ended the stream within streamGrace loses the
+// connection instead (cancel).
+func finishStream(resp *http.Response, detach func() bool, cancel context.CancelFunc) {
+	detach()
+	t := time.AfterFunc(streamGrace, cancel)
+	drain(resp)
+	t.Stop()
+	cancel()
 }
 
 // drain reads what is left of a body, so its connection can be reused.

@@ -1,10 +1,14 @@
 package mcpgate_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,5 +144,62 @@ func TestHTTPUpstreamUnreachable(t *testing.T) {
 	}
 	if _, err := m.stack.Audit.Verify(context.Background()); err != nil {
 		t.Error(err)
+	}
+}
+
+// A server may hold a request's event stream open after its answer (the
+// specification says it SHOULD close it, not that it must). The call is
+// answered when the answer comes, not when the stream ends — before,
+// the gateway waited for the end, and the call timed out — and the
+// connections of streams that did end carry the next calls.
+func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
+	release := make(chan struct{})
+	var held atomic.Bool
+	var mu sync.Mutex
+	conns := map[string]bool{}
+	m, _ := httpUpstreamGateway(t, false, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			conns[r.RemoteAddr] = true
+			mu.Unlock()
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			next.ServeHTTP(w, r)
+			if bytes.Contains(body, []byte(`"hold open"`)) {
+				held.Store(true)
+				select { // the answer is flushed; the stream stays open
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}
+		})
+	})
+	t.Cleanup(func() { close(release) })
+	for i := range 20 {
+		if res, err := m.call(t, "echo", fmt.Sprint(i)); err != nil || text(res) != fmt.Sprintf("files echo: %d", i) {
+			t.Fatalf("echo = %+v, %v", res, err)
+		}
+	}
+	mu.Lock()
+	n := len(conns)
+	mu.Unlock()
+	// initialize, its notification, the GET stream, and the calls': the
+	// calls reuse connections rather than dial one each.
+	if n > 4 {
+		t.Errorf("20 calls, one after another, came over %d connections; want them reused", n)
+	}
+	start := time.Now()
+	res, err := m.call(t, "echo", "hold open")
+	if err != nil || text(res) != "files echo: hold open" {
+		t.Fatalf("a call whose stream stays open after its answer = %+v, %v; want its answer", res, err)
+	}
+	if !held.Load() {
+		t.Fatal("the server did not hold the stream")
+	}
+	if d := time.Since(start); d > time.Second { // the upstream's timeout is 2s
+		t.Errorf("the call took %v; want it answered once its answer came", d)
+	}
+	if res, err := m.call(t, "echo", "after"); err != nil || text(res) != "files echo: after" {
+		t.Errorf("the next call = %+v, %v", res, err)
 	}
 }
