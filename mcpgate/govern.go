@@ -158,9 +158,8 @@ func (r *router) toolRoute(name string, params map[string]json.RawMessage) (*ups
 	// that reads keys without regard to case must find only what the
 	// gateway read.
 	onlyExactKeys(params, "name", "task")
-	params["name"], _ = json.Marshal(inner)
-	upParams, err := json.Marshal(params)
-	return u, inner, upParams, err
+	params["name"] = appendString(nil, inner)
+	return u, inner, joinObject(params), nil
 }
 
 // onlyExactKeys deletes from params every key that differs from one of

@@ -3,6 +3,8 @@ package mcpgate
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -53,6 +55,28 @@ func members(data []byte) (map[string]json.RawMessage, bool) {
 		}
 		i = skipSpace(data, i+1) // past ','
 	}
+}
+
+// joinObject encodes members as a JSON object, the inverse of
+// splitObject: keys in order, as json.Marshal orders them, and each
+// value as it is, which must be valid JSON.
+func joinObject(members map[string]json.RawMessage) []byte {
+	keys := slices.Sorted(maps.Keys(members))
+	n := 2
+	for k, v := range members {
+		n += len(k) + len(v) + 4
+	}
+	buf := make([]byte, 0, n)
+	buf = append(buf, '{')
+	for i, k := range keys {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendString(buf, k)
+		buf = append(buf, ':')
+		buf = append(buf, members[k]...)
+	}
+	return append(buf, '}')
 }
 
 // elements splits data, a valid JSON array, into its elements, which

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"reflect"
 	"testing"
 )
 
@@ -15,6 +16,7 @@ var splitSeeds = []string{
 	`{"a":-1.5e+10,"b":true,"c":false,"d":null,"e":"","f":{},"g":[]}`,
 	"{\"k\xff\":1,\"method\":\"m\"}", `{"a":"\ud800"}`, "{\"a\":1}\n",
 	`{"method":"tools/call","Method":"other","METHOD":"x"}`,
+	`{"\u003c&>":1,"a\"b":2,"\u2028":3,"tab\there":4,"é":"<b>"}`,
 	`{"s":"plain","e":"esc\"aped\u00e9","u":"\ud800","n":null,"a":[1,"two",{"t":3},[]],"o":{"k":"v","\u006b":"w"},"x":[ ]}`,
 }
 
@@ -30,6 +32,9 @@ func FuzzSplitObject(f *testing.F) {
 		wantErr := json.Unmarshal(data, &want)
 		for _, v := range want {
 			valuesAsGoDecodes(t, v)
+		}
+		if wantErr == nil && want != nil {
+			joinsAsGoEncodes(t, want)
 		}
 		in := bytes.Clone(data)
 		got, ok := splitObject(in)
@@ -47,6 +52,27 @@ func FuzzSplitObject(f *testing.F) {
 			t.Fatalf("splitObject(%q)'s values changed with its input", data)
 		}
 	})
+}
+
+// joinsAsGoEncodes checks joinObject against json.Marshal: the same
+// members, in the same order, each value as it was.
+func joinsAsGoEncodes(t *testing.T, m map[string]json.RawMessage) {
+	joined := joinObject(m)
+	var back map[string]json.RawMessage
+	if err := json.Unmarshal(joined, &back); err != nil {
+		t.Fatalf("joinObject(%q) = %q, which does not decode: %v", m, joined, err)
+	}
+	if !maps.EqualFunc(back, m, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+		t.Fatalf("joinObject(%q) = %q, which decodes to %q", m, joined, back)
+	}
+	marshalled, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b any
+	if json.Unmarshal(joined, &a) != nil || json.Unmarshal(marshalled, &b) != nil || !reflect.DeepEqual(a, b) {
+		t.Fatalf("joinObject(%q) = %q, json.Marshal %q", m, joined, marshalled)
+	}
 }
 
 // valuesAsGoDecodes checks the splitters of values of a decoded object —

@@ -238,6 +238,9 @@ func idJSON(id jsonrpc.ID) json.RawMessage {
 }
 
 func appendString(buf []byte, s string) []byte {
+	if plainString([]byte(s)) {
+		return append(append(append(buf, '"'), s...), '"')
+	}
 	b, _ := json.Marshal(s)
 	return append(buf, b...)
 }
