@@ -183,9 +183,11 @@ func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
 	mu.Lock()
 	n := len(conns)
 	mu.Unlock()
-	// initialize, its notification, the GET stream, and the calls': the
-	// calls reuse connections rather than dial one each.
-	if n > 4 {
+	// initialize, its notification, the GET stream, and the calls'. A
+	// call may begin while the stream before it is still being finished,
+	// and take another connection; but the calls reuse connections
+	// rather than dial one each.
+	if n > 10 {
 		t.Errorf("20 calls, one after another, came over %d connections; want them reused", n)
 	}
 	start := time.Now()
