@@ -36,6 +36,8 @@ type Config struct {
 	// Audit says where the audit log is kept and how it is signed. The
 	// zero value keeps it in memory, unsigned.
 	Audit AuditConfig
+	// Observer, if set, is told of every decision the Stack settles.
+	Observer Observer
 }
 
 // AuditConfig configures the audit log.
@@ -113,6 +115,7 @@ type Stack struct {
 	// token count then waits for no disk of its own, since its record,
 	// appended before its answer, takes the count with it.
 	lazyCommits bool
+	observer    Observer
 }
 
 // Audit events a Stack records.
@@ -175,7 +178,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 
 	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log,
-		callTokenLimit: cfg.Budget.CallTokenLimit}
+		callTokenLimit: cfg.Budget.CallTokenLimit, observer: cfg.Observer}
 	if lazy, ok := budgetStore.(budget.LazyCommitter); ok && lazy.SyncedBy(log.Store()) {
 		s.lazyCommits = true
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/agentsec/agentsec/audit"
@@ -108,6 +109,9 @@ func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
 	// The caller's map may change before End; the record is of now.
 	rec.Attrs = maps.Clone(rec.Attrs)
 	c := &Call{s: s, rec: rec, d: d}
+	if s.observer != nil {
+		c.begun = sinceEpoch()
+	}
 	if c.res, err = s.Budget.Reserve(ctx, req.Session); err != nil {
 		if ee, ok := errors.AsType[*budget.ExceededError](err); ok {
 			return nil, s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
@@ -124,9 +128,10 @@ func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
 // methods are safe for concurrent use; the first End or Abandon settles
 // it, and later ones return ErrSettled.
 type Call struct {
-	s   *Stack
-	rec audit.Record
-	d   trust.Decision
+	s     *Stack
+	rec   audit.Record
+	d     trust.Decision
+	begun time.Duration // when it was admitted, from epoch, for the Observer; 0 without one
 
 	mu      sync.Mutex
 	res     budget.Reservation
@@ -204,10 +209,15 @@ func (c *Call) settle(ctx context.Context, tokens int64, callErr error, panicked
 		if err := c.res.Release(ctx); err != nil {
 			setAttr(&rec, budgetErrorKey, err.Error())
 		}
-		logged, _ := c.s.Audit.Log(ctx, rec)
+		logged, err := c.s.Audit.Log(ctx, rec)
+		if err != nil {
+			c.s.observe(&rec, false, nil, c.begun)
+		} else {
+			c.s.observe(&logged, true, nil, c.begun)
+		}
 		return logged, nil
 	}
-	return c.s.finish(ctx, &rec, &c.res, c.d, tokens, callErr)
+	return c.s.finish(ctx, &rec, &c.res, c.d, tokens, callErr, c.begun)
 }
 
 // admit makes the record of a request for event and applies the checks
@@ -256,9 +266,9 @@ func Spent(err error) error {
 	return &SpentError{Err: err}
 }
 
-// finish settles a call that ran under res with the tool's outcome, and
-// records it.
-func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reservation, d trust.Decision, tokens int64, callErr error) (audit.Record, error) {
+// finish settles a call that ran under res, admitted at began (see
+// observe), with the tool's outcome, and records it.
+func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reservation, d trust.Decision, tokens int64, callErr error, began time.Duration) (audit.Record, error) {
 	spent, ran := errors.AsType[*SpentError](callErr)
 	switch {
 	case callErr != nil && !ran:
@@ -291,12 +301,14 @@ func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reser
 	}
 	logged, err := s.Audit.Log(ctx, *rec)
 	if err != nil {
+		s.observe(rec, false, nil, began)
 		return audit.Record{}, &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool,
 			Reason: "call could not be recorded", Trust: d, Cause: errors.Join(err, callErr)}
 	}
 	if de, ok := errors.AsType[*DeniedError](callErr); ok {
 		de.Seq, de.Logged = logged.Seq, true
 	}
+	s.observe(&logged, true, callErr, began)
 	return logged, callErr
 }
 
@@ -435,9 +447,12 @@ func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) er
 		return withheld(&DeniedError{Kind: ErrBudgetUnavailable, Reason: "the result's tokens could not be counted", Cause: err})
 	}
 	rec.Outcome, rec.Tokens, rec.Reason = audit.OutcomeAllowed, tokens, "result delivered"
-	if _, err := s.Audit.Log(ctx, rec); err != nil {
+	logged, err := s.Audit.Log(ctx, rec)
+	if err != nil {
+		s.observe(&rec, false, nil, 0)
 		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool, Reason: "result could not be recorded", Cause: err}
 	}
+	s.observe(&logged, true, nil, 0)
 	return nil
 }
 
@@ -448,10 +463,12 @@ func (s *Stack) deny(ctx context.Context, rec *audit.Record, e *DeniedError) err
 	rec.Reason = truncate(e.Reason)
 	logged, err := s.Audit.Log(ctx, *rec)
 	if err != nil {
+		s.observe(rec, false, e, 0)
 		e.Cause = errors.Join(e.Cause, err)
 		return e
 	}
 	e.Seq, e.Logged = logged.Seq, true
+	s.observe(&logged, true, e, 0)
 	return e
 }
 
