@@ -1,8 +1,8 @@
 // Package console serves agentsec's operators on the admin listener,
-// apart from the agents' port. It begins with the probes load balancers
-// and Kubernetes use: /healthz, the process is alive, and /readyz, it can
-// govern calls — its audit log takes appends and its budget store
-// answers — with the failing part named.
+// apart from the agents' port: the probes load balancers and Kubernetes
+// use — /healthz, the process is alive, and /readyz, it can govern calls
+// (its audit log takes appends and its budget store answers), with the
+// failing part named — and /metrics, for Prometheus.
 package console
 
 import (
@@ -30,7 +30,8 @@ const probeTimeout = 2 * time.Second
 // it never exists.
 const probeSession = "agentsec/readyz"
 
-// Handler serves /healthz and /readyz for stack.
+// Handler serves /healthz and /readyz for stack, and, if metrics is not
+// nil, /metrics.
 //
 // /healthz answers 200 while the process serves HTTP at all. /readyz
 // answers 200 when the stack can govern calls, 503 otherwise, with one
@@ -39,8 +40,11 @@ const probeSession = "agentsec/readyz"
 // log is failing, each /readyz appends a "health.probe" record, which, if
 // the store takes it, ends the failure: a probe is what brings a gateway
 // that gets no calls back into service.
-func Handler(stack *agentsec.Stack) http.Handler {
+func Handler(stack *agentsec.Stack, metrics *Metrics) http.Handler {
 	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/console"
 	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/store/postgres"
 )
@@ -61,6 +62,7 @@ type openedGateway struct {
 	cfg      *config.Config
 	stack    *agentsec.Stack
 	sessions *postgres.SessionStore // nil without postgres.url
+	metrics  *console.Metrics       // nil without admin.listen
 }
 
 func (g *openedGateway) Close() {
@@ -109,6 +111,10 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 	// denied, and when it recovers.
 	sc.Audit.Logger = slog.New(slog.NewTextHandler(m.Stderr, nil))
 	g := &openedGateway{cfg: cfg}
+	if cfg.Admin.Listen != "" {
+		g.metrics = console.NewMetrics()
+		sc.Observer = g.metrics
+	}
 	if cfg.Postgres.URL != "" {
 		db, err := postgres.Open(context.Background(), cfg.Postgres.URL)
 		if err != nil {
@@ -125,6 +131,9 @@ func (m *Main) openGateway(cmd, about string, args []string, check func(*config.
 			g.sessions.Close()
 		}
 		return nil, err
+	}
+	if g.metrics != nil {
+		g.metrics.Watch(g.stack)
 	}
 	return g, nil
 }

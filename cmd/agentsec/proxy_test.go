@@ -369,6 +369,22 @@ upstreams:
 				t.Error("the agents' port answers /readyz")
 			}
 		}
+		// The calls above, counted by the admin listener's /metrics.
+		resp, err := http.Get(m[1] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{
+			`agentsec_decisions_total{event="tool.call",gen_ai_tool_name="read",outcome="allow",reason="allowed"} 1`,
+			`agentsec_decisions_total{event="tool.call",gen_ai_tool_name="admin",outcome="deny",reason="trust_denied"} 1`,
+			"agentsec_audit_log_up 1",
+		} {
+			if !strings.Contains(string(body), want+"\n") {
+				t.Errorf("/metrics lacks %s:\n%s", want, body)
+			}
+		}
 	}
 	cs.Close()
 	cancel()

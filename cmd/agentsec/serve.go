@@ -106,14 +106,14 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	// request's body themselves (request_body_timeout), and the listener
 	// the connections.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	admin, err := startAdmin(cfg, g.stack)
+	admin, err := startAdmin(cfg, g.stack, g.metrics)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	if admin != nil {
 		defer admin.Close()
-		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz)\n", admin.addr)
+		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz, metrics)\n", admin.addr)
 	}
 	if gw != nil {
 		names := make([]string, len(cfg.Upstreams))
@@ -181,7 +181,7 @@ type adminServer struct {
 }
 
 // startAdmin starts the admin listener the configuration names, if any.
-func startAdmin(cfg *config.Config, stack *agentsec.Stack) (*adminServer, error) {
+func startAdmin(cfg *config.Config, stack *agentsec.Stack, metrics *console.Metrics) (*adminServer, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, nil
 	}
@@ -189,7 +189,7 @@ func startAdmin(cfg *config.Config, stack *agentsec.Stack) (*adminServer, error)
 	if err != nil {
 		return nil, fmt.Errorf("admin.listen: listening on %s: %w", cfg.Admin.AdminAddress(), err)
 	}
-	a := &adminServer{addr: ln.Addr(), srv: &http.Server{Handler: console.Handler(stack),
+	a := &adminServer{addr: ln.Addr(), srv: &http.Server{Handler: console.Handler(stack, metrics),
 		ReadHeaderTimeout: headerTimeout, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		IdleTimeout: defaultConnectionIdleTimeout, MaxHeaderBytes: maxHeaderBytes}}
 	go a.srv.Serve(ln)
