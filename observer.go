@@ -23,8 +23,9 @@ type Decision struct {
 	// Record is the decision's audit record: as appended when Recorded,
 	// else as it would have been.
 	Record audit.Record
-	// Recorded says the record is in the log. A decision that could not
-	// be recorded denied its call (Kind is ErrAuditUnavailable).
+	// Recorded says the record is in the log. A call whose record could
+	// not be written is denied: if nothing else denied it, Kind is
+	// ErrAuditUnavailable.
 	Recorded bool
 	// Kind is why the call was denied, or its result withheld: the
 	// *DeniedError's Kind (ErrTrustDenied, ErrBudgetExceeded, …). It is
@@ -55,14 +56,14 @@ func (s *Stack) observe(rec *audit.Record, recorded bool, err error, began time.
 	if de, ok := errors.AsType[*DeniedError](err); ok {
 		d.Kind = de.Kind
 	}
-	if !recorded {
-		d.Kind = ErrAuditUnavailable
+	if !recorded && d.Kind == nil {
+		d.Kind = ErrAuditUnavailable // allowed, but not recorded: denied
 	}
 	if d.Ran {
 		// The record's time, taken as the log appends it, spares a read
 		// of the clock.
 		if recorded {
-			d.Duration = rec.Time.Sub(epoch) - began
+			d.Duration = max(rec.Time.Sub(epoch)-began, 0)
 		} else {
 			d.Duration = sinceEpoch() - began
 		}
