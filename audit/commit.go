@@ -208,6 +208,11 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 			p.seq = size + uint64(i)
 		}
 	}
+	if f := l.appendObserver.Load(); f != nil {
+		// The first record's time was read as its Log began: the batch
+		// took this long as its first caller saw it.
+		(*f)(len(batch), l.since(batch[0].rec.Time), err)
+	}
 	for _, p := range batch {
 		if p != self {
 			p.signal(resultReady)

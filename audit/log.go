@@ -79,6 +79,7 @@ type Log struct {
 	shared    SharedStore // store, if it is one
 	namespace string
 	clock     func() time.Time
+	realClock bool // clock is time.Now, whose times hold monotonic readings
 
 	committer
 
@@ -114,6 +115,9 @@ type Log struct {
 	// once an append succeeds again; cpFailure likewise for checkpoints.
 	failure   atomic.Pointer[error]
 	cpFailure atomic.Pointer[error]
+	// appendObserver, if set, is told of each batch appended (see
+	// ObserveAppends).
+	appendObserver atomic.Pointer[func(records int, took time.Duration, err error)]
 	// appendHealth and cpHealth log the failures and recoveries.
 	appendHealth health
 	cpHealth     health
@@ -147,7 +151,7 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	l.shared, _ = store.(SharedStore)
 	l.spinners = runtime.GOMAXPROCS(0)
 	if l.clock == nil {
-		l.clock = time.Now
+		l.clock, l.realClock = time.Now, true
 	}
 	if l.cpEvery == 0 {
 		l.cpEvery = DefaultCheckpointEvery
@@ -251,6 +255,28 @@ func checkNamespace(ns string) error {
 		return fmt.Errorf("audit: namespace %q: %w", ns, err)
 	}
 	return nil
+}
+
+// since is the time elapsed since t, a time of the log's clock: on the
+// monotonic clock alone when the clock is time.Now.
+func (l *Log) since(t time.Time) time.Duration {
+	if l.realClock {
+		return time.Since(t)
+	}
+	return l.clock().Sub(t)
+}
+
+// ObserveAppends has f told of each batch of records the log appends to
+// its store, or fails to: how many records, how long the batch took from
+// its first record's Log call to the store's answer, and the store's
+// error. f is called by the appending goroutine, with callers waiting:
+// it must be quick. A nil f stops the telling.
+func (l *Log) ObserveAppends(f func(records int, took time.Duration, err error)) {
+	if f == nil {
+		l.appendObserver.Store(nil)
+		return
+	}
+	l.appendObserver.Store(&f)
 }
 
 // Namespace returns the namespace given to records that lack one.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
 )
 
 // Label values a Metrics gives decisions.
@@ -49,37 +50,81 @@ var events = [...]string{agentsec.EventToolCall, agentsec.EventToolResult, "othe
 // outcomes are the outcome label's values.
 var outcomes = [...]string{string(audit.OutcomeAllowed), string(audit.OutcomeDenied)}
 
-// durationBuckets are the upper bounds of the duration histogram's
+// callBuckets are the upper bounds of the call duration histogram's
 // buckets: from half a millisecond, a call to a local tool, to a minute.
-var durationBuckets = [...]time.Duration{
-	500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
-	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
-	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
-	5 * time.Second, 10 * time.Second, 30 * time.Second, time.Minute,
+var callBuckets = []int64{
+	int64(500 * time.Microsecond), int64(time.Millisecond), int64(2500 * time.Microsecond), int64(5 * time.Millisecond),
+	int64(10 * time.Millisecond), int64(25 * time.Millisecond), int64(50 * time.Millisecond), int64(100 * time.Millisecond),
+	int64(250 * time.Millisecond), int64(500 * time.Millisecond), int64(time.Second), int64(2500 * time.Millisecond),
+	int64(5 * time.Second), int64(10 * time.Second), int64(30 * time.Second), int64(time.Minute),
 }
+
+// appendBuckets are the append duration histogram's: from a tmpfs write
+// to a disk that has stopped answering.
+var appendBuckets = []int64{
+	int64(50 * time.Microsecond), int64(100 * time.Microsecond), int64(250 * time.Microsecond), int64(500 * time.Microsecond),
+	int64(time.Millisecond), int64(2500 * time.Microsecond), int64(5 * time.Millisecond), int64(10 * time.Millisecond),
+	int64(25 * time.Millisecond), int64(50 * time.Millisecond), int64(100 * time.Millisecond), int64(250 * time.Millisecond),
+	int64(time.Second), int64(5 * time.Second),
+}
+
+// batchBuckets are the batch size histogram's, up to the log's largest
+// batch (512).
+var batchBuckets = []int64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}
 
 // toolSeries counts one tool label's decisions and durations with
 // atomic adds, which a decision costs and nothing more: the series are
 // made from the counts when /metrics is scraped.
 type toolSeries struct {
 	decisions [len(events)][len(reasons)]atomic.Uint64
-	durations [len(outcomes)]durationCounts
+	durations [len(outcomes)]histogram
 }
 
-// durationCounts is a histogram's counts: one per bucket (not
-// cumulative), the last for what is above every bound, and the sum.
-type durationCounts struct {
-	buckets [len(durationBuckets) + 1]atomic.Uint64
-	sum     atomic.Int64 // nanoseconds
+// A histogram counts integer observations (nanoseconds, records) in
+// buckets with atomic adds, and makes its series when scraped.
+type histogram struct {
+	bounds  []int64         // upper bounds, ascending
+	scale   float64         // from an observation to the series' unit
+	buckets []atomic.Uint64 // one per bound, not cumulative, and one above them all
+	sum     atomic.Int64
 }
 
-func (h *durationCounts) observe(d time.Duration) {
+func newHistogram(bounds []int64, scale float64) histogram {
+	return histogram{bounds: bounds, scale: scale, buckets: make([]atomic.Uint64, len(bounds)+1)}
+}
+
+func (h *histogram) observe(v int64) {
 	i := 0
-	for i < len(durationBuckets) && d > durationBuckets[i] {
+	for i < len(h.bounds) && v > h.bounds[i] {
 		i++
 	}
 	h.buckets[i].Add(1)
-	h.sum.Add(int64(d))
+	h.sum.Add(v)
+}
+
+// metric makes the histogram's series, or nil while it counts nothing.
+// The count is the buckets' sum, each read once, so that the cumulative
+// counts never exceed it while observations go on.
+func (h *histogram) metric(desc *prometheus.Desc, labels ...string) prometheus.Metric {
+	var count uint64
+	cumulative := make(map[float64]uint64, len(h.bounds))
+	for i, bound := range h.bounds {
+		count += h.buckets[i].Load()
+		cumulative[float64(bound)*h.scale] = count
+	}
+	count += h.buckets[len(h.bounds)].Load()
+	if count == 0 {
+		return nil
+	}
+	return prometheus.MustNewConstHistogram(desc, count, float64(h.sum.Load())*h.scale, cumulative, labels...)
+}
+
+func newToolSeries() *toolSeries {
+	ts := &toolSeries{}
+	for o := range ts.durations {
+		ts.durations[o] = newHistogram(callBuckets, 1e-9)
+	}
+	return ts
 }
 
 // Metrics are a stack's Prometheus metrics. It is the stack's Observer
@@ -98,6 +143,10 @@ type Metrics struct {
 	tools     sync.Map // tool label → *toolSeries
 	toolMu    sync.Mutex
 	toolCount int // tools in labels so far, OtherTool not counted
+
+	// The audit log's appends, once Watch is called.
+	appendTook, appendRecords histogram
+	appendErrors              atomic.Uint64
 }
 
 var (
@@ -107,12 +156,19 @@ var (
 	durationsDesc = prometheus.NewDesc("agentsec_tool_call_duration_seconds",
 		"Time from a governed call's admission to its settling: the tool's run, or the upstream's round trip, and the governance around it.",
 		[]string{"outcome", "gen_ai_tool_name"}, nil)
+	appendTookDesc = prometheus.NewDesc("agentsec_audit_append_duration_seconds",
+		"Time a batch of records took to append, durably, from its first record's arrival: what a call waits for its record.", nil, nil)
+	appendRecordsDesc = prometheus.NewDesc("agentsec_audit_append_batch_records",
+		"Records in each batch appended to the audit log's store: with many callers, one sync serves many records.", nil, nil)
+	appendErrorsDesc = prometheus.NewDesc("agentsec_audit_append_errors_total",
+		"Batches the audit log's store failed to append; their calls were denied.", nil, nil)
 )
 
 // NewMetrics returns Metrics with the Go runtime's and the process's
 // metrics registered beside agentsec's.
 func NewMetrics() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(),
+		appendTook: newHistogram(appendBuckets, 1e-9), appendRecords: newHistogram(batchBuckets, 1)}
 	m.reg.MustRegister(decisionsCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
@@ -138,7 +194,7 @@ func (m *Metrics) ObserveDecision(d agentsec.Decision) {
 	ts := m.toolSeries(d.Record)
 	ts.decisions[event][reason].Add(1)
 	if d.Ran {
-		ts.durations[outcomeOf(reason)].observe(d.Duration)
+		ts.durations[outcomeOf(reason)].observe(int64(d.Duration))
 	}
 }
 
@@ -168,7 +224,7 @@ func (m *Metrics) toolSeries(rec audit.Record) *toolSeries {
 			m.toolCount++
 		}
 	}
-	ts, _ := m.tools.LoadOrStore(tool, new(toolSeries))
+	ts, _ := m.tools.LoadOrStore(tool, newToolSeries())
 	return ts.(*toolSeries)
 }
 
@@ -195,29 +251,26 @@ func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		for o := range ts.durations {
-			h := &ts.durations[o]
-			// The count is the buckets' sum, read once each, so that the
-			// cumulative counts never exceed it while calls go on.
-			var count uint64
-			cumulative := make(map[float64]uint64, len(durationBuckets))
-			for i, bound := range durationBuckets {
-				count += h.buckets[i].Load()
-				cumulative[bound.Seconds()] = count
-			}
-			count += h.buckets[len(durationBuckets)].Load()
-			if count > 0 {
-				ch <- prometheus.MustNewConstHistogram(durationsDesc, count, time.Duration(h.sum.Load()).Seconds(), cumulative,
-					outcomes[o], tool)
+			if metric := ts.durations[o].metric(durationsDesc, outcomes[o], tool); metric != nil {
+				ch <- metric
 			}
 		}
 		return true
 	})
 }
 
-// Watch adds the gauges read from stack at each scrape: the audit log's
-// size and whether it takes appends.
+// Watch adds the metrics of stack's audit log: its appends, as they are
+// made, and, read at each scrape, its size and whether it takes appends.
 func (m *Metrics) Watch(stack *agentsec.Stack) {
-	m.reg.MustRegister(
+	stack.Audit.ObserveAppends(func(records int, took time.Duration, err error) {
+		if err != nil {
+			m.appendErrors.Add(1)
+			return
+		}
+		m.appendTook.observe(int64(took))
+		m.appendRecords.observe(int64(records))
+	})
+	m.reg.MustRegister(appendsCollector{m},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "agentsec_audit_log_records",
 			Help: "Records in the audit log.",
@@ -232,6 +285,37 @@ func (m *Metrics) Watch(stack *agentsec.Stack) {
 			return 1
 		}),
 	)
+}
+
+// WatchGateway adds the MCP gateway's sessions, read at each scrape.
+func (m *Metrics) WatchGateway(gw *mcpgate.Gateway) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "agentsec_mcp_sessions",
+		Help: "MCP sessions this process holds open (each is a budget session).",
+	}, func() float64 { return float64(gw.OpenSessions()) }))
+}
+
+// appendsCollector makes the audit log's append series.
+type appendsCollector struct{ m *Metrics }
+
+// Describe implements prometheus.Collector.
+func (c appendsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- appendTookDesc
+	ch <- appendRecordsDesc
+	ch <- appendErrorsDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c appendsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, h := range []struct {
+		h    *histogram
+		desc *prometheus.Desc
+	}{{&c.m.appendTook, appendTookDesc}, {&c.m.appendRecords, appendRecordsDesc}} {
+		if metric := h.h.metric(h.desc); metric != nil {
+			ch <- metric
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(appendErrorsDesc, prometheus.CounterValue, float64(c.m.appendErrors.Load()))
 }
 
 // ServeHTTP serves the metrics in Prometheus's exposition formats.

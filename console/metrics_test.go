@@ -121,6 +121,14 @@ func TestMetricsCountDecisionsExactly(t *testing.T) {
 	}
 	size := stack.Audit.Size()
 	families := scrape(t, srv)
+	// Every record since Watch — all but the configured assignment's,
+	// recorded as the stack was built — came in a batch it saw.
+	batches := series(families, "agentsec_audit_append_batch_records")[""].GetHistogram()
+	took := series(families, "agentsec_audit_append_duration_seconds")[""].GetHistogram()
+	if batches.GetSampleSum() != float64(size-1) || took.GetSampleCount() != batches.GetSampleCount() || took.GetSampleSum() <= 0 {
+		t.Errorf("appends: %v records in %d batches, durations of %d; want %d records, a duration for each batch",
+			batches.GetSampleSum(), batches.GetSampleCount(), took.GetSampleCount(), size-1)
+	}
 	if got := gauge(t, families, "agentsec_audit_log_records"); got != float64(size) {
 		t.Errorf("agentsec_audit_log_records = %v, want %d", got, size)
 	}
@@ -138,6 +146,9 @@ func TestMetricsCountDecisionsExactly(t *testing.T) {
 	families = scrape(t, srv)
 	if got := gauge(t, families, "agentsec_audit_log_up"); got != 0 {
 		t.Errorf("agentsec_audit_log_up while the store fails = %v, want 0", got)
+	}
+	if got := families["agentsec_audit_append_errors_total"].GetMetric()[0].GetCounter().GetValue(); got != 2 {
+		t.Errorf("agentsec_audit_append_errors_total = %v, want 2", got)
 	}
 
 	want := map[string]float64{

@@ -88,6 +88,13 @@ type Gateway struct {
 	running  sync.WaitGroup // sessions' routers, until their upstreams are closed
 }
 
+// OpenSessions returns how many sessions the gateway holds open.
+func (g *Gateway) OpenSessions() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.sessions)
+}
+
 // Defaults of a Gateway's limits.
 const (
 	DefaultMaxSessions = 1000

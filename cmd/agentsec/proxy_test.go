@@ -380,6 +380,8 @@ upstreams:
 			`agentsec_decisions_total{event="tool.call",gen_ai_tool_name="read",outcome="allow",reason="allowed"} 1`,
 			`agentsec_decisions_total{event="tool.call",gen_ai_tool_name="admin",outcome="deny",reason="trust_denied"} 1`,
 			"agentsec_audit_log_up 1",
+			"agentsec_mcp_sessions 1",
+			"agentsec_audit_append_errors_total 0",
 		} {
 			if !strings.Contains(string(body), want+"\n") {
 				t.Errorf("/metrics lacks %s:\n%s", want, body)

@@ -65,6 +65,9 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		}
 		gw.Upstreams = upstreams(cfg, m.Stderr)
 		gw.Log = logger
+		if g.metrics != nil {
+			g.metrics.WatchGateway(gw)
+		}
 		// Close waits for the sessions' upstream servers to exit, before
 		// the stack signs its last checkpoint.
 		defer gw.Close()
