@@ -261,6 +261,7 @@ func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Watch adds the metrics of stack's audit log: its appends, as they are
 // made, and, read at each scrape, its size and whether it takes appends.
+// It is called once, for the stack whose Observer m is.
 func (m *Metrics) Watch(stack *agentsec.Stack) {
 	stack.Audit.ObserveAppends(func(records int, took time.Duration, err error) {
 		if err != nil {
@@ -287,7 +288,8 @@ func (m *Metrics) Watch(stack *agentsec.Stack) {
 	)
 }
 
-// WatchGateway adds the MCP gateway's sessions, read at each scrape.
+// WatchGateway adds the MCP gateway's sessions, read at each scrape. It
+// is called once.
 func (m *Metrics) WatchGateway(gw *mcpgate.Gateway) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "agentsec_mcp_sessions",
