@@ -110,6 +110,10 @@ type Log struct {
 	// counting only its own keeps the fleet's checkpoints one per
 	// CheckpointEvery records, not one per log.
 	cpOwed uint64
+	// latestCP publishes the latest checkpoint's size, and when this log
+	// signed it, for CheckpointStatus: read without cpMu, which is held
+	// while a checkpoint is stored.
+	latestCP atomic.Pointer[CheckpointStatus]
 
 	// failure holds the error of the last append if it failed, and nil
 	// once an append succeeds again; cpFailure likewise for checkpoints.
@@ -197,6 +201,9 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.cpOwed = l.size - l.cpSize // cpSize is 0 without a checkpoint
+	if l.hasCP {
+		l.latestCP.Store(&CheckpointStatus{Size: l.cpSize})
+	}
 	if l.signer != nil && l.cpInterval > 0 {
 		l.stopTimer, l.timerDone = make(chan struct{}), make(chan struct{})
 		go l.checkpointTimer()
@@ -264,6 +271,25 @@ func (l *Log) since(t time.Time) time.Duration {
 		return time.Since(t)
 	}
 	return l.clock().Sub(t)
+}
+
+// CheckpointStatus describes the latest signed checkpoint a Log knows of.
+type CheckpointStatus struct {
+	// Size is how many records it covers.
+	Size uint64
+	// Signed is when this Log signed it; zero for one it found in its
+	// store when it opened.
+	Signed time.Time
+}
+
+// LatestCheckpoint returns the latest signed checkpoint this log knows
+// of — one it signed, or the store's latest when it opened — and false if
+// there is none.
+func (l *Log) LatestCheckpoint() (CheckpointStatus, bool) {
+	if cp := l.latestCP.Load(); cp != nil {
+		return *cp, true
+	}
+	return CheckpointStatus{}, false
 }
 
 // ObserveAppends has f told of each batch of records the log appends to
@@ -412,6 +438,7 @@ func (l *Log) checkpoint(ctx context.Context) error {
 		}
 	}
 	l.cpSize, l.hasCP, l.cpOwed = size, true, 0
+	l.latestCP.Store(&CheckpointStatus{Size: size, Signed: l.clock()})
 	if l.cpFailure.Load() != nil {
 		l.cpFailure.Store(nil)
 		l.cpHealth.recovered(l, slog.Uint64("size", size))

@@ -435,3 +435,21 @@ func (s *closeCounter) Close() error {
 	s.closed++
 	return s.Store.Close()
 }
+
+// LatestCheckpoint is the checkpoint a log signed, with its time, or the
+// one it found in its store, whose time it does not know.
+func TestLatestCheckpoint(t *testing.T) {
+	signer, verifier := newKey(t, "audit.test")
+	l, s := signedLog(t, "agent", signer, verifier)
+	cp, ok := l.LatestCheckpoint()
+	if !ok || cp.Size != signedN || cp.Signed.IsZero() {
+		t.Errorf("LatestCheckpoint of the log that signed it = %+v, %v; want size %d and a time", cp, ok, signedN)
+	}
+	reopened := newLog(t, s, audit.Options{Signer: signer, Verifier: verifier, Origin: signedOrigin, CheckpointInterval: -1})
+	if cp, ok := reopened.LatestCheckpoint(); !ok || cp.Size != signedN || !cp.Signed.IsZero() {
+		t.Errorf("LatestCheckpoint of a log opened over it = %+v, %v; want size %d and no time", cp, ok, signedN)
+	}
+	if _, ok := newLog(t, audit.NewMemoryStore(), audit.Options{}).LatestCheckpoint(); ok {
+		t.Error("LatestCheckpoint of an empty, unsigned log: ok")
+	}
+}

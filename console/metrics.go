@@ -260,7 +260,8 @@ func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Watch adds the metrics of stack's audit log: its appends, as they are
-// made, and, read at each scrape, its size and whether it takes appends.
+// made, and, read at each scrape, its size, the records no checkpoint
+// signs yet, the latest checkpoint's age and whether it takes appends.
 // It is called once, for the stack whose Observer m is.
 func (m *Metrics) Watch(stack *agentsec.Stack) {
 	stack.Audit.ObserveAppends(func(records int, took time.Duration, err error) {
@@ -277,6 +278,14 @@ func (m *Metrics) Watch(stack *agentsec.Stack) {
 			Help: "Records in the audit log.",
 		}, func() float64 { return float64(stack.Audit.Size()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "agentsec_audit_unsigned_records",
+			Help: "Records no signed checkpoint covers yet: what an outsider could not yet hold the log to.",
+		}, func() float64 {
+			cp, _ := stack.Audit.LatestCheckpoint()
+			return float64(stack.Audit.Size() - min(cp.Size, stack.Audit.Size()))
+		}),
+		checkpointAge{stack},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "agentsec_audit_log_up",
 			Help: "1 while the audit log takes appends, 0 while it is failing (and every call is denied).",
 		}, func() float64 {
@@ -286,6 +295,22 @@ func (m *Metrics) Watch(stack *agentsec.Stack) {
 			return 1
 		}),
 	)
+}
+
+var checkpointAgeDesc = prometheus.NewDesc("agentsec_audit_checkpoint_age_seconds",
+	"Time since this process signed the latest checkpoint; absent until it signs one.", nil, nil)
+
+// checkpointAge is the age of the latest checkpoint the process signed.
+type checkpointAge struct{ stack *agentsec.Stack }
+
+// Describe implements prometheus.Collector.
+func (c checkpointAge) Describe(ch chan<- *prometheus.Desc) { ch <- checkpointAgeDesc }
+
+// Collect implements prometheus.Collector.
+func (c checkpointAge) Collect(ch chan<- prometheus.Metric) {
+	if cp, ok := c.stack.Audit.LatestCheckpoint(); ok && !cp.Signed.IsZero() {
+		ch <- prometheus.MustNewConstMetric(checkpointAgeDesc, prometheus.GaugeValue, time.Since(cp.Signed).Seconds())
+	}
 }
 
 // WatchGateway adds the MCP gateway's sessions, read at each scrape. It

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -218,5 +219,56 @@ func TestMetricsToolLabelsAreBounded(t *testing.T) {
 	}
 	if len(tools) != console.MaxToolLabels+1 || !tools[console.OtherTool] {
 		t.Errorf("%d tool label values, want %d and %q", len(tools), console.MaxToolLabels, console.OtherTool)
+	}
+}
+
+// /metrics says how much of the log no signed checkpoint covers yet,
+// and how old the latest checkpoint this process signed is.
+func TestMetricsCheckpoints(t *testing.T) {
+	skey, _, err := audit.GenerateKey("metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := console.NewMetrics()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate:      agentsec.TrustGateConfig{ToolName: "read", RequiredLevel: "public", Agents: []trust.Assignment{{Agent: "a", Level: "public"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1000, CallLimit: 1000},
+		AuditNamespace: "metrics",
+		Audit:          agentsec.AuditConfig{SignerKey: skey, CheckpointEvery: 1000, CheckpointInterval: time.Hour},
+		Observer:       metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stack.Close()
+	metrics.Watch(stack)
+	srv := httptest.NewServer(console.Handler(stack, metrics))
+	defer srv.Close()
+	ctx := context.Background()
+	calls := func(n int) {
+		for range n {
+			if err := stack.Guard(ctx, agentsec.Request{Agent: "a", Session: "s", Tool: "read"}, func(context.Context) (int64, error) { return 1, nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	calls(3)
+	families := scrape(t, srv)
+	if got, want := gauge(t, families, "agentsec_audit_unsigned_records"), float64(stack.Audit.Size()); got != want {
+		t.Errorf("unsigned records before any checkpoint = %v, want %v", got, want)
+	}
+	if families["agentsec_audit_checkpoint_age_seconds"] != nil {
+		t.Error("a checkpoint age before any checkpoint")
+	}
+	if _, err := stack.Audit.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls(2)
+	families = scrape(t, srv)
+	if got := gauge(t, families, "agentsec_audit_unsigned_records"); got != 2 {
+		t.Errorf("unsigned records 2 calls after a checkpoint = %v, want 2", got)
+	}
+	if age := gauge(t, families, "agentsec_audit_checkpoint_age_seconds"); age < 0 || age > 60 {
+		t.Errorf("checkpoint age = %v s, want the few ms since it was signed", age)
 	}
 }
