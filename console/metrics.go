@@ -129,7 +129,8 @@ func newToolSeries() *toolSeries {
 
 // Metrics are a stack's Prometheus metrics. It is the stack's Observer
 // (agentsec.Config.Observer), counting each decision as it is settled;
-// Watch adds what is read from the stack when /metrics is scraped.
+// Watch adds the stack's audit log, and WatchGateway makes it the MCP
+// gateway's Observer (mcpgate.Observer) too.
 //
 // Names and labels follow Prometheus's conventions and, where one
 // exists, OpenTelemetry's semantic conventions for MCP: the tool is the
@@ -143,6 +144,9 @@ type Metrics struct {
 	tools     sync.Map // tool label → *toolSeries
 	toolMu    sync.Mutex
 	toolCount int // tools in labels so far, OtherTool not counted
+
+	// The gateway's upstreams, as the gateway's Observer.
+	upstreams upstreams
 
 	// The audit log's appends, once Watch is called.
 	appendTook, appendRecords histogram
@@ -313,10 +317,13 @@ func (c checkpointAge) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// WatchGateway adds the MCP gateway's sessions, read at each scrape. It
-// is called once.
+// WatchGateway makes m the MCP gateway's Observer, counting what its own
+// part of each call and its upstreams' take, and whether the upstreams
+// are up, and adds its sessions, read at each scrape. It is called once,
+// before the gateway serves.
 func (m *Metrics) WatchGateway(gw *mcpgate.Gateway) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	gw.Observer = m
+	m.reg.MustRegister(&m.upstreams, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "agentsec_mcp_sessions",
 		Help: "MCP sessions this process holds open (each is a budget session).",
 	}, func() float64 { return float64(gw.OpenSessions()) }))

@@ -20,6 +20,7 @@ import (
 	"github.com/agentsec/agentsec/audit/audittest"
 	"github.com/agentsec/agentsec/budget"
 	"github.com/agentsec/agentsec/console"
+	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/trust"
 )
 
@@ -270,5 +271,35 @@ func TestMetricsCheckpoints(t *testing.T) {
 	}
 	if age := gauge(t, families, "agentsec_audit_checkpoint_age_seconds"); age < 0 || age > 60 {
 		t.Errorf("checkpoint age = %v s, want the few ms since it was signed", age)
+	}
+}
+
+// The gateway's Observer: its own part of each call and the upstream's,
+// by upstream, and each upstream's state.
+func TestMetricsUpstreams(t *testing.T) {
+	metrics := console.NewMetrics()
+	metrics.WatchGateway(&mcpgate.Gateway{})
+	srv := httptest.NewServer(metrics)
+	defer srv.Close()
+	metrics.ObserveUpstream("files", true)
+	metrics.ObserveUpstream("search", true)
+	metrics.ObserveUpstream("search", false) // it broke
+	metrics.ObserveToolCall("files", 40*time.Microsecond, 2*time.Millisecond)
+	metrics.ObserveToolCall("files", 60*time.Microsecond, 3*time.Millisecond)
+	families := scrape(t, srv)
+	up := series(families, "agentsec_upstream_up")
+	failures := series(families, "agentsec_upstream_failures_total")
+	if up["upstream=files"].GetGauge().GetValue() != 1 || up["upstream=search"].GetGauge().GetValue() != 0 ||
+		failures["upstream=files"].GetCounter().GetValue() != 0 || failures["upstream=search"].GetCounter().GetValue() != 1 {
+		t.Errorf("upstream_up = %v, failures = %v; want files up, search down after one failure", up, failures)
+	}
+	added := series(families, "agentsec_gateway_added_duration_seconds")["upstream=files"].GetHistogram()
+	exchange := series(families, "agentsec_upstream_duration_seconds")["upstream=files"].GetHistogram()
+	if added.GetSampleCount() != 2 || added.GetSampleSum() < 99e-6 || added.GetSampleSum() > 101e-6 ||
+		exchange.GetSampleCount() != 2 || exchange.GetSampleSum() < 4.99e-3 || exchange.GetSampleSum() > 5.01e-3 {
+		t.Errorf("added = %v, exchange = %v; want 2 calls of 100 µs and 5 ms in all", added, exchange)
+	}
+	if got := gauge(t, families, "agentsec_mcp_sessions"); got != 0 {
+		t.Errorf("agentsec_mcp_sessions = %v", got)
 	}
 }

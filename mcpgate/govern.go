@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
@@ -22,6 +23,10 @@ import (
 // the record says what happened. Only a call that never reached its
 // server gives its slot back.
 func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientRequest) {
+	var began time.Time
+	if r.p.Observer != nil {
+		began = time.Now()
+	}
 	// The name checked is the one the server will read: keys are matched
 	// exactly, and the server is sent the params re-encoded from what was
 	// read, one "name" and all.
@@ -52,14 +57,24 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		return
 	}
 
-	var resp *jsonrpc.Response
+	var (
+		resp     *jsonrpc.Response
+		exchange time.Duration // the upstream's part, once sent
+	)
 	err := r.p.Stack.Guard(ctx, call, func(ctx context.Context) (int64, error) {
 		if routeErr != nil {
 			return 0, routeErr
 		}
 		var err error
+		sentAt := began
+		if !began.IsZero() {
+			sentAt = time.Now()
+		}
 		resp, err = u.exchange(ctx, "tools/call", upParams, token,
 			func(id int64) bool { return r.sent(cr, u, id) })
+		if !began.IsZero() && (err == nil || wasSent(err)) {
+			exchange = time.Since(sentAt)
+		}
 		switch {
 		case err != nil && !wasSent(err):
 			return 0, err // it never reached the server: the slot comes back
@@ -99,6 +114,9 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		r.reply(ctx, cr, req.ID, resp) // the server's own error, recorded
 	default:
 		r.replyFailure(ctx, cr, req.ID, err)
+	}
+	if exchange > 0 {
+		r.p.Observer.ObserveToolCall(u.Name, time.Since(began)-exchange, exchange)
 	}
 }
 

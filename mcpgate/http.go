@@ -78,6 +78,8 @@ type Gateway struct {
 	Sessions SessionStore
 	// AllowUnlistedTools is Proxy.AllowUnlistedTools for every session.
 	AllowUnlistedTools bool
+	// Observer is Proxy.Observer for every session.
+	Observer Observer
 
 	once     sync.Once
 	mu       sync.Mutex
@@ -390,7 +392,7 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	g.running.Add(1)
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
-		AllowUnlistedTools: g.AllowUnlistedTools, onInitialized: g.saveSession(s.id, agent)}
+		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, agent)}
 	r, err := p.router(ctx, s)
 	if err != nil {
 		g.endSession(s.id)

@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -203,5 +205,66 @@ func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
 	}
 	if res, err := m.call(t, "echo", "after"); err != nil || text(res) != "files echo: after" {
 		t.Errorf("the next call = %+v, %v", res, err)
+	}
+}
+
+// recordingObserver records what an Observer is told.
+type recordingObserver struct {
+	mu     sync.Mutex
+	calls  []string
+	states []string
+}
+
+func (o *recordingObserver) ObserveToolCall(upstream string, added, exchange time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if added <= 0 || exchange <= 0 {
+		upstream += " (no duration)"
+	}
+	o.calls = append(o.calls, upstream)
+}
+
+func (o *recordingObserver) ObserveUpstream(upstream string, up bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.states = append(o.states, fmt.Sprintf("%s up=%v", upstream, up))
+}
+
+// The Observer hears of an upstream that can't be reached, and of no call
+// that never reached one.
+func TestObserverHearsOfUnreachableUpstreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := "http://" + ln.Addr().String() + "/"
+	ln.Close() // nothing listens there now
+	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 100, nil)
+	rec := &recordingObserver{}
+	proxy := &mcpgate.Proxy{Stack: stack, Agent: "desktop", Observer: rec,
+		Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("gone", gone, 2*time.Second)}}
+	ctx := context.Background()
+	proxyDown, clientSide := mcp.NewInMemoryTransports()
+	down, err := proxyDown.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- proxy.Serve(ctx, down) }()
+	client := mcp.NewClient(&mcp.Implementation{Name: "client", Version: "1"}, nil)
+	if cs, err := client.Connect(ctx, clientSide, nil); err == nil {
+		if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo"}); err == nil && !res.IsError {
+			t.Errorf("a call to an unreachable upstream = %+v", res)
+		}
+		cs.Close()
+	}
+	<-done
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.states) == 0 || rec.states[0] != "gone up=false" || slices.Contains(rec.states, "gone up=true") {
+		t.Errorf("upstream states observed: %q; want it down", rec.states)
+	}
+	if len(rec.calls) != 0 {
+		t.Errorf("calls observed: %q; want none, none was sent", rec.calls)
 	}
 }

@@ -30,6 +30,7 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 	if !r.multi {
 		res := results[0]
 		if err := res.failure(); err != nil {
+			res.u.observeUpstream(false)
 			r.replyFailure(ctx, cr, req.ID, err)
 			return
 		}
@@ -51,6 +52,7 @@ func (r *router) initialize(ctx context.Context, req *jsonrpc.Request, cr *clien
 		if err != nil {
 			// Passed over, and initialized afresh when a request needs it.
 			r.log.Warn("agentsec: initializing upstream", "upstream", res.u.Name, "err", err)
+			res.u.observeUpstream(false)
 			res.u.close()
 			continue
 		}

@@ -61,6 +61,9 @@ type Proxy struct {
 	// recorded: a server that reads names loosely could run a listed tool
 	// under a name the trust gate judged as another (offered.go).
 	AllowUnlistedTools bool
+	// Observer, if set, is told of the governed calls sent upstream and
+	// of the upstreams' connections.
+	Observer Observer
 
 	// onInitialized, if set, must succeed before the client learns its
 	// session is initialized: a Gateway's replicas record the session.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -93,8 +94,9 @@ type replyFunc func(*jsonrpc.Response, error)
 // be matched whoever asked: the client, or the gateway itself.
 type upstreamConn struct {
 	Upstream
-	r   *router
-	log *slog.Logger
+	r        *router
+	log      *slog.Logger
+	observed atomic.Int32 // the state the Observer was last told of (observer.go)
 
 	mu          sync.Mutex
 	conn        mcp.Connection // nil while not connected
@@ -196,6 +198,7 @@ func (u *upstreamConn) connect(ctx context.Context) (mcp.Connection, int, error)
 		u.lastErr = fmt.Errorf("it could not be reached (%w)", err)
 		u.mu.Unlock()
 		u.log.Warn("agentsec: connecting to upstream", "upstream", u.Name, "err", err)
+		u.observeUpstream(false)
 		return nil, 0, &upstreamError{u.Name, fmt.Errorf("is unavailable: it could not be reached (%v)", err)}
 	}
 	u.mu.Lock()
@@ -262,6 +265,7 @@ func (u *upstreamConn) setInitialized(result json.RawMessage) error {
 	u.mu.Lock()
 	u.initialized = true
 	u.mu.Unlock()
+	u.observeUpstream(true)
 	return nil
 }
 
@@ -396,6 +400,7 @@ func (u *upstreamConn) exchange(ctx context.Context, method string, params json.
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		u.observeUpstream(false)
 		if !wasSent(rerr) {
 			return nil, unsent(&upstreamError{u.Name, rerr})
 		}
@@ -577,6 +582,7 @@ func (u *upstreamConn) lost(conn mcp.Connection, gen int, err error) {
 	}
 	if !errors.Is(err, errSessionEnded) {
 		u.log.Warn("agentsec: upstream connection ended", "upstream", u.Name, "err", err)
+		defer u.observeUpstream(false)
 	}
 	u.conn, u.initialized, u.lastErr = nil, false, fmt.Errorf("its connection ended (%w)", err)
 	gone := &upstreamError{u.Name, errUpstreamGone}

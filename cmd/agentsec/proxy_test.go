@@ -382,6 +382,11 @@ upstreams:
 			"agentsec_audit_log_up 1",
 			"agentsec_mcp_sessions 1",
 			"agentsec_audit_append_errors_total 0",
+			// Only the allowed call reached the upstream.
+			`agentsec_gateway_added_duration_seconds_count{upstream="echo"} 1`,
+			`agentsec_upstream_duration_seconds_count{upstream="echo"} 1`,
+			`agentsec_upstream_up{upstream="echo"} 1`,
+			`agentsec_upstream_failures_total{upstream="echo"} 0`,
 		} {
 			if !strings.Contains(string(body), want+"\n") {
 				t.Errorf("/metrics lacks %s:\n%s", want, body)
