@@ -155,8 +155,8 @@ func TestHTTPUpstreamUnreachable(t *testing.T) {
 // the gateway waited for the end, and the call timed out — and the
 // connections of streams that did end carry the next calls.
 func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
-	release := make(chan struct{})
-	var held atomic.Bool
+	release, holding := make(chan struct{}), make(chan struct{})
+	var holdOnce sync.Once
 	var mu sync.Mutex
 	conns := map[string]bool{}
 	m, _ := httpUpstreamGateway(t, false, func(next http.Handler) http.Handler {
@@ -168,7 +168,7 @@ func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			next.ServeHTTP(w, r)
 			if bytes.Contains(body, []byte(`"hold open"`)) {
-				held.Store(true)
+				holdOnce.Do(func() { close(holding) })
 				select { // the answer is flushed; the stream stays open
 				case <-release:
 				case <-r.Context().Done():
@@ -197,7 +197,9 @@ func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
 	if err != nil || text(res) != "files echo: hold open" {
 		t.Fatalf("a call whose stream stays open after its answer = %+v, %v; want its answer", res, err)
 	}
-	if !held.Load() {
+	select { // the stream ends only at the test's cleanup
+	case <-holding:
+	case <-time.After(5 * time.Second):
 		t.Fatal("the server did not hold the stream")
 	}
 	if d := time.Since(start); d > time.Second { // the upstream's timeout is 2s
