@@ -218,8 +218,14 @@ func (b *balancer) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // fleetTransport keeps as many connections as the test's callers use at
 // once, as a load balancer's pool does: each new one would be a
-// connection the replica counts against the balancer's address.
-var fleetTransport = &http.Transport{MaxIdleConnsPerHost: 1024}
+// connection the replica counts against the balancer's address. It
+// closes a connection idle for 5 s, before a replica does: serve closes
+// one that has carried no request 10 s after it opened (headerTimeout),
+// and a POST sent on it just then fails with EOF — which a transport
+// whose goroutines wait for busy processors notices too late, and a
+// POST is not retried. (Seen in CI: "Post …: EOF" with nothing in the
+// replicas' logs.)
+var fleetTransport = &http.Transport{MaxIdleConnsPerHost: 1024, IdleConnTimeout: 5 * time.Second}
 
 // connect starts an MCP session through the balancer.
 func (f *fleet) connect(ctx context.Context) (*mcp.ClientSession, error) {
