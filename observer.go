@@ -31,6 +31,11 @@ type Decision struct {
 	// *DeniedError's Kind (ErrTrustDenied, ErrBudgetExceeded, …). It is
 	// nil for an allowed call, even one whose tool then failed.
 	Kind error
+	// BudgetFailed says the budget store failed during the decision: the
+	// call was denied for it (ErrBudgetUnavailable), or the release of
+	// its slot or the count of its tokens was not stored (the record's
+	// "budget_error" attribute says why).
+	BudgetFailed bool
 	// Ran says the call was admitted and handed to its tool, which ran
 	// or may have; Duration is then the time from Begin to the End that
 	// settled it (to its record's Time, when it was recorded).
@@ -59,6 +64,7 @@ func (s *Stack) observe(rec *audit.Record, recorded bool, err error, began time.
 	if !recorded && d.Kind == nil {
 		d.Kind = ErrAuditUnavailable // allowed, but not recorded: denied
 	}
+	d.BudgetFailed = errors.Is(d.Kind, ErrBudgetUnavailable) || rec.Attrs[budgetErrorKey] != ""
 	if d.Ran {
 		// The record's time, taken as the log appends it, spares a read
 		// of the clock.

@@ -148,6 +148,8 @@ type Metrics struct {
 	// The gateway's upstreams, as the gateway's Observer.
 	upstreams upstreams
 
+	budgetErrors atomic.Uint64 // decisions during which the budget store failed
+
 	// The audit log's appends, once Watch is called.
 	appendTook, appendRecords histogram
 	appendErrors              atomic.Uint64
@@ -166,6 +168,8 @@ var (
 		"Records in each batch appended to the audit log's store: with many callers, one sync serves many records.", nil, nil)
 	appendErrorsDesc = prometheus.NewDesc("agentsec_audit_append_errors_total",
 		"Batches the audit log's store failed to append; their calls were denied.", nil, nil)
+	budgetErrorsDesc = prometheus.NewDesc("agentsec_budget_store_errors_total",
+		"Decisions during which the budget store failed: the call was denied for it, or its slot's release or its tokens' count was not stored.", nil, nil)
 )
 
 // NewMetrics returns Metrics with the Go runtime's and the process's
@@ -197,6 +201,9 @@ func (m *Metrics) ObserveDecision(d agentsec.Decision) {
 	}
 	ts := m.toolSeries(d.Record)
 	ts.decisions[event][reason].Add(1)
+	if d.BudgetFailed {
+		m.budgetErrors.Add(1)
+	}
 	if d.Ran {
 		ts.durations[outcomeOf(reason)].observe(int64(d.Duration))
 	}
@@ -239,11 +246,13 @@ type decisionsCollector struct{ m *Metrics }
 func (c decisionsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- decisionsDesc
 	ch <- durationsDesc
+	ch <- budgetErrorsDesc
 }
 
 // Collect implements prometheus.Collector: a series for each count
 // that is not zero.
 func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(budgetErrorsDesc, prometheus.CounterValue, float64(c.m.budgetErrors.Load()))
 	c.m.tools.Range(func(key, value any) bool {
 		tool, ts := key.(string), value.(*toolSeries)
 		for e := range ts.decisions {

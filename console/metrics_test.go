@@ -303,3 +303,75 @@ func TestMetricsUpstreams(t *testing.T) {
 		t.Errorf("agentsec_mcp_sessions = %v", got)
 	}
 }
+
+// brokenBudgets is a budget store that fails to reserve for the session
+// "no-reserve" and to count tokens for "no-commit".
+type brokenBudgets struct{ budget.Store }
+
+func (s brokenBudgets) Reserve(ctx context.Context, session string) (budget.State, error) {
+	if session == "no-reserve" {
+		return budget.State{}, errors.New("connection refused")
+	}
+	return s.Store.Reserve(ctx, session)
+}
+
+func (s brokenBudgets) CommitWithin(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	if session == "no-commit" {
+		return budget.State{}, errors.New("connection refused")
+	}
+	return s.Store.CommitWithin(ctx, session, tokens)
+}
+
+// Each decision during which the budget store failed is counted once,
+// whether it denied the call or only lost its count.
+func TestMetricsBudgetStoreErrors(t *testing.T) {
+	metrics := console.NewMetrics()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate:      agentsec.TrustGateConfig{ToolName: "read", RequiredLevel: "public", Agents: []trust.Assignment{{Agent: "a", Level: "public"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1000, CallLimit: 1000, Store: brokenBudgets{budget.NewMemoryStore()}},
+		AuditNamespace: "metrics",
+		Observer:       metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stack.Close()
+	srv := httptest.NewServer(metrics)
+	defer srv.Close()
+	ok := func(context.Context) (int64, error) { return 3, nil }
+	for _, session := range []string{"fine", "no-reserve", "no-commit", "fine"} {
+		err := stack.Guard(context.Background(), agentsec.Request{Agent: "a", Session: session, Tool: "read"}, ok)
+		if (err != nil) != (session != "fine") {
+			t.Fatalf("a call in session %s: %v", session, err)
+		}
+	}
+	families := scrape(t, srv)
+	if got := families["agentsec_budget_store_errors_total"].GetMetric()[0].GetCounter().GetValue(); got != 2 {
+		t.Errorf("agentsec_budget_store_errors_total = %v, want 2", got)
+	}
+	if got := series(families, "agentsec_decisions_total")["event=tool.call,gen_ai_tool_name=read,outcome=deny,reason=budget_unavailable"].GetCounter().GetValue(); got != 2 {
+		t.Errorf("decisions denied for the budget store = %v, want 2", got)
+	}
+}
+
+// The admin listener's endpoints are read with GET: anything else is
+// refused, and changes nothing.
+func TestAdminEndpointsRefuseOtherMethods(t *testing.T) {
+	stack, _, srv := metricsStack(t, 10, false)
+	for _, path := range []string{"/metrics", "/readyz", "/healthz"} {
+		for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+			req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader("x=1"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" {
+				t.Errorf("%s %s = %d (Allow %q), want 405 naming GET", method, path, resp.StatusCode, resp.Header.Get("Allow"))
+			}
+		}
+	}
+	if n := stack.Audit.Size(); n != 1 { // the configured assignment's record
+		t.Errorf("the log holds %d records, want 1", n)
+	}
+}
