@@ -244,12 +244,12 @@ func (c *httpUpstreamConn) do(ctx context.Context, req *jsonrpc.Request, data []
 	}
 	background := false
 	defer func() {
+		detach() // from here the caller's ctx no longer ends the POST
 		if background {
-			go finishStream(resp, detach, cancel)
+			go finishStream(resp, cancel)
 			return
 		}
 		drain(resp)
-		detach()
 		cancel()
 	}()
 	if resp.StatusCode == http.StatusNotFound && c.hasSession() {
@@ -474,11 +474,10 @@ const streamGrace = 5 * time.Second
 
 // finishStream reads what is left of an event stream whose answer has
 // been read, so that its connection carries later requests. The caller
-// has its answer, and its context no longer ends the POST (detach): a
-// server that has not ended the stream within streamGrace loses the
-// connection instead (cancel).
-func finishStream(resp *http.Response, detach func() bool, cancel context.CancelFunc) {
-	detach()
+// has its answer, and its context no longer ends the POST: a server that
+// has not ended the stream within streamGrace loses the connection
+// instead (cancel).
+func finishStream(resp *http.Response, cancel context.CancelFunc) {
 	t := time.AfterFunc(streamGrace, cancel)
 	drain(resp)
 	t.Stop()

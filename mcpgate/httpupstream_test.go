@@ -188,10 +188,12 @@ func TestHTTPUpstreamAnswerBeforeTheStreamEnds(t *testing.T) {
 	mu.Unlock()
 	// initialize, its notification, the GET stream, and the calls'. A
 	// call may begin while the stream before it is still being finished
-	// in the background, and take another connection (under load, as
-	// often as every other call); but the calls reuse connections rather
-	// than dial one each.
-	if n >= calls {
+	// in the background, and take another connection; but the calls
+	// reuse connections rather than dial one each. (When the caller's
+	// context could still cut the stream's end short, CI saw 11 for 20
+	// calls; since, 2 or 3 for 30, under load too.)
+	t.Logf("%d calls over %d connections", calls, n)
+	if n > 8 {
 		t.Errorf("%d calls, one after another, came over %d connections; want them reused", calls, n)
 	}
 	start := time.Now()
