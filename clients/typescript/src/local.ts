@@ -20,6 +20,8 @@ export const installHint = 'go install github.com/agentsec/agentsec/cmd/agentsec
 const startTimeoutMs = 15_000;
 const stopTimeoutMs = 10_000;
 const stderrKeep = 32 << 10;
+/** How long an exited server's stderr may take to deliver its last bytes. */
+const stderrDrainMs = 2000;
 
 /**
  * Finds the agentsec binary: `AGENTSEC_BIN` if set (it must exist), else
@@ -235,7 +237,20 @@ async function startIn(o: LocalStackOptions, bin: string, dir: string, temporary
   // A write to a server that has gone must not crash the parent.
   child.stdin!.on('error', () => {});
   const exited = new Promise<Exit>((res) => {
-    child.once('exit', (code, signal) => res({ code, signal }));
+    child.once('exit', (code, signal) => {
+      // 'exit' can come before the last of stderr is read — often the
+      // line that says why. Wait for its end, briefly: a process the
+      // server started may hold stderr open after it.
+      const done = () => res({ code, signal });
+      const errStream = child.stderr!;
+      if (errStream.readableEnded || errStream.destroyed) return done();
+      const t = setTimeout(done, stderrDrainMs);
+      t.unref();
+      errStream.once('close', () => {
+        clearTimeout(t);
+        done();
+      });
+    });
     child.once('error', (error) => res({ code: null, signal: null, error }));
   });
   let exit: Exit | undefined;
