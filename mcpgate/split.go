@@ -26,34 +26,49 @@ func splitObject(data []byte) (map[string]json.RawMessage, bool) {
 
 // members splits data, a valid JSON object, into its members, values
 // sharing data; false if a key holds an escape or is not valid UTF-8.
+// Given anything but valid JSON it reports false or splits it as well as
+// it can, and never reads past data's end: validObject trusts its input.
 func members(data []byte) (map[string]json.RawMessage, bool) {
 	m := make(map[string]json.RawMessage, 8)
 	i := skipSpace(data, 1)
-	if data[i] == '}' {
+	if i < len(data) && data[i] == '}' {
 		return m, true
 	}
 	for {
-		// data[i] is the '"' of a key: the input is valid JSON.
+		if i >= len(data) || data[i] != '"' {
+			return nil, false
+		}
 		end := i + 1
-		for data[end] != '"' {
+		for end < len(data) && data[end] != '"' {
 			if data[end] == '\\' {
 				return nil, false
 			}
 			end++
 		}
-		if !utf8.Valid(data[i+1 : end]) {
+		if end >= len(data) || !utf8.Valid(data[i+1:end]) {
 			return nil, false // Go's decoder would replace the bad bytes
 		}
 		key := string(data[i+1 : end])
-		i = skipSpace(data, end+1) + 1 // past ':'
-		i = skipSpace(data, i)
+		i = skipSpace(data, end+1)
+		if i >= len(data) || data[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(data, i+1)
 		vend := skipValue(data, i)
+		if vend <= i || vend > len(data) {
+			return nil, false
+		}
 		m[key] = json.RawMessage(data[i:vend:vend])
 		i = skipSpace(data, vend)
-		if data[i] == '}' {
+		switch {
+		case i >= len(data):
+			return nil, false
+		case data[i] == '}':
 			return m, true
+		case data[i] != ',':
+			return nil, false
 		}
-		i = skipSpace(data, i+1) // past ','
+		i = skipSpace(data, i+1)
 	}
 }
 
@@ -111,7 +126,7 @@ func skipValue(data []byte, i int) int {
 	for ; i < len(data); i++ {
 		switch data[i] {
 		case '"':
-			for i++; data[i] != '"'; i++ {
+			for i++; i < len(data) && data[i] != '"'; i++ {
 				if data[i] == '\\' {
 					i++
 				}
@@ -160,9 +175,10 @@ func decodeObject(data []byte) (map[string]json.RawMessage, error) {
 	return slowObject(data)
 }
 
-// validObject is decodeObject for a value of a decoded object: valid
+// validObject is decodeObject for a value of a decoded message: valid
 // JSON, not shared with the caller's buffer, so neither checked nor
-// copied again.
+// copied again. (Given invalid JSON it never panics; what it returns then
+// is unspecified.)
 func validObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	if len(raw) > 0 && raw[0] == '{' {
 		if m, ok := members(raw); ok {

@@ -36,6 +36,13 @@ func FuzzSplitObject(f *testing.F) {
 		if wantErr == nil && want != nil {
 			joinsAsGoEncodes(t, want)
 		}
+		// validObject trusts its input to be valid, but must not panic on
+		// any; on a valid object it decodes as json.Unmarshal does.
+		if got, err := validObject(bytes.Clone(data)); wantErr == nil && want != nil && json.Valid(data) {
+			if err != nil || !maps.EqualFunc(got, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+				t.Fatalf("validObject(%q) = %q, %v; json.Unmarshal %q", data, got, err, want)
+			}
+		}
 		in := bytes.Clone(data)
 		got, ok := splitObject(in)
 		if !ok {

@@ -63,9 +63,11 @@ func decodeMessage(data []byte) (jsonrpc.Message, error) {
 }
 
 // object decodes a JSON object with its keys exactly as they are; nil if
-// raw is not an object.
+// raw is not an object. raw is a value of a message decodeMessage or the
+// SDK decoded, and so valid JSON: it is split, not checked or copied
+// again (validObject) — a request's params are read several times.
 func object(raw json.RawMessage) map[string]json.RawMessage {
-	m, err := decodeObject(raw)
+	m, err := validObject(raw)
 	if err != nil {
 		return nil
 	}
