@@ -143,7 +143,8 @@ type Metrics struct {
 
 	tools     sync.Map // tool label → *toolSeries
 	toolMu    sync.Mutex
-	toolCount int // tools in labels so far, OtherTool not counted
+	toolCount int         // tools in labels so far, OtherTool not counted
+	toolsFull atomic.Bool // MaxToolLabels reached: a new name is OtherTool, without toolMu
 
 	// The gateway's upstreams, as the gateway's Observer.
 	upstreams upstreams
@@ -223,6 +224,14 @@ func (m *Metrics) toolSeries(rec audit.Record) *toolSeries {
 	if ts, ok := m.tools.Load(tool); ok {
 		return ts.(*toolSeries)
 	}
+	if tool != OtherTool && m.toolsFull.Load() {
+		// An agent inventing names under a pattern rule must not make
+		// every decision take the lock.
+		tool = OtherTool
+		if ts, ok := m.tools.Load(tool); ok {
+			return ts.(*toolSeries)
+		}
+	}
 	m.toolMu.Lock()
 	defer m.toolMu.Unlock()
 	if ts, ok := m.tools.Load(tool); ok {
@@ -233,6 +242,7 @@ func (m *Metrics) toolSeries(rec audit.Record) *toolSeries {
 			tool = OtherTool
 		} else {
 			m.toolCount++
+			m.toolsFull.Store(m.toolCount == MaxToolLabels)
 		}
 	}
 	ts, _ := m.tools.LoadOrStore(tool, newToolSeries())
