@@ -209,12 +209,7 @@ func (c *Call) settle(ctx context.Context, tokens int64, callErr error, panicked
 		if err := c.res.Release(ctx); err != nil {
 			setAttr(&rec, budgetErrorKey, err.Error())
 		}
-		logged, err := c.s.Audit.Log(ctx, rec)
-		if err != nil {
-			c.s.observe(&rec, false, nil, c.begun)
-		} else {
-			c.s.observe(&logged, true, nil, c.begun)
-		}
+		logged, _ := c.s.record(ctx, &rec, nil, c.begun)
 		return logged, nil
 	}
 	return c.s.finish(ctx, &rec, &c.res, c.d, tokens, callErr, c.begun)
@@ -299,16 +294,14 @@ func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reser
 		rec.Reason = d.Reason.String()
 		callErr = s.commit(ctx, rec, res, tokens)
 	}
-	logged, err := s.Audit.Log(ctx, *rec)
+	logged, err := s.record(ctx, rec, callErr, began)
 	if err != nil {
-		s.observe(rec, false, nil, began)
 		return audit.Record{}, &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool,
 			Reason: "call could not be recorded", Trust: d, Cause: errors.Join(err, callErr)}
 	}
 	if de, ok := errors.AsType[*DeniedError](callErr); ok {
 		de.Seq, de.Logged = logged.Seq, true
 	}
-	s.observe(&logged, true, callErr, began)
 	return logged, callErr
 }
 
@@ -447,12 +440,9 @@ func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) er
 		return withheld(&DeniedError{Kind: ErrBudgetUnavailable, Reason: "the result's tokens could not be counted", Cause: err})
 	}
 	rec.Outcome, rec.Tokens, rec.Reason = audit.OutcomeAllowed, tokens, "result delivered"
-	logged, err := s.Audit.Log(ctx, rec)
-	if err != nil {
-		s.observe(&rec, false, nil, 0)
+	if _, err := s.record(ctx, &rec, nil, 0); err != nil {
 		return &DeniedError{Kind: ErrAuditUnavailable, Tool: rec.Tool, Reason: "result could not be recorded", Cause: err}
 	}
-	s.observe(&logged, true, nil, 0)
 	return nil
 }
 
@@ -461,14 +451,12 @@ func (s *Stack) DeliverResult(ctx context.Context, req Request, tokens int64) er
 func (s *Stack) deny(ctx context.Context, rec *audit.Record, e *DeniedError) error {
 	rec.Outcome = audit.OutcomeDenied
 	rec.Reason = truncate(e.Reason)
-	logged, err := s.Audit.Log(ctx, *rec)
+	logged, err := s.record(ctx, rec, e, 0)
 	if err != nil {
-		s.observe(rec, false, e, 0)
 		e.Cause = errors.Join(e.Cause, err)
 		return e
 	}
 	e.Seq, e.Logged = logged.Seq, true
-	s.observe(&logged, true, e, 0)
 	return e
 }
 

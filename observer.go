@@ -1,6 +1,7 @@
 package agentsec
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -49,6 +50,18 @@ var epoch = time.Now()
 
 // sinceEpoch is the time on the monotonic clock, from epoch; never 0.
 func sinceEpoch() time.Duration { return max(time.Since(epoch), 1) }
+
+// record appends a decision's record and tells the Observer of it: err
+// is what the caller will get, began as for observe.
+func (s *Stack) record(ctx context.Context, rec *audit.Record, err error, began time.Duration) (audit.Record, error) {
+	logged, lerr := s.Audit.Log(ctx, *rec)
+	if lerr != nil {
+		s.observe(rec, false, err, began)
+		return audit.Record{}, lerr
+	}
+	s.observe(&logged, true, err, began)
+	return logged, nil
+}
 
 // observe tells the Stack's Observer, if any, of a decision: rec, and
 // err as the caller gets it. began is when the call was admitted, from
