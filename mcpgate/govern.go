@@ -65,14 +65,16 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 		if routeErr != nil {
 			return 0, routeErr
 		}
-		var err error
-		sentAt := began
+		var (
+			err    error
+			sentAt time.Time
+		)
 		if !began.IsZero() {
 			sentAt = time.Now()
 		}
 		resp, err = u.exchange(ctx, "tools/call", upParams, token,
 			func(id int64) bool { return r.sent(cr, u, id) })
-		if !began.IsZero() && (err == nil || wasSent(err)) {
+		if !sentAt.IsZero() && (err == nil || wasSent(err)) {
 			exchange = time.Since(sentAt)
 		}
 		switch {
