@@ -395,6 +395,16 @@ func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint
 	if from > math.MaxInt64 {
 		return nil
 	}
+	sql, args := querySQL(f, from)
+	rows, err := s.db.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return unavailable("querying the log", err)
+	}
+	return each(rows, false, fn)
+}
+
+// querySQL returns the query of QueryEntries and its arguments.
+func querySQL(f audit.Filter, from uint64) (string, []any) {
 	where := []string{"seq >= $1"}
 	args := []any{int64(from)}
 	add := func(cond string, v any) {
@@ -409,6 +419,9 @@ func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint
 			add(c.col+" = $%d", c.v)
 		}
 	}
+	if strings.HasPrefix(f.Event, "trust.") {
+		where = append(where, trustChangePredicate)
+	}
 	// The time column holds microseconds, rounded down; rounding the
 	// bounds outwards keeps every record in range.
 	if !f.Since.IsZero() {
@@ -417,10 +430,5 @@ func (s *AuditStore) QueryEntries(ctx context.Context, f audit.Filter, from uint
 	if !f.Until.IsZero() {
 		add("time < $%d", f.UntilMicro())
 	}
-	rows, err := s.db.pool.Query(ctx, `SELECT seq, data FROM agentsec_audit_records WHERE `+
-		strings.Join(where, " AND ")+` ORDER BY seq`, args...)
-	if err != nil {
-		return unavailable("querying the log", err)
-	}
-	return each(rows, false, fn)
+	return `SELECT seq, data FROM agentsec_audit_records WHERE ` + strings.Join(where, " AND ") + ` ORDER BY seq`, args
 }

@@ -1,6 +1,12 @@
 package postgres
 
-import "math"
+import (
+	"context"
+	"math"
+	"strings"
+
+	"github.com/agentsec/agentsec/audit"
+)
 
 // MaxBatchesSending is how many operations of a kind are on their way at
 // once.
@@ -25,4 +31,29 @@ func (s *BudgetStore) Queued() int {
 func (s *BudgetStore) Unbatched() {
 	s.reservations.sendingMax = math.MaxInt
 	s.changes.sendingMax = math.MaxInt
+}
+
+// ExplainQuery returns PostgreSQL's plan of QueryEntries' query for f.
+func (s *AuditStore) ExplainQuery(ctx context.Context, f audit.Filter, from uint64) (string, error) {
+	sql, args := querySQL(f, from)
+	rows, err := s.db.pool.Query(ctx, "EXPLAIN "+sql, args...)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return "", err
+		}
+		plan = append(plan, line)
+	}
+	return strings.Join(plan, "\n"), rows.Err()
+}
+
+// Exec runs a statement on the store's database.
+func (s *AuditStore) Exec(ctx context.Context, sql string) error {
+	_, err := s.db.pool.Exec(ctx, sql)
+	return err
 }

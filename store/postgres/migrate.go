@@ -68,7 +68,17 @@ var migrations = [][]string{
 		`ALTER TABLE agentsec_sessions ADD COLUMN ended timestamptz`,
 		`CREATE INDEX agentsec_sessions_by_ended ON agentsec_sessions (ended) WHERE ended IS NOT NULL`,
 	},
+	{ // 3: trust changes, which every replica reads at start and every quarter second
+		// A partial index costs the appends of other records nothing
+		// but the test of its predicate. QueryEntries repeats the
+		// predicate word for word, so that the planner uses it.
+		`CREATE INDEX agentsec_audit_trust_changes ON agentsec_audit_records (seq) WHERE ` + trustChangePredicate,
+	},
 }
+
+// trustChangePredicate selects the trust changes: the "trust.assign" and
+// "trust.revoke" records agentsec.TrustGate reads back.
+const trustChangePredicate = `event LIKE 'trust.%'`
 
 // currentVersion is the schema version this agentsec reads and writes.
 var currentVersion = len(migrations)

@@ -379,3 +379,29 @@ func TestConcurrentMigrate(t *testing.T) {
 	}
 	db.Close()
 }
+
+// Every replica reads the log's trust changes at start, and every quarter
+// second after: in a log of many calls, the query reads the partial index
+// of trust changes, not every record since the position it starts from.
+func TestTrustChangesReadThroughTheirIndex(t *testing.T) {
+	ctx := context.Background()
+	st := migrated(t).Audit()
+	defer st.Close()
+	if err := st.Exec(ctx, `INSERT INTO agentsec_audit_records (seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
+		SELECT g, '\x00', '\x00', g, 'ns', CASE WHEN g % 10000 = 0 THEN 'trust.assign' ELSE 'tool.call' END, 'a', 's', 't', 'allow'
+		FROM generate_series(0, 99999) g`); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Exec(ctx, `ANALYZE agentsec_audit_records`); err != nil {
+		t.Fatal(err)
+	}
+	for _, event := range []string{"trust.assign", "trust.revoke"} {
+		plan, err := st.ExplainQuery(ctx, audit.Filter{Namespace: "ns", Event: event}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(plan, "agentsec_audit_trust_changes") {
+			t.Errorf("the query of %s records does not use their index:\n%s", event, plan)
+		}
+	}
+}
