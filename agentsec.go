@@ -13,6 +13,7 @@
 package agentsec
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,6 +117,9 @@ type Stack struct {
 	// appended before its answer, takes the count with it.
 	lazyCommits bool
 	observer    Observer
+	// stopSync stops the reading of the trust changes other replicas
+	// record, on a shared store; nil otherwise.
+	stopSync func()
 }
 
 // Audit events a Stack records.
@@ -177,16 +181,25 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 
-	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log}, Budget: enforcer, Audit: log,
-		callTokenLimit: cfg.Budget.CallTokenLimit, observer: cfg.Observer}
+	logger := cmp.Or(cfg.Audit.Logger, slog.Default())
+	configured := gate.Assignments()
+	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log, replay: newReplayState(configured, logger)},
+		Budget: enforcer, Audit: log, callTokenLimit: cfg.Budget.CallTokenLimit, observer: cfg.Observer}
 	if lazy, ok := budgetStore.(budget.LazyCommitter); ok && lazy.SyncedBy(log.Store()) {
 		s.lazyCommits = true
 	}
-	for _, a := range gate.Assignments() {
-		if _, err := log.Log(ctx, assignmentRecord(a, "config")); err != nil {
+	for _, a := range configured {
+		if _, err := log.Log(ctx, assignmentRecord(a, sourceConfig)); err != nil {
 			log.Close()
 			return nil, fmt.Errorf("agentsec: recording configured assignments: %w", err)
 		}
+	}
+	if err := s.TrustGate.Sync(ctx); err != nil {
+		log.Close()
+		return nil, err
+	}
+	if _, shared := log.Store().(audit.SharedStore); shared && log.CanSign() {
+		s.stopSync = s.TrustGate.follow(logger)
 	}
 	return s, nil
 }
@@ -249,5 +262,8 @@ func assignmentRecord(a trust.Assignment, source string) audit.Record {
 
 // Close closes the audit log and the budget store.
 func (s *Stack) Close() error {
+	if s.stopSync != nil {
+		s.stopSync()
+	}
 	return errors.Join(s.Audit.Close(), s.Budget.Store().Close())
 }

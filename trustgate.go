@@ -2,7 +2,6 @@ package agentsec
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -38,7 +37,10 @@ type Request struct {
 type TrustGate struct {
 	gate *trust.Gate
 	log  *audit.Log
-	mu   sync.Mutex // keeps the log's order of changes the order they apply in
+	mu   sync.Mutex // keeps the log's order of changes the order they apply in; guards replay
+	// replay is what the gate remembers of the changes it made and read
+	// from the log (trustchange.go).
+	replay replayState
 }
 
 // Check decides whether req.Agent may call req.Tool in req.Scope. It does
@@ -53,47 +55,22 @@ func (g *TrustGate) CheckAt(req Request, now time.Time) trust.Decision {
 	return g.gate.CheckAt(trust.Request{Agent: req.Agent, Scope: req.Scope, Tool: req.Tool}, now)
 }
 
-// Assign records a in the audit log as a "trust.assign" event and then
-// puts it into force. An invalid assignment is an error and is neither
-// recorded nor applied; if the record cannot be written, the assignment
-// is not applied either.
-//
-// The record names the level the agent held before in the "previous"
-// attribute, if it held one in that scope.
+// Assign is AssignBy with no operator or reason: the change of a program
+// using the library.
 func (g *TrustGate) Assign(ctx context.Context, a trust.Assignment) error {
-	now := time.Now()
-	if err := g.gate.ValidateAt(a, now); err != nil {
-		return err
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	rec := assignmentRecord(a, "api")
-	if old, ok := g.gate.Assignment(a.Agent, a.Scope); ok {
-		rec.Attrs["previous"] = old.Level
-	}
-	if _, err := g.log.Log(ctx, rec); err != nil {
-		return fmt.Errorf("agentsec: assignment not applied: %w", err)
-	}
-	return g.gate.AssignAt(a, now)
+	_, err := g.AssignBy(ctx, a, Change{})
+	return err
 }
 
-// Revoke records the removal of agent's assignment in scope as a
-// "trust.revoke" event and then removes it. Revoking an assignment that
-// does not exist is an error and is not recorded.
+// Revoke is RevokeBy with no operator or reason.
 func (g *TrustGate) Revoke(ctx context.Context, agent, scope string) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.gate.Assignment(agent, scope); !ok {
-		return fmt.Errorf("agentsec: agent %q has no assignment in scope %q to revoke", agent, scope)
-	}
-	rec := audit.Record{Event: EventTrustRevoke, Agent: agent, Scope: scope,
-		Attrs: map[string]string{"source": "api"}}
-	if _, err := g.log.Log(ctx, rec); err != nil {
-		return fmt.Errorf("agentsec: revocation not applied: %w", err)
-	}
-	g.gate.Revoke(agent, scope)
-	return nil
+	_, err := g.RevokeBy(ctx, agent, scope, Change{})
+	return err
 }
+
+// Validate reports whether a could be assigned now, without recording or
+// assigning it.
+func (g *TrustGate) Validate(a trust.Assignment) error { return g.gate.Validate(a) }
 
 // Assignments returns the assignments in force.
 func (g *TrustGate) Assignments() []trust.Assignment { return g.gate.Assignments() }

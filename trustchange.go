@@ -1,0 +1,390 @@
+package agentsec
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// Trust changes made at run time are kept in the audit log, and only
+// there: the log is what every replica shares, what survives a restart,
+// and what an outsider verifies. A Stack starts from the configuration's
+// assignments and replays, in log order, the changes recorded since; a
+// Stack on a shared store (PostgreSQL) replays its replicas' changes as
+// they are recorded, every trustSyncInterval.
+//
+// Whoever can write the database can append a record that looks like a
+// change, so a change counts only if the log's own key signed it
+// (audit.Log.SignStatement): its agent, scope, level, expiry, the
+// configuration it was made over, who made it and why, and an id of its
+// own. A copy of a signed change, appended again later to undo what came
+// after it, has an id already seen and is ignored.
+//
+// A change is made over the configuration's assignment for its agent and
+// scope, which its record names ("config"). It holds while the
+// configuration keeps that assignment; once the file assigns the agent
+// otherwise in that scope, the file's new assignment is in force, as it
+// was the operator's latest word. So the assignments in force are a
+// function of the configuration and the log alone: every replica with the
+// same file computes the same ones, at every start.
+
+// trustSyncInterval is how often a Stack on a shared store reads the
+// trust changes its replicas recorded.
+const trustSyncInterval = 250 * time.Millisecond
+
+// trustChangeKind is the kind of statement a trust change's signature is.
+const trustChangeKind = "trust-change/v1"
+
+// Attributes of a trust change's record.
+const (
+	attrChangeID  = "change_id"
+	attrConfig    = "config"
+	attrOperator  = "operator"
+	attrSignature = "signature"
+	attrSource    = "source"
+	attrExpires   = "expires"
+	attrPrevious  = "previous"
+)
+
+// Sources of a trust change, in its record's "source" attribute.
+const (
+	sourceConfig  = "config" // the configuration's assignments, recorded at each start
+	sourceRuntime = "api"    // a change made at run time, through TrustGate
+)
+
+// A Change says who changes an agent's trust level at run time, and why.
+// Both go into the change's audit record.
+type Change struct {
+	// Operator names who made the change: an operator's id, or empty for
+	// a program using the library.
+	Operator string
+	// Reason is why, in the operator's words.
+	Reason string
+}
+
+// check bounds a Change, so that its record can always be written: its
+// operator as an agent id, its reason as a call's.
+func (c Change) check() error {
+	if len(c.Operator) > maxIDLen {
+		return fmt.Errorf("agentsec: a change's operator id is longer than %d bytes", maxIDLen)
+	}
+	if len(c.Reason) > maxReasonLen {
+		return fmt.Errorf("agentsec: a change's reason is longer than %d bytes", maxReasonLen)
+	}
+	return nil
+}
+
+// signedChange is what a trust change's signature covers: every field of
+// its record that says what the change does, and who made it and why.
+type signedChange struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	Event     string `json:"event"`
+	Agent     string `json:"agent"`
+	Scope     string `json:"scope"`
+	Level     string `json:"level"`
+	Expires   string `json:"expires"`
+	Config    string `json:"config"`
+	Operator  string `json:"operator"`
+	Reason    string `json:"reason"`
+}
+
+// changeStatement returns the bytes a trust change's signature signs.
+func changeStatement(rec *audit.Record) []byte {
+	data, err := json.Marshal(signedChange{Namespace: rec.Namespace, ID: rec.Attrs[attrChangeID],
+		Event: rec.Event, Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel,
+		Expires: rec.Attrs[attrExpires], Config: rec.Attrs[attrConfig],
+		Operator: rec.Attrs[attrOperator], Reason: rec.Reason})
+	if err != nil {
+		panic(err) // strings only: it can't fail
+	}
+	return data
+}
+
+// assignKey names an assignment: an agent in a scope.
+type assignKey struct{ agent, scope string }
+
+// configName describes a configured assignment as a change's record names
+// it: a level, or a level and its expiry. A level name has no spaces or
+// parentheses, so neither can be taken for the other, or for noConfig.
+func configName(a trust.Assignment) string {
+	if a.Expires.IsZero() {
+		return a.Level
+	}
+	return a.Level + " until " + a.Expires.UTC().Format(time.RFC3339Nano)
+}
+
+// noConfig is a change's "config" when the configuration assigns its
+// agent nothing in its scope.
+const noConfig = "(none)"
+
+// replayState is what a TrustGate remembers of the changes it applied.
+type replayState struct {
+	// configured are the configuration's assignments, by agent and scope:
+	// what runtime changes are made over.
+	configured map[assignKey]string
+	// next is the first log position not yet read for changes.
+	next uint64
+	// seen holds the ids of the changes read or made.
+	seen map[string]bool
+	// last is the log position of the change in force for each key.
+	last   map[assignKey]uint64
+	logger *slog.Logger
+}
+
+// newReplayState starts from the configuration's assignments.
+func newReplayState(configured []trust.Assignment, logger *slog.Logger) replayState {
+	r := replayState{configured: map[assignKey]string{}, seen: map[string]bool{},
+		last: map[assignKey]uint64{}, logger: logger}
+	for _, a := range configured {
+		r.configured[assignKey{a.Agent, a.Scope}] = configName(a)
+	}
+	return r
+}
+
+// config names the configuration's assignment for k.
+func (r *replayState) config(k assignKey) string {
+	if c, ok := r.configured[k]; ok {
+		return c
+	}
+	return noConfig
+}
+
+// AssignBy records a in the audit log as a "trust.assign" event made by
+// by, and then puts it into force. It returns the record. An invalid
+// assignment or change is an error and is neither recorded nor applied;
+// if the record cannot be written, the assignment is not applied either.
+//
+// The record names the level the agent held before in the "previous"
+// attribute, if it held one in that scope. On a signed log the change
+// lasts: it is in force after a restart, and on every replica sharing
+// the log, until changed again or until the configuration's assignment
+// for the agent and scope changes.
+func (g *TrustGate) AssignBy(ctx context.Context, a trust.Assignment, by Change) (audit.Record, error) {
+	now := time.Now()
+	if err := g.gate.ValidateAt(a, now); err != nil {
+		return audit.Record{}, err
+	}
+	if err := by.check(); err != nil {
+		return audit.Record{}, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	rec := assignmentRecord(a, sourceRuntime)
+	if old, ok := g.gate.Assignment(a.Agent, a.Scope); ok {
+		rec.Attrs[attrPrevious] = old.Level
+	}
+	logged, err := g.record(ctx, rec, by)
+	if err != nil {
+		return audit.Record{}, fmt.Errorf("agentsec: assignment not applied: %w", err)
+	}
+	return logged, g.gate.AssignAt(a, now)
+}
+
+// RevokeBy records the removal of agent's assignment in scope as a
+// "trust.revoke" event made by by, and then removes it; it returns the
+// record. Revoking an assignment that does not exist is an error wrapping
+// ErrNoAssignment and is not recorded. Like AssignBy's, a revocation on a
+// signed log lasts.
+func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change) (audit.Record, error) {
+	if err := by.check(); err != nil {
+		return audit.Record{}, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old, ok := g.gate.Assignment(agent, scope)
+	if !ok {
+		return audit.Record{}, fmt.Errorf("agentsec: agent %q has %w in scope %q to revoke", agent, ErrNoAssignment, scope)
+	}
+	rec := audit.Record{Event: EventTrustRevoke, Agent: agent, Scope: scope,
+		Attrs: map[string]string{attrSource: sourceRuntime, attrPrevious: old.Level}}
+	logged, err := g.record(ctx, rec, by)
+	if err != nil {
+		return audit.Record{}, fmt.Errorf("agentsec: revocation not applied: %w", err)
+	}
+	g.gate.Revoke(agent, scope)
+	return logged, nil
+}
+
+// ErrNoAssignment is returned, wrapped, by RevokeBy for an agent with no
+// assignment in the scope.
+var ErrNoAssignment = fmt.Errorf("no assignment")
+
+// record completes a change's record — who and why, its id, the
+// configuration it is made over, and, on a signed log, its signature —
+// and appends it. The caller holds g.mu and applies the change once
+// record returns nil.
+func (g *TrustGate) record(ctx context.Context, rec audit.Record, by Change) (audit.Record, error) {
+	var id [16]byte
+	rand.Read(id[:])
+	k := assignKey{rec.Agent, rec.Scope}
+	rec.Namespace = g.log.Namespace()
+	rec.Reason = by.Reason
+	rec.Attrs[attrChangeID] = hex.EncodeToString(id[:])
+	rec.Attrs[attrConfig] = g.replay.config(k)
+	if by.Operator != "" {
+		rec.Attrs[attrOperator] = by.Operator
+	}
+	if g.log.CanSign() {
+		sig, err := g.log.SignStatement(trustChangeKind, changeStatement(&rec))
+		if err != nil {
+			return audit.Record{}, err
+		}
+		rec.Attrs[attrSignature] = base64.StdEncoding.EncodeToString(sig)
+	}
+	logged, err := g.log.Log(ctx, rec)
+	if err != nil {
+		return audit.Record{}, err
+	}
+	g.replay.seen[rec.Attrs[attrChangeID]] = true
+	g.replay.last[k] = logged.Seq
+	return logged, nil
+}
+
+// Sync puts into force the trust changes recorded in the log since the
+// last Sync, in log order — on a shared store, those other Stacks made.
+// A Stack on a shared store syncs by itself, several times a second; New
+// syncs once, to put the changes made before it started back into force.
+// A change the log's key did not sign is ignored, and reported to the
+// audit log's Logger. A log without a signing key keeps no changes across
+// restarts, and Sync does nothing.
+func (g *TrustGate) Sync(ctx context.Context) error {
+	if !g.log.CanSign() {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	store := g.log.Store()
+	size, err := store.Size(ctx)
+	if err != nil {
+		return fmt.Errorf("agentsec: reading trust changes: %w", err)
+	}
+	if size <= g.replay.next {
+		return nil
+	}
+	var changes []audit.Record
+	for _, event := range []string{EventTrustAssign, EventTrustRevoke} {
+		f := audit.Filter{Namespace: g.log.Namespace(), Event: event, Limit: audit.MaxLimit,
+			Cursor: strconv.FormatUint(g.replay.next, 10)}
+		for {
+			page, err := audit.Query(ctx, store, f)
+			if err != nil {
+				return fmt.Errorf("agentsec: reading trust changes: %w", err)
+			}
+			for _, r := range page.Records {
+				if r.Seq < size {
+					changes = append(changes, r)
+				}
+			}
+			if page.Next == "" || len(page.Records) > 0 && page.Records[len(page.Records)-1].Seq >= size {
+				break
+			}
+			f.Cursor = page.Next
+		}
+	}
+	slices.SortFunc(changes, func(a, b audit.Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	for i := range changes {
+		g.apply(&changes[i])
+	}
+	g.replay.next = size
+	return nil
+}
+
+// apply puts a change read from the log into force, if it is one this
+// log's key signed, not seen before, newer than the change in force for
+// its agent and scope, and made over the configuration in force now.
+func (g *TrustGate) apply(rec *audit.Record) {
+	if rec.Attrs[attrSource] != sourceRuntime {
+		return // the configuration's own, recorded at a start
+	}
+	id := rec.Attrs[attrChangeID]
+	if id == "" {
+		return // made before changes were signed: it never outlived its process
+	}
+	sig, err := base64.StdEncoding.DecodeString(rec.Attrs[attrSignature])
+	if err != nil || !g.log.VerifyStatement(trustChangeKind, changeStatement(rec), sig) {
+		g.replay.logger.Error("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored. Someone who can write the database may have added it: run 'agentsec audit verify'",
+			"seq", rec.Seq, "event", rec.Event, "agent", rec.Agent, "scope", rec.Scope, "level", rec.AssignedLevel)
+		return
+	}
+	if g.replay.seen[id] {
+		return // a copy, appended again to undo what came after it, or one of ours
+	}
+	g.replay.seen[id] = true
+	k := assignKey{rec.Agent, rec.Scope}
+	if last, ok := g.replay.last[k]; ok && rec.Seq <= last {
+		return
+	}
+	if rec.Attrs[attrConfig] != g.replay.config(k) {
+		return // the configuration changed since: its assignment is in force
+	}
+	g.replay.last[k] = rec.Seq
+	switch rec.Event {
+	case EventTrustAssign:
+		a := trust.Assignment{Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel}
+		if s := rec.Attrs[attrExpires]; s != "" {
+			if a.Expires, err = time.Parse(time.RFC3339Nano, s); err != nil {
+				g.replay.logger.Error("agentsec: a trust change's expiry is malformed; it is ignored", "seq", rec.Seq, "expires", s)
+				return
+			}
+		}
+		// As of when it was made: an assignment that has expired since
+		// is in force all the same, and holds the lowest level.
+		at := rec.Time
+		if !a.Expires.IsZero() && !at.Before(a.Expires) {
+			at = a.Expires.Add(-time.Nanosecond)
+		}
+		if err := g.gate.AssignAt(a, at); err != nil {
+			g.replay.logger.Error("agentsec: a recorded trust change can't be applied; it is ignored", "seq", rec.Seq, "err", err)
+		}
+	case EventTrustRevoke:
+		g.gate.Revoke(rec.Agent, rec.Scope)
+	}
+}
+
+// follow syncs the gate every trustSyncInterval until the returned
+// function is called, which waits for it to stop. Failures are reported
+// to logger when they begin and when they end.
+func (g *TrustGate) follow(logger *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(trustSyncInterval)
+		defer tick.Stop()
+		failing := false
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			sctx, scancel := context.WithTimeout(ctx, 10*trustSyncInterval)
+			err := g.Sync(sctx)
+			scancel()
+			switch {
+			case err != nil && !failing && ctx.Err() == nil:
+				failing = true
+				logger.Warn("agentsec: the trust changes other replicas record can't be read; they take effect here once they can", "err", err)
+			case err == nil && failing:
+				failing = false
+				logger.Info("agentsec: reading the trust changes other replicas record again")
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
