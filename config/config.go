@@ -142,8 +142,9 @@ type Agent struct {
 const (
 	// RoleAuditor reads the whole audit log and every session's budget.
 	RoleAuditor = "auditor"
-	// RoleAdmin is an auditor that also changes things — for now it logs
-	// events of its own — each change recorded with its id.
+	// RoleAdmin is an auditor that also changes things: it assigns and
+	// revokes agents' trust levels and logs events of its own, each
+	// change recorded with its id.
 	RoleAdmin = "admin"
 )
 

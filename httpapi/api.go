@@ -86,9 +86,10 @@ const (
 type access int
 
 const (
-	public access = iota // no token
-	agents               // agents only: it acts as one
-	anyone               // agents, and operators of any role
+	public    access = iota // no token
+	agents                  // agents only: it acts as one
+	operators               // operators only: it acts on agents
+	anyone                  // agents, and operators of any role
 )
 
 // A route is one operation of the API.
@@ -107,6 +108,9 @@ var routes = []route{
 	{"GET", "/v1/openapi.json", public, false, (*Server).openAPI},
 	{"POST", "/v1/trust/check", anyone, false, (*Server).checkTrust},
 	{"POST", "/v1/access/v1/evaluation", anyone, false, (*Server).evaluateAccess},
+	{"GET", "/v1/trust/assignments", anyone, false, (*Server).listAssignments},
+	{"POST", "/v1/trust/assignments", operators, true, (*Server).assign},
+	{"POST", "/v1/trust/revocations", operators, true, (*Server).revoke},
 	{"GET", "/v1/budget/sessions/{session}", anyone, false, (*Server).getBudget},
 	{"POST", "/v1/budget/sessions/{session}/reservations", agents, true, (*Server).reserve},
 	{"POST", "/v1/budget/reservations/{id}/commit", agents, true, (*Server).commitReservation},
@@ -346,6 +350,8 @@ func (p principal) may(rt route) (answer, bool) {
 	switch {
 	case rt.who == agents && p.agent == "":
 		return forbidden("operators act on no budget and call no tools: this route is an agent's"), true
+	case rt.who == operators && p.operator == "":
+		return forbidden("an agent can't change trust levels, its own or another's: this route is an operator's"), true
 	case rt.changes && p.operator != "" && !p.admin:
 		return forbidden("operator " + p.operator + " is an auditor, who reads; changes need the admin role"), true
 	}

@@ -52,7 +52,10 @@ type replica struct {
 	exited   chan struct{}
 }
 
-const fleetToken = "ags_fleet-token"
+const (
+	fleetToken         = "ags_fleet-token"
+	fleetOperatorToken = "ags_fleet-operator-token"
+)
 
 // newFleet starts a PostgreSQL server of the test's own (so the test can
 // stop it), creates the schema with agentsec migrate, and starts n
@@ -101,7 +104,8 @@ postgres: {url: %q}
 listen: 127.0.0.1:0
 max_sessions: 100000
 upstreams: [{name: count, url: %q}]
-`, sha256.Sum256([]byte(fleetToken)), calls, f.dsn, f.upstream.URL)
+operators: [{id: ops, role: admin, token_sha256: %x}]
+`, sha256.Sum256([]byte(fleetToken)), calls, f.dsn, f.upstream.URL, sha256.Sum256([]byte(fleetOperatorToken)))
 	if err := os.WriteFile(f.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
