@@ -32,7 +32,7 @@ import (
 // after it, has an id already seen and is ignored.
 //
 // A change is made over the configuration's assignment for its agent and
-// scope, which its record names ("config"). It holds while the
+// scope, which its record names ("configured"). It holds while the
 // configuration keeps that assignment; once the file assigns the agent
 // otherwise in that scope, the file's new assignment is in force, as it
 // was the operator's latest word. So the assignments in force are a
@@ -49,7 +49,7 @@ const trustChangeKind = "trust-change/v1"
 // Attributes of a trust change's record.
 const (
 	attrChangeID  = "change_id"
-	attrConfig    = "config"
+	attrConfig    = "configured"
 	attrOperator  = "operator"
 	attrSignature = "signature"
 	attrSource    = "source"
@@ -95,7 +95,7 @@ type signedChange struct {
 	Scope     string `json:"scope"`
 	Level     string `json:"level"`
 	Expires   string `json:"expires"`
-	Config    string `json:"config"`
+	Config    string `json:"configured"`
 	Operator  string `json:"operator"`
 	Reason    string `json:"reason"`
 }
@@ -125,7 +125,7 @@ func configName(a trust.Assignment) string {
 	return a.Level + " until " + a.Expires.UTC().Format(time.RFC3339Nano)
 }
 
-// noConfig is a change's "config" when the configuration assigns its
+// noConfig is a change's "configured" when the configuration assigns its
 // agent nothing in its scope.
 const noConfig = "(none)"
 

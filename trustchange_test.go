@@ -76,7 +76,7 @@ func TestTrustChangesSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if rec.Attrs["operator"] != "ops-1" || rec.Reason != "incident 42" || rec.Attrs["source"] != "api" ||
-		rec.Attrs["config"] != "(none)" || rec.Attrs["signature"] == "" || rec.Attrs["change_id"] == "" {
+		rec.Attrs["configured"] != "(none)" || rec.Attrs["signature"] == "" || rec.Attrs["change_id"] == "" {
 		t.Errorf("assign record = %+v", rec)
 	}
 	if _, err := s.TrustGate.AssignBy(ctx, trust.Assignment{Agent: "alice", Level: "privileged", Scope: "ops"}, agentsec.Change{Operator: "ops-1"}); err != nil {
@@ -86,7 +86,7 @@ func TestTrustChangesSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Attrs["config"] != "verified" || rec.Attrs["previous"] != "verified" || rec.Attrs["operator"] != "ops-2" {
+	if rec.Attrs["configured"] != "verified" || rec.Attrs["previous"] != "verified" || rec.Attrs["operator"] != "ops-2" {
 		t.Errorf("revoke record = %+v", rec)
 	}
 	if _, err := s.TrustGate.RevokeBy(ctx, "carol", "", agentsec.Change{}); !errors.Is(err, agentsec.ErrNoAssignment) {
@@ -340,7 +340,7 @@ func FuzzTrustChangeReplay(f *testing.F) {
 			t.Fatal(err)
 		}
 		rec := audit.Record{Event: agentsec.EventTrustRevoke, Agent: agent, Scope: scope, AssignedLevel: lvl,
-			Attrs: map[string]string{"source": source, "change_id": id, "config": config, "signature": sig, "expires": expires}}
+			Attrs: map[string]string{"source": source, "change_id": id, "configured": config, "signature": sig, "expires": expires}}
 		if assign {
 			rec.Event = agentsec.EventTrustAssign
 		}
