@@ -39,6 +39,12 @@ type Config struct {
 	Audit AuditConfig
 	// Observer, if set, is told of every decision the Stack settles.
 	Observer Observer
+	// Version names this configuration — agentsec serve uses the SHA-256
+	// of agentsec.yaml — and is stamped on the record of every call the
+	// trust gate decides under it, as its "config" attribute, so that
+	// each record says which configuration decided it (see Stack.Reload).
+	// Empty stamps nothing.
+	Version string
 }
 
 // AuditConfig configures the audit log.
@@ -132,6 +138,10 @@ const (
 	EventTrustRevoke = "trust.revoke"
 )
 
+// AttrConfig is the attribute that names, on a call's record, the Version
+// of the configuration whose trust gate decided it.
+const AttrConfig = "config"
+
 // New returns a Stack built from cfg. Every setting is checked here: an
 // unknown level, an empty agent id, a malformed tool pattern, a
 // non-positive limit or an empty namespace is an error, as is a failure to
@@ -141,27 +151,9 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.AuditNamespace == "" {
 		return nil, errors.New("agentsec: config: AuditNamespace is empty; name the application whose decisions are logged")
 	}
-	tc := cfg.TrustGate
-	ladder := tc.Ladder
-	if ladder == nil {
-		ladder = trust.DefaultLadder()
-	}
-	rules := tc.Rules
-	switch {
-	case tc.ToolName != "" && tc.RequiredLevel != "":
-		rules = append([]trust.Rule{{Tool: tc.ToolName, Level: tc.RequiredLevel}}, rules...)
-	case tc.ToolName != "":
-		return nil, fmt.Errorf("agentsec: config: TrustGate.ToolName %q has no RequiredLevel", tc.ToolName)
-	case tc.RequiredLevel != "":
-		return nil, fmt.Errorf("agentsec: config: TrustGate.RequiredLevel %q has no ToolName", tc.RequiredLevel)
-	}
-	policy, err := trust.NewPolicy(ladder, rules, tc.DefaultLevel)
+	gate, err := newGate(cfg.TrustGate)
 	if err != nil {
-		return nil, fmt.Errorf("agentsec: config: %w", err)
-	}
-	gate, err := trust.NewGate(policy, tc.Agents...)
-	if err != nil {
-		return nil, fmt.Errorf("agentsec: config: %w", err)
+		return nil, err
 	}
 
 	budgetStore := cfg.Budget.Store
@@ -183,8 +175,9 @@ func New(cfg Config) (*Stack, error) {
 
 	logger := cmp.Or(cfg.Audit.Logger, slog.Default())
 	configured := gate.Assignments()
-	s := &Stack{TrustGate: &TrustGate{gate: gate, log: log, replay: newReplayState(configured, logger)},
+	s := &Stack{TrustGate: &TrustGate{log: log, replay: newReplayState(configured, logger)},
 		Budget: enforcer, Audit: log, callTokenLimit: cfg.Budget.CallTokenLimit, observer: cfg.Observer}
+	s.TrustGate.current.Store(&gateConfig{gate: gate, version: cfg.Version})
 	if lazy, ok := budgetStore.(budget.LazyCommitter); ok && lazy.SyncedBy(log.Store()) {
 		s.lazyCommits = true
 	}

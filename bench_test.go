@@ -11,9 +11,14 @@ import (
 	"github.com/agentsec/agentsec/trust"
 )
 
-func benchStack(b *testing.B) *agentsec.Stack {
+func benchStack(b *testing.B) *agentsec.Stack { return benchStackVersion(b, "") }
+
+// benchStackVersion is benchStack with a configuration Version, which
+// every call's record then names.
+func benchStackVersion(b *testing.B, version string) *agentsec.Stack {
 	b.Helper()
 	s, err := agentsec.New(agentsec.Config{
+		Version: version,
 		TrustGate: agentsec.TrustGateConfig{
 			ToolName: "file-reader", RequiredLevel: "verified",
 			Agents: []trust.Assignment{{Agent: "agent-7", Level: "verified"}},
@@ -33,8 +38,10 @@ func noop(context.Context) (int64, error) { return 42, nil }
 
 // BenchmarkGuard is one whole governed call around a no-op tool: trust
 // check, reservation, commit and the hashed audit append.
-func BenchmarkGuard(b *testing.B) {
-	s := benchStack(b)
+func BenchmarkGuard(b *testing.B) { guardLoop(b, benchStack(b)) }
+
+// guardLoop calls Guard on s, the same call, until b is done.
+func guardLoop(b *testing.B, s *agentsec.Stack) {
 	ctx := context.Background()
 	req := agentsec.Request{Agent: "agent-7", Session: "session-1", Tool: "file-reader"}
 	b.ReportAllocs()
@@ -43,6 +50,13 @@ func BenchmarkGuard(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkGuardConfigVersion is BenchmarkGuard with a configuration
+// Version, as agentsec serve has: the price of naming the configuration
+// on every call's record. Compare with BenchmarkGuard in the same run.
+func BenchmarkGuardConfigVersion(b *testing.B) {
+	guardLoop(b, benchStackVersion(b, "sha256:4f2a9c0e71d3b8a5"))
 }
 
 // BenchmarkGuardParallel runs Guard from GOMAXPROCS goroutines, each on

@@ -106,8 +106,6 @@ func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
 		return nil, s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
 			Reason: "request cancelled before the call", Trust: d})
 	}
-	// The caller's map may change before End; the record is of now.
-	rec.Attrs = maps.Clone(rec.Attrs)
 	c := &Call{s: s, rec: rec, d: d}
 	if s.observer != nil {
 		c.begun = sinceEpoch()
@@ -226,8 +224,19 @@ func (s *Stack) admit(ctx context.Context, event string, req Request) (audit.Rec
 		sanitize(&rec)
 		return rec, trust.Decision{}, s.deny(ctx, &rec, &DeniedError{Kind: ErrInvalidRequest, Tool: rec.Tool, Reason: err.Error(), Cause: err})
 	}
-	d := s.TrustGate.Check(req)
+	// One configuration decides the request, and its record says which.
+	live := s.TrustGate.live()
+	d := live.gate.Check(trust.Request{Agent: req.Agent, Scope: req.Scope, Tool: req.Tool})
 	rec.RequiredLevel, rec.AssignedLevel = d.RequiredName(), d.AssignedName()
+	// The caller's map may change before the record is written; the
+	// record is of now.
+	rec.Attrs = maps.Clone(rec.Attrs)
+	if live.version != "" {
+		if rec.Attrs == nil {
+			rec.Attrs = make(map[string]string, 1)
+		}
+		rec.Attrs[AttrConfig] = live.version
+	}
 	if !d.Allowed {
 		return rec, d, s.deny(ctx, &rec, &DeniedError{Kind: ErrTrustDenied, Tool: req.Tool, Reason: d.Reason.String(), Trust: d})
 	}

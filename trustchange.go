@@ -172,24 +172,25 @@ func (r *replayState) config(k assignKey) string {
 // the log, until changed again or until the configuration's assignment
 // for the agent and scope changes.
 func (g *TrustGate) AssignBy(ctx context.Context, a trust.Assignment, by Change) (audit.Record, error) {
-	now := time.Now()
-	if err := g.gate.ValidateAt(a, now); err != nil {
-		return audit.Record{}, err
-	}
 	if err := by.check(); err != nil {
 		return audit.Record{}, err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	gate := g.live().gate
+	now := time.Now()
+	if err := gate.ValidateAt(a, now); err != nil {
+		return audit.Record{}, err
+	}
 	rec := assignmentRecord(a, sourceRuntime)
-	if old, ok := g.gate.Assignment(a.Agent, a.Scope); ok {
+	if old, ok := gate.Assignment(a.Agent, a.Scope); ok {
 		rec.Attrs[attrPrevious] = old.Level
 	}
 	logged, err := g.record(ctx, rec, by)
 	if err != nil {
 		return audit.Record{}, fmt.Errorf("agentsec: assignment not applied: %w", err)
 	}
-	return logged, g.gate.AssignAt(a, now)
+	return logged, gate.AssignAt(a, now)
 }
 
 // RevokeBy records the removal of agent's assignment in scope as a
@@ -203,7 +204,8 @@ func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	old, ok := g.gate.Assignment(agent, scope)
+	gate := g.live().gate
+	old, ok := gate.Assignment(agent, scope)
 	if !ok {
 		return audit.Record{}, fmt.Errorf("agentsec: agent %q has %w in scope %q to revoke", agent, ErrNoAssignment, scope)
 	}
@@ -213,7 +215,7 @@ func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change
 	if err != nil {
 		return audit.Record{}, fmt.Errorf("agentsec: revocation not applied: %w", err)
 	}
-	g.gate.Revoke(agent, scope)
+	gate.Revoke(agent, scope)
 	return logged, nil
 }
 
@@ -265,18 +267,24 @@ func (g *TrustGate) Sync(ctx context.Context) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	return g.syncInto(ctx, g.live().gate, &g.replay)
+}
+
+// syncInto applies to gate the changes recorded from rs.next on. The
+// caller holds g.mu.
+func (g *TrustGate) syncInto(ctx context.Context, gate *trust.Gate, rs *replayState) error {
 	store := g.log.Store()
 	size, err := store.Size(ctx)
 	if err != nil {
 		return fmt.Errorf("agentsec: reading trust changes: %w", err)
 	}
-	if size <= g.replay.next {
+	if size <= rs.next {
 		return nil
 	}
 	var changes []audit.Record
 	for _, event := range []string{EventTrustAssign, EventTrustRevoke} {
 		f := audit.Filter{Namespace: g.log.Namespace(), Event: event, Limit: audit.MaxLimit,
-			Cursor: strconv.FormatUint(g.replay.next, 10)}
+			Cursor: strconv.FormatUint(rs.next, 10)}
 		for {
 			page, err := audit.Query(ctx, store, f)
 			if err != nil {
@@ -295,16 +303,16 @@ func (g *TrustGate) Sync(ctx context.Context) error {
 	}
 	slices.SortFunc(changes, func(a, b audit.Record) int { return cmp.Compare(a.Seq, b.Seq) })
 	for i := range changes {
-		g.apply(&changes[i])
+		g.apply(gate, rs, &changes[i])
 	}
-	g.replay.next = size
+	rs.next = size
 	return nil
 }
 
 // apply puts a change read from the log into force, if it is one this
 // log's key signed, not seen before, newer than the change in force for
 // its agent and scope, and made over the configuration in force now.
-func (g *TrustGate) apply(rec *audit.Record) {
+func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) {
 	if rec.Attrs[attrSource] != sourceRuntime {
 		return // the configuration's own, recorded at a start
 	}
@@ -314,28 +322,28 @@ func (g *TrustGate) apply(rec *audit.Record) {
 	}
 	sig, err := base64.StdEncoding.DecodeString(rec.Attrs[attrSignature])
 	if err != nil || !g.log.VerifyStatement(trustChangeKind, changeStatement(rec), sig) {
-		g.replay.logger.Error("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored. Someone who can write the database may have added it: run 'agentsec audit verify'",
+		rs.logger.Error("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored. Someone who can write the database may have added it: run 'agentsec audit verify'",
 			"seq", rec.Seq, "event", rec.Event, "agent", rec.Agent, "scope", rec.Scope, "level", rec.AssignedLevel)
 		return
 	}
-	if g.replay.seen[id] {
+	if rs.seen[id] {
 		return // a copy, appended again to undo what came after it, or one of ours
 	}
-	g.replay.seen[id] = true
+	rs.seen[id] = true
 	k := assignKey{rec.Agent, rec.Scope}
-	if last, ok := g.replay.last[k]; ok && rec.Seq <= last {
+	if last, ok := rs.last[k]; ok && rec.Seq <= last {
 		return
 	}
-	if rec.Attrs[attrConfig] != g.replay.config(k) {
+	if rec.Attrs[attrConfig] != rs.config(k) {
 		return // the configuration changed since: its assignment is in force
 	}
-	g.replay.last[k] = rec.Seq
+	rs.last[k] = rec.Seq
 	switch rec.Event {
 	case EventTrustAssign:
 		a := trust.Assignment{Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel}
 		if s := rec.Attrs[attrExpires]; s != "" {
 			if a.Expires, err = time.Parse(time.RFC3339Nano, s); err != nil {
-				g.replay.logger.Error("agentsec: a trust change's expiry is malformed; it is ignored", "seq", rec.Seq, "expires", s)
+				rs.logger.Error("agentsec: a trust change's expiry is malformed; it is ignored", "seq", rec.Seq, "expires", s)
 				return
 			}
 		}
@@ -345,11 +353,11 @@ func (g *TrustGate) apply(rec *audit.Record) {
 		if !a.Expires.IsZero() && !at.Before(a.Expires) {
 			at = a.Expires.Add(-time.Nanosecond)
 		}
-		if err := g.gate.AssignAt(a, at); err != nil {
-			g.replay.logger.Error("agentsec: a recorded trust change can't be applied; it is ignored", "seq", rec.Seq, "err", err)
+		if err := gate.AssignAt(a, at); err != nil {
+			rs.logger.Error("agentsec: a recorded trust change can't be applied; it is ignored", "seq", rec.Seq, "err", err)
 		}
 	case EventTrustRevoke:
-		g.gate.Revoke(rec.Agent, rec.Scope)
+		gate.Revoke(rec.Agent, rec.Scope)
 	}
 }
 

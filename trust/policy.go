@@ -95,6 +95,15 @@ func (p *Policy) Required(tool string) (Level, bool) {
 	return p.def, p.hasDefault
 }
 
+// DefaultLevel returns the name of the level tools no rule covers
+// require, or "" if the policy denies them.
+func (p *Policy) DefaultLevel() string {
+	if !p.hasDefault {
+		return ""
+	}
+	return p.ladder.LevelName(p.def)
+}
+
 // Rules returns the policy's rules: exact names first, sorted, then
 // patterns, strictest first.
 func (p *Policy) Rules() []Rule {
