@@ -11,13 +11,17 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -83,6 +87,39 @@ type Config struct {
 
 	// dir is the directory of the file, for relative paths in it.
 	dir string
+	// digest is the SHA-256 of the file's bytes.
+	digest [32]byte
+}
+
+// Version names the file's contents: "sha256:" and the first 16 hex
+// digits of its SHA-256 — what sha256sum prints first. It is stamped on
+// the audit record of every call decided under this configuration.
+func (c *Config) Version() string {
+	return "sha256:" + hex.EncodeToString(c.digest[:8])
+}
+
+// Reloadable lists the settings a running "agentsec serve" can take from
+// a changed file: the trust ladder, rules, default level and agents
+// (their levels and tokens), and the operators. RestartNeeded names the
+// others that differ.
+var Reloadable = []string{"trust", "operators"}
+
+// RestartNeeded returns the top-level keys whose values differ between c
+// and next, other than the Reloadable ones: changes a reload can't apply.
+func (c *Config) RestartNeeded(next *Config) []string {
+	var keys []string
+	a, b := reflect.ValueOf(c).Elem(), reflect.ValueOf(next).Elem()
+	for i := range a.NumField() {
+		f := a.Type().Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if !f.IsExported() || key == "" || slices.Contains(Reloadable, key) {
+			continue
+		}
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			keys = append(keys, key)
+		}
+	}
+	return keys
 }
 
 // Trust configures the trust gate.
@@ -274,7 +311,7 @@ func Parse(data []byte, dir string) (*Config, error) {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	cfg := &Config{dir: dir}
+	cfg := &Config{dir: dir, digest: sha256.Sum256(data)}
 	if err := dec.Decode(cfg); err != nil {
 		return nil, yamlError(err)
 	}

@@ -205,3 +205,45 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A file's Version follows its bytes; RestartNeeded names the settings a
+// reload can't take, and not the ones it can.
+func TestVersionAndRestartNeeded(t *testing.T) {
+	base := `namespace: ns
+trust:
+  rules: [{tool: read, level: public}]
+  agents: [{id: a, level: public, token_sha256: ` + strings.Repeat("ab", 32) + `}]
+budget: {tokens: 10, calls: 10}
+listen: 127.0.0.1:8080
+`
+	parse := func(s string) *config.Config {
+		t.Helper()
+		c, err := config.Parse([]byte(s), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a := parse(base)
+	if v := a.Version(); !strings.HasPrefix(v, "sha256:") || len(v) != len("sha256:")+16 || v != parse(base).Version() {
+		t.Errorf("version %q", v)
+	}
+	if parse(base+"\n").Version() == a.Version() {
+		t.Error("two files of different bytes have one version")
+	}
+	for name, tt := range map[string]struct {
+		edit string
+		want string
+	}{
+		"rule":     {strings.Replace(base, "level: public}]\n  agents", "level: verified}]\n  agents", 1), ""},
+		"operator": {base + "operators: [{id: o, role: admin, token_sha256: " + strings.Repeat("cd", 32) + "}]\n", ""},
+		"budget":   {strings.Replace(base, "calls: 10", "calls: 11", 1), "budget"},
+		"listen":   {strings.Replace(base, "8080", "8081", 1), "listen"},
+		"both":     {strings.Replace(strings.Replace(base, "calls: 10", "calls: 11", 1), "namespace: ns", "namespace: other", 1), "namespace,budget"},
+	} {
+		got := strings.Join(a.RestartNeeded(parse(tt.edit)), ",")
+		if got != tt.want {
+			t.Errorf("%s: restart needed for %q, want %q", name, got, tt.want)
+		}
+	}
+}

@@ -22,6 +22,7 @@ func (c *Config) StackConfig() (agentsec.Config, error) {
 		Budget: agentsec.BudgetConfig{TokenLimit: c.Budget.Tokens, CallLimit: c.Budget.Calls,
 			CallTokenLimit: c.Budget.CallTokens},
 		AuditNamespace: c.Namespace,
+		Version:        c.Version(),
 		Audit: agentsec.AuditConfig{
 			Path:               c.Path(c.Audit.Path),
 			CheckpointEvery:    c.Audit.CheckpointEvery,
