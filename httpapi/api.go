@@ -18,9 +18,11 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentsec/agentsec"
@@ -54,6 +56,22 @@ type Server struct {
 
 	signing    sync.Mutex // held while signing a checkpoint a caller asked for
 	lastSigned time.Time
+
+	// credentials, once SetCredentials is called, replace Agents and
+	// Operators.
+	credentials atomic.Pointer[credentials]
+}
+
+type credentials struct {
+	agents    []Credential
+	operators []Operator
+}
+
+// SetCredentials replaces the agents and operators that may call, as a
+// reload of the configuration does: from the next request on, only these
+// tokens are known. It is safe to call while the Server serves.
+func (s *Server) SetCredentials(agents []Credential, operators []Operator) {
+	s.credentials.Store(&credentials{agents: slices.Clone(agents), operators: slices.Clone(operators)})
 }
 
 // A Credential maps an agent's bearer token, by its SHA-256, to the
@@ -358,6 +376,15 @@ func (p principal) may(rt route) (answer, bool) {
 	return answer{}, false
 }
 
+// Operator says which operator the request's bearer token names, and
+// whether the operator is an admin: for the admin listener, which knows
+// the API's operators. ok is false for no token, an unknown one, or an
+// agent's.
+func (s *Server) Operator(r *http.Request) (id string, admin, ok bool) {
+	who := s.authenticate(r)
+	return who.operator, who.admin, who.operator != ""
+}
+
 // authenticate returns the principal whose token the request bears; it
 // compares every credential, in constant time.
 func (s *Server) authenticate(r *http.Request) principal {
@@ -368,14 +395,18 @@ func (s *Server) authenticate(r *http.Request) principal {
 	sum := sha256.Sum256([]byte(token))
 	var who principal
 	n := 0
-	for i := range s.Agents {
-		if subtle.ConstantTimeCompare(sum[:], s.Agents[i].TokenSHA256[:]) == 1 {
-			who, n = principal{agent: s.Agents[i].Agent, scopes: s.Agents[i].Scopes}, n+1
+	agents, operators := s.Agents, s.Operators
+	if set := s.credentials.Load(); set != nil {
+		agents, operators = set.agents, set.operators
+	}
+	for i := range agents {
+		if subtle.ConstantTimeCompare(sum[:], agents[i].TokenSHA256[:]) == 1 {
+			who, n = principal{agent: agents[i].Agent, scopes: agents[i].Scopes}, n+1
 		}
 	}
-	for i := range s.Operators {
-		if subtle.ConstantTimeCompare(sum[:], s.Operators[i].TokenSHA256[:]) == 1 {
-			who, n = principal{operator: s.Operators[i].ID, admin: s.Operators[i].Admin}, n+1
+	for i := range operators {
+		if subtle.ConstantTimeCompare(sum[:], operators[i].TokenSHA256[:]) == 1 {
+			who, n = principal{operator: operators[i].ID, admin: operators[i].Admin}, n+1
 		}
 	}
 	if n != 1 {

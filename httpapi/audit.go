@@ -53,11 +53,11 @@ type eventRequest struct {
 
 // reservedEvents are the prefixes of the events agentsec records itself,
 // in any case: a caller's event can't pass for one of its decisions.
-var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec."}
+var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec.", "config.", "agent.", "operator."}
 
 // serverAttrs are the attributes agentsec sets on records itself: a
 // caller's can't pass for them.
-var serverAttrs = []string{"source", "operator", "withheld_tokens", "budget_error", "reservation", "expires", "previous"}
+var serverAttrs = []string{"source", "operator", "withheld_tokens", "budget_error", "reservation", "expires", "previous", "config"}
 
 // checkAttrs refuses attributes a caller may not set, or too many.
 func checkAttrs(attrs map[string]string) error {

@@ -15,8 +15,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -88,6 +90,8 @@ type Gateway struct {
 	stop     chan struct{}
 	closed   bool
 	running  sync.WaitGroup // sessions' routers, until their upstreams are closed
+	// setAgents, once SetAgents is called, replaces Agents.
+	setAgents atomic.Pointer[[]Credential]
 }
 
 // OpenSessions returns how many sessions the gateway holds open.
@@ -297,6 +301,15 @@ func writeJSONError(w http.ResponseWriter, status int, id json.RawMessage, code 
 	w.Write(errorFrame(id, code, msg))
 }
 
+// SetAgents replaces the agents that may connect, as a reload of the
+// configuration does: from the next request on, only these tokens are
+// known. A session stays its agent's, but a request with a token no
+// longer known is refused. It is safe to call while the Gateway serves.
+func (g *Gateway) SetAgents(agents []Credential) {
+	agents = slices.Clone(agents)
+	g.setAgents.Store(&agents)
+}
+
 // authenticate returns the agent whose token the request bears. Every
 // credential is compared, in constant time, so timing reveals nothing.
 func (g *Gateway) authenticate(r *http.Request) (string, bool) {
@@ -306,7 +319,11 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 	}
 	sum := sha256.Sum256([]byte(token))
 	agent, found := "", 0
-	for _, c := range g.Agents {
+	agents := g.Agents
+	if set := g.setAgents.Load(); set != nil {
+		agents = *set
+	}
+	for _, c := range agents {
 		if subtle.ConstantTimeCompare(sum[:], c.TokenSHA256[:]) == 1 {
 			agent, found = c.Agent, found+1
 		}
