@@ -30,8 +30,23 @@ const probeTimeout = 2 * time.Second
 // it never exists.
 const probeSession = "agentsec/readyz"
 
-// Handler serves /healthz and /readyz for stack, and, if metrics is not
-// nil, /metrics.
+// Config is what the admin listener serves.
+type Config struct {
+	// Stack is the stack the probes check. Required.
+	Stack *agentsec.Stack
+	// Metrics, if set, is served at /metrics.
+	Metrics *Metrics
+	// Operator says which operator a request's bearer token names, and
+	// whether that operator is an admin; ok is false for no token or an
+	// unknown one. Without it no request is an operator's.
+	Operator func(r *http.Request) (id string, admin, ok bool)
+	// Reload, if set, is run by an admin's POST /reload, with the
+	// admin's id: it re-reads the configuration and puts it into force.
+	Reload func(ctx context.Context, operator string) (agentsec.Reloaded, error)
+}
+
+// Handler serves the admin listener: /healthz and /readyz, and, as cfg
+// provides them, /metrics and POST /reload.
 //
 // /healthz answers 200 while the process serves HTTP at all. /readyz
 // answers 200 when the stack can govern calls, 503 otherwise, with one
@@ -40,10 +55,18 @@ const probeSession = "agentsec/readyz"
 // log is failing, each /readyz appends a "health.probe" record, which, if
 // the store takes it, ends the failure: a probe is what brings a gateway
 // that gets no calls back into service.
-func Handler(stack *agentsec.Stack, metrics *Metrics) http.Handler {
+//
+// POST /reload needs an admin operator's bearer token: 401 without a
+// known one, 403 for an auditor. It answers 200 with the changes, one a
+// line, or 422 with why the configuration was refused — the running one
+// is kept — or 503 if the changes could not be recorded. Requests from
+// another origin that change something are refused (403), whatever they
+// bear.
+func Handler(cfg Config) http.Handler {
+	stack := cfg.Stack
 	mux := http.NewServeMux()
-	if metrics != nil {
-		mux.Handle("GET /metrics", metrics)
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -58,7 +81,10 @@ func Handler(stack *agentsec.Stack, metrics *Metrics) http.Handler {
 		}
 		fmt.Fprint(w, strings.Join(lines, "\n")+"\n")
 	})
-	return mux
+	if cfg.Reload != nil {
+		mux.HandleFunc("POST /reload", cfg.reload)
+	}
+	return http.NewCrossOriginProtection().Handler(mux)
 }
 
 // readiness runs the checks and reports each, and whether all passed.

@@ -57,7 +57,7 @@ func TestReadyz(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stack.Close()
-	srv := httptest.NewServer(console.Handler(stack, nil))
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack}))
 	defer srv.Close()
 
 	if status, body := get(t, srv, "/healthz"); status != http.StatusOK || body != "ok\n" {

@@ -46,7 +46,7 @@ func metricsStack(t *testing.T, calls int64, anyTool bool) (*agentsec.Stack, *au
 	}
 	t.Cleanup(func() { stack.Close() })
 	metrics.Watch(stack)
-	srv := httptest.NewServer(console.Handler(stack, metrics))
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Metrics: metrics}))
 	t.Cleanup(srv.Close)
 	return stack, store, srv
 }
@@ -243,7 +243,7 @@ func TestMetricsCheckpoints(t *testing.T) {
 	}
 	defer stack.Close()
 	metrics.Watch(stack)
-	srv := httptest.NewServer(console.Handler(stack, metrics))
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Metrics: metrics}))
 	defer srv.Close()
 	ctx := context.Background()
 	calls := func(n int) {
