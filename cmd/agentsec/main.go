@@ -9,6 +9,7 @@
 //	agentsec migrate    create or upgrade the schema of a PostgreSQL database
 //	agentsec proxy      govern one MCP client over stdio
 //	agentsec serve      govern MCP clients over streamable HTTP
+//	agentsec reload     have a running serve read its configuration again
 //	agentsec token      make a bearer token for an agent
 //	agentsec version    print the version
 //
@@ -129,6 +130,7 @@ Commands:
 	           MCP server, governing its tool calls
 	serve      serve many MCP clients over streamable HTTP, each with an
 	           agent's bearer token, in front of the configured MCP server
+	reload     have a running serve read its configuration again
 	token      make a bearer token for an agent, and its hash for the config
 	version    print the version
 	help       print this help
@@ -148,6 +150,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		"config":  m.runConfig,
 		"migrate": m.runMigrate,
 		"proxy":   m.runProxy,
+		"reload":  m.runReload,
 		"serve":   m.runServe,
 		"token":   m.runToken,
 		"version": m.runVersion,

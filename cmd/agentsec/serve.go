@@ -11,11 +11,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
-	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/console"
 	"github.com/agentsec/agentsec/httpapi"
@@ -30,6 +31,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		api            *httpapi.Server
 		addrFile       string
 		stopOnStdinEOF bool
+		configFile     string
 	)
 	g, err := m.openGateway("serve",
 		"Serves the decision API (/v1/, docs/api.md) and, in front of the upstream MCP servers\n"+
@@ -38,6 +40,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 			"token (agentsec token); each MCP session is a budget session. With no upstreams it\n"+
 			"serves the decision API alone.\n", args,
 		func(cfg *config.Config, file string) (err error) {
+			configFile = file
 			if api, err = apiFor(cfg, file); err != nil {
 				return err
 			}
@@ -89,6 +92,24 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		}()
 	}
 
+	// SIGHUP reloads the configuration, as an admin's POST /reload does.
+	reload := newReloader(configFile, cfg, g.stack, api, gw, logger)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	hupCtx, stopHup := context.WithCancel(ctx)
+	defer stopHup()
+	go func() {
+		for {
+			select {
+			case <-hup:
+				reload.onSignal(hupCtx)
+			case <-hupCtx.Done():
+				return
+			}
+		}
+	}()
+
 	tcp, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
@@ -109,14 +130,14 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	// request's body themselves (request_body_timeout), and the listener
 	// the connections.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	admin, err := startAdmin(cfg, g.stack, g.metrics)
+	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.Operator, Reload: reload.reload})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	if admin != nil {
 		defer admin.Close()
-		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz, metrics)\n", admin.addr)
+		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz, metrics, reload)\n", admin.addr)
 	}
 	if gw != nil {
 		names := make([]string, len(cfg.Upstreams))
@@ -184,7 +205,7 @@ type adminServer struct {
 }
 
 // startAdmin starts the admin listener the configuration names, if any.
-func startAdmin(cfg *config.Config, stack *agentsec.Stack, metrics *console.Metrics) (*adminServer, error) {
+func startAdmin(cfg *config.Config, cc console.Config) (*adminServer, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, nil
 	}
@@ -192,7 +213,7 @@ func startAdmin(cfg *config.Config, stack *agentsec.Stack, metrics *console.Metr
 	if err != nil {
 		return nil, fmt.Errorf("admin.listen: listening on %s: %w", cfg.Admin.AdminAddress(), err)
 	}
-	a := &adminServer{addr: ln.Addr(), srv: &http.Server{Handler: console.Handler(stack, metrics),
+	a := &adminServer{addr: ln.Addr(), srv: &http.Server{Handler: console.Handler(cc),
 		ReadHeaderTimeout: headerTimeout, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		IdleTimeout: defaultConnectionIdleTimeout, MaxHeaderBytes: maxHeaderBytes}}
 	go a.srv.Serve(ln)

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/httpapi"
+	"github.com/agentsec/agentsec/mcpgate"
+)
+
+// Audit events of a reload's changes of credentials.
+const (
+	eventAgentToken    = "agent.token"
+	eventOperatorToken = "operator.token"
+)
+
+// A reloader puts a changed configuration file into force in a running
+// serve: on SIGHUP, and on an admin's POST /reload on the admin listener.
+type reloader struct {
+	file  string
+	stack *agentsec.Stack
+	api   *httpapi.Server
+	gw    *mcpgate.Gateway // nil without upstreams
+	log   *slog.Logger
+
+	mu        sync.Mutex // one reload at a time
+	cfg       *config.Config
+	agents    []httpapi.Credential // the credentials in force
+	operators []httpapi.Operator
+}
+
+func newReloader(file string, cfg *config.Config, stack *agentsec.Stack, api *httpapi.Server, gw *mcpgate.Gateway, log *slog.Logger) *reloader {
+	return &reloader{file: file, cfg: cfg, stack: stack, api: api, gw: gw, log: log,
+		agents: api.Agents, operators: api.Operators}
+}
+
+// reload reads the file again and, if it is valid and changes only what
+// a running serve can change (config.Reloadable), puts it into force:
+// the trust gate through Stack.Reload, which records each change first,
+// then the agents' and operators' tokens. Otherwise it returns why and
+// changes nothing.
+func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reloaded, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next, err := config.Load(r.file)
+	if err != nil {
+		return agentsec.Reloaded{}, err
+	}
+	if keys := r.cfg.RestartNeeded(next); len(keys) > 0 {
+		return agentsec.Reloaded{}, fmt.Errorf("%s: %s changed, which only a restart applies; a reload takes changes of %s",
+			r.file, strings.Join(keys, ", "), strings.Join(config.Reloadable, " and "))
+	}
+	api, err := apiFor(next, r.file)
+	if err != nil {
+		return agentsec.Reloaded{}, err
+	}
+	var gw *mcpgate.Gateway
+	if r.gw != nil {
+		if gw, err = gatewayFor(next, r.file, api.Agents); err != nil {
+			return agentsec.Reloaded{}, err
+		}
+	}
+	sc, err := next.StackConfig()
+	if err != nil {
+		return agentsec.Reloaded{}, err
+	}
+	res, err := r.stack.Reload(ctx, agentsec.Reload{TrustGate: sc.TrustGate, Version: sc.Version, Operator: operator,
+		Records: credentialChanges(r.agents, api.Agents, r.operators, api.Operators)})
+	if err != nil {
+		return agentsec.Reloaded{}, err
+	}
+	r.api.SetCredentials(api.Agents, api.Operators)
+	if gw != nil {
+		r.gw.SetAgents(gw.Agents)
+	}
+	r.cfg, r.agents, r.operators = next, api.Agents, api.Operators
+	return res, nil
+}
+
+// onSignal reloads for a SIGHUP and says what happened on the log.
+func (r *reloader) onSignal(ctx context.Context) {
+	res, err := r.reload(ctx, "")
+	if err != nil {
+		r.log.Error("agentsec: reload refused; the running configuration is kept", "file", r.file, "err", err)
+		return
+	}
+	r.log.Info("agentsec: configuration reloaded", "file", r.file, "version", r.stack.TrustGate.Version(),
+		"changes", len(res.Changes), "detail", strings.Join(res.Changes, "; "))
+}
+
+// credentialChanges returns a record for each token added or removed, and
+// each operator's role changed. A token is named by the first 16 hex
+// digits of its SHA-256, as the configuration holds it.
+func credentialChanges(oldAgents, newAgents []httpapi.Credential, oldOps, newOps []httpapi.Operator) []audit.Record {
+	var out []audit.Record
+	agentKey := func(c httpapi.Credential) string { return c.Agent + "\x00" + hex.EncodeToString(c.TokenSHA256[:8]) }
+	oldA, newA := byKey(oldAgents, agentKey), byKey(newAgents, agentKey)
+	for _, c := range newAgents {
+		if _, ok := oldA[agentKey(c)]; !ok {
+			out = append(out, tokenRecord(eventAgentToken, c.Agent, "", "added", c.TokenSHA256))
+		}
+	}
+	for _, c := range oldAgents {
+		if _, ok := newA[agentKey(c)]; !ok {
+			out = append(out, tokenRecord(eventAgentToken, c.Agent, "", "removed", c.TokenSHA256))
+		}
+	}
+	role := func(o httpapi.Operator) string {
+		if o.Admin {
+			return config.RoleAdmin
+		}
+		return config.RoleAuditor
+	}
+	opKey := func(o httpapi.Operator) string { return o.ID + "\x00" + hex.EncodeToString(o.TokenSHA256[:8]) }
+	oldO, newO := byKey(oldOps, opKey), byKey(newOps, opKey)
+	for _, o := range newOps {
+		prev, ok := oldO[opKey(o)]
+		switch {
+		case !ok:
+			out = append(out, tokenRecord(eventOperatorToken, o.ID, role(o), "added", o.TokenSHA256))
+		case prev.Admin != o.Admin:
+			out = append(out, tokenRecord(eventOperatorToken, o.ID, role(o), "role "+role(prev)+" → "+role(o), o.TokenSHA256))
+		}
+	}
+	for _, o := range oldOps {
+		if _, ok := newO[opKey(o)]; !ok {
+			out = append(out, tokenRecord(eventOperatorToken, o.ID, role(o), "removed", o.TokenSHA256))
+		}
+	}
+	return out
+}
+
+// byKey maps each of list by its key.
+func byKey[T any](list []T, key func(T) string) map[string]T {
+	out := make(map[string]T, len(list))
+	for _, v := range list {
+		out[key(v)] = v
+	}
+	return out
+}
+
+// tokenRecord records a change of who may connect.
+func tokenRecord(event, id, role, change string, sum [32]byte) audit.Record {
+	token := hex.EncodeToString(sum[:8])
+	rec := audit.Record{Event: event, Reason: fmt.Sprintf("%s %q: token %s… %s", strings.TrimSuffix(event, ".token"), id, token, change),
+		Attrs: map[string]string{"change": change, "token_sha256": token, "source": "config"}}
+	if event == eventAgentToken {
+		rec.Agent = id
+	} else {
+		rec.Attrs["operator_id"], rec.Attrs["role"] = id, role
+	}
+	return rec
+}
+
+// runReload asks a running serve, over its admin listener, to reload its
+// configuration file.
+func (m *Main) runReload(ctx context.Context, args []string) error {
+	fs := newFlagSet("reload", "[-config FILE]",
+		"Asks the agentsec serve running with this configuration to read it again and put it\n"+
+			"into force, as SIGHUP does, and prints what changed, or why the file was refused\n"+
+			"(the running configuration is then kept). The file is checked here first. It posts\n"+
+			"to the admin listener (admin.listen) with an admin operator's token, read from\n"+
+			"$AGENTSEC_TOKEN or -token-file.\n")
+	file := fs.String("config", "agentsec.yaml", "the configuration `file`")
+	tokenFile := fs.String("token-file", "", "read the admin operator's bearer token from this `file` instead of $AGENTSEC_TOKEN")
+	adminAddr := fs.String("admin", "", "the admin listener's `host:port`, when admin.listen does not say it (port 0)")
+	if err := m.parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		return err
+	}
+	if cfg.Admin.Listen == "" {
+		return fmt.Errorf("%s: admin.listen is not set, so serve has no admin listener to ask; send the serve process SIGHUP instead", *file)
+	}
+	token := os.Getenv("AGENTSEC_TOKEN")
+	if *tokenFile != "" {
+		data, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("-token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(data))
+	}
+	if token == "" {
+		return errors.New("no token: set AGENTSEC_TOKEN to an admin operator's bearer token, or use -token-file")
+	}
+	addr := cfg.Admin.AdminAddress()
+	if *adminAddr != "" {
+		addr = *adminAddr
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s: admin.listen: %w", *file, err)
+	}
+	if port == "0" {
+		return fmt.Errorf("%s: admin.listen has port 0, chosen when serve started: name the address serve printed with -admin", *file)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening on every address: this one is among them
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+net.JoinHostPort(host, port)+"/reload", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	client := &http.Client{Timeout: time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("asking serve to reload: %w (is agentsec serve running with admin.listen %s?)", err, cfg.Admin.Listen)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	msg := strings.TrimSpace(string(body))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s (HTTP %d)", msg, resp.StatusCode)
+	}
+	// The changes quote the file's names: nothing in them may act on the
+	// terminal.
+	for line := range strings.SplitSeq(msg, "\n") {
+		fmt.Fprintln(m.Stdout, oneLine(line))
+	}
+	return nil
+}
