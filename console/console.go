@@ -1,14 +1,18 @@
 // Package console serves agentsec's operators on the admin listener,
-// apart from the agents' port: the probes load balancers and Kubernetes
-// use — /healthz, the process is alive, and /readyz, it can govern calls
-// (its audit log takes appends and its budget store answers), with the
-// failing part named — and /metrics, for Prometheus.
+// apart from the agents' port: the console — pages for signed-in
+// operators: live decisions, audit search with each record's inclusion
+// proof, and the agents' trust levels, which admins change — the probes
+// load balancers and Kubernetes use — /healthz, the process is alive, and
+// /readyz, it can govern calls (its audit log takes appends and its
+// budget store answers), with the failing part named — /metrics, for
+// Prometheus, and POST /reload.
 package console
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -36,10 +40,14 @@ type Config struct {
 	Stack *agentsec.Stack
 	// Metrics, if set, is served at /metrics.
 	Metrics *Metrics
-	// Operator says which operator a request's bearer token names, and
-	// whether that operator is an admin; ok is false for no token or an
-	// unknown one. Without it no request is an operator's.
-	Operator func(r *http.Request) (id string, admin, ok bool)
+	// Operator says which operator has the token whose SHA-256 is sum,
+	// and whether that operator is an admin; ok is false for an unknown
+	// token. Without it nobody is an operator: the console and /reload
+	// let no one in.
+	Operator func(sum [32]byte) (id string, admin, ok bool)
+	// Logger receives the console's own failures; nil means
+	// slog.Default().
+	Logger *slog.Logger
 	// Reload, if set, is run by an admin's POST /reload, with the
 	// admin's id: it re-reads the configuration and puts it into force.
 	Reload func(ctx context.Context, operator string) (agentsec.Reloaded, error)
@@ -84,6 +92,9 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Reload != nil {
 		mux.HandleFunc("POST /reload", cfg.reload)
 	}
+	if cfg.Operator != nil {
+		newUI(cfg).routes(mux)
+	}
 	return http.NewCrossOriginProtection().Handler(mux)
 }
 
@@ -121,4 +132,11 @@ func probeRecord() audit.Record {
 // oneLine keeps a cause on its line.
 func oneLine(s string) string {
 	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
+}
+
+func (cfg Config) logger() *slog.Logger {
+	if cfg.Logger != nil {
+		return cfg.Logger
+	}
+	return slog.Default()
 }

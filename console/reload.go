@@ -1,21 +1,20 @@
 package console
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/internal/bearer"
 )
 
 // reload serves POST /reload: an admin operator has the configuration
 // file read again and put into force.
 func (cfg Config) reload(w http.ResponseWriter, r *http.Request) {
-	id, admin, ok := "", false, false
-	if cfg.Operator != nil {
-		id, admin, ok = cfg.Operator(r)
-	}
+	id, admin, ok := cfg.bearerOperator(r)
 	switch {
 	case !ok:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="agentsec admin"`)
@@ -48,4 +47,13 @@ func plain(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	fmt.Fprintln(w, msg)
+}
+
+// bearerOperator returns the operator whose token the request bears.
+func (cfg Config) bearerOperator(r *http.Request) (id string, admin, ok bool) {
+	token, found := bearer.Token(r)
+	if !found || cfg.Operator == nil {
+		return "", false, false
+	}
+	return cfg.Operator(sha256.Sum256([]byte(token)))
 }

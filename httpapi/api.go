@@ -376,12 +376,12 @@ func (p principal) may(rt route) (answer, bool) {
 	return answer{}, false
 }
 
-// Operator says which operator the request's bearer token names, and
-// whether the operator is an admin: for the admin listener, which knows
-// the API's operators. ok is false for no token, an unknown one, or an
-// agent's.
-func (s *Server) Operator(r *http.Request) (id string, admin, ok bool) {
-	who := s.authenticate(r)
+// OperatorBySum says which operator has the token whose SHA-256 is sum,
+// and whether the operator is an admin: for the admin listener, which
+// knows the API's operators. ok is false for an unknown token or an
+// agent's. Every credential is compared, in constant time.
+func (s *Server) OperatorBySum(sum [32]byte) (id string, admin, ok bool) {
+	who := s.principalOf(sum)
 	return who.operator, who.admin, who.operator != ""
 }
 
@@ -392,7 +392,11 @@ func (s *Server) authenticate(r *http.Request) principal {
 	if !found {
 		return principal{}
 	}
-	sum := sha256.Sum256([]byte(token))
+	return s.principalOf(sha256.Sum256([]byte(token)))
+}
+
+// principalOf returns the principal whose token's SHA-256 is sum.
+func (s *Server) principalOf(sum [32]byte) principal {
 	var who principal
 	n := 0
 	agents, operators := s.Agents, s.Operators

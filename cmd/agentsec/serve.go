@@ -130,14 +130,14 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	// request's body themselves (request_body_timeout), and the listener
 	// the connections.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.Operator, Reload: reload.reload})
+	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	if admin != nil {
 		defer admin.Close()
-		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (healthz, readyz, metrics, reload)\n", admin.addr)
+		fmt.Fprintf(m.Stderr, "agentsec: admin endpoints on http://%s/ (console, healthz, readyz, metrics, reload)\n", admin.addr)
 	}
 	if gw != nil {
 		names := make([]string, len(cfg.Upstreams))

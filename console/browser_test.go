@@ -1,0 +1,238 @@
+package console_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/agentsec/agentsec/mcpgate"
+)
+
+// chromium returns the path of a Chromium or Chrome the tests can drive,
+// or skips the test — failing it in CI, where .ci/run installs Debian's
+// chromium.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if path, err := exec.LookPath(name); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no Chromium: .ci/run installs Debian's chromium package")
+	}
+	t.Skip("no Chromium for the browser tests (apt-get install chromium)")
+	return ""
+}
+
+// A tab is a page in a headless Chromium, in a browser context of its
+// own (its own cookies), with every JavaScript exception and console or
+// browser-log error the page reports — a script the Content-Security-
+// Policy refuses among them.
+type tab struct {
+	t      *testing.T
+	ctx    context.Context
+	mu     sync.Mutex
+	errors []string
+}
+
+func newTab(t *testing.T, browser context.Context) *tab {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
+	t.Cleanup(cancel)
+	tb := &tab{t: t, ctx: ctx}
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleException {
+				tb.mu.Lock()
+				tb.errors = append(tb.errors, string(m.Type)+": "+m.Text)
+				tb.mu.Unlock()
+			}
+		}
+	}()
+	return tb
+}
+
+func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		tb.t.Fatal(err)
+	}
+}
+
+// value runs an action that returns a value.
+func value[T any](tb *tab, a chromedp.Action[T]) T {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, 20*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	return v
+}
+
+// jsErrors returns what the page reported as errors.
+func (tb *tab) jsErrors() []string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return append([]string(nil), tb.errors...)
+}
+
+// screenshot saves the page as name.png in $AGENTSEC_SCREENSHOTS, when
+// set: the README's pictures of the console.
+func (tb *tab) screenshot(name string) {
+	dir := os.Getenv("AGENTSEC_SCREENSHOTS")
+	if dir == "" {
+		return
+	}
+	tb.do(chromedp.EmulateViewport(1280, 720))
+	png := value(tb, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+		tb.t.Fatal(err)
+	}
+}
+
+// gatewayFront serves MCP through a gateway on stack in front of a server
+// whose tools "read" and "deploy" answer "done".
+func gatewayFront(t *testing.T, gw *mcpgate.Gateway) string {
+	t.Helper()
+	server := mcp.NewServer(&mcp.Implementation{Name: "tools", Version: "1"}, nil)
+	for _, name := range []string{"read", "deploy"} {
+		mcp.AddTool(server, &mcp.Tool{Name: name, Description: name},
+			func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
+			})
+	}
+	upstream := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil))
+	t.Cleanup(upstream.Close)
+	gw.Upstreams = []mcpgate.Upstream{mcpgate.HTTPUpstream("tools", upstream.URL, 0)}
+	front := httptest.NewServer(gw)
+	t.Cleanup(front.Close)
+	return front.URL
+}
+
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// In a real Chromium: an operator signs in with a token; a call denied
+// through the MCP endpoint is in the live view within a second, with its
+// reason; an admin raises the agent's level and its next call is allowed,
+// with the change in the audit search; a viewer sees no controls; and no
+// page reports a JavaScript error.
+func TestConsoleInChromium(t *testing.T) {
+	exe := chromium(t)
+	stack, srv := newConsole(t)
+	gw := &mcpgate.Gateway{Stack: stack, Agents: []mcpgate.Credential{{TokenSHA256: sha256Of("ags_bot"), Agent: "bot"}}}
+	t.Cleanup(func() { gw.Close() })
+	endpoint := gatewayFront(t, gw)
+	client := mcp.NewClient(&mcp.Implementation{Name: "bot", Version: "1"}, nil)
+	ctx := context.Background()
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint,
+		HTTPClient: &http.Client{Transport: bearer{"ags_bot"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1280, 720))
+	alloc, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	browser, cancelBrowser := chromedp.NewContext(alloc)
+	defer cancelBrowser()
+	if err := chromedp.Do(browser, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+	admin := newTab(t, browser)
+	admin.do(chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(css(`input[name="token"]`)))
+	admin.screenshot("login")
+	admin.do(chromedp.SendKeys(css(`input[name="token"]`), adminToken), chromedp.Submit(css(`input[name="token"]`)),
+		chromedp.WaitVisible(css(`#decisions`)))
+	// The live view is connected when its status says so.
+	value(admin, chromedp.Poll[bool](`document.getElementById("status").textContent === "live"`, chromedp.WithPollingTimeout(5*time.Second)))
+
+	denied := time.Now()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "deploy"})
+	if err != nil || !res.IsError {
+		t.Fatalf("deploy before the change: %+v %v", res, err)
+	}
+	reason := value(admin, chromedp.Poll[string](`(() => { const r = document.querySelector("#decisions tbody tr.deny"); return r && r.cells[3].textContent === "deploy" && r.cells[6].textContent; })()`,
+		chromedp.WithPollingTimeout(5*time.Second), chromedp.WithPollingInterval(20*time.Millisecond)))
+	shown := time.Since(denied)
+	t.Logf("the denial was in the live view %v after the call, reason %q", shown, reason)
+	if shown > time.Second {
+		t.Errorf("the denial took %v to reach the live view, more than a second", shown)
+	}
+	if !strings.Contains(reason, "below the required level") {
+		t.Errorf("the live view's reason: %q", reason)
+	}
+	admin.screenshot("live")
+
+	// The admin raises bot's level.
+	admin.do(chromedp.Navigate(srv.URL+"/agents"), chromedp.WaitVisible(css(`#assign`)),
+		chromedp.SendKeys(css(`#assign input[name="agent"]`), "bot"),
+		chromedp.SetValue(css(`#assign select[name="level"]`), "privileged"),
+		chromedp.SendKeys(css(`#assign input[name="reason"]`), "deploy window INC-7"),
+		chromedp.Submit(css(`#assign input[name="agent"]`)),
+		chromedp.WaitVisible(css(`p.message.ok`)))
+	if notice := value(admin, chromedp.Text(css(`p.message.ok`))); !strings.Contains(notice, "bot now holds privileged") {
+		t.Errorf("after assigning: %q", notice)
+	}
+	admin.screenshot("agents")
+	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "deploy"})
+	if err != nil || res.IsError {
+		t.Errorf("deploy after the change: %+v %v", res, err)
+	}
+	admin.do(chromedp.Navigate(srv.URL+"/audit?event=trust.assign&agent=bot"), chromedp.WaitVisible(css(`#records`)))
+	if found := value(admin, chromedp.Text(css(`#records tbody`))); strings.Count(found, "trust.assign") != 2 { // the configuration's, and the admin's
+		t.Errorf("the audit search for bot's trust.assign records:\n%s", found)
+	}
+	admin.screenshot("audit")
+	admin.do(chromedp.Click(css(`#records tbody tr:last-child a`)), chromedp.WaitVisible(css(`#leaf-hash`)))
+	if detail := value(admin, chromedp.Text(css(`main`))); !strings.Contains(detail, "root") || !strings.Contains(detail, "deploy window INC-7") {
+		t.Errorf("the change's record page does not name the admin and the reason:\n%s", detail)
+	}
+	admin.screenshot("record")
+
+	// A viewer, in a browser context of its own, sees no controls.
+	viewer := newTab(t, browser)
+	viewer.do(chromedp.Navigate(srv.URL+"/login"), chromedp.WaitVisible(css(`input[name="token"]`)),
+		chromedp.SendKeys(css(`input[name="token"]`), viewerToken), chromedp.Submit(css(`input[name="token"]`)),
+		chromedp.WaitVisible(css(`#decisions`)), chromedp.Navigate(srv.URL+"/agents"), chromedp.WaitVisible(css(`#assignments`)))
+	if forms := value(viewer, chromedp.Evaluate[int](`document.querySelectorAll("form[action^='/agents/']").length`)); forms != 0 {
+		t.Errorf("a viewer sees %d change forms", forms)
+	}
+
+	for name, tb := range map[string]*tab{"admin": admin, "viewer": viewer} {
+		if errs := tb.jsErrors(); len(errs) > 0 {
+			t.Errorf("the %s's pages reported errors: %s", name, strings.Join(errs, "; "))
+		}
+	}
+}
+
+func sha256Of(s string) [32]byte { return sha256.Sum256([]byte(s)) }

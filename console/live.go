@@ -1,0 +1,238 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// The live view follows the audit log itself, not this process's
+// decisions: what it shows is what was recorded, by every replica that
+// shares the log.
+
+// tailInterval is how often the tailer reads the log for new records.
+const tailInterval = 200 * time.Millisecond
+
+// subscriberQueue bounds the records waiting for one live view; past it
+// the view is told it missed some.
+const subscriberQueue = 1024
+
+// A recordRow is a record as the console shows it.
+type recordRow struct {
+	Seq           uint64 `json:"seq"`
+	Time          string `json:"time"`
+	Shown         string `json:"-"` // Time to the second, as the page shows it
+	Event         string `json:"event"`
+	Agent         string `json:"agent"`
+	Session       string `json:"session"`
+	Tool          string `json:"tool"`
+	Scope         string `json:"scope,omitempty"`
+	Outcome       string `json:"outcome"`
+	Reason        string `json:"reason"`
+	Tokens        int64  `json:"tokens"`
+	Config        string `json:"config"`
+	RequiredLevel string `json:"-"`
+	AssignedLevel string `json:"-"`
+}
+
+func rowOf(r *audit.Record) recordRow {
+	return recordRow{Seq: r.Seq, Time: r.Time.UTC().Format(time.RFC3339Nano), Shown: r.Time.UTC().Format("2006-01-02 15:04:05Z"),
+		Event: r.Event, Agent: r.Agent,
+		Session: r.Session, Tool: r.Tool, Scope: r.Scope, Outcome: string(r.Outcome), Reason: r.Reason,
+		Tokens: r.Tokens, Config: r.Attrs["config"], RequiredLevel: r.RequiredLevel, AssignedLevel: r.AssignedLevel}
+}
+
+// A liveFilter selects the records a live view shows.
+type liveFilter struct {
+	Agent, Tool, Event, Outcome string
+}
+
+func liveFilterOf(r *http.Request) liveFilter {
+	q := r.URL.Query()
+	return liveFilter{Agent: q.Get("agent"), Tool: q.Get("tool"), Event: q.Get("event"), Outcome: q.Get("outcome")}
+}
+
+func (f liveFilter) matches(r *audit.Record) bool {
+	return (f.Agent == "" || r.Agent == f.Agent) && (f.Tool == "" || r.Tool == f.Tool) &&
+		(f.Event == "" || r.Event == f.Event) && (f.Outcome == "" || string(r.Outcome) == f.Outcome)
+}
+
+// A tailer reads the records appended to the log and hands them to the
+// live views, while there are any.
+type tailer struct {
+	store audit.Store
+
+	mu      sync.Mutex
+	subs    map[chan audit.Record]bool
+	running bool
+	next    uint64 // the first record not yet read
+}
+
+func newTailer(store audit.Store) *tailer {
+	return &tailer{store: store, subs: map[chan audit.Record]bool{}}
+}
+
+// subscribe returns a channel of the records appended from now on,
+// closed if the view falls too far behind, and a function that ends the
+// subscription.
+func (t *tailer) subscribe(ctx context.Context) (<-chan audit.Record, func(), error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.running {
+		size, err := t.store.Size(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.next, t.running = size, true
+		go t.run()
+	}
+	ch := make(chan audit.Record, subscriberQueue)
+	t.subs[ch] = true
+	return ch, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.subs[ch] {
+			delete(t.subs, ch)
+			close(ch)
+		}
+	}, nil
+}
+
+// run reads new records every tailInterval until no view is left.
+func (t *tailer) run() {
+	tick := time.NewTicker(tailInterval)
+	defer tick.Stop()
+	for range tick.C {
+		t.mu.Lock()
+		if len(t.subs) == 0 {
+			t.running = false
+			t.mu.Unlock()
+			return
+		}
+		from := t.next
+		t.mu.Unlock()
+		records, next, err := t.read(from)
+		if err != nil {
+			continue // the log's own failure is on /readyz; the view waits
+		}
+		t.mu.Lock()
+		for _, r := range records {
+			for ch := range t.subs {
+				select {
+				case ch <- r:
+				default: // too far behind: the view is told, and ends
+					delete(t.subs, ch)
+					close(ch)
+				}
+			}
+		}
+		t.next = next
+		t.mu.Unlock()
+	}
+}
+
+// read returns the records from from to the log's size now.
+func (t *tailer) read(from uint64) ([]audit.Record, uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	size, err := t.store.Size(ctx)
+	if err != nil || size <= from {
+		return nil, from, err
+	}
+	var out []audit.Record
+	f := audit.Filter{Limit: audit.MaxLimit, Cursor: strconv.FormatUint(from, 10)}
+	for {
+		page, err := audit.Query(ctx, t.store, f)
+		if err != nil {
+			return nil, from, err
+		}
+		for _, r := range page.Records {
+			if r.Seq < size {
+				out = append(out, r)
+			}
+		}
+		if page.Next == "" || len(page.Records) > 0 && page.Records[len(page.Records)-1].Seq >= size {
+			return out, size, nil
+		}
+		f.Cursor = page.Next
+	}
+}
+
+// liveBacklog is how many recent records the live page starts with, read
+// from at most liveLookback records back.
+const (
+	liveBacklog  = 50
+	liveLookback = 5000
+)
+
+func (u *ui) livePage(w http.ResponseWriter, r *http.Request, op *operator) {
+	f := liveFilterOf(r)
+	v := &view{Title: "Live decisions", Page: "live", Operator: op, Filter: f}
+	size, err := u.cfg.Stack.Audit.Store().Size(r.Context())
+	if err == nil {
+		from := uint64(0)
+		if size > liveLookback {
+			from = size - liveLookback
+		}
+		var recent []audit.Record
+		recent, _, err = u.tail.read(from)
+		for i := len(recent) - 1; i >= 0 && len(v.Records) < liveBacklog; i-- {
+			if f.matches(&recent[i]) {
+				v.Records = append(v.Records, rowOf(&recent[i]))
+			}
+		}
+	}
+	if err != nil {
+		v.Error = "the audit log can't be read: " + oneLine(err.Error())
+	}
+	u.render(w, http.StatusOK, "live", v)
+}
+
+// liveStream sends the records appended from now on that match the
+// view's filter, as server-sent events: "record" with the record's row as
+// JSON, "gap" if the view fell behind and missed some.
+func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, _ *operator) {
+	f := liveFilterOf(r)
+	records, stop, err := u.tail.subscribe(r.Context())
+	if err != nil {
+		plain(w, http.StatusServiceUnavailable, "the audit log can't be read: "+oneLine(err.Error()))
+		return
+	}
+	defer stop()
+	securityHeaders(w.Header())
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	fmt.Fprint(w, ": live\n\n")
+	rc.Flush()
+	keepAlive := time.NewTicker(15 * time.Second)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepAlive.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+		case rec, ok := <-records:
+			if !ok {
+				fmt.Fprint(w, "event: gap\ndata: {}\n\n")
+				rc.Flush()
+				return
+			}
+			if !f.matches(&rec) {
+				continue
+			}
+			data, _ := json.Marshal(rowOf(&rec))
+			fmt.Fprintf(w, "event: record\ndata: %s\n\n", data)
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
+}

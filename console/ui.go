@@ -1,0 +1,275 @@
+package console
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"html/template"
+	"io/fs"
+	"net"
+	"net/http"
+	"path"
+	"sync"
+	"time"
+)
+
+// The console: pages rendered on the server from templates embedded in
+// the binary, with one script of its own for the live view and no other
+// origin's — it works with no internet. Operators sign in with their
+// token; a session cookie, HttpOnly and SameSite=Strict, then names them.
+// Every page answers with a Content-Security-Policy that allows no inline
+// script and nothing from elsewhere, and every change is a POST that
+// cross-origin protection checks (Handler).
+
+//go:embed assets
+var assets embed.FS
+
+// csp is the console's Content-Security-Policy.
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// sessionCookie names an operator's console session.
+const sessionCookie = "agentsec_console"
+
+// Bounds of the console's sessions and forms.
+const (
+	sessionLifetime = 12 * time.Hour
+	maxSessions     = 10_000
+	maxFormBytes    = 64 << 10
+)
+
+// An operator is who is signed in.
+type operator struct {
+	ID    string
+	Admin bool
+}
+
+// ui serves the console's pages.
+type ui struct {
+	cfg   Config
+	pages map[string]*template.Template
+	tail  *tailer
+
+	mu       sync.Mutex
+	sessions map[string]uiSession
+}
+
+// A uiSession is a signed-in operator, known by their token's hash, which
+// is checked again at every request: an operator removed or made a viewer
+// by a reload is so at once.
+type uiSession struct {
+	sum     [32]byte
+	expires time.Time
+}
+
+func newUI(cfg Config) *ui {
+	u := &ui{cfg: cfg, pages: map[string]*template.Template{}, sessions: map[string]uiSession{},
+		tail: newTailer(cfg.Stack.Audit.Store())}
+	for _, page := range []string{"login", "live", "audit", "record", "agents"} {
+		u.pages[page] = template.Must(template.ParseFS(assets, "assets/layout.html", "assets/"+page+".html"))
+	}
+	return u
+}
+
+// routes adds the console's routes to mux.
+func (u *ui) routes(mux *http.ServeMux) {
+	static, _ := fs.Sub(assets, "assets")
+	files := http.StripPrefix("/static/", http.FileServerFS(static))
+	mux.HandleFunc("GET /static/{file}", func(w http.ResponseWriter, r *http.Request) {
+		switch path.Ext(r.PathValue("file")) {
+		case ".css", ".js", ".svg": // not the templates
+			securityHeaders(w.Header())
+			w.Header().Set("Cache-Control", "no-cache")
+			files.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/live", http.StatusSeeOther)
+	})
+	mux.HandleFunc("GET /login", u.loginPage)
+	mux.HandleFunc("POST /login", u.login)
+	mux.HandleFunc("POST /logout", u.logout)
+	mux.HandleFunc("GET /live", u.signedIn(u.livePage))
+	mux.HandleFunc("GET /live/stream", u.signedIn(u.liveStream))
+	mux.HandleFunc("GET /audit", u.signedIn(u.auditPage))
+	mux.HandleFunc("GET /audit/records/{seq}", u.signedIn(u.recordPage))
+	mux.HandleFunc("GET /agents", u.signedIn(u.agentsPage))
+	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin(u.assign)))
+	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin(u.revoke)))
+}
+
+// securityHeaders sets the headers every console answer carries.
+func securityHeaders(h http.Header) {
+	h.Set("Content-Security-Policy", csp)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Cache-Control", "no-store")
+}
+
+// A view is what a page's template gets.
+type view struct {
+	Title, Page   string
+	Operator      *operator
+	Error, Notice string
+	// The page's own data.
+	Filter      liveFilter
+	Records     []recordRow
+	Form        map[string]string
+	Next        string
+	Record      recordRow
+	Attrs       []attr
+	Canonical   string
+	LeafHash    string
+	Proof       string
+	NoProof     string
+	Ladder      string
+	Levels      []string
+	Assignments []assignmentRow
+}
+
+// render writes a page.
+func (u *ui) render(w http.ResponseWriter, status int, page string, v *view) {
+	securityHeaders(w.Header())
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	if err := u.pages[page].ExecuteTemplate(w, "layout", v); err != nil {
+		u.cfg.logger().Error("console: rendering a page", "page", page, "err", err)
+	}
+}
+
+// operatorOf returns the operator signed in with r's session cookie.
+func (u *ui) operatorOf(r *http.Request) (*operator, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || u.cfg.Operator == nil {
+		return nil, false
+	}
+	u.mu.Lock()
+	s, ok := u.sessions[c.Value]
+	u.mu.Unlock()
+	if !ok || time.Now().After(s.expires) {
+		return nil, false
+	}
+	id, admin, ok := u.cfg.Operator(s.sum)
+	if !ok {
+		return nil, false
+	}
+	return &operator{ID: id, Admin: admin}, true
+}
+
+// signedIn serves h to a signed-in operator; others are sent to sign in,
+// or, for what is not a page, refused.
+func (u *ui) signedIn(h func(http.ResponseWriter, *http.Request, *operator)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		op, ok := u.operatorOf(r)
+		if !ok {
+			if r.Method == http.MethodGet && r.URL.Path != "/live/stream" {
+				http.Redirect(w, r, "/login", http.StatusSeeOther)
+				return
+			}
+			securityHeaders(w.Header())
+			plain(w, http.StatusUnauthorized, "sign in first: /login")
+			return
+		}
+		h(w, r, op)
+	}
+}
+
+// admin serves h to an admin; a viewer gets 403. It reads the form, whose
+// size it bounds.
+func (u *ui) admin(h func(http.ResponseWriter, *http.Request, *operator)) func(http.ResponseWriter, *http.Request, *operator) {
+	return func(w http.ResponseWriter, r *http.Request, op *operator) {
+		if !op.Admin {
+			u.render(w, http.StatusForbidden, "agents", u.agentsView(op, "operator "+op.ID+" is a viewer: changes need the admin role", ""))
+			return
+		}
+		if !readForm(w, r) {
+			u.render(w, http.StatusRequestEntityTooLarge, "agents", u.agentsView(op, "the form is malformed or larger than 64 KiB", ""))
+			return
+		}
+		h(w, r, op)
+	}
+}
+
+// readForm parses a POST's form, bounded; false if it can't.
+func readForm(w http.ResponseWriter, r *http.Request) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	return r.ParseForm() == nil
+}
+
+func (u *ui) loginPage(w http.ResponseWriter, r *http.Request) {
+	if _, ok := u.operatorOf(r); ok {
+		http.Redirect(w, r, "/live", http.StatusSeeOther)
+		return
+	}
+	u.render(w, http.StatusOK, "login", &view{Title: "Sign in"})
+}
+
+func (u *ui) login(w http.ResponseWriter, r *http.Request) {
+	if !readForm(w, r) {
+		u.render(w, http.StatusRequestEntityTooLarge, "login", &view{Title: "Sign in", Error: "the form is malformed or larger than 64 KiB"})
+		return
+	}
+	token := r.PostForm.Get("token")
+	if token == "" || u.cfg.Operator == nil {
+		u.render(w, http.StatusUnauthorized, "login", &view{Title: "Sign in", Error: "that is not an operator's token"})
+		return
+	}
+	sum := sha256.Sum256([]byte(token))
+	if _, _, ok := u.cfg.Operator(sum); !ok {
+		u.render(w, http.StatusUnauthorized, "login", &view{Title: "Sign in", Error: "that is not an operator's token"})
+		return
+	}
+	var raw [32]byte
+	rand.Read(raw[:])
+	id := base64.RawURLEncoding.EncodeToString(raw[:])
+	now := time.Now()
+	u.mu.Lock()
+	if len(u.sessions) >= maxSessions {
+		for k, s := range u.sessions {
+			if now.After(s.expires) {
+				delete(u.sessions, k)
+			}
+		}
+	}
+	full := len(u.sessions) >= maxSessions
+	if !full {
+		u.sessions[id] = uiSession{sum: sum, expires: now.Add(sessionLifetime)}
+	}
+	u.mu.Unlock()
+	if full {
+		u.render(w, http.StatusServiceUnavailable, "login", &view{Title: "Sign in", Error: "too many console sessions; try again later"})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/", MaxAge: int(sessionLifetime / time.Second),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: !loopbackRequest(r)})
+	http.Redirect(w, r, "/live", http.StatusSeeOther)
+}
+
+func (u *ui) logout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		u.mu.Lock()
+		delete(u.sessions, c.Value)
+		u.mu.Unlock()
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: !loopbackRequest(r)})
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// loopbackRequest reports whether r came over loopback in plain HTTP,
+// where a Secure cookie would never be sent back.
+func loopbackRequest(r *http.Request) bool {
+	if r.TLS != nil {
+		return false
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,264 @@
+package console_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/console"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// Tokens of the console's operators.
+const (
+	adminToken  = "ags_console-admin"
+	viewerToken = "ags_console-viewer"
+)
+
+// consoleOperators knows the two operators by their tokens' hashes.
+func consoleOperators(sum [32]byte) (string, bool, bool) {
+	switch sum {
+	case sha256.Sum256([]byte(adminToken)):
+		return "root", true, true
+	case sha256.Sum256([]byte(viewerToken)):
+		return "ada", false, true
+	}
+	return "", false, false
+}
+
+// newConsole serves the console of a stack whose log is signed and
+// checkpointed after every record.
+func newConsole(t testing.TB) (*agentsec.Stack, *httptest.Server) {
+	t.Helper()
+	key, _, err := audit.GenerateKey("console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			Rules:  []trust.Rule{{Tool: "read", Level: "public"}, {Tool: "deploy", Level: "privileged"}},
+			Agents: []trust.Assignment{{Agent: "bot", Level: "public"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1000, CallLimit: 1000},
+		AuditNamespace: "console",
+		Audit:          agentsec.AuditConfig{Store: audit.NewMemoryStore(), SignerKey: key, CheckpointEvery: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators}))
+	t.Cleanup(func() {
+		srv.Close()
+		stack.Close()
+	})
+	return stack, srv
+}
+
+// browser is an HTTP client with cookies that does not follow redirects.
+type browser struct {
+	t   testing.TB
+	srv *httptest.Server
+	c   *http.Client
+}
+
+func newBrowser(t testing.TB, srv *httptest.Server) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, srv: srv, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}}
+}
+
+func (b *browser) do(method, path string, form url.Values, headers ...string) (*http.Response, string) {
+	b.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequest(method, b.srv.URL+path, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp, string(data)
+}
+
+func (b *browser) login(token string) {
+	b.t.Helper()
+	resp, body := b.do("POST", "/login", url.Values{"token": {token}})
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/live" {
+		b.t.Fatalf("login: %d %s", resp.StatusCode, body)
+	}
+}
+
+// Signing in: a wrong token is refused; a right one gets a session cookie
+// that scripts can't read and other sites can't send; pages need it, and
+// carry a strict Content-Security-Policy.
+func TestConsoleLogin(t *testing.T) {
+	_, srv := newConsole(t)
+	b := newBrowser(t, srv)
+	if resp, _ := b.do("GET", "/live", nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/login" {
+		t.Errorf("/live before signing in: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, _ := b.do("GET", "/live/stream", nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/live/stream before signing in: %d", resp.StatusCode)
+	}
+	for _, token := range []string{"", "ags_wrong"} {
+		if resp, body := b.do("POST", "/login", url.Values{"token": {token}}); resp.StatusCode != http.StatusUnauthorized ||
+			!strings.Contains(body, "not an operator") {
+			t.Errorf("login with %q: %d", token, resp.StatusCode)
+		}
+	}
+	resp, _ := b.do("POST", "/login", url.Values{"token": {viewerToken}})
+	cookie := resp.Header.Get("Set-Cookie")
+	for _, want := range []string{"agentsec_console=", "HttpOnly", "SameSite=Strict", "Path=/"} {
+		if !strings.Contains(cookie, want) {
+			t.Errorf("session cookie %q lacks %s", cookie, want)
+		}
+	}
+	if strings.Contains(cookie, "Secure") {
+		t.Errorf("session cookie %q is Secure on plain-HTTP loopback, where the browser would never send it back", cookie)
+	}
+	resp, body := b.do("GET", "/live", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "ada (viewer)") {
+		t.Errorf("/live signed in: %d", resp.StatusCode)
+	}
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %s", csp, want)
+		}
+	}
+	if strings.Contains(body, "<script>") || strings.Contains(csp, "unsafe-inline") {
+		t.Error("a page has inline script, or the CSP allows it")
+	}
+	b.do("POST", "/logout", url.Values{})
+	if resp, _ := b.do("GET", "/live", nil); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("/live after logging out: %d", resp.StatusCode)
+	}
+}
+
+// Only an admin changes a level, from this console's own pages: a viewer
+// sees no controls and gets 403; a request from another origin, a form
+// too big or missing its reason is refused; nothing changes.
+func TestConsoleChangesRefused(t *testing.T) {
+	stack, srv := newConsole(t)
+	viewer := newBrowser(t, srv)
+	viewer.login(viewerToken)
+	_, page := viewer.do("GET", "/agents", nil)
+	if strings.Contains(page, `action="/agents/assign"`) || strings.Contains(page, `action="/agents/revoke"`) {
+		t.Error("a viewer sees the controls")
+	}
+	raise := url.Values{"agent": {"bot"}, "level": {"privileged"}, "reason": {"x"}}
+	if resp, _ := viewer.do("POST", "/agents/assign", raise); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a viewer's assignment: %d", resp.StatusCode)
+	}
+	if resp, _ := viewer.do("POST", "/agents/revoke", url.Values{"agent": {"bot"}, "reason": {"x"}}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a viewer's revocation: %d", resp.StatusCode)
+	}
+
+	admin := newBrowser(t, srv)
+	admin.login(adminToken)
+	_, page = admin.do("GET", "/agents", nil)
+	if !strings.Contains(page, `action="/agents/assign"`) {
+		t.Error("an admin sees no controls")
+	}
+	size := stack.Audit.Size()
+	for name, tt := range map[string]struct {
+		form    url.Values
+		headers []string
+		status  int
+	}{
+		"another origin":  {raise, []string{"Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
+		"no reason":       {url.Values{"agent": {"bot"}, "level": {"privileged"}}, nil, http.StatusBadRequest},
+		"unknown level":   {url.Values{"agent": {"bot"}, "level": {"root"}, "reason": {"x"}}, nil, http.StatusBadRequest},
+		"bad expiry":      {url.Values{"agent": {"bot"}, "level": {"privileged"}, "reason": {"x"}, "expires": {"soon"}}, nil, http.StatusBadRequest},
+		"expired":         {url.Values{"agent": {"bot"}, "level": {"privileged"}, "reason": {"x"}, "expires": {"2001-01-01T00:00"}}, nil, http.StatusBadRequest},
+		"oversize":        {url.Values{"agent": {"bot"}, "level": {"privileged"}, "reason": {strings.Repeat("x", 70<<10)}}, nil, http.StatusRequestEntityTooLarge},
+		"no agent":        {url.Values{"level": {"privileged"}, "reason": {"x"}}, nil, http.StatusBadRequest},
+		"control charact": {url.Values{"agent": {"bot\x1b[2J"}, "level": {"privileged"}, "reason": {"x"}}, nil, http.StatusBadRequest},
+	} {
+		if resp, body := admin.do("POST", "/agents/assign", tt.form, tt.headers...); resp.StatusCode != tt.status {
+			t.Errorf("%s: %d, want %d: %.300s", name, resp.StatusCode, tt.status, body)
+		}
+	}
+	if resp, _ := admin.do("POST", "/agents/revoke", url.Values{"agent": {"nobody"}, "reason": {"x"}}); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("revoking no assignment: %d", resp.StatusCode)
+	}
+	if stack.Audit.Size() != size {
+		t.Errorf("refused changes appended %d records", stack.Audit.Size()-size)
+	}
+	if d := stack.TrustGate.Check(agentsec.Request{Agent: "bot", Tool: "deploy"}); d.Allowed {
+		t.Error("a refused change took effect")
+	}
+
+	// The admin's change: recorded with the admin's id, then in force.
+	resp, _ := admin.do("POST", "/agents/assign", raise)
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/agents?done=") {
+		t.Fatalf("an admin's assignment: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if d := stack.TrustGate.Check(agentsec.Request{Agent: "bot", Tool: "deploy"}); !d.Allowed {
+		t.Error("the admin's change is not in force")
+	}
+	page2, err := stack.Audit.Query(context.Background(), audit.Filter{Event: agentsec.EventTrustAssign, Agent: "bot", Limit: audit.MaxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := page2.Records[len(page2.Records)-1]
+	if last.Attrs["operator"] != "root" || last.Reason != "x" || last.AssignedLevel != "privileged" {
+		t.Errorf("the change's record: %+v", last)
+	}
+}
+
+// The audit search finds records by its filters; a record's page shows
+// its canonical bytes, leaf hash and an inclusion proof.
+func TestConsoleAuditSearch(t *testing.T) {
+	stack, srv := newConsole(t)
+	ctx := context.Background()
+	for _, tool := range []string{"read", "deploy", "read"} {
+		stack.Guard(ctx, agentsec.Request{Agent: "bot", Session: "s1", Tool: tool}, func(context.Context) (int64, error) { return 3, nil })
+	}
+	b := newBrowser(t, srv)
+	b.login(viewerToken)
+	resp, body := b.do("GET", "/audit?outcome=deny&session=s1", nil)
+	if resp.StatusCode != http.StatusOK || strings.Count(body, `class="deny"`) != 1 || !strings.Contains(body, "deploy") {
+		t.Errorf("denials of s1: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ := b.do("GET", "/audit?since=yesterday", nil); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a malformed time: %d", resp.StatusCode)
+	}
+	if resp, _ := b.do("GET", "/audit?outcome=maybe", nil); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a malformed outcome: %d", resp.StatusCode)
+	}
+	page, err := stack.Audit.Query(ctx, audit.Filter{Tool: "deploy"})
+	if err != nil || len(page.Records) != 1 {
+		t.Fatal(err)
+	}
+	seq := page.Records[0].Seq
+	resp, body = b.do("GET", "/audit/records/"+strconv.FormatUint(seq, 10), nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `id="leaf-hash"`) || !strings.Contains(body, `id="proof"`) ||
+		strings.Contains(body, "No signed checkpoint covers") {
+		t.Errorf("record %d: %d\n%s", seq, resp.StatusCode, body)
+	}
+	for path, status := range map[string]int{"/audit/records/999": http.StatusNotFound, "/audit/records/-1": http.StatusBadRequest} {
+		if resp, _ := b.do("GET", path, nil); resp.StatusCode != status {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, status)
+		}
+	}
+}
