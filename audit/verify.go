@@ -28,9 +28,12 @@ type VerifyOptions struct {
 	// name per checkpoint in Trusted (a file name, say); otherwise they
 	// are "trusted 1", "trusted 2"….
 	TrustedNames []string
-	// Progress, if set, is called now and then with the records checked
-	// so far and the total.
+	// Progress, if set, is called every ProgressEvery records with the
+	// records checked so far and the total, and once at the end.
 	Progress func(done, total uint64)
+	// ProgressEvery is how many records pass between calls of Progress;
+	// 0 means 65,536.
+	ProgressEvery uint64
 }
 
 // VerifyResult describes a verified log.
@@ -115,6 +118,7 @@ func Verify(ctx context.Context, store Store, opts VerifyOptions) (VerifyResult,
 		return res, err
 	}
 
+	every := cmp.Or(opts.ProgressEvery, 65536)
 	var (
 		front   frontier
 		next    uint64
@@ -160,7 +164,7 @@ func Verify(ctx context.Context, store Store, opts VerifyOptions) (VerifyResult,
 		if err := checkAt(next); err != nil {
 			return err
 		}
-		if opts.Progress != nil && next%65536 == 0 {
+		if opts.Progress != nil && next%every == 0 {
 			opts.Progress(next, size)
 		}
 		return nil

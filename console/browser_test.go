@@ -3,6 +3,7 @@ package console_test
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -110,6 +111,72 @@ func (tb *tab) screenshot(name string) {
 	}
 }
 
+// startChromium starts a headless Chromium for the test.
+func startChromium(t *testing.T, exe string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1280, 720))
+	alloc, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	browser, cancelBrowser := chromedp.NewContext(alloc)
+	t.Cleanup(cancelBrowser)
+	if err := chromedp.Do(browser, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	return browser
+}
+
+func css(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+// signIn opens the console at url in a new tab and signs in with token.
+func signIn(t *testing.T, browser context.Context, url, token string) *tab {
+	t.Helper()
+	tb := newTab(t, browser)
+	tb.do(chromedp.Navigate(url+"/login"), chromedp.WaitVisible(css(`input[name="token"]`)),
+		chromedp.SendKeys(css(`input[name="token"]`), token), chromedp.Submit(css(`input[name="token"]`)),
+		chromedp.WaitVisible(css(`#decisions`)))
+	return tb
+}
+
+// In Chromium: a full verification runs with its progress shown, and a
+// tampered copy of the log shows its first bad record.
+func TestConsoleVerifiesInChromium(t *testing.T) {
+	exe := chromium(t)
+	calls := 20_000 // long enough for the page to show the bar moving
+	if raceEnabled || testing.Short() {
+		calls = 4_000
+	}
+	store, key, bad := tamperedLog(t, calls)
+	_, tsrv := consoleOver(t, tampered{copyLog(t, store), bad}, key)
+	_, srv := consoleOver(t, store, key)
+	browser := startChromium(t, exe)
+	start := time.Now()
+
+	viewer := signIn(t, browser, srv.URL, viewerToken)
+	viewer.do(chromedp.Navigate(srv.URL+"/integrity"), chromedp.Click(css(`#verify`)),
+		chromedp.WaitVisible(css(`#verify-progress`)), chromedp.WaitVisible(css(`#verify-result`)))
+	result := value(viewer, chromedp.Text(css(`#verify-result`)))
+	done := value(viewer, chromedp.Evaluate[float64](`document.getElementById("verify-progress").value / document.getElementById("verify-progress").max`))
+	// The calls, the configuration's assignment recorded when the log was
+	// written and again when the console's stack opened it.
+	if !strings.HasPrefix(result, fmt.Sprintf("Verified %d records", calls+2)) || done != 1 {
+		t.Errorf("the verification ended with %q, the bar at %v", result, done)
+	}
+	t.Logf("verified %d records in the browser in %v", calls, time.Since(start))
+	viewer.screenshot("integrity")
+
+	copyTab := signIn(t, browser, tsrv.URL, viewerToken)
+	copyTab.do(chromedp.Navigate(tsrv.URL+"/integrity"), chromedp.Click(css(`#verify`)), chromedp.WaitVisible(css(`#first-bad`)))
+	if link := value(copyTab, chromedp.Text(css(`#first-bad`))); link != fmt.Sprintf("First bad record: %d", bad) {
+		t.Errorf("the tampered copy's first bad record: %q, want %d", link, bad)
+	}
+	for name, tb := range map[string]*tab{"intact": viewer, "tampered": copyTab} {
+		if errs := tb.jsErrors(); len(errs) > 0 {
+			t.Errorf("the %s log's pages reported errors: %s", name, strings.Join(errs, "; "))
+		}
+	}
+}
+
 // gatewayFront serves MCP through a gateway on stack in front of a server
 // whose tools "read" and "deploy" answer "done".
 func gatewayFront(t *testing.T, gw *mcpgate.Gateway) string {
@@ -157,16 +224,7 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	defer cs.Close()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.WindowSize(1280, 720))
-	alloc, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	browser, cancelBrowser := chromedp.NewContext(alloc)
-	defer cancelBrowser()
-	if err := chromedp.Do(browser, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatal(err)
-	}
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	browser := startChromium(t, exe)
 
 	admin := newTab(t, browser)
 	admin.do(chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(css(`input[name="token"]`)))

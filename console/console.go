@@ -45,6 +45,9 @@ type Config struct {
 	// token. Without it nobody is an operator: the console and /reload
 	// let no one in.
 	Operator func(sum [32]byte) (id string, admin, ok bool)
+	// CheckpointCopies says where the log's checkpoints are copied, away
+	// from it, for the integrity page; empty for nowhere.
+	CheckpointCopies string
 	// Logger receives the console's own failures; nil means
 	// slog.Default().
 	Logger *slog.Logger

@@ -47,9 +47,10 @@ type operator struct {
 
 // ui serves the console's pages.
 type ui struct {
-	cfg   Config
-	pages map[string]*template.Template
-	tail  *tailer
+	cfg    Config
+	pages  map[string]*template.Template
+	tail   *tailer
+	verify verification
 
 	mu       sync.Mutex
 	sessions map[string]uiSession
@@ -66,7 +67,7 @@ type uiSession struct {
 func newUI(cfg Config) *ui {
 	u := &ui{cfg: cfg, pages: map[string]*template.Template{}, sessions: map[string]uiSession{},
 		tail: newTailer(cfg.Stack.Audit.Store())}
-	for _, page := range []string{"login", "live", "audit", "record", "agents"} {
+	for _, page := range []string{"login", "live", "audit", "record", "agents", "integrity"} {
 		u.pages[page] = template.Must(template.ParseFS(assets, "assets/layout.html", "assets/"+page+".html"))
 	}
 	return u
@@ -99,6 +100,9 @@ func (u *ui) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /agents", u.signedIn(u.agentsPage))
 	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin(u.assign)))
 	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin(u.revoke)))
+	mux.HandleFunc("GET /integrity", u.signedIn(u.integrityPage))
+	mux.HandleFunc("POST /integrity/verify", u.signedIn(u.startVerify))
+	mux.HandleFunc("GET /integrity/status", u.signedIn(u.verifyStatus))
 }
 
 // securityHeaders sets the headers every console answer carries.
@@ -116,19 +120,21 @@ type view struct {
 	Operator      *operator
 	Error, Notice string
 	// The page's own data.
-	Filter      liveFilter
-	Records     []recordRow
-	Form        map[string]string
-	Next        string
-	Record      recordRow
-	Attrs       []attr
-	Canonical   string
-	LeafHash    string
-	Proof       string
-	NoProof     string
-	Ladder      string
-	Levels      []string
-	Assignments []assignmentRow
+	Filter       liveFilter
+	Records      []recordRow
+	Form         map[string]string
+	Next         string
+	Record       recordRow
+	Attrs        []attr
+	Canonical    string
+	LeafHash     string
+	Proof        string
+	NoProof      string
+	Ladder       string
+	Levels       []string
+	Assignments  []assignmentRow
+	Integrity    *integrityView
+	Verification *verificationView
 }
 
 // render writes a page.

@@ -8,9 +8,11 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
@@ -260,5 +262,144 @@ func TestConsoleAuditSearch(t *testing.T) {
 		if resp, _ := b.do("GET", path, nil); resp.StatusCode != status {
 			t.Errorf("%s: %d, want %d", path, resp.StatusCode, status)
 		}
+	}
+}
+
+// tampered is a copy of a log in which one record's bytes were changed
+// after it was written: Scan returns them edited.
+type tampered struct {
+	audit.Store
+	seq uint64
+}
+
+func (s tampered) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
+	return s.Store.Scan(ctx, from, to, func(e audit.Entry) error {
+		if e.Seq == s.seq {
+			e.Data = []byte(strings.Replace(string(e.Data), `"deny"`, `"allow"`, 1))
+		}
+		return fn(e)
+	})
+}
+
+// copyLog returns a copy of a log's store: its entries and checkpoints.
+func copyLog(t testing.TB, src audit.Store) audit.Store {
+	t.Helper()
+	ctx := context.Background()
+	dst := audit.NewMemoryStore()
+	size, err := src.Size(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []audit.Entry
+	err = src.Scan(ctx, 0, size, func(e audit.Entry) error {
+		entries = append(entries, audit.Entry{Seq: e.Seq, Data: slices.Clone(e.Data), Hashes: slices.Clone(e.Hashes)})
+		return nil
+	})
+	if err == nil {
+		err = dst.Append(ctx, entries)
+	}
+	if err == nil {
+		err = src.Checkpoints(ctx, func(size uint64, signed []byte) error { return dst.AddCheckpoint(ctx, size, signed) })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// consoleOver serves the console of a stack on store, signed with key.
+func consoleOver(t testing.TB, store audit.Store, key string) (*agentsec.Stack, *httptest.Server) {
+	t.Helper()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			Rules:  []trust.Rule{{Tool: "read", Level: "public"}, {Tool: "deploy", Level: "privileged"}},
+			Agents: []trust.Assignment{{Agent: "bot", Level: "public"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 1 << 40},
+		AuditNamespace: "console",
+		Audit:          agentsec.AuditConfig{Store: store, SignerKey: key, CheckpointEvery: 1000, CheckpointInterval: -1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators, CheckpointCopies: "/mnt/anchor/"}))
+	t.Cleanup(func() {
+		srv.Close()
+		stack.Close()
+	})
+	return stack, srv
+}
+
+// tamperedLog writes calls, one denied at its middle, to a log, and
+// returns the log's store, its key, and the denial's position.
+func tamperedLog(t testing.TB, calls int) (audit.Store, string, uint64) {
+	t.Helper()
+	key, _, err := audit.GenerateKey("console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := audit.NewMemoryStore()
+	stack, _ := consoleOver(t, store, key)
+	ctx := context.Background()
+	var bad uint64
+	for i := range calls {
+		tool := "read"
+		if i == calls/2 {
+			tool, bad = "deploy", stack.Audit.Size()
+		}
+		stack.Guard(ctx, agentsec.Request{Agent: "bot", Session: "s", Tool: tool}, func(context.Context) (int64, error) { return 1, nil })
+	}
+	stack.Close()
+	return store, key, bad
+}
+
+// waitVerified polls /integrity/status until the verification ends.
+func waitVerified(t *testing.T, b *browser) string {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		_, body := b.do("GET", "/integrity/status", nil)
+		if strings.Contains(body, `"running":false`) {
+			return body
+		}
+	}
+	t.Fatal("the verification did not end")
+	return ""
+}
+
+// The integrity page verifies the whole log, and names the first bad
+// record of a log changed after it was written.
+func TestConsoleIntegrity(t *testing.T) {
+	store, key, bad := tamperedLog(t, 200)
+	_, srv := consoleOver(t, store, key)
+	b := newBrowser(t, srv)
+	b.login(viewerToken)
+	_, page := b.do("GET", "/integrity", nil)
+	for _, want := range []string{"/mnt/anchor/", "Verify the whole log"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the integrity page lacks %q", want)
+		}
+	}
+	if resp, _ := b.do("POST", "/integrity/verify", url.Values{}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("starting a verification: %d", resp.StatusCode)
+	}
+	if status := waitVerified(t, b); strings.Contains(status, `"failed"`) || !strings.Contains(status, `"done":202,"total":202`) {
+		t.Errorf("an intact log: %s", status)
+	}
+	_, page = b.do("GET", "/integrity", nil)
+	if !strings.Contains(page, "Verified ") {
+		t.Errorf("the result is not on the page:\n%s", page)
+	}
+
+	_, tsrv := consoleOver(t, tampered{copyLog(t, store), bad}, key)
+	tb := newBrowser(t, tsrv)
+	tb.login(viewerToken)
+	tb.do("POST", "/integrity/verify", url.Values{})
+	status := waitVerified(t, tb)
+	if !strings.Contains(status, `"failed":true`) || !strings.Contains(status, `"bad_seq":`+strconv.FormatUint(bad, 10)) {
+		t.Errorf("the tampered copy: %s, want record %d named", status, bad)
+	}
+	_, page = tb.do("GET", "/integrity", nil)
+	if !strings.Contains(page, `href="/audit/records/`+strconv.FormatUint(bad, 10)+`"`) {
+		t.Errorf("the page does not link the first bad record:\n%s", page)
 	}
 }

@@ -130,7 +130,8 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	// request's body themselves (request_body_timeout), and the listener
 	// the connections.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger})
+	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger,
+		CheckpointCopies: cfg.Path(cfg.Audit.CheckpointFile)})
 	if err != nil {
 		ln.Close()
 		return err
