@@ -1,0 +1,99 @@
+package console_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
+	"github.com/agentsec/agentsec/store/sqlite"
+)
+
+// fillSessions stores n records of the given number of sessions straight
+// into a store, in large transactions, with correct tree hashes.
+func fillSessions(b *testing.B, st audit.Store, n, sessions int) {
+	b.Helper()
+	ctx := context.Background()
+	var tree audittest.Tree
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	batch := make([]audit.Entry, 0, 10_000)
+	for i := range n {
+		r := audittest.BenchRecord(i)
+		r.Session = fmt.Sprintf("session-%d", i%sessions)
+		r.Time = base.Add(time.Duration(i) * time.Millisecond)
+		r.Namespace = "console"
+		data, err := audit.EncodeRecord(nil, &r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e := tree.Add(data)
+		e.Record = &r
+		batch = append(batch, e)
+		if len(batch) == cap(batch) || i == n-1 {
+			if err := st.Append(ctx, batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+}
+
+// BenchmarkConsoleAuditSearch asks the console for one session's page of
+// records (100 of them, rendered) in a 1,000,000-record SQLite log of
+// 10,000 sessions, through HTTP with a signed-in operator's cookie, and
+// the same query of the store directly, alternately, in the same run. It
+// reports each one's median latency and their ratio. The goal is a median
+// of 50 ms through the console.
+func BenchmarkConsoleAuditSearch(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a 1,000,000-record log first; run without -short")
+	}
+	const n, sessions = 1_000_000, 10_000
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "audit.db"), sqlite.Options{Create: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fillSessions(b, st, n, sessions)
+	key, _, err := audit.GenerateKey("console")
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, srv := consoleOver(b, st, key)
+	client := newBrowser(b, srv)
+	client.login(viewerToken)
+	var viaConsole, direct []time.Duration
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		session := fmt.Sprintf("session-%d", (i*7)%sessions)
+		i++
+		t0 := time.Now()
+		page, err := audit.Query(ctx, st, audit.Filter{Session: session, Limit: 100})
+		if err != nil || len(page.Records) != 100 {
+			b.Fatal(len(page.Records), err)
+		}
+		direct = append(direct, time.Since(t0))
+		t0 = time.Now()
+		resp, err := client.c.Get(srv.URL + "/audit?session=" + session)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || len(body) < 10_000 {
+			b.Fatalf("%d, %d bytes", resp.StatusCode, len(body))
+		}
+		viaConsole = append(viaConsole, time.Since(t0))
+	}
+	b.StopTimer()
+	c, d := median(viaConsole), median(direct)
+	b.ReportMetric(float64(c.Microseconds())/1000, "console-p50-ms")
+	b.ReportMetric(float64(d.Microseconds())/1000, "query-p50-ms")
+	b.ReportMetric(float64(c)/float64(d), "console/query")
+}
