@@ -17,6 +17,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/console"
 	"github.com/agentsec/agentsec/mcpgate"
 )
 
@@ -204,6 +206,43 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(r)
 }
 
+// gatewaySessions shows the console a gateway's sessions, as agentsec
+// serve does.
+type gatewaySessions struct{ gw *mcpgate.Gateway }
+
+func (s gatewaySessions) List() []console.OpenSession {
+	var out []console.OpenSession
+	for _, i := range s.gw.SessionList() {
+		out = append(out, console.OpenSession{ID: i.ID, Agent: i.Agent, LastActive: i.LastActive})
+	}
+	return out
+}
+
+func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
+	return s.gw.EndSession(ctx, id)
+}
+
+// consoleWithGateway is newConsole with an MCP gateway on the same stack
+// in front of a server of two tools, whose sessions the console shows;
+// it returns the console, and an MCP session of agent bot.
+func consoleWithGateway(t *testing.T) (*agentsec.Stack, *httptest.Server, *mcp.ClientSession) {
+	t.Helper()
+	stack, _ := newConsole(t)
+	gw := &mcpgate.Gateway{Stack: stack, Agents: []mcpgate.Credential{{TokenSHA256: sha256Of("ags_bot"), Agent: "bot"}}}
+	t.Cleanup(func() { gw.Close() })
+	endpoint := gatewayFront(t, gw)
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators, Sessions: gatewaySessions{gw}}))
+	t.Cleanup(srv.Close)
+	client := mcp.NewClient(&mcp.Implementation{Name: "bot", Version: "1"}, nil)
+	cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: endpoint,
+		HTTPClient: &http.Client{Transport: bearer{"ags_bot"}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return stack, srv, cs
+}
+
 // In a real Chromium: an operator signs in with a token; a call denied
 // through the MCP endpoint is in the live view within a second, with its
 // reason; an admin raises the agent's level and its next call is allowed,
@@ -211,18 +250,8 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // page reports a JavaScript error.
 func TestConsoleInChromium(t *testing.T) {
 	exe := chromium(t)
-	stack, srv := newConsole(t)
-	gw := &mcpgate.Gateway{Stack: stack, Agents: []mcpgate.Credential{{TokenSHA256: sha256Of("ags_bot"), Agent: "bot"}}}
-	t.Cleanup(func() { gw.Close() })
-	endpoint := gatewayFront(t, gw)
-	client := mcp.NewClient(&mcp.Implementation{Name: "bot", Version: "1"}, nil)
+	_, srv, cs := consoleWithGateway(t)
 	ctx := context.Background()
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint,
-		HTTPClient: &http.Client{Transport: bearer{"ags_bot"}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
 
 	browser := startChromium(t, exe)
 
@@ -276,6 +305,11 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("the change's record page does not name the admin and the reason:\n%s", detail)
 	}
 	admin.screenshot("record")
+	admin.do(chromedp.Navigate(srv.URL+"/sessions"), chromedp.WaitVisible(css(`#sessions`)))
+	if row := value(admin, chromedp.Text(css(`#sessions tbody`))); !strings.Contains(row, cs.ID()) || !strings.Contains(row, "1 of 1000") {
+		t.Errorf("the sessions page: %q, want bot's session with its one allowed call", row)
+	}
+	admin.screenshot("sessions")
 
 	// A viewer, in a browser context of its own, sees no controls.
 	viewer := newTab(t, browser)

@@ -45,6 +45,10 @@ type Config struct {
 	// token. Without it nobody is an operator: the console and /reload
 	// let no one in.
 	Operator func(sum [32]byte) (id string, admin, ok bool)
+	// Sessions, if set, are the gateway's MCP sessions, for the sessions
+	// page: a gateway's open sessions, their budgets, and, for an admin,
+	// a way to end one.
+	Sessions Sessions
 	// CheckpointCopies says where the log's checkpoints are copied, away
 	// from it, for the integrity page; empty for nowhere.
 	CheckpointCopies string

@@ -67,7 +67,7 @@ type uiSession struct {
 func newUI(cfg Config) *ui {
 	u := &ui{cfg: cfg, pages: map[string]*template.Template{}, sessions: map[string]uiSession{},
 		tail: newTailer(cfg.Stack.Audit.Store())}
-	for _, page := range []string{"login", "live", "audit", "record", "agents", "integrity"} {
+	for _, page := range []string{"login", "live", "audit", "record", "agents", "integrity", "sessions"} {
 		u.pages[page] = template.Must(template.ParseFS(assets, "assets/layout.html", "assets/"+page+".html"))
 	}
 	return u
@@ -98,8 +98,12 @@ func (u *ui) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /audit", u.signedIn(u.auditPage))
 	mux.HandleFunc("GET /audit/records/{seq}", u.signedIn(u.recordPage))
 	mux.HandleFunc("GET /agents", u.signedIn(u.agentsPage))
-	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin(u.assign)))
-	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin(u.revoke)))
+	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin("agents", u.assign)))
+	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin("agents", u.revoke)))
+	if u.cfg.Sessions != nil {
+		mux.HandleFunc("GET /sessions", u.signedIn(u.sessionsPage))
+		mux.HandleFunc("POST /sessions/end", u.signedIn(u.admin("sessions", u.endSession)))
+	}
 	mux.HandleFunc("GET /integrity", u.signedIn(u.integrityPage))
 	mux.HandleFunc("POST /integrity/verify", u.signedIn(u.startVerify))
 	mux.HandleFunc("GET /integrity/status", u.signedIn(u.verifyStatus))
@@ -135,10 +139,13 @@ type view struct {
 	Assignments  []assignmentRow
 	Integrity    *integrityView
 	Verification *verificationView
+	Sessions     []sessionRow
+	HasSessions  bool // the sessions page is served
 }
 
 // render writes a page.
 func (u *ui) render(w http.ResponseWriter, status int, page string, v *view) {
+	v.HasSessions = u.cfg.Sessions != nil
 	securityHeaders(w.Header())
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
@@ -184,16 +191,23 @@ func (u *ui) signedIn(h func(http.ResponseWriter, *http.Request, *operator)) htt
 	}
 }
 
-// admin serves h to an admin; a viewer gets 403. It reads the form, whose
-// size it bounds.
-func (u *ui) admin(h func(http.ResponseWriter, *http.Request, *operator)) func(http.ResponseWriter, *http.Request, *operator) {
+// admin serves h to an admin; a viewer gets page with 403. It reads the
+// form, whose size it bounds.
+func (u *ui) admin(page string, h func(http.ResponseWriter, *http.Request, *operator)) func(http.ResponseWriter, *http.Request, *operator) {
 	return func(w http.ResponseWriter, r *http.Request, op *operator) {
+		refuse := func(status int, msg string) {
+			if page == "sessions" {
+				u.render(w, status, page, u.sessionsView(r, op, msg, ""))
+			} else {
+				u.render(w, status, page, u.agentsView(op, msg, ""))
+			}
+		}
 		if !op.Admin {
-			u.render(w, http.StatusForbidden, "agents", u.agentsView(op, "operator "+op.ID+" is a viewer: changes need the admin role", ""))
+			refuse(http.StatusForbidden, "operator "+op.ID+" is a viewer: changes need the admin role")
 			return
 		}
 		if !readForm(w, r) {
-			u.render(w, http.StatusRequestEntityTooLarge, "agents", u.agentsView(op, "the form is malformed or larger than 64 KiB", ""))
+			refuse(http.StatusRequestEntityTooLarge, "the form is malformed or larger than 64 KiB")
 			return
 		}
 		h(w, r, op)

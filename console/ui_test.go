@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/console"
@@ -401,5 +403,53 @@ func TestConsoleIntegrity(t *testing.T) {
 	_, page = tb.do("GET", "/integrity", nil)
 	if !strings.Contains(page, `href="/audit/records/`+strconv.FormatUint(bad, 10)+`"`) {
 		t.Errorf("the page does not link the first bad record:\n%s", page)
+	}
+}
+
+// The sessions page shows a gateway's sessions with their budgets; an
+// admin ends one — recorded first, with the admin's id and reason — and
+// its client can't use it again; a viewer can't.
+func TestConsoleSessions(t *testing.T) {
+	stack, srv, cs := consoleWithGateway(t)
+	ctx := context.Background()
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "read"}); err != nil {
+		t.Fatal(err)
+	}
+	viewer := newBrowser(t, srv)
+	viewer.login(viewerToken)
+	_, page := viewer.do("GET", "/sessions", nil)
+	if !strings.Contains(page, cs.ID()) || !strings.Contains(page, "1 of 1000") || strings.Contains(page, `action="/sessions/end"`) {
+		t.Errorf("the viewer's sessions page:\n%s", page)
+	}
+	if resp, _ := viewer.do("POST", "/sessions/end", url.Values{"session": {cs.ID()}, "reason": {"x"}}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a viewer ending a session: %d", resp.StatusCode)
+	}
+	admin := newBrowser(t, srv)
+	admin.login(adminToken)
+	for name, tt := range map[string]struct {
+		form   url.Values
+		status int
+	}{
+		"no reason":       {url.Values{"session": {cs.ID()}}, http.StatusBadRequest},
+		"unknown session": {url.Values{"session": {"nope"}, "reason": {"x"}}, http.StatusNotFound},
+	} {
+		if resp, _ := admin.do("POST", "/sessions/end", tt.form); resp.StatusCode != tt.status {
+			t.Errorf("%s: %d, want %d", name, resp.StatusCode, tt.status)
+		}
+	}
+	resp, _ := admin.do("POST", "/sessions/end", url.Values{"session": {cs.ID()}, "reason": {"runaway loop"}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("ending the session: %d", resp.StatusCode)
+	}
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "read"}); err == nil {
+		t.Error("the ended session still calls tools")
+	}
+	page2, err := stack.Audit.Query(ctx, audit.Filter{Event: console.EventSessionEnd})
+	if err != nil || len(page2.Records) != 1 || page2.Records[0].Session != cs.ID() ||
+		page2.Records[0].Attrs["operator"] != "root" || page2.Records[0].Reason != "runaway loop" {
+		t.Errorf("session.end records: %+v %v", page2.Records, err)
+	}
+	if _, page = admin.do("GET", "/sessions", nil); strings.Contains(page, cs.ID()) {
+		t.Error("the ended session is still listed")
 	}
 }

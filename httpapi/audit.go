@@ -53,7 +53,7 @@ type eventRequest struct {
 
 // reservedEvents are the prefixes of the events agentsec records itself,
 // in any case: a caller's event can't pass for one of its decisions.
-var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec.", "config.", "agent.", "operator."}
+var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec.", "config.", "agent.", "operator.", "session."}
 
 // serverAttrs are the attributes agentsec sets on records itself: a
 // caller's can't pass for them.

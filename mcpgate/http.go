@@ -94,6 +94,60 @@ type Gateway struct {
 	setAgents atomic.Pointer[[]Credential]
 }
 
+// A SessionInfo describes a session the gateway holds open.
+type SessionInfo struct {
+	// ID is the session's Mcp-Session-Id, which is also its budget
+	// session.
+	ID    string
+	Agent string
+	// LastActive is when a request last touched it.
+	LastActive time.Time
+}
+
+// SessionList returns the sessions this gateway holds open — not those
+// other replicas hold — sorted by agent, then id.
+func (g *Gateway) SessionList() []SessionInfo {
+	g.mu.Lock()
+	out := make([]SessionInfo, 0, len(g.sessions))
+	held := make([]*httpSession, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		held = append(held, s)
+	}
+	g.mu.Unlock()
+	for _, s := range held {
+		s.mu.Lock()
+		out = append(out, SessionInfo{ID: s.id, Agent: s.agent, LastActive: s.lastActive})
+		s.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int {
+		if a.Agent != b.Agent {
+			return strings.Compare(a.Agent, b.Agent)
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+// EndSession ends a session this gateway holds, as its client's DELETE
+// would: here, and in the SessionStore, so that no replica serves it
+// again. It reports false, and does nothing, for a session it does not
+// hold.
+func (g *Gateway) EndSession(ctx context.Context, id string) (bool, error) {
+	g.mu.Lock()
+	s := g.sessions[id]
+	g.mu.Unlock()
+	if s == nil {
+		return false, nil
+	}
+	g.endSession(id)
+	if g.Sessions != nil {
+		if err := g.Sessions.DeleteSession(ctx, id); err != nil {
+			return true, fmt.Errorf("the session ended here, but the other replicas could not be told: %w", err)
+		}
+	}
+	return true, nil
+}
+
 // OpenSessions returns how many sessions the gateway holds open.
 func (g *Gateway) OpenSessions() int {
 	g.mu.Lock()

@@ -130,8 +130,12 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	// request's body themselves (request_body_timeout), and the listener
 	// the connections.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: headerTimeout, IdleTimeout: idle, MaxHeaderBytes: maxHeaderBytes}
-	admin, err := startAdmin(cfg, console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger,
-		CheckpointCopies: cfg.Path(cfg.Audit.CheckpointFile)})
+	cc := console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger,
+		CheckpointCopies: cfg.Path(cfg.Audit.CheckpointFile)}
+	if gw != nil {
+		cc.Sessions = gatewaySessions{gw}
+	}
+	admin, err := startAdmin(cfg, cc)
 	if err != nil {
 		ln.Close()
 		return err
@@ -302,4 +306,19 @@ func gatewayFor(cfg *config.Config, file string, agents []httpapi.Credential) (*
 	ip := net.ParseIP(host)
 	gw.LocalOnly = host == "localhost" || (ip != nil && ip.IsLoopback())
 	return gw, nil
+}
+
+// gatewaySessions shows the console the gateway's sessions.
+type gatewaySessions struct{ gw *mcpgate.Gateway }
+
+func (s gatewaySessions) List() []console.OpenSession {
+	var out []console.OpenSession
+	for _, i := range s.gw.SessionList() {
+		out = append(out, console.OpenSession{ID: i.ID, Agent: i.Agent, LastActive: i.LastActive})
+	}
+	return out
+}
+
+func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
+	return s.gw.EndSession(ctx, id)
 }

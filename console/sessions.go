@@ -1,0 +1,87 @@
+package console
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// An OpenSession is an MCP session a gateway holds open.
+type OpenSession struct {
+	ID, Agent  string
+	LastActive time.Time
+}
+
+// Sessions is the gateway's side of the sessions page.
+type Sessions interface {
+	// List returns the sessions this process holds open.
+	List() []OpenSession
+	// End ends one, and reports false for one it does not hold.
+	End(ctx context.Context, id string) (bool, error)
+}
+
+// EventSessionEnd records an operator ending a session.
+const EventSessionEnd = "session.end"
+
+// sessionRow is a session as the page shows it.
+type sessionRow struct {
+	ID, Agent, LastActive, Calls, Tokens string
+}
+
+func (u *ui) sessionsView(r *http.Request, op *operator, errMsg, notice string) *view {
+	v := &view{Title: "Sessions", Page: "sessions", Operator: op, Error: errMsg, Notice: notice}
+	for _, s := range u.cfg.Sessions.List() {
+		row := sessionRow{ID: s.ID, Agent: s.Agent, LastActive: time.Since(s.LastActive).Round(time.Second).String() + " ago"}
+		st, err := u.cfg.Stack.Budget.CheckBudget(r.Context(), s.ID)
+		if err != nil {
+			row.Calls, row.Tokens = "unknown: "+oneLine(err.Error()), ""
+		} else {
+			row.Calls = fmt.Sprintf("%d of %d", st.Used.Calls, st.Limits.Calls)
+			row.Tokens = fmt.Sprintf("%d of %d", st.Used.Tokens, st.Limits.Tokens)
+		}
+		v.Sessions = append(v.Sessions, row)
+	}
+	return v
+}
+
+func (u *ui) sessionsPage(w http.ResponseWriter, r *http.Request, op *operator) {
+	u.render(w, http.StatusOK, "sessions", u.sessionsView(r, op, "", r.URL.Query().Get("done")))
+}
+
+// endSession ends a session for an admin: recorded first, with the
+// admin's id and reason; if the record can't be written, the session goes
+// on.
+func (u *ui) endSession(w http.ResponseWriter, r *http.Request, op *operator) {
+	id, reason := r.PostForm.Get("session"), strings.TrimSpace(r.PostForm.Get("reason"))
+	if msg := checkChangeForm(id, reason); msg != "" {
+		u.render(w, http.StatusBadRequest, "sessions", u.sessionsView(r, op, strings.Replace(msg, "name the agent", "name the session", 1), ""))
+		return
+	}
+	var agent string
+	for _, s := range u.cfg.Sessions.List() {
+		if s.ID == id {
+			agent = s.Agent
+		}
+	}
+	if agent == "" {
+		u.render(w, http.StatusNotFound, "sessions", u.sessionsView(r, op, "no session "+strconv.Quote(id)+" is open here", ""))
+		return
+	}
+	rec, err := u.cfg.Stack.Audit.Log(r.Context(), audit.Record{Event: EventSessionEnd, Agent: agent, Session: id, Reason: reason,
+		Attrs: map[string]string{"operator": op.ID, "source": "console"}})
+	if err != nil {
+		u.render(w, http.StatusServiceUnavailable, "sessions", u.sessionsView(r, op, "the change could not be recorded, so the session goes on: "+oneLine(err.Error()), ""))
+		return
+	}
+	if _, err := u.cfg.Sessions.End(r.Context(), id); err != nil {
+		u.render(w, http.StatusServiceUnavailable, "sessions", u.sessionsView(r, op, oneLine(err.Error()), ""))
+		return
+	}
+	http.Redirect(w, r, "/sessions?done="+url.QueryEscape("session "+id+" of agent "+agent+" ended, recorded as record "+strconv.FormatUint(rec.Seq, 10)), http.StatusSeeOther)
+}
