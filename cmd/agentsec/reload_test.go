@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -243,5 +245,45 @@ func TestServeReload(t *testing.T) {
 	}
 	if tokens := s.records("agent.token"); len(tokens) != 1 || tokens[0].Agent != "newbot" || tokens[0].Attrs["change"] != "added" {
 		t.Errorf("agent.token records: %+v", tokens)
+	}
+}
+
+// serve's admin listener serves the console to its operators: a token
+// signs in, and the pages answer with the console's protections.
+func TestServeConsole(t *testing.T) {
+	s := serveConfig(t, reloadConfig("privileged", ""))
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.PostForm(s.admin+"/login", url.Values{"token": {reloadAuditorToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "ada (viewer)") {
+		t.Fatalf("signing in on the admin listener: %d %s", resp.StatusCode, body)
+	}
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+		t.Errorf("CSP %q", csp)
+	}
+	for _, path := range []string{"/audit?event=trust.assign", "/agents", "/integrity"} {
+		resp, err := c.Get(s.admin + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "ada (viewer)") {
+			t.Errorf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	// Operators only: an agent's token does not sign in.
+	resp, err = http.PostForm(s.admin+"/login", url.Values{"token": {reloadBotToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("an agent's token signing in: %d", resp.StatusCode)
 	}
 }
