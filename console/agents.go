@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/trust"
@@ -106,6 +107,8 @@ func checkChangeForm(agent, reason string) string {
 		return "say why: the reason goes into the audit log"
 	case len(reason) > 1024:
 		return "the reason is longer than 1024 bytes"
+	case !utf8.ValidString(reason):
+		return "the reason is not valid UTF-8"
 	}
 	return ""
 }

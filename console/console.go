@@ -102,7 +102,13 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Operator != nil {
 		newUI(cfg).routes(mux)
 	}
-	return http.NewCrossOriginProtection().Handler(mux)
+	// Every answer carries the console's security headers, the mux's own
+	// redirects and 404s too.
+	withHeaders := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		securityHeaders(w.Header())
+		mux.ServeHTTP(w, r)
+	})
+	return http.NewCrossOriginProtection().Handler(withHeaders)
 }
 
 // readiness runs the checks and reports each, and whether all passed.
