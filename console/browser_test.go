@@ -222,6 +222,19 @@ func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
 	return s.gw.EndSession(ctx, id)
 }
 
+// gatewayUpstreams shows the console a gateway's upstreams.
+type gatewayUpstreams struct{ gw *mcpgate.Gateway }
+
+func (u gatewayUpstreams) Names() []string {
+	var names []string
+	for _, up := range u.gw.Upstreams {
+		names = append(names, up.Name)
+	}
+	return names
+}
+
+func (u gatewayUpstreams) Tools() map[string][]string { return u.gw.ListedTools() }
+
 // consoleWithGateway is newConsole with an MCP gateway on the same stack
 // in front of a server of two tools, whose sessions the console shows;
 // it returns the console, and an MCP session of agent bot.
@@ -231,7 +244,10 @@ func consoleWithGateway(t *testing.T) (*agentsec.Stack, *httptest.Server, *mcp.C
 	gw := &mcpgate.Gateway{Stack: stack, Agents: []mcpgate.Credential{{TokenSHA256: sha256Of("ags_bot"), Agent: "bot"}}}
 	t.Cleanup(func() { gw.Close() })
 	endpoint := gatewayFront(t, gw)
-	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators, Sessions: gatewaySessions{gw}}))
+	metrics := console.NewMetrics()
+	gw.Observer = metrics
+	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators, Metrics: metrics,
+		Sessions: gatewaySessions{gw}, Upstreams: gatewayUpstreams{gw}}))
 	t.Cleanup(srv.Close)
 	client := mcp.NewClient(&mcp.Implementation{Name: "bot", Version: "1"}, nil)
 	cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: endpoint,
@@ -310,6 +326,16 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("the sessions page: %q, want bot's session with its one allowed call", row)
 	}
 	admin.screenshot("sessions")
+	// The upstream is up; of its tools, bot may call both now.
+	if _, err := cs.ListTools(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	admin.do(chromedp.Navigate(srv.URL+"/upstreams"), chromedp.WaitVisible(css(`#upstream-tools`)))
+	if up := value(admin, chromedp.Text(css(`#upstream-tools`))); !strings.Contains(up, "tools up") ||
+		!strings.Contains(up, "deploy\tprivileged\tbot") || !strings.Contains(up, "read\tpublic\tbot") {
+		t.Errorf("the upstreams page: %q", up)
+	}
+	admin.screenshot("upstreams")
 
 	// A viewer, in a browser context of its own, sees no controls.
 	viewer := newTab(t, browser)

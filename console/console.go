@@ -49,6 +49,10 @@ type Config struct {
 	// page: a gateway's open sessions, their budgets, and, for an admin,
 	// a way to end one.
 	Sessions Sessions
+	// Upstreams, if set, are the gateway's upstreams, for the upstreams
+	// page: whether each is up (from Metrics), the tools each listed, and
+	// which agents may call them.
+	Upstreams Upstreams
 	// CheckpointCopies says where the log's checkpoints are copied, away
 	// from it, for the integrity page; empty for nowhere.
 	CheckpointCopies string

@@ -67,7 +67,7 @@ type uiSession struct {
 func newUI(cfg Config) *ui {
 	u := &ui{cfg: cfg, pages: map[string]*template.Template{}, sessions: map[string]uiSession{},
 		tail: newTailer(cfg.Stack.Audit.Store())}
-	for _, page := range []string{"login", "live", "audit", "record", "agents", "integrity", "sessions"} {
+	for _, page := range []string{"login", "live", "audit", "record", "agents", "integrity", "sessions", "upstreams"} {
 		u.pages[page] = template.Must(template.ParseFS(assets, "assets/layout.html", "assets/"+page+".html"))
 	}
 	return u
@@ -103,6 +103,9 @@ func (u *ui) routes(mux *http.ServeMux) {
 	if u.cfg.Sessions != nil {
 		mux.HandleFunc("GET /sessions", u.signedIn(u.sessionsPage))
 		mux.HandleFunc("POST /sessions/end", u.signedIn(u.admin("sessions", u.endSession)))
+	}
+	if u.cfg.Upstreams != nil {
+		mux.HandleFunc("GET /upstreams", u.signedIn(u.upstreamsPage))
 	}
 	mux.HandleFunc("GET /integrity", u.signedIn(u.integrityPage))
 	mux.HandleFunc("POST /integrity/verify", u.signedIn(u.startVerify))
@@ -140,12 +143,14 @@ type view struct {
 	Integrity    *integrityView
 	Verification *verificationView
 	Sessions     []sessionRow
+	Upstreams    []upstreamRow
 	HasSessions  bool // the sessions page is served
+	HasUpstreams bool // the upstreams page is served
 }
 
 // render writes a page.
 func (u *ui) render(w http.ResponseWriter, status int, page string, v *view) {
-	v.HasSessions = u.cfg.Sessions != nil
+	v.HasSessions, v.HasUpstreams = u.cfg.Sessions != nil, u.cfg.Upstreams != nil
 	securityHeaders(w.Header())
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)

@@ -90,6 +90,8 @@ type Gateway struct {
 	stop     chan struct{}
 	closed   bool
 	running  sync.WaitGroup // sessions' routers, until their upstreams are closed
+	// listed are the tools the upstreams listed, in any session.
+	listed listedTools
 	// setAgents, once SetAgents is called, replaces Agents.
 	setAgents atomic.Pointer[[]Credential]
 }
@@ -147,6 +149,11 @@ func (g *Gateway) EndSession(ctx context.Context, id string) (bool, error) {
 	}
 	return true, nil
 }
+
+// ListedTools returns the tools each upstream has listed, in any session
+// of this gateway — by the names the trust gate judges, sorted — at most
+// 1,000 for each.
+func (g *Gateway) ListedTools() map[string][]string { return g.listed.all() }
 
 // OpenSessions returns how many sessions the gateway holds open.
 func (g *Gateway) OpenSessions() int {
@@ -463,7 +470,8 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	g.running.Add(1)
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
-		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, agent)}
+		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, agent),
+		onListed: g.listed.add}
 	r, err := p.router(ctx, s)
 	if err != nil {
 		g.endSession(s.id)

@@ -245,6 +245,9 @@ func (r *router) listItems(resp *jsonrpc.Response, kind listKind, u *upstreamCon
 			name = u.Name + Separator + name
 			item["name"], _ = json.Marshal(name)
 		}
+		if kind.governed && r.p.onListed != nil {
+			r.p.onListed(u.Name, name)
+		}
 		if kind.governed && !r.mayCall(name) {
 			continue
 		}

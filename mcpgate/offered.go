@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -148,4 +150,41 @@ func toolsChanged(u *upstreamConn, req *jsonrpc.Request) {
 	if req.Method == "notifications/tools/list_changed" {
 		u.tools.changed()
 	}
+}
+
+// maxListedTools bounds the names a Gateway remembers of one upstream's
+// listings, for its operators.
+const maxListedTools = 1000
+
+// listedTools are the tools upstreams listed, in every session: what the
+// operators' console shows of them.
+type listedTools struct {
+	mu    sync.Mutex
+	names map[string]map[string]bool // by upstream
+}
+
+func (l *listedTools) add(upstream, tool string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.names == nil {
+		l.names = map[string]map[string]bool{}
+	}
+	set := l.names[upstream]
+	if set == nil {
+		set = map[string]bool{}
+		l.names[upstream] = set
+	}
+	if len(set) < maxListedTools {
+		set[tool] = true
+	}
+}
+
+func (l *listedTools) all() map[string][]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string][]string, len(l.names))
+	for u, set := range l.names {
+		out[u] = slices.Sorted(maps.Keys(set))
+	}
+	return out
 }

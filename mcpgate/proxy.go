@@ -68,6 +68,9 @@ type Proxy struct {
 	// onInitialized, if set, must succeed before the client learns its
 	// session is initialized: a Gateway's replicas record the session.
 	onInitialized func(context.Context, json.RawMessage) error
+	// onListed, if set, is told of each tool an upstream lists, by the
+	// name the trust gate judges.
+	onListed func(upstream, tool string)
 }
 
 // JSON-RPC error codes of the gateway's own replies.

@@ -133,7 +133,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	cc := console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger,
 		CheckpointCopies: cfg.Path(cfg.Audit.CheckpointFile)}
 	if gw != nil {
-		cc.Sessions = gatewaySessions{gw}
+		cc.Sessions, cc.Upstreams = gatewaySessions{gw}, gatewayUpstreams{gw}
 	}
 	admin, err := startAdmin(cfg, cc)
 	if err != nil {
@@ -322,3 +322,16 @@ func (s gatewaySessions) List() []console.OpenSession {
 func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
 	return s.gw.EndSession(ctx, id)
 }
+
+// gatewayUpstreams shows the console the gateway's upstreams.
+type gatewayUpstreams struct{ gw *mcpgate.Gateway }
+
+func (u gatewayUpstreams) Names() []string {
+	names := make([]string, len(u.gw.Upstreams))
+	for i, up := range u.gw.Upstreams {
+		names[i] = up.Name
+	}
+	return names
+}
+
+func (u gatewayUpstreams) Tools() map[string][]string { return u.gw.ListedTools() }
