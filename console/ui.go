@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
+	"errors"
 	"html/template"
 	"io/fs"
 	"net"
@@ -211,18 +212,27 @@ func (u *ui) admin(page string, h func(http.ResponseWriter, *http.Request, *oper
 			refuse(http.StatusForbidden, "operator "+op.ID+" is a viewer: changes need the admin role")
 			return
 		}
-		if !readForm(w, r) {
-			refuse(http.StatusRequestEntityTooLarge, "the form is malformed or larger than 64 KiB")
+		if status, msg := readForm(w, r); status != 0 {
+			refuse(status, msg)
 			return
 		}
 		h(w, r, op)
 	}
 }
 
-// readForm parses a POST's form, bounded; false if it can't.
-func readForm(w http.ResponseWriter, r *http.Request) bool {
+// readForm parses a POST's form, bounded; if it can't, it returns the
+// status and message to refuse it with.
+func readForm(w http.ResponseWriter, r *http.Request) (int, string) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	return r.ParseForm() == nil
+	err := r.ParseForm()
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, "the form is larger than 64 KiB"
+	case err != nil:
+		return http.StatusBadRequest, "the form is malformed: " + oneLine(err.Error())
+	}
+	return 0, ""
 }
 
 func (u *ui) loginPage(w http.ResponseWriter, r *http.Request) {
@@ -234,8 +244,8 @@ func (u *ui) loginPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (u *ui) login(w http.ResponseWriter, r *http.Request) {
-	if !readForm(w, r) {
-		u.render(w, http.StatusRequestEntityTooLarge, "login", &view{Title: "Sign in", Error: "the form is malformed or larger than 64 KiB"})
+	if status, msg := readForm(w, r); status != 0 {
+		u.render(w, status, "login", &view{Title: "Sign in", Error: msg})
 		return
 	}
 	token := r.PostForm.Get("token")

@@ -202,6 +202,11 @@ func TestConsoleChangesRefused(t *testing.T) {
 			t.Errorf("%s: %d, want %d: %.300s", name, resp.StatusCode, tt.status, body)
 		}
 	}
+	if resp, err := admin.c.Post(srv.URL+"/agents/assign", "application/x-www-form-urlencoded", strings.NewReader("agent=%zz&level=privileged")); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a malformed form: %v %v", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
 	if resp, _ := admin.do("POST", "/agents/revoke", url.Values{"agent": {"nobody"}, "reason": {"x"}}); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("revoking no assignment: %d", resp.StatusCode)
 	}
