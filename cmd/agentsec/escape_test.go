@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/export"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -81,7 +82,7 @@ func unquoteText(s string) (string, error) {
 	return strconv.Unquote(`"` + strings.ReplaceAll(s, `"`, `\"`) + `"`)
 }
 
-// unescapeCEF undoes cefHeader (sep '|') or cefValue (sep '='), and
+// unescapeCEF undoes export.CEFHeader (sep '|') or export.CEFValue (sep '='), and
 // fails on an unescaped sep.
 func unescapeCEF(s string, sep byte) (string, error) {
 	var b strings.Builder
@@ -102,7 +103,7 @@ func unescapeCEF(s string, sep byte) (string, error) {
 	return unquoteText(b.String())
 }
 
-// uncsv undoes csvText.
+// uncsv undoes export.CSVText.
 func uncsv(s string) (string, error) {
 	return unquoteText(strings.TrimPrefix(s, "'"))
 }
@@ -143,26 +144,6 @@ func TestOneLine(t *testing.T) {
 	} {
 		if got := oneLine(tt.in); got != tt.want {
 			t.Errorf("oneLine(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestCSVText(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"", ""},
-		{"plain", "plain"},
-		{"=1+2", "'=1+2"},
-		{"+1", "'+1"},
-		{"-1", "'-1"},
-		{"@SUM(A1)", "'@SUM(A1)"},
-		{"'already", "''already"},
-		{"\t=tab", `\t=tab`},
-		{"\r=cr", `\r=cr`},
-		{"a=b", "a=b"},
-		{"=\x1b[2J", `'=\x1b[2J`},
-	} {
-		if got := csvText(tt.in); got != tt.want {
-			t.Errorf("csvText(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -275,10 +256,10 @@ func TestHostileRecordsEscaped(t *testing.T) {
 			for col, want := range map[int]string{2: r.Namespace, 3: r.Event, 4: r.Agent, 5: r.Session, 6: r.Tool,
 				7: r.Scope, 8: string(r.Outcome), 9: r.Reason, 10: r.RequiredLevel, 11: r.AssignedLevel} {
 				if row[col] != "" && strings.ContainsRune("=+-@\t\r", rune(row[col][0])) {
-					t.Errorf("row %d: %s %q starts a formula", i, csvHeader[col], row[col])
+					t.Errorf("row %d: %s %q starts a formula", i, export.CSVHeader[col], row[col])
 				}
 				if got, err := uncsv(row[col]); err != nil || got != want {
-					t.Errorf("row %d: %s %q reads back as %q (%v), want %q", i, csvHeader[col], row[col], got, err, want)
+					t.Errorf("row %d: %s %q reads back as %q (%v), want %q", i, export.CSVHeader[col], row[col], got, err, want)
 				}
 			}
 			var attrs map[string]string
@@ -329,7 +310,7 @@ func TestHostileRecordsEscaped(t *testing.T) {
 					}
 				}
 			}
-			if want := " suser=" + cefValue(recs[i].Agent) + " "; !strings.Contains(ext, want) {
+			if want := " suser=" + export.CEFValue(recs[i].Agent) + " "; !strings.Contains(ext, want) {
 				t.Errorf("line %d lacks %q: %s", i, want, ext)
 			}
 		}
@@ -390,20 +371,20 @@ func FuzzEscape(f *testing.F) {
 			t.Errorf("escapeText(%q) = %q, which reads back as %q (%v)", s, text, got, err)
 		}
 
-		cell := csvText(s)
-		checkShown(t, "csvText", cell, false)
+		cell := export.CSVText(s)
+		checkShown(t, "CSVText", cell, false)
 		if cell != "" && strings.ContainsRune("=+-@\t\r", rune(cell[0])) {
-			t.Errorf("csvText(%q) = %q starts a formula", s, cell)
+			t.Errorf("export.CSVText(%q) = %q starts a formula", s, cell)
 		}
 		if got, err := uncsv(cell); err != nil || got != s {
-			t.Errorf("csvText(%q) = %q, which reads back as %q (%v)", s, cell, got, err)
+			t.Errorf("export.CSVText(%q) = %q, which reads back as %q (%v)", s, cell, got, err)
 		}
 
 		for _, c := range []struct {
 			name string
 			out  string
 			sep  byte
-		}{{"cefHeader", cefHeader(s), '|'}, {"cefValue", cefValue(s), '='}} {
+		}{{"CEFHeader", export.CEFHeader(s), '|'}, {"CEFValue", export.CEFValue(s), '='}} {
 			checkShown(t, c.name, c.out, false)
 			if got, err := unescapeCEF(c.out, c.sep); err != nil || got != s {
 				t.Errorf("%s(%q) = %q, which reads back as %q (%v)", c.name, s, c.out, got, err)

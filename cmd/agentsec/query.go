@@ -137,7 +137,7 @@ func writeTable(w io.Writer, records []audit.Record) error {
 	return tw.Flush()
 }
 
-// cell returns s for a table: escaped as escapeText does, "-" if empty.
+// cell returns s for a table: escaped as textsafe.Escape does, "-" if empty.
 func cell(s string) string {
 	if s == "" {
 		return "-"
