@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bufio"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/export"
 )
 
 // auditPageSize is how many records a page of the audit search shows.
@@ -35,12 +37,8 @@ func parseFormTime(s string) (time.Time, error) {
 // searchFields are the audit search's form fields.
 var searchFields = []string{"since", "until", "agent", "session", "tool", "event", "outcome"}
 
-func (u *ui) auditPage(w http.ResponseWriter, r *http.Request, op *operator) {
-	q := r.URL.Query()
-	v := &view{Title: "Audit search", Page: "audit", Operator: op, Form: map[string]string{}}
-	for _, k := range searchFields {
-		v.Form[k] = q.Get(k)
-	}
+// searchFilter reads the audit search's filter from a query.
+func searchFilter(q url.Values) (audit.Filter, error) {
 	f := audit.Filter{Agent: q.Get("agent"), Session: q.Get("session"), Tool: q.Get("tool"), Event: q.Get("event"),
 		Outcome: audit.Outcome(q.Get("outcome")), Cursor: q.Get("cursor"), Limit: auditPageSize}
 	var err error
@@ -52,6 +50,27 @@ func (u *ui) auditPage(w http.ResponseWriter, r *http.Request, op *operator) {
 			*t.into, err = parseFormTime(s)
 		}
 	}
+	return f, err
+}
+
+// searchQuery returns the search's fields of q, for links.
+func searchQuery(q url.Values) url.Values {
+	out := url.Values{}
+	for _, k := range searchFields {
+		if s := q.Get(k); s != "" {
+			out.Set(k, s)
+		}
+	}
+	return out
+}
+
+func (u *ui) auditPage(w http.ResponseWriter, r *http.Request, op *operator) {
+	q := r.URL.Query()
+	v := &view{Title: "Audit search", Page: "audit", Operator: op, Form: map[string]string{}}
+	for _, k := range searchFields {
+		v.Form[k] = q.Get(k)
+	}
+	f, err := searchFilter(q)
 	var page audit.Page
 	if err == nil {
 		page, err = audit.Query(r.Context(), u.cfg.Stack.Audit.Store(), f)
@@ -70,16 +89,79 @@ func (u *ui) auditPage(w http.ResponseWriter, r *http.Request, op *operator) {
 		v.Records = append(v.Records, rowOf(&page.Records[i]))
 	}
 	if page.Next != "" {
-		next := url.Values{}
-		for _, k := range searchFields {
-			if s := q.Get(k); s != "" {
-				next.Set(k, s)
-			}
-		}
+		next := searchQuery(q)
 		next.Set("cursor", page.Next)
 		v.Next = "/audit?" + next.Encode()
 	}
+	for format, into := range map[export.Format]*string{export.CSV: &v.ExportCSV, export.JSONLines: &v.ExportJSONL} {
+		link := searchQuery(q)
+		link.Set("format", string(format))
+		*into = "/audit/export?" + link.Encode()
+	}
 	u.render(w, http.StatusOK, "audit", v)
+}
+
+// exportTypes are the console's export formats and their media types.
+var exportTypes = map[export.Format]string{
+	export.JSONLines: "application/jsonl; charset=utf-8",
+	export.CSV:       "text/csv; charset=utf-8",
+}
+
+// exportRecords sends every record the search matches — not a page — as
+// CSV or JSON lines (each record's stored bytes and leaf hash), as a
+// download.
+func (u *ui) exportRecords(w http.ResponseWriter, r *http.Request, _ *operator) {
+	q := r.URL.Query()
+	format := export.Format(q.Get("format"))
+	mediaType, ok := exportTypes[format]
+	if !ok {
+		plain(w, http.StatusBadRequest, "format must be csv or jsonl")
+		return
+	}
+	f, err := searchFilter(q)
+	if err != nil {
+		plain(w, http.StatusBadRequest, "the search is malformed: "+oneLine(err.Error()))
+		return
+	}
+	f.Cursor = ""
+	out := &startedWriter{w: w, header: func() {
+		w.Header().Set("Content-Type", mediaType)
+		w.Header().Set("Content-Disposition", `attachment; filename="agentsec-audit.`+string(format)+`"`)
+	}}
+	bw := bufio.NewWriterSize(out, 64<<10)
+	enc, _ := export.NewWriter(bw, format, "console")
+	_, err = export.Records(r.Context(), u.cfg.Stack.Audit.Store(), f, enc)
+	if err == nil {
+		err = bw.Flush()
+	}
+	switch {
+	case err == nil:
+	case !out.started && errors.Is(err, audit.ErrInvalidFilter):
+		plain(w, http.StatusBadRequest, "the search is malformed: "+oneLine(strings.TrimPrefix(err.Error(), "audit: ")))
+	case !out.started:
+		plain(w, http.StatusServiceUnavailable, "the audit log can't be read: "+oneLine(err.Error()))
+	default:
+		// The answer has begun: all that can be done is to cut it short,
+		// which the client sees as a broken download.
+		u.cfg.logger().Error("console: exporting records", "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// A startedWriter sets an answer's headers just before its first byte,
+// so that a failure before it can still answer with an error.
+type startedWriter struct {
+	w       http.ResponseWriter
+	header  func()
+	started bool
+}
+
+func (s *startedWriter) Write(p []byte) (int, error) {
+	if !s.started {
+		s.started = true
+		s.header()
+	}
+	return s.w.Write(p)
 }
 
 // An attr is one of a record's attributes, for the page.

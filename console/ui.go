@@ -98,6 +98,7 @@ func (u *ui) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /live/stream", u.signedIn(u.liveStream))
 	mux.HandleFunc("GET /audit", u.signedIn(u.auditPage))
 	mux.HandleFunc("GET /audit/records/{seq}", u.signedIn(u.recordPage))
+	mux.HandleFunc("GET /audit/export", u.signedIn(u.exportRecords))
 	mux.HandleFunc("GET /agents", u.signedIn(u.agentsPage))
 	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin("agents", u.assign)))
 	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin("agents", u.revoke)))
@@ -132,6 +133,8 @@ type view struct {
 	Records      []recordRow
 	Form         map[string]string
 	Next         string
+	ExportCSV    string // the search's exports
+	ExportJSONL  string
 	Record       recordRow
 	Attrs        []attr
 	Canonical    string

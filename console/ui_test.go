@@ -3,11 +3,16 @@ package console_test
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +20,7 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
@@ -456,5 +462,60 @@ func TestConsoleSessions(t *testing.T) {
 	}
 	if _, page = admin.do("GET", "/sessions", nil); strings.Contains(page, cs.ID()) {
 		t.Error("the ended session is still listed")
+	}
+}
+
+// The audit search's export: every record the search matches, as CSV or
+// JSON lines whose leaf hashes are the records' own.
+func TestConsoleExport(t *testing.T) {
+	stack, srv := newConsole(t)
+	ctx := context.Background()
+	for i := range 150 {
+		tool := "read"
+		if i%3 == 0 {
+			tool = "deploy"
+		}
+		stack.Guard(ctx, agentsec.Request{Agent: "bot", Session: "s1", Tool: tool}, func(context.Context) (int64, error) { return 1, nil })
+	}
+	b := newBrowser(t, srv)
+	b.login(viewerToken)
+	_, page := b.do("GET", "/audit?session=s1&outcome=deny", nil)
+	link := regexp.MustCompile(`id="export-csv" href="([^"]+)"`).FindStringSubmatch(page)
+	if link == nil {
+		t.Fatalf("no export link:\n%s", page)
+	}
+	resp, body := b.do("GET", html.UnescapeString(link[1]), nil)
+	rows, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if resp.StatusCode != http.StatusOK || err != nil || len(rows) != 1+50 || resp.Header.Get("Content-Disposition") == "" {
+		t.Fatalf("CSV export: %d, %d rows (%v), %q", resp.StatusCode, len(rows), err, resp.Header.Get("Content-Disposition"))
+	}
+	for _, row := range rows[1:] {
+		if row[6] != "deploy" || row[8] != "deny" {
+			t.Errorf("exported a record the search does not match: %v", row)
+		}
+	}
+	resp, body = b.do("GET", "/audit/export?session=s1&format=jsonl", nil)
+	lines := strings.Split(strings.TrimSpace(body), "\n")
+	if resp.StatusCode != http.StatusOK || len(lines) != 150 {
+		t.Fatalf("JSON lines export: %d, %d lines", resp.StatusCode, len(lines))
+	}
+	var first struct {
+		LeafHash string          `json:"leaf_hash"`
+		Record   json.RawMessage `json:"record"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if h := tlog.RecordHash(first.Record); base64.StdEncoding.EncodeToString(h[:]) != first.LeafHash {
+		t.Errorf("the first line's leaf hash is not its record's")
+	}
+	for path, status := range map[string]int{
+		"/audit/export?format=xml":              http.StatusBadRequest,
+		"/audit/export?format=csv&since=nope":   http.StatusBadRequest,
+		"/audit/export?format=csv&outcome=most": http.StatusBadRequest,
+	} {
+		if resp, _ := b.do("GET", path, nil); resp.StatusCode != status {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, status)
+		}
 	}
 }
