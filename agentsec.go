@@ -182,12 +182,23 @@ func New(cfg Config) (*Stack, error) {
 		s.lazyCommits = true
 	}
 	for _, a := range configured {
-		if _, err := log.Log(ctx, assignmentRecord(a, sourceConfig)); err != nil {
+		rec := assignmentRecord(a, sourceConfig)
+		err := s.TrustGate.seal(&rec, configName(a))
+		if err == nil {
+			_, err = log.Log(ctx, rec)
+		}
+		if err != nil {
 			log.Close()
 			return nil, fmt.Errorf("agentsec: recording configured assignments: %w", err)
 		}
 	}
-	if err := s.TrustGate.Sync(ctx); err != nil {
+	// The runtime changes recorded since, replayed over this file; those
+	// made over a line the file has dropped end for good.
+	err = s.TrustGate.Sync(ctx)
+	if err == nil {
+		err = s.TrustGate.endStale(ctx, &s.TrustGate.replay)
+	}
+	if err != nil {
 		log.Close()
 		return nil, err
 	}

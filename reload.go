@@ -106,8 +106,20 @@ func (s *Stack) Reload(ctx context.Context, r Reload) (Reloaded, error) {
 		if r.Operator != "" {
 			c.rec.Attrs[attrOperator] = r.Operator
 		}
-		if _, err := g.log.Log(ctx, c.rec); err != nil {
+		if c.rec.Event == EventTrustAssign || c.rec.Event == EventTrustRevoke {
+			// Sealed, it ends the runtime changes made over the old line.
+			if err := g.seal(&c.rec, rs.config(assignKey{c.rec.Agent, c.rec.Scope})); err != nil {
+				return Reloaded{}, fmt.Errorf("agentsec: reload not applied: %w", err)
+			}
+		}
+		logged, err := g.log.Log(ctx, c.rec)
+		if err != nil {
 			return Reloaded{}, fmt.Errorf("agentsec: reload not applied: %w", err)
+		}
+		if id := c.rec.Attrs[attrChangeID]; id != "" {
+			k := assignKey{c.rec.Agent, c.rec.Scope}
+			rs.seen[id], rs.last[k] = true, logged.Seq
+			delete(rs.inForce, k)
 		}
 		out.Changes = append(out.Changes, c.text)
 	}
@@ -203,8 +215,9 @@ func trustDiff(oldGate *trust.Gate, oldRS *replayState, newGate *trust.Gate, new
 		return cmp.Or(cmp.Compare(a.agent, b.agent), cmp.Compare(a.scope, b.scope))
 	})
 	for _, k := range keys {
-		o, hadOld := oldRS.configured[k]
-		n, hasNew := newRS.configured[k]
+		_, hadOld := oldRS.configured[k]
+		_, hasNew := newRS.configured[k]
+		o, n := oldRS.config(k), newRS.config(k)
 		if hadOld && hasNew && o == n {
 			continue
 		}

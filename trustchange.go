@@ -9,8 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
@@ -96,6 +96,7 @@ type signedChange struct {
 	Level     string `json:"level"`
 	Expires   string `json:"expires"`
 	Config    string `json:"configured"`
+	Source    string `json:"source"`
 	Operator  string `json:"operator"`
 	Reason    string `json:"reason"`
 }
@@ -104,7 +105,7 @@ type signedChange struct {
 func changeStatement(rec *audit.Record) []byte {
 	data, err := json.Marshal(signedChange{Namespace: rec.Namespace, ID: rec.Attrs[attrChangeID],
 		Event: rec.Event, Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel,
-		Expires: rec.Attrs[attrExpires], Config: rec.Attrs[attrConfig],
+		Expires: rec.Attrs[attrExpires], Config: rec.Attrs[attrConfig], Source: rec.Attrs[attrSource],
 		Operator: rec.Attrs[attrOperator], Reason: rec.Reason})
 	if err != nil {
 		panic(err) // strings only: it can't fail
@@ -133,32 +134,57 @@ const noConfig = "(none)"
 type replayState struct {
 	// configured are the configuration's assignments, by agent and scope:
 	// what runtime changes are made over.
-	configured map[assignKey]string
+	configured map[assignKey]trust.Assignment
 	// next is the first log position not yet read for changes.
 	next uint64
 	// seen holds the ids of the changes read or made.
 	seen map[string]bool
-	// last is the log position of the change in force for each key.
-	last   map[assignKey]uint64
+	// last is the log position of the latest change read or made for
+	// each key, from the configuration or at run time.
+	last map[assignKey]uint64
+	// inForce is, for each key, the runtime change that holds while the
+	// configuration keeps the assignment it was made over. A change of
+	// the configuration's assignment recorded after it (a "config"
+	// change with another value) ends it for good: putting the file's
+	// old line back does not bring it back.
+	inForce map[assignKey]*audit.Record
+	// forged counts the records ignored as not signed, to bound the
+	// reports of a flood of them.
+	forged int
 	logger *slog.Logger
 }
 
 // newReplayState starts from the configuration's assignments.
 func newReplayState(configured []trust.Assignment, logger *slog.Logger) replayState {
-	r := replayState{configured: map[assignKey]string{}, seen: map[string]bool{},
-		last: map[assignKey]uint64{}, logger: logger}
+	r := replayState{configured: map[assignKey]trust.Assignment{}, seen: map[string]bool{},
+		last: map[assignKey]uint64{}, inForce: map[assignKey]*audit.Record{}, logger: logger}
 	for _, a := range configured {
-		r.configured[assignKey{a.Agent, a.Scope}] = configName(a)
+		r.configured[assignKey{a.Agent, a.Scope}] = a
 	}
 	return r
 }
 
 // config names the configuration's assignment for k.
 func (r *replayState) config(k assignKey) string {
-	if c, ok := r.configured[k]; ok {
-		return c
+	if a, ok := r.configured[k]; ok {
+		return configName(a)
 	}
 	return noConfig
+}
+
+// maxForgedReports bounds the records a replay reports as not signed.
+const maxForgedReports = 20
+
+// reportForged reports a record the replay ignores because the log's key
+// did not sign it, or because it does not decode.
+func (r *replayState) reportForged(msg string, args ...any) {
+	r.forged++
+	switch {
+	case r.forged <= maxForgedReports:
+		r.logger.Error(msg+". Someone who can write the database may have added it: run 'agentsec audit verify'", args...)
+	case r.forged == maxForgedReports+1:
+		r.logger.Error("agentsec: more trust changes in the audit log are not agentsec's; they are ignored, and not reported one by one")
+	}
 }
 
 // AssignBy records a in the audit log as a "trust.assign" event made by
@@ -223,27 +249,17 @@ func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change
 // assignment in the scope.
 var ErrNoAssignment = fmt.Errorf("no assignment")
 
-// record completes a change's record — who and why, its id, the
-// configuration it is made over, and, on a signed log, its signature —
-// and appends it. The caller holds g.mu and applies the change once
-// record returns nil.
+// record completes a change's record — who and why, and its seal — and
+// appends it. The caller holds g.mu and applies the change once record
+// returns nil.
 func (g *TrustGate) record(ctx context.Context, rec audit.Record, by Change) (audit.Record, error) {
-	var id [16]byte
-	rand.Read(id[:])
-	k := assignKey{rec.Agent, rec.Scope}
-	rec.Namespace = g.log.Namespace()
 	rec.Reason = by.Reason
-	rec.Attrs[attrChangeID] = hex.EncodeToString(id[:])
-	rec.Attrs[attrConfig] = g.replay.config(k)
 	if by.Operator != "" {
 		rec.Attrs[attrOperator] = by.Operator
 	}
-	if g.log.CanSign() {
-		sig, err := g.log.SignStatement(trustChangeKind, changeStatement(&rec))
-		if err != nil {
-			return audit.Record{}, err
-		}
-		rec.Attrs[attrSignature] = base64.StdEncoding.EncodeToString(sig)
+	k := assignKey{rec.Agent, rec.Scope}
+	if err := g.seal(&rec, g.replay.config(k)); err != nil {
+		return audit.Record{}, err
 	}
 	logged, err := g.log.Log(ctx, rec)
 	if err != nil {
@@ -251,7 +267,28 @@ func (g *TrustGate) record(ctx context.Context, rec audit.Record, by Change) (au
 	}
 	g.replay.seen[rec.Attrs[attrChangeID]] = true
 	g.replay.last[k] = logged.Seq
+	g.replay.inForce[k] = &logged
 	return logged, nil
+}
+
+// seal gives a trust change's record its id, the configuration's
+// assignment it is made over (for a runtime change) or puts in force
+// (for the configuration's own), and, on a signed log, its signature.
+func (g *TrustGate) seal(rec *audit.Record, configured string) error {
+	var id [16]byte
+	rand.Read(id[:])
+	rec.Namespace = g.log.Namespace()
+	rec.Attrs[attrChangeID] = hex.EncodeToString(id[:])
+	rec.Attrs[attrConfig] = configured
+	if !g.log.CanSign() {
+		return nil
+	}
+	sig, err := g.log.SignStatement(trustChangeKind, changeStatement(rec))
+	if err != nil {
+		return err
+	}
+	rec.Attrs[attrSignature] = base64.StdEncoding.EncodeToString(sig)
+	return nil
 }
 
 // Sync puts into force the trust changes recorded in the log since the
@@ -283,22 +320,17 @@ func (g *TrustGate) syncInto(ctx context.Context, gate *trust.Gate, rs *replaySt
 	}
 	var changes []audit.Record
 	for _, event := range []string{EventTrustAssign, EventTrustRevoke} {
-		f := audit.Filter{Namespace: g.log.Namespace(), Event: event, Limit: audit.MaxLimit,
-			Cursor: strconv.FormatUint(rs.next, 10)}
-		for {
-			page, err := audit.Query(ctx, store, f)
-			if err != nil {
-				return fmt.Errorf("agentsec: reading trust changes: %w", err)
-			}
-			for _, r := range page.Records {
-				if r.Seq < size {
-					changes = append(changes, r)
-				}
-			}
-			if page.Next == "" || len(page.Records) > 0 && page.Records[len(page.Records)-1].Seq >= size {
-				break
-			}
-			f.Cursor = page.Next
+		err := audit.QueryEach(ctx, store, audit.Filter{Namespace: g.log.Namespace(), Event: event}, rs.next, size,
+			func(r *audit.Record) error {
+				changes = append(changes, *r)
+				return nil
+			},
+			func(seq uint64, err error) {
+				rs.reportForged("agentsec: a record among the trust changes of the audit log does not decode; it is ignored",
+					"seq", seq, "err", err)
+			})
+		if err != nil {
+			return fmt.Errorf("agentsec: reading trust changes: %w", err)
 		}
 	}
 	slices.SortFunc(changes, func(a, b audit.Record) int { return cmp.Compare(a.Seq, b.Seq) })
@@ -309,20 +341,20 @@ func (g *TrustGate) syncInto(ctx context.Context, gate *trust.Gate, rs *replaySt
 	return nil
 }
 
-// apply puts a change read from the log into force, if it is one this
-// log's key signed, not seen before, newer than the change in force for
-// its agent and scope, and made over the configuration in force now.
+// apply reads a trust change from the log, in log order: a runtime
+// change is put into force while the configuration keeps the assignment
+// it was made over; a change of the configuration's assignment ends the
+// runtime change made over another. Only changes this log's key signed
+// count, each once.
 func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) {
-	if rec.Attrs[attrSource] != sourceRuntime {
-		return // the configuration's own, recorded at a start
-	}
+	source := rec.Attrs[attrSource]
 	id := rec.Attrs[attrChangeID]
-	if id == "" {
-		return // made before changes were signed: it never outlived its process
+	if id == "" || source != sourceRuntime && source != sourceConfig {
+		return // recorded before changes were signed: no change counted on it
 	}
 	sig, err := base64.StdEncoding.DecodeString(rec.Attrs[attrSignature])
 	if err != nil || !g.log.VerifyStatement(trustChangeKind, changeStatement(rec), sig) {
-		rs.logger.Error("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored. Someone who can write the database may have added it: run 'agentsec audit verify'",
+		rs.reportForged("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored",
 			"seq", rec.Seq, "event", rec.Event, "agent", rec.Agent, "scope", rec.Scope, "level", rec.AssignedLevel)
 		return
 	}
@@ -334,10 +366,20 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 	if last, ok := rs.last[k]; ok && rec.Seq <= last {
 		return
 	}
-	if rec.Attrs[attrConfig] != rs.config(k) {
-		return // the configuration changed since: its assignment is in force
-	}
 	rs.last[k] = rec.Seq
+	if source == sourceConfig {
+		if r := rs.inForce[k]; r != nil && r.Attrs[attrConfig] != rec.Attrs[attrConfig] {
+			// The file assigned the agent otherwise: its word is the newer.
+			delete(rs.inForce, k)
+			g.restore(gate, rs, k)
+		}
+		return
+	}
+	rs.inForce[k] = rec
+	if rec.Attrs[attrConfig] != rs.config(k) {
+		g.restore(gate, rs, k) // made over another file than this one
+		return
+	}
 	switch rec.Event {
 	case EventTrustAssign:
 		a := trust.Assignment{Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel}
@@ -349,16 +391,71 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 		}
 		// As of when it was made: an assignment that has expired since
 		// is in force all the same, and holds the lowest level.
-		at := rec.Time
-		if !a.Expires.IsZero() && !at.Before(a.Expires) {
-			at = a.Expires.Add(-time.Nanosecond)
-		}
-		if err := gate.AssignAt(a, at); err != nil {
+		if err := assignAsOf(gate, a, rec.Time); err != nil {
 			rs.logger.Error("agentsec: a recorded trust change can't be applied; it is ignored", "seq", rec.Seq, "err", err)
 		}
 	case EventTrustRevoke:
 		gate.Revoke(rec.Agent, rec.Scope)
 	}
+}
+
+// restore puts the configuration's assignment for k back into force, or
+// none if it has none.
+func (g *TrustGate) restore(gate *trust.Gate, rs *replayState, k assignKey) {
+	a, ok := rs.configured[k]
+	if !ok {
+		gate.Revoke(k.agent, k.scope)
+		return
+	}
+	if err := assignAsOf(gate, a, time.Now()); err != nil {
+		rs.logger.Error("agentsec: the configuration's assignment can't be put back", "agent", k.agent, "scope", k.scope, "err", err)
+	}
+}
+
+// assignAsOf assigns a as of at, or, if a has expired by then, as of just
+// before it expired: an expired assignment holds the lowest level.
+func assignAsOf(gate *trust.Gate, a trust.Assignment, at time.Time) error {
+	if !a.Expires.IsZero() && !at.Before(a.Expires) {
+		at = a.Expires.Add(-time.Nanosecond)
+	}
+	return gate.AssignAt(a, at)
+}
+
+// endStale records, for each runtime change the configuration no longer
+// keeps the assignment of, a change of the configuration's own that ends
+// it for good — so that putting the file's old line back later does not
+// bring it back. New and Reload call it once they have replayed the log
+// over the file they read; the caller holds g.mu (or owns rs alone).
+func (g *TrustGate) endStale(ctx context.Context, rs *replayState) error {
+	if !g.log.CanSign() {
+		return nil
+	}
+	keys := slices.SortedFunc(maps.Keys(rs.inForce), func(a, b assignKey) int {
+		return cmp.Or(cmp.Compare(a.agent, b.agent), cmp.Compare(a.scope, b.scope))
+	})
+	for _, k := range keys {
+		r := rs.inForce[k]
+		if r.Attrs[attrConfig] == rs.config(k) {
+			continue
+		}
+		rec := audit.Record{Event: EventTrustRevoke, Agent: k.agent, Scope: k.scope,
+			Attrs: map[string]string{attrSource: sourceConfig}}
+		if a, ok := rs.configured[k]; ok {
+			rec = assignmentRecord(a, sourceConfig)
+		}
+		rec.Reason = "the configuration assigns otherwise than when the runtime change was made"
+		if err := g.seal(&rec, rs.config(k)); err != nil {
+			return err
+		}
+		logged, err := g.log.Log(ctx, rec)
+		if err != nil {
+			return fmt.Errorf("agentsec: recording the configuration's assignments: %w", err)
+		}
+		rs.seen[rec.Attrs[attrChangeID]] = true
+		rs.last[k] = logged.Seq
+		delete(rs.inForce, k)
+	}
+	return nil
 }
 
 // follow syncs the gate every trustSyncInterval until the returned

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -359,5 +360,104 @@ func FuzzTrustChangeReplay(f *testing.F) {
 		if len(got) != 1 || got[0].Agent != "alice" || got[0].Level != "public" || got[0].Scope != "" {
 			t.Errorf("after an unsigned change, the assignments are %v", got)
 		}
+	})
+}
+
+// Putting the file's old line back does not bring back the runtime
+// change the file had replaced — across reloads, across restarts, and
+// after the line was dropped for a while.
+func TestFileRevertDoesNotReviveRuntimeChange(t *testing.T) {
+	ctx := context.Background()
+	key := newKey(t)
+	for _, path := range []string{"reload", "restart", "dropped"} {
+		t.Run(path, func(t *testing.T) {
+			store := audit.NewMemoryStore()
+			cfg := func(agents ...trust.Assignment) agentsec.Config { return trustConfig(store, key, agents...) }
+			public := trust.Assignment{Agent: "bob", Level: "public"}
+			s := openStack(t, cfg(public))
+			if err := s.TrustGate.Assign(ctx, trust.Assignment{Agent: "bob", Level: "privileged"}); err != nil {
+				t.Fatal(err)
+			}
+			switch path {
+			case "reload":
+				for _, lv := range []string{"verified", "public"} {
+					if _, err := s.Reload(ctx, agentsec.Reload{TrustGate: cfg(trust.Assignment{Agent: "bob", Level: lv}).TrustGate}); err != nil {
+						t.Fatal(err)
+					}
+					if got := level(s, "bob", ""); got != lv {
+						t.Errorf("after reloading bob %s: bob holds %q", lv, got)
+					}
+				}
+			case "restart", "dropped":
+				middle := []trust.Assignment{{Agent: "bob", Level: "verified"}}
+				if path == "dropped" {
+					middle = []trust.Assignment{{Agent: "carol", Level: "public"}}
+				}
+				s.Close()
+				s = openStack(t, cfg(middle...))
+				if got := level(s, "bob", ""); got != map[string]string{"restart": "verified", "dropped": ""}[path] {
+					t.Errorf("with the line changed: bob holds %q", got)
+				}
+				s.Close()
+				s = openStack(t, cfg(public))
+			}
+			if got := level(s, "bob", ""); got != "public" {
+				t.Errorf("with the file's old line back: bob holds %q, want the file's public", got)
+			}
+			s.Close()
+			if s = openStack(t, cfg(public)); level(s, "bob", "") != "public" {
+				t.Errorf("after another restart: bob holds %q", level(s, "bob", ""))
+			}
+		})
+	}
+}
+
+// A record among the trust changes that does not decode — written by
+// someone who can write the database — is reported and read past: the
+// Stack still starts, and the signed changes around it hold.
+func TestUndecodableTrustRecordSkipped(t *testing.T) {
+	ctx := context.Background()
+	store := audit.NewMemoryStore()
+	key := newKey(t)
+	cfg := trustConfig(store, key, trust.Assignment{Agent: "alice", Level: "public"})
+	s := openStack(t, cfg)
+	if err := s.TrustGate.Assign(ctx, trust.Assignment{Agent: "bob", Level: "verified"}); err != nil {
+		t.Fatal(err)
+	}
+	bad := s.Audit.Size()
+	if err := s.TrustGate.Assign(ctx, trust.Assignment{Agent: "carol", Level: "verified"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TrustGate.Assign(ctx, trust.Assignment{Agent: "dave", Level: "verified"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	cfg.Audit.Store = garbled{Store: store, seq: bad}
+	cfg.Audit.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, nil))
+	s = openStack(t, cfg)
+	if level(s, "bob", "") != "verified" || level(s, "dave", "") != "verified" || level(s, "carol", "") != "" {
+		t.Errorf("bob %q, carol %q (garbled), dave %q", level(s, "bob", ""), level(s, "carol", ""), level(s, "dave", ""))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logged.String(), "does not decode") {
+		t.Errorf("the garbled record was not reported:\n%s", logged.String())
+	}
+}
+
+// garbled serves the entry at seq as bytes that are not a record.
+type garbled struct {
+	audit.Store
+	seq uint64
+}
+
+func (s garbled) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
+	return s.Store.Scan(ctx, from, to, func(e audit.Entry) error {
+		if e.Seq == s.seq {
+			e.Data = []byte(`{"agent":"carol","event":"trust.assign","namespace":"test",}`)
+		}
+		return fn(e)
 	})
 }

@@ -176,3 +176,49 @@ func (f *Filter) matches(r *Record) bool {
 		(f.Event == "" || r.Event == f.Event) &&
 		(f.Outcome == "" || r.Outcome == f.Outcome)
 }
+
+// errStopEach ends QueryEach's read at its bound.
+var errStopEach = errors.New("past the bound")
+
+// QueryEach calls fn, in log order, with each record of store whose
+// position is in [from, to) and that matches f — f's Limit and Cursor
+// are not used — found through the store's indexes when it is a
+// Querier. A stored entry that does not decode as a record is passed to
+// bad, with why, and skipped, so that a reader of a log that others can
+// write to goes past what they wrote; Query instead fails on it. fn's
+// error stops the read and is returned.
+func QueryEach(ctx context.Context, store Store, f Filter, from, to uint64, fn func(*Record) error, bad func(seq uint64, err error)) error {
+	f.Limit, f.Cursor = 0, ""
+	if _, _, err := f.check(); err != nil {
+		return err
+	}
+	match := f.prefilter()
+	visit := func(e Entry) error {
+		if e.Seq >= to {
+			return errStopEach
+		}
+		if !match(e.Data) {
+			return nil
+		}
+		r, err := DecodeRecord(e.Data)
+		if err != nil {
+			bad(e.Seq, err)
+			return nil
+		}
+		r.Seq = e.Seq
+		if !f.matches(&r) {
+			return nil
+		}
+		return fn(&r)
+	}
+	var err error
+	if q, ok := store.(Querier); ok {
+		err = q.QueryEntries(ctx, f, from, visit)
+	} else {
+		err = store.Scan(ctx, from, to, visit)
+	}
+	if err == errStopEach {
+		return nil
+	}
+	return err
+}

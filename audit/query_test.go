@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -352,5 +353,49 @@ func TestQueryThroughQuerier(t *testing.T) {
 func TestQuerierStore(t *testing.T) {
 	audittest.Run(t, func(t *testing.T) audit.Store {
 		return &scanQuerier{MemoryStore: audit.NewMemoryStore()}
+	})
+}
+
+// QueryEach reads past an entry that does not decode, naming it, where
+// Query stops; and it keeps to its bounds.
+func TestQueryEachSkipsUndecodable(t *testing.T) {
+	ctx := context.Background()
+	store := audit.NewMemoryStore()
+	l, err := audit.NewLog(ctx, store, audit.Options{Namespace: "ns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := l.Log(ctx, audit.Record{Event: "e", Agent: fmt.Sprint("a", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := undecodable{Store: store, seq: 2}
+	if _, err := audit.Query(ctx, bad, audit.Filter{Event: "e"}); err == nil {
+		t.Fatal("Query read past an undecodable record")
+	}
+	var got []string
+	var skipped []uint64
+	err = audit.QueryEach(ctx, bad, audit.Filter{Event: "e"}, 1, 4, func(r *audit.Record) error {
+		got = append(got, r.Agent)
+		return nil
+	}, func(seq uint64, err error) { skipped = append(skipped, seq) })
+	if err != nil || strings.Join(got, ",") != "a1,a3" || len(skipped) != 1 || skipped[0] != 2 {
+		t.Errorf("QueryEach: %v, skipped %v (%v)", got, skipped, err)
+	}
+}
+
+// undecodable serves the entry at seq with bytes that are not a record.
+type undecodable struct {
+	audit.Store
+	seq uint64
+}
+
+func (s undecodable) Scan(ctx context.Context, from, to uint64, fn func(audit.Entry) error) error {
+	return s.Store.Scan(ctx, from, to, func(e audit.Entry) error {
+		if e.Seq == s.seq {
+			e.Data = []byte(`{"event":"e","agent":"x",}`)
+		}
+		return fn(e)
 	})
 }

@@ -64,8 +64,12 @@ func (u *ui) assign(w http.ResponseWriter, r *http.Request, op *operator) {
 		return
 	}
 	rec, err := u.cfg.Stack.TrustGate.AssignBy(r.Context(), a, agentsec.Change{Operator: op.ID, Reason: reason})
-	if err != nil {
+	switch {
+	case errors.Is(err, agentsec.ErrAuditUnavailable):
 		u.render(w, http.StatusServiceUnavailable, "agents", u.agentsView(op, "the change could not be recorded, so it was not made: "+oneLine(err.Error()), ""))
+		return
+	case err != nil: // refused before it was recorded
+		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, oneLine(err.Error()), ""))
 		return
 	}
 	u.changed(w, r, "agent "+a.Agent+" now holds "+a.Level, rec.Seq)

@@ -78,16 +78,16 @@ func newTailer(store audit.Store) *tailer {
 	return &tailer{store: store, subs: map[chan audit.Record]bool{}}
 }
 
-// subscribe returns a channel of the records appended from now on,
-// closed if the view falls too far behind, and a function that ends the
-// subscription.
-func (t *tailer) subscribe(ctx context.Context) (<-chan audit.Record, func(), error) {
+// subscribe returns a channel of the records appended from position
+// start on — the log's end when the subscription began — closed if the
+// view falls too far behind, and a function that ends the subscription.
+func (t *tailer) subscribe(ctx context.Context) (records <-chan audit.Record, stop func(), start uint64, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.running {
 		size, err := t.store.Size(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, 0, err
 		}
 		t.next, t.running = size, true
 		go t.run()
@@ -101,8 +101,13 @@ func (t *tailer) subscribe(ctx context.Context) (<-chan audit.Record, func(), er
 			delete(t.subs, ch)
 			close(ch)
 		}
-	}, nil
+	}, t.next, nil
 }
+
+// maxCatchUp bounds the records the tailer reads at once: further behind —
+// the store was unreadable while other replicas appended — it skips
+// ahead, and every view is told it missed some.
+const maxCatchUp = 10 * subscriberQueue
 
 // run reads new records every tailInterval until no view is left.
 func (t *tailer) run() {
@@ -117,11 +122,20 @@ func (t *tailer) run() {
 		}
 		from := t.next
 		t.mu.Unlock()
-		records, next, err := t.read(from)
-		if err != nil {
-			continue // the log's own failure is on /readyz; the view waits
+		size, err := t.size()
+		if err != nil || size <= from {
+			continue // the log's own failure is on /readyz; the views wait
+		}
+		var records []audit.Record
+		if size-from <= maxCatchUp {
+			if records, err = t.read(from, size); err != nil {
+				continue
+			}
 		}
 		t.mu.Lock()
+		if size-from > maxCatchUp {
+			t.dropAll()
+		}
 		for _, r := range records {
 			for ch := range t.subs {
 				select {
@@ -132,36 +146,39 @@ func (t *tailer) run() {
 				}
 			}
 		}
-		t.next = next
+		t.next = size
 		t.mu.Unlock()
 	}
 }
 
-// read returns the records from from to the log's size now.
-func (t *tailer) read(from uint64) ([]audit.Record, uint64, error) {
+// dropAll ends every subscription, which tells each view it missed
+// records. The caller holds t.mu.
+func (t *tailer) dropAll() {
+	for ch := range t.subs {
+		delete(t.subs, ch)
+		close(ch)
+	}
+}
+
+func (t *tailer) size() (uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	size, err := t.store.Size(ctx)
-	if err != nil || size <= from {
-		return nil, from, err
-	}
+	return t.store.Size(ctx)
+}
+
+// read returns the records in [from, to). A stored entry that does not
+// decode is left out: someone who could write the database wrote it, and
+// the live view goes on past it.
+func (t *tailer) read(from, to uint64) ([]audit.Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	var out []audit.Record
-	f := audit.Filter{Limit: audit.MaxLimit, Cursor: strconv.FormatUint(from, 10)}
-	for {
-		page, err := audit.Query(ctx, t.store, f)
-		if err != nil {
-			return nil, from, err
-		}
-		for _, r := range page.Records {
-			if r.Seq < size {
-				out = append(out, r)
-			}
-		}
-		if page.Next == "" || len(page.Records) > 0 && page.Records[len(page.Records)-1].Seq >= size {
-			return out, size, nil
-		}
-		f.Cursor = page.Next
-	}
+	err := audit.QueryEach(ctx, t.store, audit.Filter{}, from, to,
+		func(r *audit.Record) error {
+			out = append(out, *r)
+			return nil
+		}, func(uint64, error) {})
+	return out, err
 }
 
 // liveBacklog is how many recent records the live page starts with, read
@@ -181,7 +198,8 @@ func (u *ui) livePage(w http.ResponseWriter, r *http.Request, op *operator) {
 			from = size - liveLookback
 		}
 		var recent []audit.Record
-		recent, _, err = u.tail.read(from)
+		recent, err = u.tail.read(from, size)
+		v.LiveFrom = strconv.FormatUint(size, 10)
 		for i := len(recent) - 1; i >= 0 && len(v.Records) < liveBacklog; i-- {
 			if f.matches(&recent[i]) {
 				v.Records = append(v.Records, rowOf(&recent[i]))
@@ -196,20 +214,53 @@ func (u *ui) livePage(w http.ResponseWriter, r *http.Request, op *operator) {
 
 // liveStream sends the records appended from now on that match the
 // view's filter, as server-sent events: "record" with the record's row as
-// JSON, "gap" if the view fell behind and missed some.
+// JSON and its position as the event's id, "gap" if the view fell behind
+// and missed some. A view that reconnects with Last-Event-ID is sent what
+// it missed first, up to subscriberQueue records; past that, "gap".
 func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, _ *operator) {
 	f := liveFilterOf(r)
-	records, stop, err := u.tail.subscribe(r.Context())
+	records, stop, start, err := u.tail.subscribe(r.Context())
 	if err != nil {
 		plain(w, http.StatusServiceUnavailable, "the audit log can't be read: "+oneLine(err.Error()))
 		return
 	}
 	defer stop()
-	securityHeaders(w.Header())
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // a stream lasts as long as the page
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	fmt.Fprint(w, ": live\n\n")
+	// pos is the position of the last record this stream went past,
+	// sent or not: an id-only event tells the browser, which says it back
+	// as Last-Event-ID when it reconnects.
+	pos, hasPos := uint64(0), false
+	send := func(rec *audit.Record) {
+		pos, hasPos = rec.Seq, true
+		if f.matches(rec) {
+			data, _ := json.Marshal(rowOf(rec))
+			fmt.Fprintf(w, "id: %d\nevent: record\ndata: %s\n\n", rec.Seq, data)
+		}
+	}
+	// What the view missed: since the page was rendered (?from=), or
+	// since the last event it got before it reconnected.
+	from, err := strconv.ParseUint(r.URL.Query().Get("from"), 10, 64)
+	if last, lerr := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64); lerr == nil {
+		from, err = last+1, nil
+	}
+	if err == nil && from < start {
+		if start-from > subscriberQueue {
+			fmt.Fprint(w, "event: gap\ndata: {}\n\n")
+			rc.Flush()
+			return
+		}
+		missed, err := u.tail.read(from, start)
+		if err != nil {
+			return
+		}
+		for i := range missed {
+			send(&missed[i])
+		}
+	}
 	rc.Flush()
 	keepAlive := time.NewTicker(15 * time.Second)
 	defer keepAlive.Stop()
@@ -218,18 +269,18 @@ func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, _ *operator) {
 		case <-r.Context().Done():
 			return
 		case <-keepAlive.C:
-			fmt.Fprint(w, ": keep-alive\n\n")
+			if hasPos {
+				fmt.Fprintf(w, "id: %d\n\n", pos)
+			} else {
+				fmt.Fprint(w, ": keep-alive\n\n")
+			}
 		case rec, ok := <-records:
 			if !ok {
 				fmt.Fprint(w, "event: gap\ndata: {}\n\n")
 				rc.Flush()
 				return
 			}
-			if !f.matches(&rec) {
-				continue
-			}
-			data, _ := json.Marshal(rowOf(&rec))
-			fmt.Fprintf(w, "event: record\ndata: %s\n\n", data)
+			send(&rec)
 		}
 		if err := rc.Flush(); err != nil {
 			return

@@ -124,6 +124,9 @@ func (u *ui) exportRecords(w http.ResponseWriter, r *http.Request, _ *operator) 
 		return
 	}
 	f.Cursor = ""
+	// A long export of a big log may take longer than the listener's
+	// write timeout, which is for pages.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	out := &startedWriter{w: w, header: func() {
 		w.Header().Set("Content-Type", mediaType)
 		w.Header().Set("Content-Disposition", `attachment; filename="agentsec-audit.`+string(format)+`"`)

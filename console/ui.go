@@ -130,6 +130,7 @@ type view struct {
 	Error, Notice string
 	// The page's own data.
 	Filter       liveFilter
+	LiveFrom     string // the log position the live view streams from
 	Records      []recordRow
 	Form         map[string]string
 	Next         string
@@ -249,6 +250,13 @@ func (u *ui) loginPage(w http.ResponseWriter, r *http.Request) {
 func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 	if status, msg := readForm(w, r); status != 0 {
 		u.render(w, status, "login", &view{Title: "Sign in", Error: msg})
+		return
+	}
+	if !loopbackRequest(r) && r.TLS == nil && r.Header.Get("X-Forwarded-Proto") != "https" {
+		// The session cookie is Secure off loopback, and a browser keeps
+		// none from plain HTTP: signing in would only lead back here.
+		u.render(w, http.StatusForbidden, "login", &view{Title: "Sign in",
+			Error: "sign-in needs HTTPS when the console is not on loopback: serve the admin listener behind a TLS proxy"})
 		return
 	}
 	token := r.PostForm.Get("token")

@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -517,5 +518,88 @@ func TestConsoleExport(t *testing.T) {
 		if resp, _ := b.do("GET", path, nil); resp.StatusCode != status {
 			t.Errorf("%s: %d, want %d", path, resp.StatusCode, status)
 		}
+	}
+}
+
+// The live stream outlasts the listener's write timeout, sends what was
+// appended since the position the page names (?from=, or Last-Event-ID
+// when it reconnects), and goes on with what is appended after.
+func TestConsoleLiveStream(t *testing.T) {
+	stack, _ := newConsole(t)
+	srv := httptest.NewUnstartedServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators}))
+	srv.Config.WriteTimeout = 500 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	ctx := context.Background()
+	call := func(tool string) {
+		stack.Guard(ctx, agentsec.Request{Agent: "bot", Session: "s", Tool: tool}, func(context.Context) (int64, error) { return 1, nil })
+	}
+	from := stack.Audit.Size()
+	call("deploy") // before the stream opens, after the page was rendered
+	b := newBrowser(t, srv)
+	b.login(viewerToken)
+	req, _ := http.NewRequest("GET", srv.URL+"/live/stream?from="+strconv.FormatUint(from, 10), nil)
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resp, err := b.c.Do(req.WithContext(sctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := make(chan string, 16)
+	go func() {
+		lines := bufio.NewScanner(resp.Body)
+		for lines.Scan() {
+			if data, ok := strings.CutPrefix(lines.Text(), "data: "); ok {
+				events <- data
+			}
+		}
+		close(events)
+	}()
+	next := func() string {
+		select {
+		case e, ok := <-events:
+			if !ok {
+				t.Fatal("the stream ended")
+			}
+			return e
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+		return ""
+	}
+	if e := next(); !strings.Contains(e, `"tool":"deploy"`) || !strings.Contains(e, `"outcome":"deny"`) {
+		t.Errorf("the call made before the stream opened: %s", e)
+	}
+	time.Sleep(time.Second) // past the listener's write timeout
+	call("read")
+	if e := next(); !strings.Contains(e, `"tool":"read"`) {
+		t.Errorf("after the write timeout: %s", e)
+	}
+}
+
+// Off loopback the session cookie is Secure, which a browser keeps only
+// from HTTPS: sign-in over plain HTTP is refused, saying why; behind a
+// TLS proxy it works, and the cookie is Secure.
+func TestConsoleLoginOffLoopback(t *testing.T) {
+	stack, _ := newConsole(t)
+	h := console.Handler(console.Config{Stack: stack, Operator: consoleOperators})
+	login := func(proto string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", "http://admin.example/login", strings.NewReader(url.Values{"token": {adminToken}}.Encode()))
+		req.RemoteAddr = "10.0.0.5:41000"
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if proto != "" {
+			req.Header.Set("X-Forwarded-Proto", proto)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w
+	}
+	if w := login(""); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "needs HTTPS") {
+		t.Errorf("plain HTTP off loopback: %d", w.Code)
+	}
+	w := login("https")
+	if w.Code != http.StatusSeeOther || !strings.Contains(w.Header().Get("Set-Cookie"), "Secure") {
+		t.Errorf("behind a TLS proxy: %d, cookie %q", w.Code, w.Header().Get("Set-Cookie"))
 	}
 }

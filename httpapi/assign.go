@@ -142,8 +142,10 @@ func (s *Server) changed(rec audit.Record, err error) answer {
 	switch {
 	case errors.Is(err, agentsec.ErrNoAssignment):
 		return notFound(strings.TrimPrefix(err.Error(), "agentsec: "))
-	case err != nil:
+	case errors.Is(err, agentsec.ErrAuditUnavailable):
 		return fail(http.StatusServiceUnavailable, CodeAuditUnavailable, "the change could not be recorded, so it was not made: "+err.Error())
+	case err != nil: // refused before it was recorded: an expiry that passed meanwhile, say
+		return invalid(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "agentsec: "), "trust: "))
 	}
 	return reply(http.StatusOK, changeAnswer{DecisionID: rec.Seq, Record: recordOf(&rec)})
 }

@@ -26,6 +26,10 @@ import (
 // runServe serves the decision API and, in front of the configured
 // upstreams, MCP clients over streamable HTTP.
 func (m *Main) runServe(ctx context.Context, args []string) error {
+	// SIGHUP's default is to end the process: take it from the start.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var (
 		gw             *mcpgate.Gateway
 		api            *httpapi.Server
@@ -92,11 +96,9 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		}()
 	}
 
-	// SIGHUP reloads the configuration, as an admin's POST /reload does.
+	// SIGHUP reloads the configuration, as an admin's POST /reload does;
+	// one that came while starting waits in hup.
 	reload := newReloader(configFile, cfg, g.stack, api, gw, logger)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	hupCtx, stopHup := context.WithCancel(ctx)
 	defer stopHup()
 	go func() {

@@ -24,10 +24,18 @@
     }
     return tr;
   }
-  const source = new EventSource("/live/stream" + window.location.search);
+  // The stream starts where the rendered rows end, so none is missed.
+  const query = new URLSearchParams(window.location.search);
+  if (table.dataset.from) query.set("from", table.dataset.from);
+  const source = new EventSource("/live/stream?" + query.toString());
   source.addEventListener("open", function () { status.textContent = "live"; });
-  source.addEventListener("error", function () { status.textContent = "reconnecting…"; });
-  source.addEventListener("gap", function () { status.textContent = "some decisions were too many to show; refresh for the rest"; });
+  source.addEventListener("error", function () {
+    if (source.readyState !== EventSource.CLOSED) status.textContent = "reconnecting…";
+  });
+  source.addEventListener("gap", function () {
+    source.close(); // a reconnection would skip what was missed
+    status.textContent = "stopped: more decisions came than this page could follow; reload it for the rest";
+  });
   source.addEventListener("record", function (e) {
     const r = JSON.parse(e.data);
     if (body.querySelector('tr[data-seq="' + r.seq + '"]')) return;
