@@ -206,35 +206,6 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(r)
 }
 
-// gatewaySessions shows the console a gateway's sessions, as agentsec
-// serve does.
-type gatewaySessions struct{ gw *mcpgate.Gateway }
-
-func (s gatewaySessions) List() []console.OpenSession {
-	var out []console.OpenSession
-	for _, i := range s.gw.SessionList() {
-		out = append(out, console.OpenSession{ID: i.ID, Agent: i.Agent, LastActive: i.LastActive})
-	}
-	return out
-}
-
-func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
-	return s.gw.EndSession(ctx, id)
-}
-
-// gatewayUpstreams shows the console a gateway's upstreams.
-type gatewayUpstreams struct{ gw *mcpgate.Gateway }
-
-func (u gatewayUpstreams) Names() []string {
-	var names []string
-	for _, up := range u.gw.Upstreams {
-		names = append(names, up.Name)
-	}
-	return names
-}
-
-func (u gatewayUpstreams) Tools() map[string][]string { return u.gw.ListedTools() }
-
 // consoleWithGateway is newConsole with an MCP gateway on the same stack
 // in front of a server of two tools, whose sessions the console shows;
 // it returns the console, and an MCP session of agent bot.
@@ -247,7 +218,7 @@ func consoleWithGateway(t *testing.T) (*agentsec.Stack, *httptest.Server, *mcp.C
 	metrics := console.NewMetrics()
 	gw.Observer = metrics
 	srv := httptest.NewServer(console.Handler(console.Config{Stack: stack, Operator: consoleOperators, Metrics: metrics,
-		Sessions: gatewaySessions{gw}, Upstreams: gatewayUpstreams{gw}}))
+		Sessions: gw, Upstreams: gw}))
 	t.Cleanup(srv.Close)
 	client := mcp.NewClient(&mcp.Implementation{Name: "bot", Version: "1"}, nil)
 	cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: endpoint,

@@ -14,35 +14,6 @@ import (
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
-// fillSessions stores n records of the given number of sessions straight
-// into a store, in large transactions, with correct tree hashes.
-func fillSessions(b *testing.B, st audit.Store, n, sessions int) {
-	b.Helper()
-	ctx := context.Background()
-	var tree audittest.Tree
-	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	batch := make([]audit.Entry, 0, 10_000)
-	for i := range n {
-		r := audittest.BenchRecord(i)
-		r.Session = fmt.Sprintf("session-%d", i%sessions)
-		r.Time = base.Add(time.Duration(i) * time.Millisecond)
-		r.Namespace = "console"
-		data, err := audit.EncodeRecord(nil, &r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		e := tree.Add(data)
-		e.Record = &r
-		batch = append(batch, e)
-		if len(batch) == cap(batch) || i == n-1 {
-			if err := st.Append(ctx, batch); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
-}
-
 // BenchmarkConsoleAuditSearch asks the console for one session's page of
 // records (100 of them, rendered) in a 1,000,000-record SQLite log of
 // 10,000 sessions, through HTTP with a signed-in operator's cookie, and
@@ -59,7 +30,7 @@ func BenchmarkConsoleAuditSearch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fillSessions(b, st, n, sessions)
+	audittest.Fill(b, st, n, sessions, "console")
 	key, _, err := audit.GenerateKey("console")
 	if err != nil {
 		b.Fatal(err)

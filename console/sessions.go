@@ -10,20 +10,16 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
 )
 
-// An OpenSession is an MCP session a gateway holds open.
-type OpenSession struct {
-	ID, Agent  string
-	LastActive time.Time
-}
-
-// Sessions is the gateway's side of the sessions page.
+// Sessions is the gateway's side of the sessions page; an
+// *mcpgate.Gateway is one.
 type Sessions interface {
-	// List returns the sessions this process holds open.
-	List() []OpenSession
-	// End ends one, and reports false for one it does not hold.
-	End(ctx context.Context, id string) (bool, error)
+	// SessionList returns the sessions this process holds open.
+	SessionList() []mcpgate.SessionInfo
+	// EndSession ends one, and reports false for one it does not hold.
+	EndSession(ctx context.Context, id string) (bool, error)
 }
 
 // EventSessionEnd records an operator ending a session.
@@ -36,7 +32,7 @@ type sessionRow struct {
 
 func (u *ui) sessionsView(r *http.Request, op *operator, errMsg, notice string) *view {
 	v := &view{Title: "Sessions", Page: "sessions", Operator: op, Error: errMsg, Notice: notice}
-	for _, s := range u.cfg.Sessions.List() {
+	for _, s := range u.cfg.Sessions.SessionList() {
 		row := sessionRow{ID: s.ID, Agent: s.Agent, LastActive: time.Since(s.LastActive).Round(time.Second).String() + " ago"}
 		st, err := u.cfg.Stack.Budget.CheckBudget(r.Context(), s.ID)
 		if err != nil {
@@ -64,7 +60,7 @@ func (u *ui) endSession(w http.ResponseWriter, r *http.Request, op *operator) {
 		return
 	}
 	var agent string
-	for _, s := range u.cfg.Sessions.List() {
+	for _, s := range u.cfg.Sessions.SessionList() {
 		if s.ID == id {
 			agent = s.Agent
 		}
@@ -79,7 +75,7 @@ func (u *ui) endSession(w http.ResponseWriter, r *http.Request, op *operator) {
 		u.render(w, http.StatusServiceUnavailable, "sessions", u.sessionsView(r, op, "the change could not be recorded, so the session goes on: "+oneLine(err.Error()), ""))
 		return
 	}
-	if _, err := u.cfg.Sessions.End(r.Context(), id); err != nil {
+	if _, err := u.cfg.Sessions.EndSession(r.Context(), id); err != nil {
 		u.render(w, http.StatusServiceUnavailable, "sessions", u.sessionsView(r, op, oneLine(err.Error()), ""))
 		return
 	}

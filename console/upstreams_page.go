@@ -8,13 +8,15 @@ import (
 	"github.com/agentsec/agentsec"
 )
 
-// Upstreams is the gateway's side of the upstreams page.
+// Upstreams is the gateway's side of the upstreams page; an
+// *mcpgate.Gateway is one.
 type Upstreams interface {
-	// Names returns the upstreams' names, in the configuration's order.
-	Names() []string
-	// Tools returns the tools each upstream has listed in any session,
-	// by the names the trust gate judges.
-	Tools() map[string][]string
+	// UpstreamNames returns the upstreams' names, in the configuration's
+	// order.
+	UpstreamNames() []string
+	// ListedTools returns the tools each upstream has listed in any
+	// session, by the names the trust gate judges.
+	ListedTools() map[string][]string
 }
 
 // upstreamRow is an upstream as its page shows it.
@@ -35,8 +37,8 @@ func (u *ui) upstreamsPage(w http.ResponseWriter, r *http.Request, op *operator)
 			agents = append(agents, a.Agent)
 		}
 	}
-	tools := u.cfg.Upstreams.Tools()
-	for _, name := range u.cfg.Upstreams.Names() {
+	tools := u.cfg.Upstreams.ListedTools()
+	for _, name := range u.cfg.Upstreams.UpstreamNames() {
 		row := upstreamRow{Name: name, State: "not tried yet", StateClass: "state-unknown", Failures: "0"}
 		if u.cfg.Metrics != nil {
 			s := u.cfg.Metrics.upstreams.series(name)

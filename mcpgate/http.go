@@ -150,6 +150,15 @@ func (g *Gateway) EndSession(ctx context.Context, id string) (bool, error) {
 	return true, nil
 }
 
+// UpstreamNames returns the names of the gateway's upstreams, in order.
+func (g *Gateway) UpstreamNames() []string {
+	names := make([]string, len(g.Upstreams))
+	for i, u := range g.Upstreams {
+		names[i] = u.Name
+	}
+	return names
+}
+
 // ListedTools returns the tools each upstream has listed, in any session
 // of this gateway — by the names the trust gate judges, sorted — at most
 // 1,000 for each.

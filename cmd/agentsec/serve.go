@@ -135,7 +135,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	cc := console.Config{Stack: g.stack, Metrics: g.metrics, Operator: api.OperatorBySum, Reload: reload.reload, Logger: logger,
 		CheckpointCopies: cfg.Path(cfg.Audit.CheckpointFile)}
 	if gw != nil {
-		cc.Sessions, cc.Upstreams = gatewaySessions{gw}, gatewayUpstreams{gw}
+		cc.Sessions, cc.Upstreams = gw, gw
 	}
 	admin, err := startAdmin(cfg, cc)
 	if err != nil {
@@ -309,31 +309,3 @@ func gatewayFor(cfg *config.Config, file string, agents []httpapi.Credential) (*
 	gw.LocalOnly = host == "localhost" || (ip != nil && ip.IsLoopback())
 	return gw, nil
 }
-
-// gatewaySessions shows the console the gateway's sessions.
-type gatewaySessions struct{ gw *mcpgate.Gateway }
-
-func (s gatewaySessions) List() []console.OpenSession {
-	var out []console.OpenSession
-	for _, i := range s.gw.SessionList() {
-		out = append(out, console.OpenSession{ID: i.ID, Agent: i.Agent, LastActive: i.LastActive})
-	}
-	return out
-}
-
-func (s gatewaySessions) End(ctx context.Context, id string) (bool, error) {
-	return s.gw.EndSession(ctx, id)
-}
-
-// gatewayUpstreams shows the console the gateway's upstreams.
-type gatewayUpstreams struct{ gw *mcpgate.Gateway }
-
-func (u gatewayUpstreams) Names() []string {
-	names := make([]string, len(u.gw.Upstreams))
-	for i, up := range u.gw.Upstreams {
-		names[i] = up.Name
-	}
-	return names
-}
-
-func (u gatewayUpstreams) Tools() map[string][]string { return u.gw.ListedTools() }

@@ -70,35 +70,6 @@ func BenchmarkDurableAppend(b *testing.B) {
 	}
 }
 
-// fillLog stores n records straight into a store, in large transactions,
-// with correct tree hashes: a fast way to a big log.
-func fillLog(b *testing.B, st audit.Store, n int, sessions int) {
-	b.Helper()
-	ctx := context.Background()
-	var tree audittest.Tree
-	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	batch := make([]audit.Entry, 0, 10_000)
-	for i := range n {
-		r := audittest.BenchRecord(i)
-		r.Session = fmt.Sprintf("session-%d", i%sessions)
-		r.Time = base.Add(time.Duration(i) * time.Millisecond)
-		r.Namespace = "bench"
-		data, err := audit.EncodeRecord(nil, &r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		e := tree.Add(data)
-		e.Record = &r
-		batch = append(batch, e)
-		if len(batch) == cap(batch) || i == n-1 {
-			if err := st.Append(ctx, batch); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
-}
-
 // BenchmarkVerify verifies a 200,000-record SQLite log from its stored
 // bytes and reports records per second.
 func BenchmarkVerify(b *testing.B) {
@@ -112,7 +83,7 @@ func BenchmarkVerify(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	fillLog(b, st, n, 1000)
+	audittest.Fill(b, st, n, 1000, "bench")
 	b.ResetTimer()
 	start := time.Now()
 	for b.Loop() {
@@ -137,7 +108,7 @@ func BenchmarkSessionQuery(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	fillLog(b, st, n, 10_000)
+	audittest.Fill(b, st, n, 10_000, "bench")
 	i := 0
 	lat := make([]time.Duration, 0, 1024)
 	b.ResetTimer()
