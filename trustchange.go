@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -247,7 +248,7 @@ func (g *TrustGate) RevokeBy(ctx context.Context, agent, scope string, by Change
 
 // ErrNoAssignment is returned, wrapped, by RevokeBy for an agent with no
 // assignment in the scope.
-var ErrNoAssignment = fmt.Errorf("no assignment")
+var ErrNoAssignment = errors.New("no assignment")
 
 // record completes a change's record — who and why, and its seal — and
 // appends it. The caller holds g.mu and applies the change once record
