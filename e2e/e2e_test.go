@@ -287,8 +287,15 @@ func checkEverything(t *testing.T, got []seen, wantProgress bool) {
 	if got[3].Result.IsError || !strings.Contains(got[3].text(), "Long running operation completed") {
 		t.Errorf("long-running = %+v", got[3])
 	}
-	if wantProgress && !slices.Equal(got[3].Progress, []float64{1, 2, 3}) {
-		t.Errorf("progress = %v, want 1, 2, 3", got[3].Progress)
+	// The server sends its last progress just before its result. The
+	// TypeScript SDK's client runs a notification's handler a microtask
+	// later, but forgets the call's progress handler as soon as its
+	// response is read (shared/protocol.js: _onnotification,
+	// _onresponse): when both arrive in one read, the last progress is
+	// dropped by the client, whatever relayed it. So the first two must
+	// come, in order; the third may.
+	if p := got[3].Progress; wantProgress && !slices.Equal(p, []float64{1, 2, 3}) && !slices.Equal(p, []float64{1, 2}) {
+		t.Errorf("progress = %v, want 1, 2, 3 (or 1, 2: see above)", p)
 	}
 	if len(got[4].Resources) == 0 || len(got[5].Contents) != 1 || got[5].Contents[0].URI != "demo://resource/static/document/architecture.md" {
 		t.Errorf("resources: list %v, read %+v", got[4].Resources, got[5].Contents)
