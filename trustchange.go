@@ -13,6 +13,7 @@ import (
 	"maps"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/trust"
@@ -77,11 +78,13 @@ type Change struct {
 // check bounds a Change, so that its record can always be written: its
 // operator as an agent id, its reason as a call's.
 func (c Change) check() error {
-	if len(c.Operator) > maxIDLen {
+	switch {
+	case len(c.Operator) > maxIDLen:
 		return fmt.Errorf("agentsec: a change's operator id is longer than %d bytes", maxIDLen)
-	}
-	if len(c.Reason) > maxReasonLen {
+	case len(c.Reason) > maxReasonLen:
 		return fmt.Errorf("agentsec: a change's reason is longer than %d bytes", maxReasonLen)
+	case !utf8.ValidString(c.Operator) || !utf8.ValidString(c.Reason):
+		return errors.New("agentsec: a change's operator id and reason must be valid UTF-8")
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/trust"
@@ -59,17 +58,13 @@ func (u *ui) assign(w http.ResponseWriter, r *http.Request, op *operator) {
 		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, msg, ""))
 		return
 	}
-	if err := u.cfg.Stack.TrustGate.Validate(a); err != nil {
-		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, strings.TrimPrefix(err.Error(), "trust: "), ""))
-		return
-	}
 	rec, err := u.cfg.Stack.TrustGate.AssignBy(r.Context(), a, agentsec.Change{Operator: op.ID, Reason: reason})
 	switch {
 	case errors.Is(err, agentsec.ErrAuditUnavailable):
 		u.render(w, http.StatusServiceUnavailable, "agents", u.agentsView(op, "the change could not be recorded, so it was not made: "+oneLine(err.Error()), ""))
 		return
-	case err != nil: // refused before it was recorded
-		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, oneLine(err.Error()), ""))
+	case err != nil: // refused before it was recorded: an unknown level, say
+		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, changeRefused(err), ""))
 		return
 	}
 	u.changed(w, r, "agent "+a.Agent+" now holds "+a.Level, rec.Seq)
@@ -86,10 +81,13 @@ func (u *ui) revoke(w http.ResponseWriter, r *http.Request, op *operator) {
 	rec, err := u.cfg.Stack.TrustGate.RevokeBy(r.Context(), agent, scope, agentsec.Change{Operator: op.ID, Reason: reason})
 	switch {
 	case errors.Is(err, agentsec.ErrNoAssignment):
-		u.render(w, http.StatusNotFound, "agents", u.agentsView(op, strings.TrimPrefix(err.Error(), "agentsec: "), ""))
+		u.render(w, http.StatusNotFound, "agents", u.agentsView(op, changeRefused(err), ""))
+		return
+	case errors.Is(err, agentsec.ErrAuditUnavailable):
+		u.render(w, http.StatusServiceUnavailable, "agents", u.agentsView(op, "the change could not be recorded, so it was not made: "+oneLine(err.Error()), ""))
 		return
 	case err != nil:
-		u.render(w, http.StatusServiceUnavailable, "agents", u.agentsView(op, "the change could not be recorded, so it was not made: "+oneLine(err.Error()), ""))
+		u.render(w, http.StatusBadRequest, "agents", u.agentsView(op, changeRefused(err), ""))
 		return
 	}
 	u.changed(w, r, "agent "+agent+"'s level is revoked", rec.Seq)
@@ -109,10 +107,12 @@ func checkChangeForm(agent, reason string) string {
 		return "name the agent"
 	case reason == "":
 		return "say why: the reason goes into the audit log"
-	case len(reason) > 1024:
-		return "the reason is longer than 1024 bytes"
-	case !utf8.ValidString(reason):
-		return "the reason is not valid UTF-8"
 	}
 	return ""
+}
+
+// changeRefused says why the trust gate refused a change, without the
+// packages' prefixes.
+func changeRefused(err error) string {
+	return oneLine(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "agentsec: "), "trust: "))
 }

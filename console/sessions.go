@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -71,7 +72,11 @@ func (u *ui) endSession(w http.ResponseWriter, r *http.Request, op *operator) {
 	}
 	rec, err := u.cfg.Stack.Audit.Log(r.Context(), audit.Record{Event: EventSessionEnd, Agent: agent, Session: id, Reason: reason,
 		Attrs: map[string]string{"operator": op.ID, "source": "console"}})
-	if err != nil {
+	switch {
+	case errors.Is(err, audit.ErrInvalidRecord): // a reason too big, or not UTF-8
+		u.render(w, http.StatusBadRequest, "sessions", u.sessionsView(r, op, oneLine(strings.TrimPrefix(err.Error(), "audit: ")), ""))
+		return
+	case err != nil:
 		u.render(w, http.StatusServiceUnavailable, "sessions", u.sessionsView(r, op, "the change could not be recorded, so the session goes on: "+oneLine(err.Error()), ""))
 		return
 	}

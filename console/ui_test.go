@@ -603,3 +603,18 @@ func TestConsoleLoginOffLoopback(t *testing.T) {
 		t.Errorf("behind a TLS proxy: %d, cookie %q", w.Code, w.Header().Get("Set-Cookie"))
 	}
 }
+
+// A session's end whose reason the log can't hold is refused (400), and
+// the session goes on.
+func TestConsoleSessionEndBadReason(t *testing.T) {
+	_, srv, cs := consoleWithGateway(t)
+	admin := newBrowser(t, srv)
+	admin.login(adminToken)
+	resp, _ := admin.do("POST", "/sessions/end", url.Values{"session": {cs.ID()}, "reason": {"bad \xff utf-8"}})
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a reason that is not UTF-8: %d", resp.StatusCode)
+	}
+	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "read"}); err != nil {
+		t.Errorf("the session ended anyway: %v", err)
+	}
+}
