@@ -20,6 +20,7 @@ import (
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/internal/textsafe"
 )
 
 // EventProbe is the audit event /readyz appends while the log is failing,
@@ -146,10 +147,9 @@ func probeRecord() audit.Record {
 	return audit.Record{Event: EventProbe, Reason: "readiness probe while the audit log was failing"}
 }
 
-// oneLine keeps a cause on its line.
-func oneLine(s string) string {
-	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
-}
+// oneLine keeps a cause on its line, with nothing in it that could act
+// on a terminal reading /readyz: textsafe's, as the command's.
+var oneLine = textsafe.OneLine
 
 func (cfg Config) logger() *slog.Logger {
 	if cfg.Logger != nil {

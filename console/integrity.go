@@ -29,15 +29,13 @@ type verification struct {
 // verificationState is a verification's state, which each run starts
 // afresh.
 type verificationState struct {
-	running  bool
-	done     uint64
-	total    uint64
-	by       string
-	result   string
-	failed   bool
-	bad      uint64
-	hasBad   bool
-	finished time.Time
+	running bool
+	done    uint64
+	total   uint64
+	result  string
+	failed  bool
+	bad     uint64
+	hasBad  bool
 }
 
 // verificationView is a verification as the page and /integrity/status
@@ -64,13 +62,13 @@ func (v *verification) view() *verificationView {
 
 // start begins a verification of store, unless one is running; it
 // reports whether it began one.
-func (v *verification) start(store audit.Store, opts audit.VerifyOptions, by string) bool {
+func (v *verification) start(store audit.Store, opts audit.VerifyOptions) bool {
 	v.mu.Lock()
 	if v.running {
 		v.mu.Unlock()
 		return false
 	}
-	v.verificationState = verificationState{running: true, by: by}
+	v.verificationState = verificationState{running: true}
 	v.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
 	if size, err := store.Size(ctx); err == nil {
@@ -89,7 +87,7 @@ func (v *verification) start(store audit.Store, opts audit.VerifyOptions, by str
 		res, err := audit.Verify(ctx, store, opts)
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		v.running, v.finished = false, time.Now()
+		v.running = false
 		var verr *audit.VerifyError
 		var cerr *audit.CheckpointError
 		switch {
@@ -147,9 +145,9 @@ func (u *ui) integrityPage(w http.ResponseWriter, r *http.Request, op *operator)
 
 // startVerify runs a full verification of the log; any operator may, as it
 // changes nothing.
-func (u *ui) startVerify(w http.ResponseWriter, r *http.Request, op *operator) {
+func (u *ui) startVerify(w http.ResponseWriter, r *http.Request, _ *operator) {
 	log := u.cfg.Stack.Audit
-	u.verify.start(log.Store(), audit.VerifyOptions{Verifier: log.Verifier(), Origin: log.Origin()}, op.ID)
+	u.verify.start(log.Store(), audit.VerifyOptions{Verifier: log.Verifier(), Origin: log.Origin()})
 	http.Redirect(w, r, "/integrity", http.StatusSeeOther)
 }
 

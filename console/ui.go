@@ -100,11 +100,11 @@ func (u *ui) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /audit/records/{seq}", u.signedIn(u.recordPage))
 	mux.HandleFunc("GET /audit/export", u.signedIn(u.exportRecords))
 	mux.HandleFunc("GET /agents", u.signedIn(u.agentsPage))
-	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin("agents", u.assign)))
-	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin("agents", u.revoke)))
+	mux.HandleFunc("POST /agents/assign", u.signedIn(u.admin(u.refuseOnAgents, u.assign)))
+	mux.HandleFunc("POST /agents/revoke", u.signedIn(u.admin(u.refuseOnAgents, u.revoke)))
 	if u.cfg.Sessions != nil {
 		mux.HandleFunc("GET /sessions", u.signedIn(u.sessionsPage))
-		mux.HandleFunc("POST /sessions/end", u.signedIn(u.admin("sessions", u.endSession)))
+		mux.HandleFunc("POST /sessions/end", u.signedIn(u.admin(u.refuseOnSessions, u.endSession)))
 	}
 	if u.cfg.Upstreams != nil {
 		mux.HandleFunc("GET /upstreams", u.signedIn(u.upstreamsPage))
@@ -201,27 +201,34 @@ func (u *ui) signedIn(h func(http.ResponseWriter, *http.Request, *operator)) htt
 	}
 }
 
-// admin serves h to an admin; a viewer gets page with 403. It reads the
+// A refusal answers a change with status and why, on the page of the
+// change.
+type refusal func(w http.ResponseWriter, r *http.Request, op *operator, status int, msg string)
+
+// admin serves h to an admin; a viewer is refused with 403. It reads the
 // form, whose size it bounds.
-func (u *ui) admin(page string, h func(http.ResponseWriter, *http.Request, *operator)) func(http.ResponseWriter, *http.Request, *operator) {
+func (u *ui) admin(refuse refusal, h func(http.ResponseWriter, *http.Request, *operator)) func(http.ResponseWriter, *http.Request, *operator) {
 	return func(w http.ResponseWriter, r *http.Request, op *operator) {
-		refuse := func(status int, msg string) {
-			if page == "sessions" {
-				u.render(w, status, page, u.sessionsView(r, op, msg, ""))
-			} else {
-				u.render(w, status, page, u.agentsView(op, msg, ""))
-			}
-		}
 		if !op.Admin {
-			refuse(http.StatusForbidden, "operator "+op.ID+" is a viewer: changes need the admin role")
+			refuse(w, r, op, http.StatusForbidden, "operator "+op.ID+" is a viewer: changes need the admin role")
 			return
 		}
 		if status, msg := readForm(w, r); status != 0 {
-			refuse(status, msg)
+			refuse(w, r, op, status, msg)
 			return
 		}
 		h(w, r, op)
 	}
+}
+
+// refuseOnAgents and refuseOnSessions are the refusals of the agents and
+// sessions pages' changes.
+func (u *ui) refuseOnAgents(w http.ResponseWriter, _ *http.Request, op *operator, status int, msg string) {
+	u.render(w, status, "agents", u.agentsView(op, msg, ""))
+}
+
+func (u *ui) refuseOnSessions(w http.ResponseWriter, r *http.Request, op *operator, status int, msg string) {
+	u.render(w, status, "sessions", u.sessionsView(r, op, msg, ""))
 }
 
 // readForm parses a POST's form, bounded; if it can't, it returns the
