@@ -282,21 +282,19 @@ func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	u.mu.Lock()
 	if len(u.sessions) >= maxSessions {
+		// Full — one operator signing in over and over can do it: the
+		// session expiring first, the oldest, makes room, so that no one
+		// is locked out and memory stays bounded.
+		oldest := ""
 		for k, s := range u.sessions {
-			if now.After(s.expires) {
-				delete(u.sessions, k)
+			if oldest == "" || s.expires.Before(u.sessions[oldest].expires) {
+				oldest = k
 			}
 		}
+		delete(u.sessions, oldest)
 	}
-	full := len(u.sessions) >= maxSessions
-	if !full {
-		u.sessions[id] = uiSession{sum: sum, expires: now.Add(sessionLifetime)}
-	}
+	u.sessions[id] = uiSession{sum: sum, expires: now.Add(sessionLifetime)}
 	u.mu.Unlock()
-	if full {
-		u.render(w, http.StatusServiceUnavailable, "login", &view{Title: "Sign in", Error: "too many console sessions; try again later"})
-		return
-	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/", MaxAge: int(sessionLifetime / time.Second),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: !loopbackRequest(r)})
 	http.Redirect(w, r, "/live", http.StatusSeeOther)

@@ -618,3 +618,54 @@ func TestConsoleSessionEndBadReason(t *testing.T) {
 		t.Errorf("the session ended anyway: %v", err)
 	}
 }
+
+// An operator signing in over and over can't grow the console's sessions
+// past their bound, nor lock anyone out: the oldest session makes room.
+func TestConsoleLoginFlood(t *testing.T) {
+	stack, _ := newConsole(t)
+	h := console.Handler(console.Config{Stack: stack, Operator: consoleOperators})
+	login := func(token string) string {
+		req := httptest.NewRequest("POST", "http://127.0.0.1/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.RemoteAddr = "127.0.0.1:41000"
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusSeeOther {
+			t.Fatalf("login: %d", w.Code)
+		}
+		return strings.Split(w.Header().Get("Set-Cookie"), ";")[0]
+	}
+	signedIn := func(cookie string) bool {
+		req := httptest.NewRequest("GET", "http://127.0.0.1/agents", nil)
+		req.Header.Set("Cookie", cookie)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code == http.StatusOK
+	}
+	first := login(viewerToken)
+	for range 10_000 {
+		login(adminToken)
+	}
+	if signedIn(first) {
+		t.Error("10,001 sessions are held: the bound did not hold")
+	}
+	if last := login(viewerToken); !signedIn(last) {
+		t.Error("after the flood, an operator can't sign in")
+	}
+}
+
+// A view that asks for more than it can catch up on is told so ("gap"),
+// and its stream ends, rather than skip over the hole unseen.
+func TestConsoleLiveStreamGap(t *testing.T) {
+	stack, srv := newConsole(t)
+	ctx := context.Background()
+	for range 1100 {
+		stack.Guard(ctx, agentsec.Request{Agent: "bot", Session: "s", Tool: "read"}, func(context.Context) (int64, error) { return 1, nil })
+	}
+	b := newBrowser(t, srv)
+	b.login(viewerToken)
+	resp, body := b.do("GET", "/live/stream?from=0", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "event: gap") || strings.Contains(body, "event: record") {
+		t.Errorf("a stream 1,100 records behind: %d\n%.300s", resp.StatusCode, body)
+	}
+}

@@ -233,17 +233,30 @@ func TestServeReload(t *testing.T) {
 			t.Errorf("%s: a refused reload changed what is in force", name)
 		}
 	}
+	// A token the file drops is refused from the next request on.
+	s.write(reloadConfig("verified", ""))
+	if err := m.Run(context.Background(), []string{"reload", "-config", s.file, "-admin", strings.TrimPrefix(s.admin, "http://")}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", s.api+"/v1/trust/assignments", nil)
+	req.Header.Set("Authorization", "Bearer "+reloadNewBotToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a dropped agent's token after the reload: %v %v", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
 	s.stop()
 
 	reloads := s.records("config.reload")
-	if len(reloads) != 1 || reloads[0].Attrs["operator"] != "root" || !strings.HasPrefix(reloads[0].Attrs["config"], "sha256:") {
+	if len(reloads) != 2 || reloads[0].Attrs["operator"] != "root" || !strings.HasPrefix(reloads[0].Attrs["config"], "sha256:") {
 		t.Errorf("config.reload records: %+v", reloads)
 	}
 	rules := s.records("trust.rule")
 	if len(rules) != 1 || rules[0].Tool != "write" || rules[0].RequiredLevel != "verified" || rules[0].Attrs["reload"] != reloads[0].Attrs["reload"] {
 		t.Errorf("trust.rule records: %+v", rules)
 	}
-	if tokens := s.records("agent.token"); len(tokens) != 1 || tokens[0].Agent != "newbot" || tokens[0].Attrs["change"] != "added" {
+	if tokens := s.records("agent.token"); len(tokens) != 2 || tokens[0].Agent != "newbot" || tokens[0].Attrs["change"] != "added" ||
+		tokens[1].Attrs["change"] != "removed" {
 		t.Errorf("agent.token records: %+v", tokens)
 	}
 }
