@@ -154,8 +154,13 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		}
 		// The database's commits are not synced: the record log's are
 		// (see recordlog.go), and the checkpointer syncs the database.
+		// Temporary data stays in memory: the indexer's multi-row
+		// inserts keep statement journals, which SQLite would otherwise
+		// spill past 64 KiB to a file in /var/tmp or /tmp — a directory
+		// a container's read-only root may not offer, and whose failure
+		// would stop the log.
 		s.writer, err = openDB(path, "rwc", 1,
-			"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "busy_timeout(10000)")
+			"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "busy_timeout(10000)", "temp_store(MEMORY)")
 		if err != nil {
 			s.Close()
 			return nil, err

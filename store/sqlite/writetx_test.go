@@ -30,3 +30,21 @@ func TestCancelledBeginLeavesNoTransaction(t *testing.T) {
 		tx.Rollback()
 	}
 }
+
+// TestWriterKeepsTemporaryDataInMemory: the writing connection never
+// spills to a temporary file (the indexer's statement journals), which
+// would need a writable /var/tmp or /tmp.
+func TestWriterKeepsTemporaryDataInMemory(t *testing.T) {
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "a.db"), Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var store int
+	if err := s.writer.QueryRowContext(context.Background(), "PRAGMA temp_store").Scan(&store); err != nil {
+		t.Fatal(err)
+	}
+	if store != 2 { // MEMORY
+		t.Errorf("the writer's temp_store is %d, want 2 (MEMORY)", store)
+	}
+}
