@@ -1,0 +1,255 @@
+// Package oauthtest runs a small OAuth 2.1 authorization server on
+// loopback for tests: OpenID Connect discovery, a JWKS of its own keys,
+// and a token endpoint for the client-credentials grant — enough for a
+// standard client to get a token and for agentsec to verify it — plus
+// the means to mint the tokens an attacker would try.
+package oauthtest
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// A Key is one of the issuer's signing keys.
+type Key struct {
+	ID     string
+	Alg    string // RS256 or ES256
+	Signer crypto.Signer
+}
+
+// A Client may get tokens by the client-credentials grant.
+type Client struct {
+	Secret string
+	Scopes []string // the scopes it may be granted
+}
+
+// An Issuer is a running authorization server.
+type Issuer struct {
+	URL string // its issuer identifier
+	// Audience is the "aud" of the tokens it issues when a client names
+	// no resource.
+	Audience string
+	// TokenLifetime is how long its tokens last; 5 minutes unless set.
+	TokenLifetime time.Duration
+
+	srv *httptest.Server
+
+	mu        sync.Mutex
+	keys      []Key // published; the last signs
+	clients   map[string]Client
+	down      bool
+	jwksHits  int
+	nextKeyID int
+}
+
+// NewIssuer starts an issuer with one RS256 key, issuing tokens for
+// audience. Close stops it.
+func NewIssuer(audience string) *Issuer {
+	is := &Issuer{Audience: audience, TokenLifetime: 5 * time.Minute, clients: map[string]Client{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/openid-configuration", is.serveMetadata)
+	mux.HandleFunc("GET /jwks", is.serveJWKS)
+	mux.HandleFunc("POST /token", is.serveToken)
+	is.srv = httptest.NewServer(mux)
+	is.URL = is.srv.URL
+	is.Rotate("RS256")
+	return is
+}
+
+// Close stops the issuer.
+func (is *Issuer) Close() { is.srv.Close() }
+
+// AddClient registers a client for the client-credentials grant.
+func (is *Issuer) AddClient(id string, c Client) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.clients[id] = c
+}
+
+// Rotate adds a new key of the algorithm (RS256 or ES256), which signs
+// from now on; the old ones stay published until Retire.
+func (is *Issuer) Rotate(alg string) Key {
+	var signer crypto.Signer
+	var err error
+	switch alg {
+	case "RS256":
+		signer, err = rsa.GenerateKey(rand.Reader, 2048)
+	case "ES256":
+		signer, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	default:
+		panic("oauthtest: no key for " + alg)
+	}
+	if err != nil {
+		panic(err)
+	}
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.nextKeyID++
+	k := Key{ID: fmt.Sprintf("key-%d", is.nextKeyID), Alg: alg, Signer: signer}
+	is.keys = append(is.keys, k)
+	return k
+}
+
+// Retire stops publishing a key.
+func (is *Issuer) Retire(id string) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.keys = slices.DeleteFunc(is.keys, func(k Key) bool { return k.ID == id })
+}
+
+// SigningKey is the key that signs now.
+func (is *Issuer) SigningKey() Key {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.keys[len(is.keys)-1]
+}
+
+// SetDown makes every endpoint answer 503, as an issuer that is down.
+func (is *Issuer) SetDown(down bool) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.down = down
+}
+
+// JWKSHits counts the fetches of the key set.
+func (is *Issuer) JWKSHits() int {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.jwksHits
+}
+
+// Claims are a token's claims with those an issuer sets filled in.
+func (is *Issuer) Claims(sub string, scopes ...string) jwt.MapClaims {
+	now := time.Now()
+	return jwt.MapClaims{
+		"iss": is.URL, "sub": sub, "aud": is.Audience, "client_id": sub,
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(is.TokenLifetime).Unix(),
+		"jti": rand.Text(), "scope": strings.Join(scopes, " "),
+	}
+}
+
+// Sign signs claims with key, as the issuer would.
+func Sign(claims jwt.MapClaims, key Key) string {
+	method := jwt.GetSigningMethod(key.Alg)
+	t := jwt.NewWithClaims(method, claims)
+	t.Header["kid"] = key.ID
+	s, err := t.SignedString(key.Signer)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Token issues a token for sub with scopes, signed with the current key.
+func (is *Issuer) Token(sub string, scopes ...string) string {
+	return Sign(is.Claims(sub, scopes...), is.SigningKey())
+}
+
+func (is *Issuer) unavailable(w http.ResponseWriter) bool {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	if is.down {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}
+	return is.down
+}
+
+func (is *Issuer) serveMetadata(w http.ResponseWriter, r *http.Request) {
+	if is.unavailable(w) {
+		return
+	}
+	writeJSON(w, map[string]any{
+		"issuer":                                is.URL,
+		"jwks_uri":                              is.URL + "/jwks",
+		"token_endpoint":                        is.URL + "/token",
+		"grant_types_supported":                 []string{"client_credentials"},
+		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
+		"response_types_supported":              []string{"token"},
+		"subject_types_supported":               []string{"public"},
+		"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
+	})
+}
+
+func (is *Issuer) serveJWKS(w http.ResponseWriter, r *http.Request) {
+	if is.unavailable(w) {
+		return
+	}
+	is.mu.Lock()
+	is.jwksHits++
+	var set jose.JSONWebKeySet
+	for _, k := range is.keys {
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.Signer.Public(), KeyID: k.ID, Algorithm: k.Alg, Use: "sig"})
+	}
+	is.mu.Unlock()
+	writeJSON(w, set)
+}
+
+// serveToken is the client-credentials grant (RFC 6749, section 4.4),
+// with the resource parameter (RFC 8707) setting the audience.
+func (is *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
+	if is.unavailable(w) {
+		return
+	}
+	if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "client_credentials" {
+		tokenError(w, "unsupported_grant_type")
+		return
+	}
+	id, secret, ok := r.BasicAuth()
+	if !ok {
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	}
+	is.mu.Lock()
+	c, known := is.clients[id]
+	is.mu.Unlock()
+	if !known || c.Secret != secret {
+		w.WriteHeader(http.StatusUnauthorized)
+		writeJSON(w, map[string]string{"error": "invalid_client"})
+		return
+	}
+	var granted []string
+	for _, s := range strings.Fields(r.PostForm.Get("scope")) {
+		if !slices.Contains(c.Scopes, s) {
+			tokenError(w, "invalid_scope")
+			return
+		}
+		granted = append(granted, s)
+	}
+	if r.PostForm.Get("scope") == "" {
+		granted = c.Scopes
+	}
+	claims := is.Claims(id, granted...)
+	if resource := r.PostForm.Get("resource"); resource != "" {
+		claims["aud"] = resource
+	}
+	writeJSON(w, map[string]any{
+		"access_token": Sign(claims, is.SigningKey()),
+		"token_type":   "Bearer",
+		"expires_in":   int(is.TokenLifetime.Seconds()),
+		"scope":        strings.Join(granted, " "),
+	})
+}
+
+func tokenError(w http.ResponseWriter, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	json.NewEncoder(w).Encode(map[string]string{"error": code})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}

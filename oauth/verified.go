@@ -1,0 +1,65 @@
+package oauth
+
+import (
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// maxVerified bounds the tokens remembered as verified.
+const maxVerified = 10_000
+
+// verified remembers the tokens that passed, by their SHA-256, so that a
+// client presenting the same token on each request pays for one
+// signature check, not one per request. An entry holds only while the
+// token has not expired and the keys it was checked against are still
+// the ones in hand and usable: a key set fetched since (a key withdrawn),
+// or keys past KeysMaxAge, make the token be checked again. Only tokens
+// that passed every check are remembered; a refusal always runs the full
+// check.
+type verified struct {
+	mu      sync.Mutex
+	entries map[[32]byte]verifiedToken
+}
+
+type verifiedToken struct {
+	id      Identity
+	expires time.Time // exp plus the clock skew
+	gen     uint64    // the key set's generation it was checked under
+}
+
+func (vt *verified) get(token string, now time.Time, gen uint64) (Identity, bool) {
+	sum := sha256.Sum256([]byte(token))
+	vt.mu.Lock()
+	defer vt.mu.Unlock()
+	e, ok := vt.entries[sum]
+	if !ok {
+		return Identity{}, false
+	}
+	if e.gen != gen || !now.Before(e.expires) {
+		delete(vt.entries, sum)
+		return Identity{}, false
+	}
+	return e.id, true
+}
+
+func (vt *verified) put(token string, e verifiedToken) {
+	sum := sha256.Sum256([]byte(token))
+	vt.mu.Lock()
+	defer vt.mu.Unlock()
+	if vt.entries == nil {
+		vt.entries = map[[32]byte]verifiedToken{}
+	}
+	if len(vt.entries) >= maxVerified {
+		// Full: forget an arbitrary tenth, which costs those tokens one
+		// more signature check each.
+		n := 0
+		for k := range vt.entries {
+			delete(vt.entries, k)
+			if n++; n >= maxVerified/10 {
+				break
+			}
+		}
+	}
+	vt.entries[sum] = e
+}

@@ -1,0 +1,383 @@
+// Package oauth makes agentsec an OAuth 2.1 resource server, as the MCP
+// authorization specification (2025-11-25) has MCP servers be: agents
+// present access tokens (JWTs) their identity provider issued, and the
+// Verifier checks each one — signature against the issuer's published
+// keys, issuer, audience, lifetime, scopes — and names the configured
+// agent it belongs to.
+//
+// The token says who the caller is, never what it may do: its subject (or
+// client id) is mapped to an agent an operator configured, whose trust
+// level the operator assigned. A token whose subject maps to no agent is
+// refused, and its scopes can only narrow what the agent may do (the
+// required scopes must all be granted), never raise its level.
+package oauth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Config configures a Verifier.
+type Config struct {
+	// Issuer is the authorization server's issuer identifier, as its
+	// tokens' "iss" claim and its metadata spell it: an https URL, or
+	// http on a loopback address for tests.
+	Issuer string
+	// Audience is this resource server's canonical URI (RFC 8707), which
+	// a token's "aud" claim must contain.
+	Audience string
+	// Scopes are the scopes every token must grant.
+	Scopes []string
+	// AgentClaim names the claim that identifies the caller: "sub" when
+	// empty; "client_id" or "azp" for machine clients at some providers.
+	AgentClaim string
+	// Agents maps the claim's values to configured agents. A token whose
+	// value is not here is refused.
+	Agents map[string]string
+	// JWKSURL is where the issuer publishes its keys; empty means
+	// discovered from the issuer's metadata (OpenID Connect discovery,
+	// then RFC 8414).
+	JWKSURL string
+	// ClockSkew is the leeway allowed on "exp", "nbf" and "iat"; 0 means
+	// DefaultClockSkew.
+	ClockSkew time.Duration
+	// KeysMaxAge is how long fetched keys stay usable when the issuer
+	// can't be reached to fetch them again; 0 means DefaultKeysMaxAge.
+	KeysMaxAge time.Duration
+	// RefreshEvery is how often the keys are fetched again, in the
+	// background, while in use; 0 means DefaultRefreshEvery.
+	RefreshEvery time.Duration
+	// MinRefreshInterval bounds how often a token signed with an unknown
+	// key, or an issuer that can't be reached, makes the Verifier fetch
+	// the keys; 0 means DefaultMinRefreshInterval.
+	MinRefreshInterval time.Duration
+	// HTTPClient fetches the issuer's metadata and keys; nil means one
+	// with a 10-second timeout.
+	HTTPClient *http.Client
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Defaults of Config's durations.
+const (
+	DefaultClockSkew          = 30 * time.Second
+	DefaultKeysMaxAge         = 24 * time.Hour
+	DefaultRefreshEvery       = 15 * time.Minute
+	DefaultMinRefreshInterval = 10 * time.Second
+	// MaxTokenBytes bounds a token: a longer one is refused unread.
+	MaxTokenBytes = 16 << 10
+)
+
+// An Identity is who a verified token says the caller is.
+type Identity struct {
+	// Agent is the configured agent the token's AgentClaim maps to.
+	Agent string
+	// Issuer, Subject and TokenID are the token's "iss", "sub" and "jti".
+	Issuer, Subject, TokenID string
+	// ClientID is the token's "client_id", or else "azp".
+	ClientID string
+	// Scopes are the scopes the token grants.
+	Scopes []string
+	// Expires is the token's "exp".
+	Expires time.Time
+}
+
+// An Error is why a token was refused, as the resource server answers:
+// Status 401 with Code "invalid_token" for a token that is missing,
+// malformed, forged or out of date; 403 with "insufficient_scope" for
+// one that lacks a required scope; 403 with no code for a genuine token
+// of a caller no agent is configured for; 503 when the issuer's keys
+// can't be had. Identity is set when the token was genuine (its
+// signature verified): the refusal is then worth recording.
+type Error struct {
+	Status      int
+	Code        string
+	Description string
+	Identity    *Identity
+}
+
+func (e *Error) Error() string { return "oauth: " + e.Description }
+
+// asymmetric are the signature algorithms a token may use: public-key
+// ones only, so no "none" and no HMAC keyed with a public key.
+var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+// A Verifier checks access tokens. It is safe for concurrent use.
+type Verifier struct {
+	cfg    Config
+	parser *jwt.Parser
+	keys   *keyCache
+	cache  verified
+}
+
+// NewVerifier checks cfg and returns its Verifier. It fetches nothing
+// yet: the issuer's keys are fetched when the first token comes (or by
+// Prefetch), so the gateway starts while the issuer is down.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	if err := checkURL("issuer", cfg.Issuer); err != nil {
+		return nil, err
+	}
+	if cfg.Audience == "" {
+		return nil, errors.New("oauth: the audience (this server's canonical URI) is required")
+	}
+	if _, err := url.Parse(cfg.Audience); err != nil {
+		return nil, fmt.Errorf("oauth: audience: %w", err)
+	}
+	if cfg.JWKSURL != "" {
+		if err := checkURL("jwks_url", cfg.JWKSURL); err != nil {
+			return nil, err
+		}
+	}
+	if len(cfg.Agents) == 0 {
+		return nil, errors.New("oauth: no agents are mapped: a token must name a configured agent")
+	}
+	if cfg.AgentClaim == "" {
+		cfg.AgentClaim = "sub"
+	}
+	cfg.ClockSkew = orDefault(cfg.ClockSkew, DefaultClockSkew)
+	cfg.KeysMaxAge = orDefault(cfg.KeysMaxAge, DefaultKeysMaxAge)
+	cfg.RefreshEvery = orDefault(cfg.RefreshEvery, DefaultRefreshEvery)
+	cfg.MinRefreshInterval = orDefault(cfg.MinRefreshInterval, DefaultMinRefreshInterval)
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	v := &Verifier{cfg: cfg, keys: newKeyCache(cfg)}
+	v.parser = jwt.NewParser(
+		jwt.WithValidMethods(asymmetric),
+		jwt.WithIssuer(cfg.Issuer),
+		jwt.WithAudience(cfg.Audience),
+		jwt.WithLeeway(cfg.ClockSkew),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithTimeFunc(cfg.Now),
+	)
+	return v, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// checkURL accepts https URLs, and http ones on loopback (a test's
+// issuer): keys fetched over plain HTTP elsewhere could be anyone's.
+func checkURL(what, raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return fmt.Errorf("oauth: %s is required", what)
+	case err != nil:
+		return fmt.Errorf("oauth: %s: %w", what, err)
+	case u.Scheme == "https" && u.Host != "":
+		return nil
+	case u.Scheme == "http" && isLoopback(u.Hostname()):
+		return nil
+	}
+	return fmt.Errorf("oauth: %s %q must be an https URL (http only on a loopback address)", what, raw)
+}
+
+// Prefetch fetches the issuer's keys now, so that the first token is not
+// kept waiting for them; an error says why they could not be had (the
+// Verifier tries again when tokens come).
+func (v *Verifier) Prefetch(ctx context.Context) error {
+	_, err := v.keys.refresh(ctx, true)
+	return err
+}
+
+// Verify checks a token and returns whose it is. A refused token's error
+// is an *Error.
+func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
+	if len(token) > MaxTokenBytes {
+		return Identity{}, invalid(fmt.Sprintf("the token is longer than %d bytes", MaxTokenBytes))
+	}
+	gen, usable := v.keys.current()
+	if usable {
+		if id, ok := v.cache.get(token, v.cfg.Now(), gen); ok {
+			id.Scopes = slices.Clone(id.Scopes)
+			return id, nil
+		}
+	}
+	claims := jwt.MapClaims{}
+	var keyErr *Error
+	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		key, err := v.key(ctx, t)
+		if err != nil {
+			keyErr, _ = err.(*Error)
+		}
+		return key, err
+	})
+	if keyErr != nil {
+		return Identity{}, keyErr
+	}
+	if err != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims) {
+		return Identity{}, invalid(describe(err))
+	}
+	// The signature verified: what the claims say is the issuer's word.
+	id := v.identity(claims)
+	if err != nil {
+		e := invalid(describe(err))
+		if id.Agent != "" {
+			e.Identity = &id
+		}
+		return Identity{}, e
+	}
+	if id.Agent == "" {
+		return Identity{}, &Error{Status: http.StatusForbidden, Identity: &id,
+			Description: fmt.Sprintf("no agent is configured for the token's %s %q; an operator maps it to one in auth.oauth.agents", v.cfg.AgentClaim, claimString(claims, v.cfg.AgentClaim))}
+	}
+	if missing := missingScopes(v.cfg.Scopes, id.Scopes); len(missing) > 0 {
+		return Identity{}, &Error{Status: http.StatusForbidden, Code: "insufficient_scope", Identity: &id,
+			Description: fmt.Sprintf("the token lacks the scope %s", strings.Join(missing, " "))}
+	}
+	// Remembered under the generation of the keys read before the check:
+	// a key set fetched during it (one that withdrew the key) makes the
+	// token be checked again.
+	v.cache.put(token, verifiedToken{id: id, expires: id.Expires.Add(v.cfg.ClockSkew), gen: gen})
+	return id, nil
+}
+
+// RequiredScopes are the scopes every token must grant.
+func (v *Verifier) RequiredScopes() []string { return slices.Clone(v.cfg.Scopes) }
+
+// Issuer is the issuer tokens must come from.
+func (v *Verifier) Issuer() string { return v.cfg.Issuer }
+
+// Audience is the resource the tokens must be for.
+func (v *Verifier) Audience() string { return v.cfg.Audience }
+
+func invalid(desc string) *Error {
+	return &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: desc}
+}
+
+// describe says why the jwt library refused a token, in terms an agent's
+// developer can act on.
+func describe(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "the token has expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "the token is not valid yet (nbf)"
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "the token was issued in the future (iat)"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "the token is from another issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "the token is not for this resource (aud)"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "the token lacks a required claim: " + err.Error()
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return "the token's signature does not verify, or its algorithm is not accepted"
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "the token is not a well-formed JWT"
+	}
+	return "the token is not valid: " + err.Error()
+}
+
+// key returns the issuer's key a token names, if it suits the token's
+// algorithm.
+func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
+	kid, _ := t.Header["kid"].(string)
+	if kid == "" {
+		return nil, invalid("the token names no key (kid)")
+	}
+	k, err := v.keys.get(ctx, kid)
+	if err != nil {
+		return nil, err
+	}
+	alg := t.Method.Alg()
+	if k.Algorithm != "" && k.Algorithm != alg {
+		return nil, invalid(fmt.Sprintf("the key %q is for %s, not %s", kid, k.Algorithm, alg))
+	}
+	if !suits(k.Key, alg) {
+		return nil, invalid(fmt.Sprintf("the key %q does not suit the algorithm %s", kid, alg))
+	}
+	return k.Key, nil
+}
+
+// suits reports whether a public key may verify alg's signatures.
+func suits(key any, alg string) bool {
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		return (strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS")) && k.N.BitLen() >= 2048
+	case *ecdsa.PublicKey:
+		want := map[string]elliptic.Curve{"ES256": elliptic.P256(), "ES384": elliptic.P384(), "ES512": elliptic.P521()}[alg]
+		return want != nil && k.Curve == want
+	case ed25519.PublicKey:
+		return alg == "EdDSA"
+	}
+	return false
+}
+
+// identity reads a verified token's claims.
+func (v *Verifier) identity(c jwt.MapClaims) Identity {
+	id := Identity{
+		Issuer:   claimString(c, "iss"),
+		Subject:  claimString(c, "sub"),
+		TokenID:  claimString(c, "jti"),
+		ClientID: claimString(c, "client_id"),
+		Scopes:   scopes(c),
+	}
+	if id.ClientID == "" {
+		id.ClientID = claimString(c, "azp")
+	}
+	if exp, err := c.GetExpirationTime(); err == nil && exp != nil {
+		id.Expires = exp.Time
+	}
+	if value := claimString(c, v.cfg.AgentClaim); value != "" {
+		id.Agent = v.cfg.Agents[value]
+	}
+	return id
+}
+
+func claimString(c jwt.MapClaims, name string) string {
+	s, _ := c[name].(string)
+	return s
+}
+
+// scopes reads the granted scopes: "scope", a space-separated string (RFC
+// 8693, RFC 9068), or "scp", a string or a list (Okta, Entra ID).
+func scopes(c jwt.MapClaims) []string {
+	if s, ok := c["scope"].(string); ok {
+		return strings.Fields(s)
+	}
+	switch scp := c["scp"].(type) {
+	case string:
+		return strings.Fields(scp)
+	case []any:
+		var out []string
+		for _, s := range scp {
+			if s, ok := s.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+func missingScopes(required, granted []string) []string {
+	var missing []string
+	for _, s := range required {
+		if !slices.Contains(granted, s) {
+			missing = append(missing, s)
+		}
+	}
+	return missing
+}
