@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/agentsec/agentsec/oauth"
 )
 
 // Config is agentsec.yaml.
@@ -43,6 +45,9 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// Admin is the operators' listener, apart from the agents'.
 	Admin Admin `yaml:"admin"`
+	// Auth configures how agents sign in to "agentsec serve" besides
+	// their static tokens.
+	Auth Auth `yaml:"auth"`
 	// Operators are the people and programs that read the whole log, or
 	// change what agents may do, over the decision API (docs/api.md).
 	Operators []Operator `yaml:"operators"`
@@ -120,6 +125,37 @@ func (c *Config) RestartNeeded(next *Config) []string {
 		}
 	}
 	return keys
+}
+
+// Auth configures how agents sign in besides static tokens.
+type Auth struct {
+	// OAuth admits agents by OAuth 2.1 access tokens an identity
+	// provider issued (docs/config.md).
+	OAuth *OAuth `yaml:"oauth"`
+}
+
+// OAuth makes "agentsec serve" an OAuth 2.1 resource server: see
+// oauth.Config, whose fields these are.
+type OAuth struct {
+	Issuer     string            `yaml:"issuer"`
+	Audience   string            `yaml:"audience"`
+	Scopes     []string          `yaml:"scopes"`
+	AgentClaim string            `yaml:"agent_claim"`
+	Agents     map[string]string `yaml:"agents"`
+	JWKSURL    string            `yaml:"jwks_url"`
+	ClockSkew  time.Duration     `yaml:"clock_skew"`
+	KeysMaxAge time.Duration     `yaml:"keys_max_age"`
+}
+
+// OAuthVerifier returns the Verifier of auth.oauth, or nil if it is not
+// configured.
+func (c *Config) OAuthVerifier() (*oauth.Verifier, error) {
+	o := c.Auth.OAuth
+	if o == nil {
+		return nil, nil
+	}
+	return oauth.NewVerifier(oauth.Config{Issuer: o.Issuer, Audience: o.Audience, Scopes: o.Scopes,
+		AgentClaim: o.AgentClaim, Agents: o.Agents, JWKSURL: o.JWKSURL, ClockSkew: o.ClockSkew, KeysMaxAge: o.KeysMaxAge})
 }
 
 // Trust configures the trust gate.

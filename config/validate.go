@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -139,6 +141,39 @@ func (c *Config) validate(v *validator) {
 	c.validateUpstreams(v)
 	c.validatePrefixedRules(v)
 	c.validateConnections(v)
+	c.validateOAuth(v)
+}
+
+// validateOAuth checks auth.oauth: what oauth.NewVerifier checks, and
+// that every agent a token may name is configured, with a level an
+// operator assigned.
+func (c *Config) validateOAuth(v *validator) {
+	o := c.Auth.OAuth
+	if o == nil {
+		return
+	}
+	if _, err := c.OAuthVerifier(); err != nil {
+		v.errorf(at("auth", "oauth"), "%s", strings.TrimPrefix(err.Error(), "oauth: "))
+	}
+	if u, err := url.Parse(o.Audience); o.Audience != "" && (err != nil || !u.IsAbs() || u.Fragment != "") {
+		v.errorf(at("auth", "oauth", "audience"), "%q is not this server's canonical URI, such as https://mcp.example.com/mcp", o.Audience)
+	}
+	for _, value := range slices.Sorted(maps.Keys(o.Agents)) {
+		if agent := o.Agents[value]; !c.hasAgent(agent) {
+			v.errorf(at("auth", "oauth", "agents", value), "agent %q is not among trust.agents: a token can only name an agent an operator configured", agent)
+		}
+	}
+	for i, s := range o.Scopes {
+		if s == "" || strings.ContainsAny(s, " \"\\") {
+			v.errorf(at("auth", "oauth", "scopes", i), "%q is not a scope token", s)
+		}
+	}
+	if o.ClockSkew < 0 || o.ClockSkew > 5*time.Minute {
+		v.errorf(at("auth", "oauth", "clock_skew"), "%v is outside 0 to 5m", o.ClockSkew)
+	}
+	if o.KeysMaxAge < 0 {
+		v.errorf(at("auth", "oauth", "keys_max_age"), "%v is negative", o.KeysMaxAge)
+	}
 }
 
 // defaultMaxConnections is max_connections when it is 0, as

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +25,9 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/internal/bearer"
+	"github.com/agentsec/agentsec/oauth"
 )
 
 // A Gateway serves many MCP clients over streamable HTTP. Each client
@@ -44,6 +47,11 @@ type Gateway struct {
 	// Agents are the agents that may connect, by the SHA-256 of their
 	// bearer token.
 	Agents []Credential
+	// OAuth, if set, also admits agents by OAuth 2.1 access tokens (JWTs)
+	// its issuer signed, and serves the protected-resource metadata that
+	// tells clients where to get one. A session opened with such a token
+	// stays bound to its issuer and subject.
+	OAuth *oauth.Verifier
 	// Upstreams are the servers behind the gateway; each session
 	// connects to each of them.
 	Upstreams []Upstream
@@ -226,23 +234,23 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "agentsec: this gateway only answers requests addressed to localhost", http.StatusForbidden)
 		return
 	}
-	agent, ok := g.authenticate(r)
-	if !ok {
-		// A peer without a token gets nothing more from this
-		// connection: no keep-alive for it to hold.
-		closeAfterReply(w)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="agentsec"`)
-		http.Error(w, "agentsec: a valid bearer token is required (Authorization: Bearer <token>)", http.StatusUnauthorized)
+	if g.OAuth != nil && r.Method == http.MethodGet && slices.Contains(g.OAuth.MetadataPaths(), r.URL.Path) {
+		g.OAuth.ServeMetadata(w, r)
+		return
+	}
+	c, refused := g.authenticate(r)
+	if refused != nil {
+		g.refuseCaller(w, r, refused)
 		return
 	}
 	if r.Method == http.MethodDelete {
-		g.deleteSession(w, r, agent)
+		g.deleteSession(w, r, c)
 		return
 	}
 	var s *httpSession
 	if id := r.Header.Get(sessionHeader); id != "" {
 		var err error
-		s, err = g.takeUp(r.Context(), id, agent)
+		s, err = g.takeUp(r.Context(), id, c)
 		switch {
 		case errors.Is(err, errNoSession):
 			http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
@@ -256,7 +264,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch r.Method {
 	case http.MethodPost:
-		g.post(w, r, agent, s)
+		g.post(w, r, c, s)
 	case http.MethodGet:
 		if s == nil {
 			http.Error(w, "agentsec: GET needs an Mcp-Session-Id; start a session with initialize (POST)", http.StatusBadRequest)
@@ -274,7 +282,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // post takes one JSON-RPC message from the client.
-func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *httpSession) {
+func (g *Gateway) post(w http.ResponseWriter, r *http.Request, c caller, s *httpSession) {
 	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
 		http.Error(w, "agentsec: a POST carries one JSON-RPC message: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
@@ -309,7 +317,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, agent string, s *
 	if s == nil {
 		switch {
 		case call && req.Method == "initialize":
-			if s, err = g.startSession(rand.Text(), agent, nil); err != nil {
+			if s, err = g.startSession(rand.Text(), c, nil); err != nil {
 				writeJSONError(w, sessionRefusalStatus(err), idJSON(req.ID), codeInternal, "agentsec: "+err.Error())
 				return
 			}
@@ -380,12 +388,40 @@ func (g *Gateway) SetAgents(agents []Credential) {
 	g.setAgents.Store(&agents)
 }
 
-// authenticate returns the agent whose token the request bears. Every
-// credential is compared, in constant time, so timing reveals nothing.
-func (g *Gateway) authenticate(r *http.Request) (string, bool) {
+// EventAuthRefused is the audit event of a genuine OAuth token refused:
+// its subject maps to no agent, or it lacks a required scope.
+const EventAuthRefused = "auth.refused"
+
+// A caller is who a request's token says it is.
+type caller struct {
+	agent string
+	// owner is what a session is bound to: the agent, for a static
+	// token; for an OAuth token, the agent and a digest of the token's
+	// issuer and subject, so that another subject mapped to the same agent
+	// can't take the session up.
+	owner string
+	// attrs go into the audit record of each call of a session the
+	// caller opens: an OAuth token's issuer, subject, id and client.
+	attrs map[string]string
+}
+
+// errNoToken and errUnknownToken refuse a request with no bearer token,
+// or with a static token no agent holds.
+var (
+	errNoToken      = &oauth.Error{Status: http.StatusUnauthorized, Description: "a valid bearer token is required (Authorization: Bearer <token>)"}
+	errUnknownToken = &oauth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the bearer token is not valid"}
+)
+
+// authenticate returns who the request's token says the caller is: an
+// agent's static token, compared in constant time with every credential
+// so that timing reveals nothing, or, with OAuth, an access token.
+func (g *Gateway) authenticate(r *http.Request) (caller, *oauth.Error) {
 	token, ok := bearer.Token(r)
 	if !ok {
-		return "", false
+		return caller{}, errNoToken
+	}
+	if g.OAuth != nil && strings.Count(token, ".") == 2 {
+		return g.oauthCaller(r.Context(), token)
 	}
 	sum := sha256.Sum256([]byte(token))
 	agent, found := "", 0
@@ -398,7 +434,62 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 			agent, found = c.Agent, found+1
 		}
 	}
-	return agent, found == 1
+	if found != 1 {
+		return caller{}, errUnknownToken
+	}
+	return caller{agent: agent, owner: agent}, nil
+}
+
+// oauthCaller verifies an OAuth access token.
+func (g *Gateway) oauthCaller(ctx context.Context, token string) (caller, *oauth.Error) {
+	id, err := g.OAuth.Verify(ctx, token)
+	if err != nil {
+		e, ok := errors.AsType[*oauth.Error](err)
+		if !ok {
+			e = &oauth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: err.Error()}
+		}
+		return caller{}, e
+	}
+	principal := sha256.Sum256([]byte(id.Issuer + "\x00" + id.Subject))
+	attrs := map[string]string{"oauth_issuer": id.Issuer, "oauth_subject": id.Subject}
+	if id.TokenID != "" {
+		attrs["oauth_token_id"] = id.TokenID
+	}
+	if id.ClientID != "" {
+		attrs["oauth_client_id"] = id.ClientID
+	}
+	return caller{agent: id.Agent, owner: id.Agent + " oauth:" + hex.EncodeToString(principal[:]), attrs: attrs}, nil
+}
+
+// refuseCaller answers a request whose token was refused. A peer that
+// presented no valid token gets nothing more from this connection: no
+// keep-alive for it to hold. A genuine token refused — of a subject no
+// agent is configured for, or short of a scope — is a decision about
+// someone the issuer vouches for, and is recorded; a forged or garbled
+// one is not, or anyone could fill the log.
+func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, e *oauth.Error) {
+	if e.Identity != nil {
+		rec := audit.Record{Event: EventAuthRefused, Agent: e.Identity.Agent, Outcome: audit.OutcomeDenied,
+			Reason: e.Description, Attrs: map[string]string{"oauth_issuer": e.Identity.Issuer, "oauth_subject": e.Identity.Subject}}
+		if e.Identity.TokenID != "" {
+			rec.Attrs["oauth_token_id"] = e.Identity.TokenID
+		}
+		if _, err := g.Stack.Audit.Log(r.Context(), rec); err != nil {
+			g.Log.Error("agentsec: recording a refused token", "err", err)
+		}
+	}
+	if e.Status == http.StatusUnauthorized {
+		closeAfterReply(w)
+	}
+	switch {
+	case g.OAuth != nil && e.Status != http.StatusServiceUnavailable:
+		w.Header().Set("WWW-Authenticate", g.OAuth.Challenge(e))
+	case e.Status == http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="agentsec"`)
+	case e.Status == http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "10")
+	}
+	http.Error(w, "agentsec: "+e.Description, e.Status)
 }
 
 // deleteSession ends the client's session: here, at once, so that its
@@ -406,7 +497,7 @@ func (g *Gateway) authenticate(r *http.Request) (string, bool) {
 // replica serves it again. A replica that doesn't hold the session only
 // checks it is the agent's before deleting it from the store: there is
 // nothing of it here to start or end.
-func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, agent string) {
+func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, c caller) {
 	id := r.Header.Get(sessionHeader)
 	if id == "" {
 		http.Error(w, "agentsec: DELETE needs an Mcp-Session-Id", http.StatusBadRequest)
@@ -418,7 +509,7 @@ func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, agent st
 	var known bool
 	switch {
 	case s != nil:
-		if known = s.agent == agent; known {
+		if known = s.owner == c.owner; known {
 			g.endSession(id)
 		}
 	case g.Sessions != nil:
@@ -428,7 +519,7 @@ func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, agent st
 			http.Error(w, "agentsec: "+errStoreDown.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		known = found && owner == agent
+		known = found && owner == c.owner
 	}
 	if !known {
 		http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
@@ -446,15 +537,16 @@ func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, agent st
 
 // startSession starts serving a session: a new one, whose client is
 // about to initialize it, or, with init, one another replica began.
-func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSession, error) {
+func (g *Gateway) startSession(id string, c caller, init json.RawMessage) (*httpSession, error) {
+	agent := c.agent
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &httpSession{id: id, agent: agent, cancel: cancel,
+	s := &httpSession{id: id, agent: agent, owner: c.owner, cancel: cancel,
 		closed:  make(chan struct{}),
 		streams: map[jsonrpc.ID]*stream{}, byToken: map[string]*stream{}, lastActive: time.Now()}
 	g.mu.Lock()
 	switch {
 	case g.sessions[id] != nil:
-		// Another request took the same session up meanwhile (its agent
+		// Another request took the same session up meanwhile (its owner
 		// is this one: takeUp checked the store's).
 		other := g.sessions[id]
 		g.mu.Unlock()
@@ -479,7 +571,8 @@ func (g *Gateway) startSession(id, agent string, init json.RawMessage) (*httpSes
 	g.running.Add(1)
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
-		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, agent),
+		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, c.owner),
+		Attrs:    c.attrs,
 		onListed: g.listed.add}
 	r, err := p.router(ctx, s)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 // request the client opened last.
 type httpSession struct {
 	id, agent string
+	owner     string // who may use it: see caller
 	cancel    context.CancelFunc
 	closed    chan struct{}
 	closeOnce sync.Once

@@ -64,6 +64,10 @@ type Proxy struct {
 	// Observer, if set, is told of the governed calls sent upstream and
 	// of the upstreams' connections.
 	Observer Observer
+	// Attrs go into the audit record of each governed call, beside the
+	// gateway's own: the Gateway puts an OAuth caller's issuer, subject
+	// and token id there.
+	Attrs map[string]string
 
 	// onInitialized, if set, must succeed before the client learns its
 	// session is initialized: a Gateway's replicas record the session.
@@ -424,7 +428,7 @@ func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) *
 	if !isNotification(req.Method) {
 		msg := "agentsec: " + req.Method + " sent as a notification (without an id) is refused: only notifications/… methods may be; send it as a request, with an id"
 		if req.Method == "tools/call" {
-			call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: stringField(object(req.Params), "name")}
+			call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: stringField(object(req.Params), "name"), Attrs: r.p.Attrs}
 			if call.Tool == "" {
 				call.Tool = "(none)"
 			}

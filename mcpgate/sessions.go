@@ -33,12 +33,15 @@ import (
 // PruneSessions, once no replica can still hold the session. A store
 // whose budgets live elsewhere forgets nothing.
 type SessionStore interface {
-	// SaveSession records a session once its client has initialized it.
-	SaveSession(ctx context.Context, id, agent string, init []byte) error
-	// LoadSession returns a session's agent and initialize parameters;
+	// SaveSession records a session once its client has initialized it,
+	// with its owner: the agent's id, followed, for a session an OAuth
+	// token opened, by a digest of the token's issuer and subject. A
+	// request's caller must be the same owner to use the session.
+	SaveSession(ctx context.Context, id, owner string, init []byte) error
+	// LoadSession returns a session's owner and initialize parameters;
 	// found is false for a session never saved, deleted, or untouched
 	// for longer than idle.
-	LoadSession(ctx context.Context, id string, idle time.Duration) (agent string, init []byte, found bool, err error)
+	LoadSession(ctx context.Context, id string, idle time.Duration) (owner string, init []byte, found bool, err error)
 	// RefreshSessions marks the sessions of used as used now, and returns
 	// those of held (which includes used) that are no longer found, as
 	// LoadSession would not find them.
@@ -80,12 +83,12 @@ func (g *Gateway) refreshShared(held, used []string) {
 
 // saveSession records the session in the gateway's SessionStore, if it
 // has one, before the client learns the session is initialized.
-func (g *Gateway) saveSession(id, agent string) func(context.Context, json.RawMessage) error {
+func (g *Gateway) saveSession(id, owner string) func(context.Context, json.RawMessage) error {
 	if g.Sessions == nil {
 		return nil
 	}
 	return func(ctx context.Context, init json.RawMessage) error {
-		if err := g.Sessions.SaveSession(ctx, id, agent, init); err != nil {
+		if err := g.Sessions.SaveSession(ctx, id, owner, init); err != nil {
 			g.Log.Error("agentsec: recording a session for the other replicas", "session", id, "err", err)
 			return errors.New("the session could not be recorded for the gateway's other replicas; try again")
 		}
@@ -103,12 +106,12 @@ var (
 // takeUp returns the session with the id: this replica's, or one another
 // replica began, which this one then joins. Another agent's session is as
 // unknown as one that never existed.
-func (g *Gateway) takeUp(ctx context.Context, id, agent string) (*httpSession, error) {
+func (g *Gateway) takeUp(ctx context.Context, id string, c caller) (*httpSession, error) {
 	g.mu.Lock()
 	s := g.sessions[id]
 	g.mu.Unlock()
 	if s != nil {
-		if s.agent != agent {
+		if s.owner != c.owner {
 			return nil, errNoSession
 		}
 		return s, nil
@@ -121,8 +124,8 @@ func (g *Gateway) takeUp(ctx context.Context, id, agent string) (*httpSession, e
 	case err != nil:
 		g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
 		return nil, errStoreDown
-	case !found || owner != agent:
+	case !found || owner != c.owner:
 		return nil, errNoSession
 	}
-	return g.startSession(id, agent, init)
+	return g.startSession(id, c, init)
 }

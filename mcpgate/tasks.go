@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
@@ -191,7 +192,12 @@ func (r *router) taskResult(ctx context.Context, req *jsonrpc.Request, cr *clien
 		r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: the task's result could not be counted: "+err.Error())
 		return
 	}
-	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: t.tool, Attrs: map[string]string{"task": id}}
+	attrs := maps.Clone(r.p.Attrs)
+	if attrs == nil {
+		attrs = map[string]string{}
+	}
+	attrs["task"] = id
+	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: t.tool, Attrs: attrs}
 	if err := r.p.Stack.DeliverResult(ctx, call, tokens); err != nil {
 		if denied, ok := errors.AsType[*agentsec.DeniedError](err); ok {
 			r.reply(ctx, cr, req.ID, deniedResult(denied))

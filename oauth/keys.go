@@ -47,11 +47,26 @@ type keyCache struct {
 }
 
 // current returns the generation of the keys in hand, and whether they
-// are usable: fetched, and within KeysMaxAge.
+// are usable: fetched, and within KeysMaxAge. Tokens checked before are
+// taken on its word, so it starts the routine fetch when one is due.
 func (c *keyCache) current() (uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen, c.set != nil && c.cfg.Now().Sub(c.fetched) < c.cfg.KeysMaxAge
+	now := c.cfg.Now()
+	usable := c.set != nil && now.Sub(c.fetched) < c.cfg.KeysMaxAge
+	if usable {
+		c.refreshIfDue(now)
+	}
+	return c.gen, usable
+}
+
+// refreshIfDue starts a fetch in the background if the keys are
+// RefreshEvery old and none ran for MinRefreshInterval. c.mu is held.
+func (c *keyCache) refreshIfDue(now time.Time) {
+	if now.Sub(c.fetched) >= c.cfg.RefreshEvery && c.inflight == nil && now.Sub(c.lastTry) >= c.cfg.MinRefreshInterval {
+		c.lastTry = now // one background fetch, not one per token
+		go c.refresh(context.Background(), true)
+	}
 }
 
 func newKeyCache(cfg Config) *keyCache {
@@ -65,10 +80,7 @@ func (c *keyCache) get(ctx context.Context, kid string) (jose.JSONWebKey, error)
 	k, known := c.set[kid]
 	usable := c.set != nil && now.Sub(c.fetched) < c.cfg.KeysMaxAge
 	if known && usable {
-		if now.Sub(c.fetched) >= c.cfg.RefreshEvery && c.inflight == nil && now.Sub(c.lastTry) >= c.cfg.MinRefreshInterval {
-			c.lastTry = now // one background fetch, not one per token
-			go c.refresh(context.WithoutCancel(ctx), true)
-		}
+		c.refreshIfDue(now)
 		c.mu.Unlock()
 		return k, nil
 	}

@@ -99,8 +99,8 @@ type Identity struct {
 // malformed, forged or out of date; 403 with "insufficient_scope" for
 // one that lacks a required scope; 403 with no code for a genuine token
 // of a caller no agent is configured for; 503 when the issuer's keys
-// can't be had. Identity is set when the token was genuine (its
-// signature verified): the refusal is then worth recording.
+// can't be had. Identity is set when the token is valid, only short of a
+// scope or of an agent: the refusal is then worth recording.
 type Error struct {
 	Status      int
 	Code        string
@@ -226,18 +226,14 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	if keyErr != nil {
 		return Identity{}, keyErr
 	}
-	if err != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims) {
+	if err != nil {
+		// A token genuine but out of date, or for someone else, is
+		// refused like a forgery, with no identity to record: a token
+		// seen once could otherwise be replayed to fill the log for ever.
 		return Identity{}, invalid(describe(err))
 	}
-	// The signature verified: what the claims say is the issuer's word.
+	// The token is valid: what its claims say is the issuer's word.
 	id := v.identity(claims)
-	if err != nil {
-		e := invalid(describe(err))
-		if id.Agent != "" {
-			e.Identity = &id
-		}
-		return Identity{}, e
-	}
 	if id.Agent == "" {
 		return Identity{}, &Error{Status: http.StatusForbidden, Identity: &id,
 			Description: fmt.Sprintf("no agent is configured for the token's %s %q; an operator maps it to one in auth.oauth.agents", v.cfg.AgentClaim, claimString(claims, v.cfg.AgentClaim))}

@@ -359,3 +359,32 @@ func TestVerifiedTokensAreRecheckedWhenTheyLapse(t *testing.T) {
 	_, err = v.Verify(context.Background(), token)
 	refusal(t, err, http.StatusServiceUnavailable, "")
 }
+
+// TestRoutineRefreshDropsWithdrawnKeys: with no token naming an unknown
+// key to prompt it, the keys are still fetched every RefreshEvery, so a
+// token — even one checked before — signed with a key the issuer
+// withdrew is refused soon after.
+func TestRoutineRefreshDropsWithdrawnKeys(t *testing.T) {
+	is, v := setup(t, func(c *oauth.Config) { c.RefreshEvery, c.MinRefreshInterval = 30*time.Millisecond, 10*time.Millisecond })
+	old := is.SigningKey()
+	token := is.Token("svc-a", "mcp:tools")
+	for range 2 { // the second time, from memory
+		if _, err := v.Verify(context.Background(), token); err != nil {
+			t.Fatal(err)
+		}
+	}
+	is.Rotate("ES256")
+	is.Retire(old.ID)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := v.Verify(context.Background(), token)
+		if err != nil {
+			refusal(t, err, 401, "invalid_token")
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a token of a withdrawn key is still accepted after 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

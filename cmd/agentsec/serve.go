@@ -72,6 +72,16 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		}
 		gw.Upstreams = upstreams(cfg, m.Stderr)
 		gw.Log = logger
+		if gw.OAuth != nil {
+			// The issuer's keys are fetched now, so the first agent does
+			// not wait for them; if the issuer is down, tokens are
+			// refused (503) and each try fetches again.
+			go func() {
+				if err := gw.OAuth.Prefetch(ctx); err != nil {
+					logger.Warn("agentsec: the OAuth issuer's signing keys can't be had yet; tokens are refused until they can", "issuer", gw.OAuth.Issuer(), "err", err)
+				}
+			}()
+		}
 		if g.metrics != nil {
 			g.metrics.WatchGateway(gw)
 		}
@@ -301,8 +311,12 @@ func gatewayFor(cfg *config.Config, file string, agents []httpapi.Credential) (*
 	for _, a := range agents {
 		gw.Agents = append(gw.Agents, mcpgate.Credential{TokenSHA256: a.TokenSHA256, Agent: a.Agent})
 	}
-	if len(gw.Agents) == 0 {
-		return nil, fmt.Errorf("%s: no agent has a token_sha256, so no MCP client could connect; make one with agentsec token", file)
+	var err error
+	if gw.OAuth, err = cfg.OAuthVerifier(); err != nil {
+		return nil, fmt.Errorf("%s: auth.oauth: %w", file, err)
+	}
+	if len(gw.Agents) == 0 && gw.OAuth == nil {
+		return nil, fmt.Errorf("%s: no agent has a token_sha256, and auth.oauth is not set, so no MCP client could connect; make a token with agentsec token", file)
 	}
 	host, _, _ := net.SplitHostPort(cfg.Listen)
 	ip := net.ParseIP(host)

@@ -181,6 +181,10 @@ func (is *Issuer) serveMetadata(w http.ResponseWriter, r *http.Request) {
 		"response_types_supported":              []string{"token"},
 		"subject_types_supported":               []string{"public"},
 		"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
+		// Clients (the Go SDK's among them) refuse a server without PKCE
+		// even for this grant; every real provider offers it. This one
+		// has no authorization endpoint for it to apply to.
+		"code_challenge_methods_supported": []string{"S256"},
 	})
 }
 

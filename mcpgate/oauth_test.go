@@ -1,0 +1,337 @@
+package mcpgate_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/auth/extauth"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/modelcontextprotocol/go-sdk/oauthex"
+
+	"github.com/agentsec/agentsec"
+	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/oauth"
+	"github.com/agentsec/agentsec/oauth/oauthtest"
+	"github.com/agentsec/agentsec/trust"
+)
+
+// oauthGateway is newHTTPGateway admitting OAuth tokens too: the issuer's
+// clients svc-alice and svc-alice-2 are the agent alice, svc-root is
+// root, and the scope mcp:tools is required.
+func oauthGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream, *oauthtest.Issuer) {
+	t.Helper()
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	t.Cleanup(is.Close)
+	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp", Scopes: []string{"mcp:tools"},
+		Agents:             map[string]string{"svc-alice": "alice", "svc-alice-2": "alice", "svc-root": "root"},
+		MinRefreshInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, stack, up, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) { g.OAuth = v })
+	return srv, stack, up, is
+}
+
+// post sends one JSON-RPC message with a token and returns the response.
+func post(t *testing.T, url, token, session, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if session != "" {
+		req.Header.Set("Mcp-Session-Id", session)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// TestOAuthTokensOpenGovernedSessions: a client with an issuer's token
+// is its agent, governed as with a static token; each call's record
+// names the token's issuer, subject and id; static tokens still work.
+func TestOAuthTokensOpenGovernedSessions(t *testing.T) {
+	srv, stack, up, is := oauthGateway(t)
+	ctx := context.Background()
+	token := is.Claims("svc-root", "mcp:tools")
+	root, err := connect(t, srv, oauthtest.Sign(token, is.SigningKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	alice, err := connect(t, srv, is.Token("svc-alice", "mcp:tools"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	if res, err := root.CallTool(ctx, &mcp.CallToolParams{Name: "shell.exec", Arguments: map[string]any{"text": "x"}}); err != nil || res.IsError {
+		t.Fatalf("root's call: %+v %v", res, err)
+	}
+	if res, err := alice.CallTool(ctx, &mcp.CallToolParams{Name: "shell.exec", Arguments: map[string]any{"text": "x"}}); err != nil || !res.IsError {
+		t.Fatalf("alice's call was not denied: %+v %v", res, err)
+	}
+	static, err := connect(t, srv, "root-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer static.Close()
+	if res, err := static.CallTool(ctx, &mcp.CallToolParams{Name: "shell.exec", Arguments: map[string]any{"text": "x"}}); err != nil || res.IsError {
+		t.Fatalf("the static token's call: %+v %v", res, err)
+	}
+	if up.calls.Load() != 2 {
+		t.Errorf("the server ran %d calls, want 2", up.calls.Load())
+	}
+	page, err := stack.Audit.Query(ctx, audit.Filter{Event: agentsec.EventToolCall})
+	if err != nil || len(page.Records) != 3 {
+		t.Fatalf("records %+v %v", page.Records, err)
+	}
+	r := page.Records[0]
+	if r.Agent != "root" || r.Attrs["oauth_issuer"] != is.URL || r.Attrs["oauth_subject"] != "svc-root" || r.Attrs["oauth_token_id"] != token["jti"] {
+		t.Errorf("root's record %+v", r)
+	}
+	if r := page.Records[1]; r.Agent != "alice" || r.Outcome != audit.OutcomeDenied || r.Attrs["oauth_subject"] != "svc-alice" {
+		t.Errorf("alice's record %+v", r)
+	}
+	if r := page.Records[2]; r.Attrs["oauth_subject"] != "" {
+		t.Errorf("a static token's record names an OAuth subject: %+v", r)
+	}
+}
+
+// TestOAuthRefusals: each bad token gets its status and challenge; a
+// genuine token refused is recorded, a forged one is not.
+func TestOAuthRefusals(t *testing.T) {
+	srv, stack, up, is := oauthGateway(t)
+	expired := is.Claims("svc-alice", "mcp:tools")
+	expired["exp"] = time.Now().Add(-time.Hour).Unix()
+	forged := oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), oauthtest.Key{ID: is.SigningKey().ID, Alg: "RS256", Signer: oauthtest.NewIssuer("x").SigningKey().Signer})
+	metadata := `resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp"`
+	cases := []struct {
+		name, token string
+		status      int
+		challenge   []string
+		recorded    bool
+	}{
+		{"no token", "", 401, []string{metadata}, false},
+		{"expired", oauthtest.Sign(expired, is.SigningKey()), 401, []string{metadata, `error="invalid_token"`}, false},
+		{"forged", forged, 401, []string{`error="invalid_token"`}, false},
+		{"unknown static token", "nobodys-token", 401, []string{metadata, `error="invalid_token"`}, false},
+		{"no scope", is.Token("svc-alice"), 403, []string{metadata, `error="insufficient_scope"`, `scope="mcp:tools"`}, true},
+		{"subject with no agent", is.Token("svc-stranger", "mcp:tools"), 403, []string{metadata}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before, _ := stack.Audit.Size(), error(nil)
+			resp := post(t, srv.URL+"/mcp", c.token, "", initializeBody)
+			if resp.StatusCode != c.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, c.status)
+			}
+			got := resp.Header.Get("WWW-Authenticate")
+			for _, want := range c.challenge {
+				if !strings.Contains(got, want) {
+					t.Errorf("WWW-Authenticate %q lacks %s", got, want)
+				}
+			}
+			after, _ := stack.Audit.Size(), error(nil)
+			if recorded := after > before; recorded != c.recorded {
+				t.Errorf("recorded: %v, want %v", recorded, c.recorded)
+			}
+		})
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: mcpgate.EventAuthRefused})
+	if err != nil || len(page.Records) != 2 || page.Records[0].Attrs["oauth_subject"] != "svc-alice" || page.Records[1].Attrs["oauth_subject"] != "svc-stranger" || page.Records[1].Reason == "" {
+		t.Errorf("refusal records %+v %v", page.Records, err)
+	}
+	if up.calls.Load() != 0 {
+		t.Errorf("the server ran %d calls", up.calls.Load())
+	}
+}
+
+// TestOAuthSessionStaysWithItsIdentity: a session opened with one
+// subject's token can't be used with another's — another agent's, or
+// another subject mapped to the same agent — but can with the same
+// subject's next token.
+func TestOAuthSessionStaysWithItsIdentity(t *testing.T) {
+	srv, _, _, is := oauthGateway(t)
+	resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody)
+	session := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != 200 || session == "" {
+		t.Fatalf("initialize: %d", resp.StatusCode)
+	}
+	list := `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`
+	for name, token := range map[string]string{
+		"another agent's token":       is.Token("svc-root", "mcp:tools"),
+		"the same agent, another sub": is.Token("svc-alice-2", "mcp:tools"),
+		"the agent's static token":    "alice-token",
+	} {
+		if resp := post(t, srv.URL, token, session, list); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s: status %d, want 404", name, resp.StatusCode)
+		}
+	}
+	if resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), session, list); resp.StatusCode != 200 {
+		t.Errorf("the same subject's next token: status %d", resp.StatusCode)
+	}
+}
+
+// TestOAuthMetadata: the protected-resource metadata is served without a
+// token at the well-known path, alone and followed by the resource's
+// path.
+func TestOAuthMetadata(t *testing.T) {
+	srv, _, _, is := oauthGateway(t)
+	for _, path := range []string{"/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m oauth.ResourceMetadata
+		err = json.NewDecoder(resp.Body).Decode(&m)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || m.Resource != "http://127.0.0.1/mcp" || len(m.AuthorizationServers) != 1 || m.AuthorizationServers[0] != is.URL {
+			t.Errorf("%s: %d %+v %v", path, resp.StatusCode, m, err)
+		}
+	}
+}
+
+// TestOAuthIssuerDown: with the issuer down, tokens are refused with 503
+// and Retry-After, and the gateway recovers by itself.
+func TestOAuthIssuerDown(t *testing.T) {
+	srv, _, _, is := oauthGateway(t)
+	is.SetDown(true)
+	resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	is.SetDown(false)
+	time.Sleep(30 * time.Millisecond)
+	if resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody); resp.StatusCode != 200 {
+		t.Fatalf("after the issuer is back: status %d", resp.StatusCode)
+	}
+}
+
+// TestOAuthTokenNeverReachesTheUpstream: the client's token is the
+// gateway's to check, not the upstream's to see.
+func TestOAuthTokenNeverReachesTheUpstream(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Authorization"))
+		mu.Unlock()
+		noopServer().ServeHTTP(w, r)
+	}))
+	defer upstream.Close()
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer is.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp", Agents: map[string]string{"svc": "bench"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := newStack(t, []trust.Rule{{Tool: "noop", Level: "public"}}, []trust.Assignment{{Agent: "bench", Level: "public"}}, 10, nil)
+	gw := &mcpgate.Gateway{Stack: stack, OAuth: v, Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("noop", upstream.URL, 0)}, AllowUnlistedTools: true}
+	srv := httptest.NewServer(gw)
+	defer func() { gw.Close(); srv.Close() }()
+	session, err := connect(t, srv, is.Token("svc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	if res, err := session.CallTool(context.Background(), &mcp.CallToolParams{Name: "noop"}); err != nil || res.IsError {
+		t.Fatalf("the call: %+v %v", res, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) == 0 {
+		t.Fatal("the upstream saw nothing")
+	}
+	for _, h := range seen {
+		if h != "" {
+			t.Fatalf("the upstream saw Authorization: %q", h)
+		}
+	}
+}
+
+// TestOAuthWithAnUnmodifiedGoSDKClient: the Go SDK's client-credentials
+// handler, given only a client id and secret, finds the gateway's
+// protected-resource metadata from its 401, gets a token from the
+// issuer, and calls tools as the agent the client maps to.
+func TestOAuthWithAnUnmodifiedGoSDKClient(t *testing.T) {
+	srv := httptest.NewUnstartedServer(nil)
+	endpoint := "http://" + srv.Listener.Addr().String() + "/mcp"
+	is := oauthtest.NewIssuer(endpoint)
+	defer is.Close()
+	is.AddClient("svc-root", oauthtest.Client{Secret: "s3cret", Scopes: []string{"mcp:tools"}})
+	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: endpoint, Scopes: []string{"mcp:tools"},
+		Agents: map[string]string{"svc-root": "root"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := newStack(t, []trust.Rule{{Tool: "shell.exec", Level: "privileged"}}, []trust.Assignment{{Agent: "root", Level: "privileged"}}, 10, nil)
+	up := newUpstream()
+	gw := &mcpgate.Gateway{Stack: stack, OAuth: v, Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}}}
+	srv.Config.Handler = gw
+	srv.Start()
+	defer func() { gw.Close(); srv.Close() }()
+
+	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
+		Credentials: &oauthex.ClientCredentials{ClientID: "svc-root", ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "s3cret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, nil)
+	session, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	res, err := session.CallTool(context.Background(), &mcp.CallToolParams{Name: "shell.exec", Arguments: map[string]any{"text": "x"}})
+	if err != nil || res.IsError {
+		t.Fatalf("%+v %v", res, err)
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: agentsec.EventToolCall})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Agent != "root" || page.Records[0].Attrs["oauth_subject"] != "svc-root" {
+		t.Fatalf("records %+v %v", page.Records, err)
+	}
+}
+
+// TestOAuthSessionStaysWithItsIdentityOnEveryReplica: the binding holds
+// on a replica that takes the session up from the shared store.
+func TestOAuthSessionStaysWithItsIdentityOnEveryReplica(t *testing.T) {
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer is.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp",
+		Agents: map[string]string{"svc-alice": "alice", "svc-alice-2": "alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}}, []trust.Assignment{{Agent: "alice", Level: "verified"}}, 10, nil)
+	up := newUpstream()
+	sessions := &memorySessions{}
+	var srvs []*httptest.Server
+	for range 2 {
+		gw := &mcpgate.Gateway{Stack: stack, Sessions: sessions, OAuth: v, Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}}}
+		srv := httptest.NewServer(gw)
+		t.Cleanup(func() { gw.Close(); srv.Close() })
+		srvs = append(srvs, srv)
+	}
+	cs := openAs(t, srvs[0].URL, is.Token("svc-alice"))
+	list := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
+	if resp := post(t, srvs[1].URL, is.Token("svc-alice-2"), cs.ID(), list); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("another subject of the same agent on the other replica: %d, want 404", resp.StatusCode)
+	}
+	if resp := post(t, srvs[1].URL, is.Token("svc-alice"), cs.ID(), list); resp.StatusCode != http.StatusOK {
+		t.Errorf("the same subject on the other replica: %d, want 200", resp.StatusCode)
+	}
+}
