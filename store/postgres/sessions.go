@@ -20,29 +20,31 @@ import (
 // fresh one. PruneSessions then deletes both.
 type SessionStore struct{ ref }
 
-// SaveSession records a session's agent and initialize parameters. A
-// session is saved once; saving it again keeps what was first saved.
-func (s *SessionStore) SaveSession(ctx context.Context, id, agent string, init []byte) error {
+// SaveSession records a session's owner (mcpgate.SessionStore says what
+// it holds; the column is named agent, which it begins with) and
+// initialize parameters. A session is saved once; saving it again keeps
+// what was first saved.
+func (s *SessionStore) SaveSession(ctx context.Context, id, owner string, init []byte) error {
 	_, err := s.db.pool.Exec(ctx, `INSERT INTO agentsec_sessions (id, agent, init) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO NOTHING`, id, agent, init)
+		ON CONFLICT (id) DO NOTHING`, id, owner, init)
 	if err != nil {
 		return unavailable("saving a session", err)
 	}
 	return nil
 }
 
-// LoadSession returns a saved session's agent and initialize parameters,
+// LoadSession returns a saved session's owner and initialize parameters,
 // unless it has been untouched for longer than idle.
-func (s *SessionStore) LoadSession(ctx context.Context, id string, idle time.Duration) (agent string, init []byte, found bool, err error) {
+func (s *SessionStore) LoadSession(ctx context.Context, id string, idle time.Duration) (owner string, init []byte, found bool, err error) {
 	err = s.db.pool.QueryRow(ctx, `SELECT agent, init FROM agentsec_sessions
-		WHERE id = $1 AND ended IS NULL AND last_active > now() - $2::interval`, id, idle).Scan(&agent, &init)
+		WHERE id = $1 AND ended IS NULL AND last_active > now() - $2::interval`, id, idle).Scan(&owner, &init)
 	if noRows(err) {
 		return "", nil, false, nil
 	}
 	if err != nil {
 		return "", nil, false, unavailable(fmt.Sprintf("loading session %q", id), err)
 	}
-	return agent, init, true, nil
+	return owner, init, true, nil
 }
 
 // RefreshSessions marks the sessions of used as used now, unless they are
