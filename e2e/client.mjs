@@ -5,6 +5,11 @@
 //
 //   node client.mjs stdio <steps> <command> [args...]
 //   node client.mjs http <steps> <url> <token>
+//   node client.mjs oauth <steps> <url> <client id> <client secret> <issuer>
+//
+// In oauth mode the client holds no token: the SDK's client-credentials
+// provider finds where to get one from the gateway's 401 and its
+// protected-resource metadata, and gets it from the issuer.
 //
 // <steps> is a JSON array of {op, ...}: list-tools, call {name, arguments,
 // progress}, list-resources, read-resource {uri}, list-prompts,
@@ -17,6 +22,7 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ClientCredentialsProvider } from "@modelcontextprotocol/sdk/client/auth-extensions.js";
 import { CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [mode, stepsJSON, ...rest] = process.argv.slice(2);
@@ -29,6 +35,9 @@ if (mode === "stdio") {
   transport = new StreamableHTTPClientTransport(new URL(rest[0]), {
     requestInit: { headers: { Authorization: `Bearer ${rest[1]}` } },
   });
+} else if (mode === "oauth") {
+  const authProvider = new ClientCredentialsProvider({ clientId: rest[1], clientSecret: rest[2], expectedIssuer: rest[3] });
+  transport = new StreamableHTTPClientTransport(new URL(rest[0]), { authProvider });
 } else {
   throw new Error(`unknown mode ${mode}`);
 }

@@ -22,7 +22,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth/extauth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/modelcontextprotocol/go-sdk/oauthex"
+
+	"github.com/agentsec/agentsec/oauth/oauthtest"
 )
 
 var agentsecBin string // built once by TestMain
@@ -542,5 +546,98 @@ func TestEverythingWithTheGoClient(t *testing.T) {
 		if !strings.HasPrefix(out, "verified ") {
 			t.Errorf("audit verify: %s", out)
 		}
+	}
+}
+
+// TestOAuthWithBothSDKs: agentsec serve as an OAuth resource server in
+// front of server-everything, with an issuer on loopback. The
+// TypeScript SDK's and the Go SDK's client-credentials clients, given only
+// a client id and secret, find the protected-resource metadata from the
+// gateway's 401, get a token from the issuer, and call tools as the agent
+// the operator mapped their client to, at the level the operator
+// assigned: echo is allowed, get-env denied. Each call's record names the
+// client, and the log verifies.
+func TestOAuthWithBothSDKs(t *testing.T) {
+	requireNode(t)
+	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
+	endpoint := "http://" + addr + "/mcp"
+	is := oauthtest.NewIssuer(endpoint)
+	defer is.Close()
+	is.AddClient("svc-ts", oauthtest.Client{Secret: "ts-secret", Scopes: []string{"mcp:tools"}})
+	is.AddClient("svc-go", oauthtest.Client{Secret: "go-secret", Scopes: []string{"mcp:tools"}})
+	auth := fmt.Sprintf(`auth:
+  oauth:
+    issuer: %s
+    audience: %s
+    scopes: [mcp:tools]
+    agent_claim: client_id
+    agents: {svc-ts: ts-client, svc-go: ts-client}
+`, is.URL, endpoint)
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(auth)
+	f.Close()
+	run(t, dir, agentsecBin, "config", "check", cfg)
+	_, stop := serve(t, dir, cfg, addr)
+
+	steps := []step{
+		{Op: "call", Name: "echo", Arguments: map[string]any{"message": "signed in"}},
+		{Op: "call", Name: "get-env"},
+	}
+	got := client(t, "oauth", steps, endpoint, "svc-ts", "ts-secret", is.URL)
+	if got[0].Error != "" || got[0].Result.IsError || got[0].text() != "Echo: signed in" {
+		t.Errorf("TypeScript echo: %+v", got[0])
+	}
+	if !got[1].Result.IsError {
+		t.Errorf("TypeScript get-env was not denied: %+v", got[1])
+	}
+
+	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
+		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: is.URL, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "from Go"}})
+	if err != nil || res.IsError {
+		t.Errorf("Go echo: %+v %v", res, err)
+	}
+	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "get-env"})
+	if err != nil || !res.IsError {
+		t.Errorf("Go get-env: %+v %v; want denied", res, err)
+	}
+	cs.Close()
+	stop()
+
+	out := run(t, dir, agentsecBin, "audit", "verify", "-db", "audit.db", "-pubkey", "e2e.pub")
+	if !strings.HasPrefix(out, "verified ") {
+		t.Errorf("audit verify: %s", out)
+	}
+	var clients []string
+	for line := range strings.Lines(run(t, dir, agentsecBin, "audit", "export", "-db", "audit.db", "-event", "tool.call")) {
+		var exported struct {
+			Record struct {
+				Agent string            `json:"agent"`
+				Attrs map[string]string `json:"attrs"`
+			} `json:"record"`
+		}
+		if err := json.Unmarshal([]byte(line), &exported); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		rec := exported.Record
+		if rec.Agent != "ts-client" || rec.Attrs["oauth_issuer"] != is.URL {
+			t.Errorf("record %s", line)
+		}
+		clients = append(clients, rec.Attrs["oauth_client_id"])
+	}
+	if !slices.Equal(clients, []string{"svc-ts", "svc-ts", "svc-go", "svc-go"}) {
+		t.Errorf("the records' clients: %v", clients)
 	}
 }

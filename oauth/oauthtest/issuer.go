@@ -64,6 +64,11 @@ func NewIssuer(audience string) *Issuer {
 	mux.HandleFunc("GET /.well-known/openid-configuration", is.serveMetadata)
 	mux.HandleFunc("GET /jwks", is.serveJWKS)
 	mux.HandleFunc("POST /token", is.serveToken)
+	mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, r *http.Request) {
+		// Discovery documents must name an authorization endpoint; this
+		// issuer has no users to sign in, only clients.
+		tokenError(w, "unsupported_response_type")
+	})
 	is.srv = httptest.NewServer(mux)
 	is.URL = is.srv.URL
 	is.Rotate("RS256")
@@ -176,14 +181,15 @@ func (is *Issuer) serveMetadata(w http.ResponseWriter, r *http.Request) {
 		"issuer":                                is.URL,
 		"jwks_uri":                              is.URL + "/jwks",
 		"token_endpoint":                        is.URL + "/token",
+		"authorization_endpoint":                is.URL + "/authorize",
 		"grant_types_supported":                 []string{"client_credentials"},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
-		"response_types_supported":              []string{"token"},
+		"response_types_supported":              []string{"code"},
 		"subject_types_supported":               []string{"public"},
 		"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
 		// Clients (the Go SDK's among them) refuse a server without PKCE
-		// even for this grant; every real provider offers it. This one
-		// has no authorization endpoint for it to apply to.
+		// even for this grant; every real provider offers it. Here it
+		// would apply to an authorization endpoint that refuses all.
 		"code_challenge_methods_supported": []string{"S256"},
 	})
 }
