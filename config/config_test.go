@@ -85,6 +85,7 @@ func TestErrors(t *testing.T) {
 	base := `namespace: n
 budget: {tokens: 10, calls: 10}
 `
+	oauthAuth := base + "trust:\n  agents:\n    - {id: a, level: public}\nauth:\n  oauth:\n    "
 	tests := []struct {
 		name, yaml, want string
 	}{
@@ -136,6 +137,14 @@ budget: {tokens: 10, calls: 10}
 		{"bare rule, several upstreams", base + "trust:\n  rules:\n    - {tool: \"read_*\", level: public}\nupstreams:\n  - {name: a, command: x}\n  - {name: b, command: y}\n",
 			`line 5: trust.rules[0].tool: "read_*" matches no tool: in front of several upstreams, tools are named <upstream>__<tool>, such as "a__read_*"`},
 		{"upstream twice", base + "upstreams:\n  - {name: a, command: x}\n  - {name: a, command: y}\n", `line 5: upstreams[1].name: "a" names another upstream`},
+		{"oauth issuer over http", oauthAuth + "issuer: http://idp.example.com\n    audience: https://m.example/mcp\n    agents: {c: a}\n", `auth.oauth: issuer "http://idp.example.com" must be an https URL`},
+		{"oauth no audience", oauthAuth + "issuer: https://idp.example.com\n    agents: {c: a}\n", "auth.oauth: the audience (this server's canonical URI) is required"},
+		{"oauth relative audience", oauthAuth + "issuer: https://idp.example.com\n    audience: /mcp\n    agents: {c: a}\n", `auth.oauth.audience: "/mcp" is not this server's canonical URI`},
+		{"oauth no agents", oauthAuth + "issuer: https://idp.example.com\n    audience: https://m.example/mcp\n", "auth.oauth: no agents are mapped"},
+		{"oauth unknown agent", oauthAuth + "issuer: https://idp.example.com\n    audience: https://m.example/mcp\n    agents: {c: ghost}\n", `line 10: auth.oauth.agents.c: agent "ghost" is not among trust.agents`},
+		{"oauth bad scope", oauthAuth + "issuer: https://idp.example.com\n    audience: https://m.example/mcp\n    agents: {c: a}\n    scopes: [\"a b\"]\n", `auth.oauth.scopes[0]: "a b" is not a scope token`},
+		{"oauth skew", oauthAuth + "issuer: https://idp.example.com\n    audience: https://m.example/mcp\n    agents: {c: a}\n    clock_skew: 1h\n", "auth.oauth.clock_skew: 1h0m0s is outside 0 to 5m"},
+		{"oauth key", oauthAuth + "issuer: https://idp.example.com\n    audience: https://m.example/mcp\n    agents: {c: a}\n    keyz: x\n", `unknown key "keyz" in OAuth`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
