@@ -42,7 +42,7 @@ func (r *router) callTool(ctx context.Context, req *jsonrpc.Request, cr *clientR
 	}
 	asTask := wantsTask(params)
 	u, inner, upParams, routeErr := r.toolRoute(name, params)
-	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: name, Attrs: r.p.Attrs}
+	call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: name, Attrs: r.attrs(ctx)}
 	if routeErr == nil && !r.p.AllowUnlistedTools {
 		if err := r.offered(ctx, u, inner); err != nil {
 			if err.cause == nil {

@@ -337,7 +337,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, c caller, s *http
 		}
 	}
 	if !call {
-		ok, refused := s.deliver(msg)
+		ok, refused := s.deliver(msg, c.attrs)
 		switch {
 		case !ok:
 			http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
@@ -354,7 +354,7 @@ func (g *Gateway) post(w http.ResponseWriter, r *http.Request, c caller, s *http
 		return
 	}
 	st.bind(w, r, acceptsJSON(r), s.closed)
-	if ok, _ := s.deliver(msg); !ok {
+	if ok, _ := s.deliver(msg, c.attrs); !ok {
 		s.dropStream(st)
 		http.Error(w, "agentsec: the MCP session has ended", http.StatusNotFound)
 		return
@@ -400,8 +400,8 @@ type caller struct {
 	// issuer and subject, so that another subject mapped to the same agent
 	// can't take the session up.
 	owner string
-	// attrs go into the audit record of each call of a session the
-	// caller opens: an OAuth token's issuer, subject, id and client.
+	// attrs go into the audit record of each call the caller's request
+	// carries: an OAuth token's issuer, subject, id and client.
 	attrs map[string]string
 }
 

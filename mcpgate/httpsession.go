@@ -24,7 +24,7 @@ type httpSession struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	receive func(jsonrpc.Message) *jsonrpc.Error // the proxy's, set before the first message
+	receive func(jsonrpc.Message, map[string]string) *jsonrpc.Error // the proxy's, set before the first message
 
 	mu         sync.Mutex
 	streams    map[jsonrpc.ID]*stream // requests waiting for their answer
@@ -161,19 +161,22 @@ func (s *httpSession) idleFor() time.Duration {
 }
 
 // setReceiver implements pushConn.
-func (s *httpSession) setReceiver(f func(jsonrpc.Message) *jsonrpc.Error) { s.receive = f }
+func (s *httpSession) setReceiver(f func(jsonrpc.Message, map[string]string) *jsonrpc.Error) {
+	s.receive = f
+}
 
 // deliver hands a client message to the proxy, which handles it on this
-// goroutine: a tools/call is governed before deliver returns. It reports
-// false if the session has ended, and the error to answer a notification
-// the proxy refused with.
-func (s *httpSession) deliver(msg jsonrpc.Message) (bool, *jsonrpc.Error) {
+// goroutine: a tools/call is governed before deliver returns, and
+// recorded with attrs, those of the caller whose request carried it. It
+// reports false if the session has ended, and the error to answer a
+// notification the proxy refused with.
+func (s *httpSession) deliver(msg jsonrpc.Message, attrs map[string]string) (bool, *jsonrpc.Error) {
 	select {
 	case <-s.closed:
 		return false, nil
 	default:
 	}
-	return true, s.receive(msg)
+	return true, s.receive(msg, attrs)
 }
 
 // openStream registers the response that will carry a request's answer.

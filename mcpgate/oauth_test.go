@@ -3,6 +3,7 @@ package mcpgate_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -183,6 +184,35 @@ func TestOAuthSessionStaysWithItsIdentity(t *testing.T) {
 	}
 	if resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), session, list); resp.StatusCode != 200 {
 		t.Errorf("the same subject's next token: status %d", resp.StatusCode)
+	}
+}
+
+// TestOAuthEachCallRecordsItsOwnToken: a session outlives the token that
+// opened it; each call is recorded with the id of the token its request
+// carried.
+func TestOAuthEachCallRecordsItsOwnToken(t *testing.T) {
+	srv, stack, up, is := oauthGateway(t)
+	first, next := is.Claims("svc-root", "mcp:tools"), is.Claims("svc-root", "mcp:tools")
+	resp := post(t, srv.URL, oauthtest.Sign(first, is.SigningKey()), "", initializeBody)
+	session := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != 200 || session == "" {
+		t.Fatalf("initialize: %d", resp.StatusCode)
+	}
+	post(t, srv.URL, oauthtest.Sign(first, is.SigningKey()), session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	call := `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"shell.exec","arguments":{"text":"x"}}}`
+	for i, claims := range []map[string]any{first, next} {
+		if resp := post(t, srv.URL, oauthtest.Sign(claims, is.SigningKey()), session, fmt.Sprintf(call, i+2)); resp.StatusCode != 200 {
+			t.Fatalf("call %d: status %d", i, resp.StatusCode)
+		}
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: agentsec.EventToolCall})
+	if err != nil || len(page.Records) != 2 || up.calls.Load() != 2 {
+		t.Fatalf("records %+v %v, %d calls run", page.Records, err, up.calls.Load())
+	}
+	for i, claims := range []map[string]any{first, next} {
+		if r := page.Records[i]; r.Outcome != audit.OutcomeAllowed || r.Attrs["oauth_token_id"] != claims["jti"] || r.Attrs["oauth_subject"] != "svc-root" {
+			t.Errorf("call %d's record %+v, want token id %v", i, r, claims["jti"])
+		}
 	}
 }
 

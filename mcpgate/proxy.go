@@ -65,8 +65,8 @@ type Proxy struct {
 	// of the upstreams' connections.
 	Observer Observer
 	// Attrs go into the audit record of each governed call, beside the
-	// gateway's own: the Gateway puts an OAuth caller's issuer, subject
-	// and token id there.
+	// gateway's own. The Gateway gives each HTTP request's calls its
+	// caller's instead: an OAuth token's issuer, subject and id.
 	Attrs map[string]string
 
 	// onInitialized, if set, must succeed before the client learns its
@@ -112,8 +112,12 @@ func (p *Proxy) Serve(ctx context.Context, down mcp.Connection) error {
 // tools/call is governed on that goroutine, so its answer needs no
 // hand-off to reach the response. Read on a pushConn only waits for it
 // to close.
+//
+// Each message comes with the attributes of the caller that sent it
+// (nil for none): over HTTP every request carries its own token, and a
+// session outlives the token that opened it.
 type pushConn interface {
-	setReceiver(func(jsonrpc.Message) *jsonrpc.Error)
+	setReceiver(func(msg jsonrpc.Message, attrs map[string]string) *jsonrpc.Error)
 }
 
 // A requestDropper is a connection that holds something open for each
@@ -157,7 +161,13 @@ func (p *Proxy) router(ctx context.Context, down mcp.Connection) (*router, error
 	}
 	r.multi = len(r.ups) > 1
 	if pc, ok := down.(pushConn); ok {
-		pc.setReceiver(func(msg jsonrpc.Message) *jsonrpc.Error { return r.dispatch(r.ctx, msg, true) })
+		pc.setReceiver(func(msg jsonrpc.Message, attrs map[string]string) *jsonrpc.Error {
+			ctx := r.ctx
+			if attrs != nil {
+				ctx = context.WithValue(ctx, callerAttrsKey{}, attrs)
+			}
+			return r.dispatch(ctx, msg, true)
+		})
 	}
 	return r, nil
 }
@@ -188,6 +198,19 @@ func (r *router) serve() error {
 		return nil
 	}
 	return err
+}
+
+// callerAttrsKey keys the attributes of the caller whose request carried
+// a message, in the context it is dispatched with (see pushConn).
+type callerAttrsKey struct{}
+
+// attrs are the attributes a governed call of ctx is recorded with: its
+// caller's, or else the Proxy's.
+func (r *router) attrs(ctx context.Context) map[string]string {
+	if attrs, ok := ctx.Value(callerAttrsKey{}).(map[string]string); ok {
+		return attrs
+	}
+	return r.p.Attrs
 }
 
 // router is the state of one proxied session.
@@ -428,7 +451,7 @@ func (r *router) clientNotification(ctx context.Context, req *jsonrpc.Request) *
 	if !isNotification(req.Method) {
 		msg := "agentsec: " + req.Method + " sent as a notification (without an id) is refused: only notifications/… methods may be; send it as a request, with an id"
 		if req.Method == "tools/call" {
-			call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: stringField(object(req.Params), "name"), Attrs: r.p.Attrs}
+			call := agentsec.Request{Agent: r.p.Agent, Session: r.session, Tool: stringField(object(req.Params), "name"), Attrs: r.attrs(ctx)}
 			if call.Tool == "" {
 				call.Tool = "(none)"
 			}

@@ -192,7 +192,7 @@ func (r *router) taskResult(ctx context.Context, req *jsonrpc.Request, cr *clien
 		r.replyError(ctx, cr, req.ID, codeInternal, "agentsec: the task's result could not be counted: "+err.Error())
 		return
 	}
-	attrs := maps.Clone(r.p.Attrs)
+	attrs := maps.Clone(r.attrs(ctx))
 	if attrs == nil {
 		attrs = map[string]string{}
 	}
