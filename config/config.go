@@ -137,14 +137,24 @@ type Auth struct {
 // OAuth makes "agentsec serve" an OAuth 2.1 resource server: see
 // oauth.Config, whose fields these are.
 type OAuth struct {
+	Audience   string        `yaml:"audience"`
+	Issuers    []OAuthIssuer `yaml:"issuers"`
+	ClockSkew  time.Duration `yaml:"clock_skew"`
+	KeysMaxAge time.Duration `yaml:"keys_max_age"`
+}
+
+// OAuthIssuer is an authorization server whose tokens are accepted: see
+// oauth.Issuer, whose fields these are.
+type OAuthIssuer struct {
 	Issuer     string            `yaml:"issuer"`
-	Audience   string            `yaml:"audience"`
+	JWKSURL    string            `yaml:"jwks_url"`
 	Scopes     []string          `yaml:"scopes"`
 	AgentClaim string            `yaml:"agent_claim"`
 	Agents     map[string]string `yaml:"agents"`
-	JWKSURL    string            `yaml:"jwks_url"`
-	ClockSkew  time.Duration     `yaml:"clock_skew"`
-	KeysMaxAge time.Duration     `yaml:"keys_max_age"`
+}
+
+func (o OAuthIssuer) issuer() oauth.Issuer {
+	return oauth.Issuer{URL: o.Issuer, JWKSURL: o.JWKSURL, Scopes: o.Scopes, AgentClaim: o.AgentClaim, Agents: o.Agents}
 }
 
 // OAuthVerifier returns the Verifier of auth.oauth, or nil if it is not
@@ -154,8 +164,11 @@ func (c *Config) OAuthVerifier() (*oauth.Verifier, error) {
 	if o == nil {
 		return nil, nil
 	}
-	return oauth.NewVerifier(oauth.Config{Issuer: o.Issuer, Audience: o.Audience, Scopes: o.Scopes,
-		AgentClaim: o.AgentClaim, Agents: o.Agents, JWKSURL: o.JWKSURL, ClockSkew: o.ClockSkew, KeysMaxAge: o.KeysMaxAge})
+	cfg := oauth.Config{Audience: o.Audience, ClockSkew: o.ClockSkew, KeysMaxAge: o.KeysMaxAge}
+	for _, iss := range o.Issuers {
+		cfg.Issuers = append(cfg.Issuers, iss.issuer())
+	}
+	return oauth.NewVerifier(cfg)
 }
 
 // Trust configures the trust gate.

@@ -152,20 +152,32 @@ func (c *Config) validateOAuth(v *validator) {
 	if o == nil {
 		return
 	}
-	if _, err := c.OAuthVerifier(); err != nil {
-		v.errorf(at("auth", "oauth"), "%s", strings.TrimPrefix(err.Error(), "oauth: "))
+	if o.Audience == "" {
+		v.errorf(at("auth", "oauth", "audience"), "is required: this server's canonical URI, such as https://mcp.example.com/mcp, which tokens must be issued for")
+	} else if u, err := url.Parse(o.Audience); err != nil || !u.IsAbs() || u.Fragment != "" {
+		v.errorf(at("auth", "oauth", "audience"), "%q is not this server's canonical URI, such as https://mcp.example.com/mcp: tokens must be issued for it", o.Audience)
 	}
-	if u, err := url.Parse(o.Audience); o.Audience != "" && (err != nil || !u.IsAbs() || u.Fragment != "") {
-		v.errorf(at("auth", "oauth", "audience"), "%q is not this server's canonical URI, such as https://mcp.example.com/mcp", o.Audience)
+	if len(o.Issuers) == 0 {
+		v.errorf(at("auth", "oauth", "issuers"), "is required: list the authorization servers whose tokens are accepted")
 	}
-	for _, value := range slices.Sorted(maps.Keys(o.Agents)) {
-		if agent := o.Agents[value]; !c.hasAgent(agent) {
-			v.errorf(at("auth", "oauth", "agents", value), "agent %q is not among trust.agents: a token can only name an agent an operator configured", agent)
+	seen := map[string]bool{}
+	for i, iss := range o.Issuers {
+		if err := iss.issuer().Check(); err != nil {
+			v.errorf(at("auth", "oauth", "issuers", i), "%v", err)
 		}
-	}
-	for i, s := range o.Scopes {
-		if s == "" || strings.ContainsAny(s, " \"\\") {
-			v.errorf(at("auth", "oauth", "scopes", i), "%q is not a scope token", s)
+		if seen[iss.Issuer] {
+			v.errorf(at("auth", "oauth", "issuers", i, "issuer"), "%s is listed twice", iss.Issuer)
+		}
+		seen[iss.Issuer] = true
+		for _, value := range slices.Sorted(maps.Keys(iss.Agents)) {
+			if agent := iss.Agents[value]; !c.hasAgent(agent) {
+				v.errorf(at("auth", "oauth", "issuers", i, "agents", value), "agent %q is not among trust.agents: a token can only name an agent an operator configured", agent)
+			}
+		}
+		for j, s := range iss.Scopes {
+			if s == "" || strings.ContainsAny(s, " \"\\") {
+				v.errorf(at("auth", "oauth", "issuers", i, "scopes", j), "%q is not a scope token", s)
+			}
 		}
 	}
 	if o.ClockSkew < 0 || o.ClockSkew > 5*time.Minute {

@@ -567,12 +567,13 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 	is.AddClient("svc-go", oauthtest.Client{Secret: "go-secret", Scopes: []string{"mcp:tools"}})
 	auth := fmt.Sprintf(`auth:
   oauth:
-    issuer: %s
     audience: %s
-    scopes: [mcp:tools]
-    agent_claim: client_id
-    agents: {svc-ts: ts-client, svc-go: ts-client}
-`, is.URL, endpoint)
+    issuers:
+      - issuer: %s
+        scopes: [mcp:tools]
+        agent_claim: client_id
+        agents: {svc-ts: ts-client, svc-go: ts-client}
+`, endpoint, is.URL)
 	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

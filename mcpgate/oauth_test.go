@@ -31,9 +31,9 @@ func oauthGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream, *
 	t.Helper()
 	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
 	t.Cleanup(is.Close)
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp", Scopes: []string{"mcp:tools"},
-		Agents:             map[string]string{"svc-alice": "alice", "svc-alice-2": "alice", "svc-root": "root"},
-		MinRefreshInterval: 20 * time.Millisecond})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", MinRefreshInterval: 20 * time.Millisecond,
+		Issuers: []oauth.Issuer{{URL: is.URL, Scopes: []string{"mcp:tools"},
+			Agents: map[string]string{"svc-alice": "alice", "svc-alice-2": "alice", "svc-root": "root"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestOAuthTokenNeverReachesTheUpstream(t *testing.T) {
 	defer upstream.Close()
 	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
 	defer is.Close()
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp", Agents: map[string]string{"svc": "bench"}})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: is.URL, Agents: map[string]string{"svc": "bench"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,8 +303,8 @@ func TestOAuthWithAnUnmodifiedGoSDKClient(t *testing.T) {
 	is := oauthtest.NewIssuer(endpoint)
 	defer is.Close()
 	is.AddClient("svc-root", oauthtest.Client{Secret: "s3cret", Scopes: []string{"mcp:tools"}})
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: endpoint, Scopes: []string{"mcp:tools"},
-		Agents: map[string]string{"svc-root": "root"}})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: endpoint, Issuers: []oauth.Issuer{{URL: is.URL, Scopes: []string{"mcp:tools"},
+		Agents: map[string]string{"svc-root": "root"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,8 +341,8 @@ func TestOAuthWithAnUnmodifiedGoSDKClient(t *testing.T) {
 func TestOAuthSessionStaysWithItsIdentityOnEveryReplica(t *testing.T) {
 	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
 	defer is.Close()
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL, Audience: "http://127.0.0.1/mcp",
-		Agents: map[string]string{"svc-alice": "alice", "svc-alice-2": "alice"}})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: is.URL,
+		Agents: map[string]string{"svc-alice": "alice", "svc-alice-2": "alice"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,8 @@ const maxDocumentBytes = 1 << 20
 //     succeeded, tokens are refused with 503 (fail closed) until a fetch
 //     succeeds, which tokens keep trying, once per interval.
 type keyCache struct {
-	cfg Config
+	cfg    Config
+	issuer string
 
 	mu       sync.Mutex
 	set      map[string]jose.JSONWebKey // by kid
@@ -69,8 +70,8 @@ func (c *keyCache) refreshIfDue(now time.Time) {
 	}
 }
 
-func newKeyCache(cfg Config) *keyCache {
-	return &keyCache{cfg: cfg, jwksURL: cfg.JWKSURL}
+func newKeyCache(cfg Config, iss Issuer) *keyCache {
+	return &keyCache{cfg: cfg, issuer: iss.URL, jwksURL: iss.JWKSURL}
 }
 
 // get returns the key kid names.
@@ -99,7 +100,7 @@ func (c *keyCache) get(ctx context.Context, kid string) (jose.JSONWebKey, error)
 			cause = err
 		}
 		return jose.JSONWebKey{}, &Error{Status: http.StatusServiceUnavailable,
-			Description: fmt.Sprintf("the issuer's signing keys can't be had (%v); try again shortly", cause)}
+			Description: fmt.Sprintf("the signing keys of the issuer %s can't be had (%v); try again shortly", c.issuer, cause)}
 	}
 	return jose.JSONWebKey{}, invalid(fmt.Sprintf("the token is signed with a key (kid %q) the issuer does not publish", kid))
 }
@@ -200,7 +201,7 @@ func (c *keyCache) fetch(ctx context.Context, jwksURL string) (map[string]jose.J
 // against someone else's keys.
 func (c *keyCache) discover(ctx context.Context) (string, error) {
 	var failed []string
-	for _, u := range metadataURLs(c.cfg.Issuer) {
+	for _, u := range metadataURLs(c.issuer) {
 		var meta struct {
 			Issuer  string `json:"issuer"`
 			JWKSURI string `json:"jwks_uri"`
@@ -210,8 +211,8 @@ func (c *keyCache) discover(ctx context.Context) (string, error) {
 			continue
 		}
 		switch {
-		case meta.Issuer != c.cfg.Issuer:
-			return "", fmt.Errorf("the metadata at %s is for the issuer %q, not %q", u, meta.Issuer, c.cfg.Issuer)
+		case meta.Issuer != c.issuer:
+			return "", fmt.Errorf("the metadata at %s is for the issuer %q, not %q", u, meta.Issuer, c.issuer)
 		case checkURL("jwks_uri", meta.JWKSURI) != nil:
 			return "", fmt.Errorf("the metadata at %s has no usable jwks_uri (%q)", u, meta.JWKSURI)
 		}

@@ -48,7 +48,7 @@ func TestKeySetHygiene(t *testing.T) {
 		json.NewEncoder(w).Encode(map[string]string{"issuer": srv.URL, "jwks_uri": srv.URL + "/jwks"})
 	}))
 	defer srv.Close()
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: srv.URL, Audience: resource, Agents: map[string]string{"svc-a": "agent-a"}})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: resource, Issuers: []oauth.Issuer{{URL: srv.URL, Agents: map[string]string{"svc-a": "agent-a"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

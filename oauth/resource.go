@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -23,15 +24,23 @@ type ResourceMetadata struct {
 }
 
 // Metadata is the resource server's metadata: its audience is the
-// resource, its issuer the one authorization server.
+// resource, its issuers the authorization servers, and the scopes they
+// require those it supports.
 func (v *Verifier) Metadata() ResourceMetadata {
-	return ResourceMetadata{
+	m := ResourceMetadata{
 		Resource:               v.cfg.Audience,
-		AuthorizationServers:   []string{v.cfg.Issuer},
-		ScopesSupported:        v.RequiredScopes(),
 		BearerMethodsSupported: []string{"header"},
 		ResourceName:           "agentsec",
 	}
+	for _, iss := range v.issuers {
+		m.AuthorizationServers = append(m.AuthorizationServers, iss.URL)
+		for _, s := range iss.Scopes {
+			if !slices.Contains(m.ScopesSupported, s) {
+				m.ScopesSupported = append(m.ScopesSupported, s)
+			}
+		}
+	}
+	return m
 }
 
 // MetadataURL is where the metadata of the resource is served: the
@@ -70,9 +79,9 @@ func (v *Verifier) Challenge(e *Error) string {
 		b.WriteString(strconv.Quote(e.Code))
 		b.WriteString(`, error_description=`)
 		b.WriteString(strconv.Quote(quotable(e.Description)))
-		if e.Code == "insufficient_scope" {
+		if e.Code == "insufficient_scope" && e.Identity != nil && v.byURL[e.Identity.Issuer] != nil {
 			b.WriteString(`, scope=`)
-			b.WriteString(strconv.Quote(strings.Join(v.cfg.Scopes, " ")))
+			b.WriteString(strconv.Quote(strings.Join(v.byURL[e.Identity.Issuer].Scopes, " ")))
 		}
 	}
 	return b.String()

@@ -25,22 +25,30 @@ type verified struct {
 type verifiedToken struct {
 	id      Identity
 	expires time.Time // exp plus the clock skew
-	gen     uint64    // the key set's generation it was checked under
+	issuer  *issuer   // whose keys it was checked against
+	gen     uint64    // their generation then
 }
 
-func (vt *verified) get(token string, now time.Time, gen uint64) (Identity, bool) {
+// get returns the entry of an unexpired token; the caller checks its
+// keys' generation.
+func (vt *verified) get(token string, now time.Time) (verifiedToken, bool) {
 	sum := sha256.Sum256([]byte(token))
 	vt.mu.Lock()
 	defer vt.mu.Unlock()
 	e, ok := vt.entries[sum]
-	if !ok {
-		return Identity{}, false
-	}
-	if e.gen != gen || !now.Before(e.expires) {
+	if ok && !now.Before(e.expires) {
 		delete(vt.entries, sum)
-		return Identity{}, false
+		return verifiedToken{}, false
 	}
-	return e.id, true
+	return e, ok
+}
+
+// forget drops a token's entry.
+func (vt *verified) forget(token string) {
+	sum := sha256.Sum256([]byte(token))
+	vt.mu.Lock()
+	defer vt.mu.Unlock()
+	delete(vt.entries, sum)
 }
 
 func (vt *verified) put(token string, e verifiedToken) {

@@ -20,10 +20,12 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -31,25 +33,13 @@ import (
 
 // Config configures a Verifier.
 type Config struct {
-	// Issuer is the authorization server's issuer identifier, as its
-	// tokens' "iss" claim and its metadata spell it: an https URL, or
-	// http on a loopback address for tests.
-	Issuer string
 	// Audience is this resource server's canonical URI (RFC 8707), which
 	// a token's "aud" claim must contain.
 	Audience string
-	// Scopes are the scopes every token must grant.
-	Scopes []string
-	// AgentClaim names the claim that identifies the caller: "sub" when
-	// empty; "client_id" or "azp" for machine clients at some providers.
-	AgentClaim string
-	// Agents maps the claim's values to configured agents. A token whose
-	// value is not here is refused.
-	Agents map[string]string
-	// JWKSURL is where the issuer publishes its keys; empty means
-	// discovered from the issuer's metadata (OpenID Connect discovery,
-	// then RFC 8414).
-	JWKSURL string
+	// Issuers are the authorization servers whose tokens are accepted,
+	// at least one. Each names its own agents: a subject is one issuer's
+	// word, never another's.
+	Issuers []Issuer
 	// ClockSkew is the leeway allowed on "exp", "nbf" and "iat"; 0 means
 	// DefaultClockSkew.
 	ClockSkew time.Duration
@@ -63,11 +53,32 @@ type Config struct {
 	// key, or an issuer that can't be reached, makes the Verifier fetch
 	// the keys; 0 means DefaultMinRefreshInterval.
 	MinRefreshInterval time.Duration
-	// HTTPClient fetches the issuer's metadata and keys; nil means one
+	// HTTPClient fetches the issuers' metadata and keys; nil means one
 	// with a 10-second timeout.
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+}
+
+// An Issuer is an authorization server whose tokens are accepted, and
+// how they name agents.
+type Issuer struct {
+	// URL is the issuer identifier, as its tokens' "iss" claim and its
+	// metadata spell it: an https URL, or http on a loopback address for
+	// tests.
+	URL string
+	// JWKSURL is where the issuer publishes its keys; empty means
+	// discovered from its metadata (OpenID Connect discovery, then RFC
+	// 8414).
+	JWKSURL string
+	// Scopes are the scopes each of its tokens must grant.
+	Scopes []string
+	// AgentClaim names the claim that identifies the caller: "sub" when
+	// empty; "client_id" or "azp" for machine clients at some providers.
+	AgentClaim string
+	// Agents maps the claim's values to configured agents. A token whose
+	// value is not here is refused.
+	Agents map[string]string
 }
 
 // Defaults of Config's durations.
@@ -116,35 +127,32 @@ var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 
 // A Verifier checks access tokens. It is safe for concurrent use.
 type Verifier struct {
-	cfg    Config
+	cfg      Config
+	issuers  []*issuer
+	byURL    map[string]*issuer
+	cache    verified
+	unsigned *jwt.Parser // reads a token's "iss" to choose its issuer
+}
+
+// issuer is an accepted issuer's settings, parser and keys.
+type issuer struct {
+	Issuer
 	parser *jwt.Parser
 	keys   *keyCache
-	cache  verified
 }
 
 // NewVerifier checks cfg and returns its Verifier. It fetches nothing
-// yet: the issuer's keys are fetched when the first token comes (or by
-// Prefetch), so the gateway starts while the issuer is down.
+// yet: the issuers' keys are fetched when the first token comes (or by
+// Prefetch), so the gateway starts while an issuer is down.
 func NewVerifier(cfg Config) (*Verifier, error) {
-	if err := checkURL("issuer", cfg.Issuer); err != nil {
-		return nil, err
-	}
 	if cfg.Audience == "" {
 		return nil, errors.New("oauth: the audience (this server's canonical URI) is required")
 	}
 	if _, err := url.Parse(cfg.Audience); err != nil {
 		return nil, fmt.Errorf("oauth: audience: %w", err)
 	}
-	if cfg.JWKSURL != "" {
-		if err := checkURL("jwks_url", cfg.JWKSURL); err != nil {
-			return nil, err
-		}
-	}
-	if len(cfg.Agents) == 0 {
-		return nil, errors.New("oauth: no agents are mapped: a token must name a configured agent")
-	}
-	if cfg.AgentClaim == "" {
-		cfg.AgentClaim = "sub"
+	if len(cfg.Issuers) == 0 {
+		return nil, errors.New("oauth: no issuer is configured: name the authorization server whose tokens are accepted")
 	}
 	cfg.ClockSkew = orDefault(cfg.ClockSkew, DefaultClockSkew)
 	cfg.KeysMaxAge = orDefault(cfg.KeysMaxAge, DefaultKeysMaxAge)
@@ -156,17 +164,47 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	v := &Verifier{cfg: cfg, keys: newKeyCache(cfg)}
-	v.parser = jwt.NewParser(
-		jwt.WithValidMethods(asymmetric),
-		jwt.WithIssuer(cfg.Issuer),
-		jwt.WithAudience(cfg.Audience),
-		jwt.WithLeeway(cfg.ClockSkew),
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-		jwt.WithTimeFunc(cfg.Now),
-	)
+	v := &Verifier{cfg: cfg, byURL: map[string]*issuer{}, unsigned: jwt.NewParser()}
+	for i, iss := range cfg.Issuers {
+		if err := iss.Check(); err != nil {
+			return nil, fmt.Errorf("oauth: issuers[%d]: %w", i, err)
+		}
+		if v.byURL[iss.URL] != nil {
+			return nil, fmt.Errorf("oauth: issuers[%d]: the issuer %s is listed twice", i, iss.URL)
+		}
+		if iss.AgentClaim == "" {
+			iss.AgentClaim = "sub"
+		}
+		iss.Scopes, iss.Agents = slices.Clone(iss.Scopes), maps.Clone(iss.Agents)
+		x := &issuer{Issuer: iss, keys: newKeyCache(cfg, iss), parser: jwt.NewParser(
+			jwt.WithValidMethods(asymmetric),
+			jwt.WithIssuer(iss.URL),
+			jwt.WithAudience(cfg.Audience),
+			jwt.WithLeeway(cfg.ClockSkew),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithTimeFunc(cfg.Now),
+		)}
+		v.issuers = append(v.issuers, x)
+		v.byURL[iss.URL] = x
+	}
 	return v, nil
+}
+
+// Check reports what is wrong with an issuer's settings, if anything.
+func (iss Issuer) Check() error {
+	if err := checkURL("issuer", iss.URL); err != nil {
+		return err
+	}
+	if iss.JWKSURL != "" {
+		if err := checkURL("jwks_url", iss.JWKSURL); err != nil {
+			return err
+		}
+	}
+	if len(iss.Agents) == 0 {
+		return errors.New("no agents are mapped: a token must name a configured agent")
+	}
+	return nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -182,23 +220,32 @@ func checkURL(what, raw string) error {
 	u, err := url.Parse(raw)
 	switch {
 	case raw == "":
-		return fmt.Errorf("oauth: %s is required", what)
+		return fmt.Errorf("%s is required", what)
 	case err != nil:
-		return fmt.Errorf("oauth: %s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, err)
 	case u.Scheme == "https" && u.Host != "":
 		return nil
 	case u.Scheme == "http" && isLoopback(u.Hostname()):
 		return nil
 	}
-	return fmt.Errorf("oauth: %s %q must be an https URL (http only on a loopback address)", what, raw)
+	return fmt.Errorf("%s %q must be an https URL (http only on a loopback address)", what, raw)
 }
 
-// Prefetch fetches the issuer's keys now, so that the first token is not
-// kept waiting for them; an error says why they could not be had (the
-// Verifier tries again when tokens come).
+// Prefetch fetches the issuers' keys now, so that the first token is not
+// kept waiting for them; an error says whose could not be had and why
+// (the Verifier tries again when tokens come).
 func (v *Verifier) Prefetch(ctx context.Context) error {
-	_, err := v.keys.refresh(ctx, true)
-	return err
+	errs := make([]error, len(v.issuers))
+	var wg sync.WaitGroup
+	for i, iss := range v.issuers {
+		wg.Go(func() {
+			if _, err := iss.keys.refresh(ctx, true); err != nil {
+				errs[i] = fmt.Errorf("the issuer %s: %w", iss.URL, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Verify checks a token and returns whose it is. A refused token's error
@@ -207,17 +254,25 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	if len(token) > MaxTokenBytes {
 		return Identity{}, invalid(fmt.Sprintf("the token is longer than %d bytes", MaxTokenBytes))
 	}
-	gen, usable := v.keys.current()
-	if usable {
-		if id, ok := v.cache.get(token, v.cfg.Now(), gen); ok {
-			id.Scopes = slices.Clone(id.Scopes)
-			return id, nil
+	now := v.cfg.Now()
+	if e, ok := v.cache.get(token, now); ok {
+		if gen, usable := e.issuer.keys.current(); usable && gen == e.gen {
+			e.id.Scopes = slices.Clone(e.id.Scopes)
+			return e.id, nil
 		}
+		v.cache.forget(token)
 	}
+	iss, refused := v.issuerOf(token)
+	if refused != nil {
+		return Identity{}, refused
+	}
+	// The generation is read before the check: a key set fetched during
+	// it (one that withdrew the key) makes the token be checked again.
+	gen, _ := iss.keys.current()
 	claims := jwt.MapClaims{}
 	var keyErr *Error
-	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		key, err := v.key(ctx, t)
+	_, err := iss.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		key, err := iss.key(ctx, t)
 		if err != nil {
 			keyErr, _ = err.(*Error)
 		}
@@ -233,27 +288,36 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 		return Identity{}, invalid(describe(err))
 	}
 	// The token is valid: what its claims say is the issuer's word.
-	id := v.identity(claims)
+	id := iss.identity(claims)
 	if id.Agent == "" {
 		return Identity{}, &Error{Status: http.StatusForbidden, Identity: &id,
-			Description: fmt.Sprintf("no agent is configured for the token's %s %q; an operator maps it to one in auth.oauth.agents", v.cfg.AgentClaim, claimString(claims, v.cfg.AgentClaim))}
+			Description: fmt.Sprintf("no agent is configured for the token's %s %q; an operator maps it to one in auth.oauth.issuers[].agents", iss.AgentClaim, claimString(claims, iss.AgentClaim))}
 	}
-	if missing := missingScopes(v.cfg.Scopes, id.Scopes); len(missing) > 0 {
+	if missing := missingScopes(iss.Scopes, id.Scopes); len(missing) > 0 {
 		return Identity{}, &Error{Status: http.StatusForbidden, Code: "insufficient_scope", Identity: &id,
 			Description: fmt.Sprintf("the token lacks the scope %s", strings.Join(missing, " "))}
 	}
-	// Remembered under the generation of the keys read before the check:
-	// a key set fetched during it (one that withdrew the key) makes the
-	// token be checked again.
-	v.cache.put(token, verifiedToken{id: id, expires: id.Expires.Add(v.cfg.ClockSkew), gen: gen})
+	v.cache.put(token, verifiedToken{id: id, expires: id.Expires.Add(v.cfg.ClockSkew), issuer: iss, gen: gen})
 	return id, nil
 }
 
-// RequiredScopes are the scopes every token must grant.
-func (v *Verifier) RequiredScopes() []string { return slices.Clone(v.cfg.Scopes) }
-
-// Issuer is the issuer tokens must come from.
-func (v *Verifier) Issuer() string { return v.cfg.Issuer }
+// issuerOf chooses the issuer whose keys and settings check a token: the
+// one its "iss" claim names, read before the signature is checked — the
+// issuer's parser then checks the claim again with the rest.
+func (v *Verifier) issuerOf(token string) (*issuer, *Error) {
+	if len(v.issuers) == 1 {
+		return v.issuers[0], nil
+	}
+	claims := jwt.MapClaims{}
+	if _, _, err := v.unsigned.ParseUnverified(token, claims); err != nil {
+		return nil, invalid(describe(err))
+	}
+	iss := v.byURL[claimString(claims, "iss")]
+	if iss == nil {
+		return nil, invalid(describe(jwt.ErrTokenInvalidIssuer))
+	}
+	return iss, nil
+}
 
 // Audience is the resource the tokens must be for.
 func (v *Verifier) Audience() string { return v.cfg.Audience }
@@ -288,12 +352,12 @@ func describe(err error) string {
 
 // key returns the issuer's key a token names, if it suits the token's
 // algorithm.
-func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
+func (iss *issuer) key(ctx context.Context, t *jwt.Token) (any, error) {
 	kid, _ := t.Header["kid"].(string)
 	if kid == "" {
 		return nil, invalid("the token names no key (kid)")
 	}
-	k, err := v.keys.get(ctx, kid)
+	k, err := iss.keys.get(ctx, kid)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +386,7 @@ func suits(key any, alg string) bool {
 }
 
 // identity reads a verified token's claims.
-func (v *Verifier) identity(c jwt.MapClaims) Identity {
+func (iss *issuer) identity(c jwt.MapClaims) Identity {
 	id := Identity{
 		Issuer:   claimString(c, "iss"),
 		Subject:  claimString(c, "sub"),
@@ -336,8 +400,8 @@ func (v *Verifier) identity(c jwt.MapClaims) Identity {
 	if exp, err := c.GetExpirationTime(); err == nil && exp != nil {
 		id.Expires = exp.Time
 	}
-	if value := claimString(c, v.cfg.AgentClaim); value != "" {
-		id.Agent = v.cfg.Agents[value]
+	if value := claimString(c, iss.AgentClaim); value != "" {
+		id.Agent = iss.Agents[value]
 	}
 	return id
 }

@@ -28,8 +28,8 @@ func setup(t testing.TB, tweak func(*oauth.Config)) (*oauthtest.Issuer, *oauth.V
 	t.Helper()
 	is := oauthtest.NewIssuer(resource)
 	t.Cleanup(is.Close)
-	cfg := oauth.Config{Issuer: is.URL, Audience: resource, Scopes: []string{"mcp:tools"},
-		Agents: map[string]string{"svc-a": "agent-a"}, MinRefreshInterval: 50 * time.Millisecond}
+	cfg := oauth.Config{Audience: resource, MinRefreshInterval: 50 * time.Millisecond, Issuers: []oauth.Issuer{
+		{URL: is.URL, Scopes: []string{"mcp:tools"}, Agents: map[string]string{"svc-a": "agent-a"}}}}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -142,7 +142,7 @@ func TestVerifyReadsScpClaims(t *testing.T) {
 // TestVerifyAgentClaim: a Verifier told to read client_id maps by it,
 // not by sub.
 func TestVerifyAgentClaim(t *testing.T) {
-	is, v := setup(t, func(c *oauth.Config) { c.AgentClaim = "client_id" })
+	is, v := setup(t, func(c *oauth.Config) { c.Issuers[0].AgentClaim = "client_id" })
 	c := is.Claims("user-1", "mcp:tools")
 	c["client_id"] = "svc-a"
 	id, err := v.Verify(context.Background(), oauthtest.Sign(c, is.SigningKey()))
@@ -253,7 +253,7 @@ func TestIssuerDown(t *testing.T) {
 func TestDiscoveryChecksTheIssuer(t *testing.T) {
 	is := oauthtest.NewIssuer(resource)
 	defer is.Close()
-	v, err := oauth.NewVerifier(oauth.Config{Issuer: is.URL + "/", Audience: resource, Agents: map[string]string{"svc-a": "a"}})
+	v, err := oauth.NewVerifier(oauth.Config{Audience: resource, Issuers: []oauth.Issuer{{URL: is.URL + "/", Agents: map[string]string{"svc-a": "a"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,12 +264,15 @@ func TestDiscoveryChecksTheIssuer(t *testing.T) {
 }
 
 func TestNewVerifierChecksTheConfig(t *testing.T) {
+	agents := map[string]string{"a": "a"}
 	for _, cfg := range []oauth.Config{
-		{Audience: resource, Agents: map[string]string{"a": "a"}},
-		{Issuer: "http://idp.example.com", Audience: resource, Agents: map[string]string{"a": "a"}},
-		{Issuer: "https://idp.example.com", Agents: map[string]string{"a": "a"}},
-		{Issuer: "https://idp.example.com", Audience: resource},
-		{Issuer: "https://idp.example.com", Audience: resource, Agents: map[string]string{"a": "a"}, JWKSURL: "ftp://x"},
+		{Audience: resource},
+		{Audience: resource, Issuers: []oauth.Issuer{{Agents: agents}}},
+		{Audience: resource, Issuers: []oauth.Issuer{{URL: "http://idp.example.com", Agents: agents}}},
+		{Issuers: []oauth.Issuer{{URL: "https://idp.example.com", Agents: agents}}},
+		{Audience: resource, Issuers: []oauth.Issuer{{URL: "https://idp.example.com"}}},
+		{Audience: resource, Issuers: []oauth.Issuer{{URL: "https://idp.example.com", Agents: agents, JWKSURL: "ftp://x"}}},
+		{Audience: resource, Issuers: []oauth.Issuer{{URL: "https://idp.example.com", Agents: agents}, {URL: "https://idp.example.com", Agents: agents}}},
 	} {
 		if _, err := oauth.NewVerifier(cfg); err == nil {
 			t.Errorf("%+v accepted", cfg)

@@ -73,12 +73,12 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 		gw.Upstreams = upstreams(cfg, m.Stderr)
 		gw.Log = logger
 		if gw.OAuth != nil {
-			// The issuer's keys are fetched now, so the first agent does
-			// not wait for them; if the issuer is down, tokens are
-			// refused (503) and each try fetches again.
+			// The issuers' keys are fetched now, so the first agent does
+			// not wait for them; an issuer that is down has its tokens
+			// refused (503), and each try fetches again.
 			go func() {
 				if err := gw.OAuth.Prefetch(ctx); err != nil {
-					logger.Warn("agentsec: the OAuth issuer's signing keys can't be had yet; tokens are refused until they can", "issuer", gw.OAuth.Issuer(), "err", err)
+					logger.Warn("agentsec: OAuth signing keys can't be had yet; the issuer's tokens are refused until they can", "err", err)
 				}
 			}()
 		}
