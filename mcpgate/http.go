@@ -251,6 +251,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if id := r.Header.Get(sessionHeader); id != "" {
 		var err error
 		s, err = g.takeUp(r.Context(), id, c)
+		if e, ok := errors.AsType[*notOwnerError](err); ok {
+			g.recordNotOwner(r.Context(), id, c, e.owner)
+		}
 		switch {
 		case errors.Is(err, errNoSession):
 			http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
@@ -392,6 +395,31 @@ func (g *Gateway) SetAgents(agents []Credential) {
 // its subject maps to no agent, or it lacks a required scope.
 const EventAuthRefused = "auth.refused"
 
+// EventSessionRefused is the audit event of a session used by a caller
+// that did not open it: its id leaked, or is being guessed at, by an
+// agent with a valid token.
+const EventSessionRefused = "session.refused"
+
+// recordNotOwner records that a caller presented another's session id.
+// The caller is answered as for an unknown session whether or not the
+// record is written: it is refused either way.
+func (g *Gateway) recordNotOwner(ctx context.Context, id string, c caller, owner string) {
+	rec := audit.Record{Event: EventSessionRefused, Agent: c.agent, Session: id, Outcome: audit.OutcomeDenied,
+		Reason: fmt.Sprintf("the session was opened by %s, not by this caller", describeOwner(owner)), Attrs: c.attrs}
+	if _, err := g.Stack.Audit.Log(ctx, rec); err != nil {
+		g.Log.Error("agentsec: recording a session used by another caller", "session", id, "agent", c.agent, "err", err)
+	}
+}
+
+// describeOwner names a session's owner (see caller) for a record: its
+// agent, and for an OAuth caller, that it signed in with a token.
+func describeOwner(owner string) string {
+	if i := strings.LastIndex(owner, " oauth:"); i >= 0 && len(owner)-i == len(" oauth:")+2*sha256.Size {
+		return fmt.Sprintf("agent %q signed in with an OAuth token", owner[:i])
+	}
+	return fmt.Sprintf("agent %q with its static token", owner)
+}
+
 // A caller is who a request's token says it is.
 type caller struct {
 	agent string
@@ -506,22 +534,27 @@ func (g *Gateway) deleteSession(w http.ResponseWriter, r *http.Request, c caller
 	g.mu.Lock()
 	s := g.sessions[id]
 	g.mu.Unlock()
-	var known bool
+	var found bool
+	var owner string
 	switch {
 	case s != nil:
-		if known = s.owner == c.owner; known {
+		found, owner = true, s.owner
+		if owner == c.owner {
 			g.endSession(id)
 		}
 	case g.Sessions != nil:
-		owner, _, found, err := g.Sessions.LoadSession(r.Context(), id, g.IdleTimeout)
+		var err error
+		owner, _, found, err = g.Sessions.LoadSession(r.Context(), id, g.IdleTimeout)
 		if err != nil {
 			g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
 			http.Error(w, "agentsec: "+errStoreDown.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		known = found && owner == c.owner
 	}
-	if !known {
+	if found && owner != c.owner {
+		g.recordNotOwner(r.Context(), id, c, owner)
+	}
+	if !found || owner != c.owner {
 		http.Error(w, "agentsec: unknown MCP session; start a new one with initialize", http.StatusNotFound)
 		return
 	}

@@ -164,9 +164,10 @@ func TestOAuthRefusals(t *testing.T) {
 // TestOAuthSessionStaysWithItsIdentity: a session opened with one
 // subject's token can't be used with another's — another agent's, or
 // another subject mapped to the same agent — but can with the same
-// subject's next token.
+// subject's next token. Each attempt is recorded, as a decision about a
+// caller with a valid token; a session id that exists nowhere is not.
 func TestOAuthSessionStaysWithItsIdentity(t *testing.T) {
-	srv, _, _, is := oauthGateway(t)
+	srv, stack, _, is := oauthGateway(t)
 	resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody)
 	session := resp.Header.Get("Mcp-Session-Id")
 	if resp.StatusCode != 200 || session == "" {
@@ -184,6 +185,30 @@ func TestOAuthSessionStaysWithItsIdentity(t *testing.T) {
 	}
 	if resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), session, list); resp.StatusCode != 200 {
 		t.Errorf("the same subject's next token: status %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, srv.URL, nil)
+	req.Header.Set("Authorization", "Bearer root-token")
+	req.Header.Set("Mcp-Session-Id", session)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("DELETE with another agent's token: %v %v", resp, err)
+	}
+	if resp := post(t, srv.URL, is.Token("svc-root", "mcp:tools"), "NOSUCHSESSION", list); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a session that does not exist: status %d", resp.StatusCode)
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: mcpgate.EventSessionRefused})
+	if err != nil || len(page.Records) != 4 {
+		t.Fatalf("records %+v %v, want 4", page.Records, err)
+	}
+	byAgent, bySubject := map[string]int{}, map[string]int{}
+	for _, r := range page.Records {
+		byAgent[r.Agent]++
+		bySubject[r.Attrs["oauth_subject"]]++
+		if r.Session != session || r.Outcome != audit.OutcomeDenied || !strings.Contains(r.Reason, `agent "alice" signed in with an OAuth token`) {
+			t.Errorf("record %+v", r)
+		}
+	}
+	if byAgent["root"] != 2 || byAgent["alice"] != 2 || bySubject["svc-root"] != 1 || bySubject["svc-alice-2"] != 1 {
+		t.Errorf("records by agent %v, by subject %v", byAgent, bySubject)
 	}
 }
 
@@ -360,6 +385,10 @@ func TestOAuthSessionStaysWithItsIdentityOnEveryReplica(t *testing.T) {
 	list := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
 	if resp := post(t, srvs[1].URL, is.Token("svc-alice-2"), cs.ID(), list); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("another subject of the same agent on the other replica: %d, want 404", resp.StatusCode)
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: mcpgate.EventSessionRefused})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Attrs["oauth_subject"] != "svc-alice-2" || page.Records[0].Session != cs.ID() {
+		t.Errorf("the other replica's records %+v %v", page.Records, err)
 	}
 	if resp := post(t, srvs[1].URL, is.Token("svc-alice"), cs.ID(), list); resp.StatusCode != http.StatusOK {
 		t.Errorf("the same subject on the other replica: %d, want 200", resp.StatusCode)

@@ -103,6 +103,14 @@ var (
 	errStoreDown = errors.New("the session store is unavailable; try again")
 )
 
+// A notOwnerError is a session found, but another caller's. The client
+// is told no more than for a session that does not exist (errNoSession):
+// an id it could only have from a leak is not confirmed to it.
+type notOwnerError struct{ owner string }
+
+func (e *notOwnerError) Error() string { return errNoSession.Error() }
+func (e *notOwnerError) Unwrap() error { return errNoSession }
+
 // takeUp returns the session with the id: this replica's, or one another
 // replica began, which this one then joins. Another agent's session is as
 // unknown as one that never existed.
@@ -112,7 +120,7 @@ func (g *Gateway) takeUp(ctx context.Context, id string, c caller) (*httpSession
 	g.mu.Unlock()
 	if s != nil {
 		if s.owner != c.owner {
-			return nil, errNoSession
+			return nil, &notOwnerError{owner: s.owner}
 		}
 		return s, nil
 	}
@@ -124,8 +132,10 @@ func (g *Gateway) takeUp(ctx context.Context, id string, c caller) (*httpSession
 	case err != nil:
 		g.Log.Error("agentsec: loading a session of another replica", "session", id, "err", err)
 		return nil, errStoreDown
-	case !found || owner != c.owner:
+	case !found:
 		return nil, errNoSession
+	case owner != c.owner:
+		return nil, &notOwnerError{owner: owner}
 	}
 	return g.startSession(id, c, init)
 }
