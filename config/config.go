@@ -105,9 +105,9 @@ func (c *Config) Version() string {
 
 // Reloadable lists the settings a running "agentsec serve" can take from
 // a changed file: the trust ladder, rules, default level and agents
-// (their levels and tokens), and the operators. RestartNeeded names the
-// others that differ.
-var Reloadable = []string{"trust", "operators"}
+// (their levels and tokens), the operators, and how agents sign in
+// (auth). RestartNeeded names the others that differ.
+var Reloadable = []string{"trust", "operators", "auth"}
 
 // RestartNeeded returns the top-level keys whose values differ between c
 // and next, other than the Reloadable ones: changes a reload can't apply.

@@ -48,9 +48,10 @@ type Gateway struct {
 	// bearer token.
 	Agents []Credential
 	// OAuth, if set, also admits agents by OAuth 2.1 access tokens (JWTs)
-	// its issuer signed, and serves the protected-resource metadata that
+	// its issuers signed, and serves the protected-resource metadata that
 	// tells clients where to get one. A session opened with such a token
-	// stays bound to its issuer and subject.
+	// stays bound to its issuer and subject. SetOAuth replaces it while
+	// the Gateway serves.
 	OAuth *oauth.Verifier
 	// Upstreams are the servers behind the gateway; each session
 	// connects to each of them.
@@ -102,7 +103,12 @@ type Gateway struct {
 	listed listedTools
 	// setAgents, once SetAgents is called, replaces Agents.
 	setAgents atomic.Pointer[[]Credential]
+	// setOAuth, once SetOAuth is called, replaces OAuth.
+	setOAuth atomic.Pointer[oauthVerifier]
 }
+
+// oauthVerifier holds the verifier SetOAuth set, which may be nil.
+type oauthVerifier struct{ v *oauth.Verifier }
 
 // A SessionInfo describes a session the gateway holds open.
 type SessionInfo struct {
@@ -234,13 +240,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "agentsec: this gateway only answers requests addressed to localhost", http.StatusForbidden)
 		return
 	}
-	if g.OAuth != nil && r.Method == http.MethodGet && slices.Contains(g.OAuth.MetadataPaths(), r.URL.Path) {
-		g.OAuth.ServeMetadata(w, r)
+	verifier := g.oauth()
+	if verifier != nil && r.Method == http.MethodGet && slices.Contains(verifier.MetadataPaths(), r.URL.Path) {
+		verifier.ServeMetadata(w, r)
 		return
 	}
-	c, refused := g.authenticate(r)
+	c, refused := g.authenticate(r, verifier)
 	if refused != nil {
-		g.refuseCaller(w, r, refused)
+		g.refuseCaller(w, r, verifier, refused)
 		return
 	}
 	if r.Method == http.MethodDelete {
@@ -440,16 +447,34 @@ var (
 	errUnknownToken = &oauth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the bearer token is not valid"}
 )
 
+// SetOAuth replaces the verifier of OAuth access tokens, as a reload of
+// the configuration does (nil stops admitting them): from the next
+// request on, tokens are checked by v. Sessions stay their callers', and
+// a request whose token v refuses is refused. It is safe to call while
+// the Gateway serves.
+func (g *Gateway) SetOAuth(v *oauth.Verifier) {
+	g.setOAuth.Store(&oauthVerifier{v})
+}
+
+// oauth returns the verifier in force: OAuth, until SetOAuth is called.
+func (g *Gateway) oauth() *oauth.Verifier {
+	if set := g.setOAuth.Load(); set != nil {
+		return set.v
+	}
+	return g.OAuth
+}
+
 // authenticate returns who the request's token says the caller is: an
 // agent's static token, compared in constant time with every credential
-// so that timing reveals nothing, or, with OAuth, an access token.
-func (g *Gateway) authenticate(r *http.Request) (caller, *oauth.Error) {
+// so that timing reveals nothing, or, with OAuth, an access token that
+// verifier accepts.
+func (g *Gateway) authenticate(r *http.Request, verifier *oauth.Verifier) (caller, *oauth.Error) {
 	token, ok := bearer.Token(r)
 	if !ok {
 		return caller{}, errNoToken
 	}
-	if g.OAuth != nil && strings.Count(token, ".") == 2 {
-		return g.oauthCaller(r.Context(), token)
+	if verifier != nil && strings.Count(token, ".") == 2 {
+		return oauthCaller(r.Context(), verifier, token)
 	}
 	sum := sha256.Sum256([]byte(token))
 	agent, found := "", 0
@@ -469,8 +494,8 @@ func (g *Gateway) authenticate(r *http.Request) (caller, *oauth.Error) {
 }
 
 // oauthCaller verifies an OAuth access token.
-func (g *Gateway) oauthCaller(ctx context.Context, token string) (caller, *oauth.Error) {
-	id, err := g.OAuth.Verify(ctx, token)
+func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string) (caller, *oauth.Error) {
+	id, err := verifier.Verify(ctx, token)
 	if err != nil {
 		e, ok := errors.AsType[*oauth.Error](err)
 		if !ok {
@@ -495,7 +520,7 @@ func (g *Gateway) oauthCaller(ctx context.Context, token string) (caller, *oauth
 // agent is configured for, or short of a scope — is a decision about
 // someone the issuer vouches for, and is recorded; a forged or garbled
 // one is not, or anyone could fill the log.
-func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, e *oauth.Error) {
+func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier *oauth.Verifier, e *oauth.Error) {
 	if e.Identity != nil {
 		rec := audit.Record{Event: EventAuthRefused, Agent: e.Identity.Agent, Outcome: audit.OutcomeDenied,
 			Reason: e.Description, Attrs: map[string]string{"oauth_issuer": e.Identity.Issuer, "oauth_subject": e.Identity.Subject}}
@@ -510,8 +535,8 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, e *oauth.
 		closeAfterReply(w)
 	}
 	switch {
-	case g.OAuth != nil && e.Status != http.StatusServiceUnavailable:
-		w.Header().Set("WWW-Authenticate", g.OAuth.Challenge(e))
+	case verifier != nil && e.Status != http.StatusServiceUnavailable:
+		w.Header().Set("WWW-Authenticate", verifier.Challenge(e))
 	case e.Status == http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="agentsec"`)
 	case e.Status == http.StatusServiceUnavailable:

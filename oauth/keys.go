@@ -32,8 +32,9 @@ const maxDocumentBytes = 1 << 20
 //     succeeded, tokens are refused with 503 (fail closed) until a fetch
 //     succeeds, which tokens keep trying, once per interval.
 type keyCache struct {
-	cfg    Config
-	issuer string
+	cfg        Config
+	issuer     string
+	jwksConfig string // the configured JWKSURL, if any
 
 	mu       sync.Mutex
 	set      map[string]jose.JSONWebKey // by kid
@@ -71,7 +72,14 @@ func (c *keyCache) refreshIfDue(now time.Time) {
 }
 
 func newKeyCache(cfg Config, iss Issuer) *keyCache {
-	return &keyCache{cfg: cfg, issuer: iss.URL, jwksURL: iss.JWKSURL}
+	return &keyCache{cfg: cfg, issuer: iss.URL, jwksConfig: iss.JWKSURL, jwksURL: iss.JWKSURL}
+}
+
+// sameSource reports whether o fetches the same keys as c, and keeps
+// them by the same rules: one may serve in the other's place.
+func (c *keyCache) sameSource(o *keyCache) bool {
+	return c.issuer == o.issuer && c.jwksConfig == o.jwksConfig && c.cfg.KeysMaxAge == o.cfg.KeysMaxAge &&
+		c.cfg.RefreshEvery == o.cfg.RefreshEvery && c.cfg.MinRefreshInterval == o.cfg.MinRefreshInterval
 }
 
 // get returns the key kid names.

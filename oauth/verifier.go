@@ -231,13 +231,32 @@ func checkURL(what, raw string) error {
 	return fmt.Errorf("%s %q must be an https URL (http only on a loopback address)", what, raw)
 }
 
-// Prefetch fetches the issuers' keys now, so that the first token is not
-// kept waiting for them; an error says whose could not be had and why
-// (the Verifier tries again when tokens come).
+// ShareKeys has v use prev's keys for each issuer both accept from the
+// same source (issuer and jwks_url) by the same rules: a reloaded
+// configuration then neither fetches them again nor keeps tokens waiting
+// for them. Tokens prev verified are verified again by v, whose agents
+// may differ. Call it before v is in use.
+func (v *Verifier) ShareKeys(prev *Verifier) {
+	if v == nil || prev == nil {
+		return
+	}
+	for _, iss := range v.issuers {
+		if old := prev.byURL[iss.URL]; old != nil && old.keys.sameSource(iss.keys) {
+			iss.keys = old.keys
+		}
+	}
+}
+
+// Prefetch fetches the keys of each issuer that has none in hand, so that
+// the first token is not kept waiting for them; an error says whose could
+// not be had and why (the Verifier tries again when tokens come).
 func (v *Verifier) Prefetch(ctx context.Context) error {
 	errs := make([]error, len(v.issuers))
 	var wg sync.WaitGroup
 	for i, iss := range v.issuers {
+		if _, usable := iss.keys.current(); usable {
+			continue
+		}
 		wg.Go(func() {
 			if _, err := iss.keys.refresh(ctx, true); err != nil {
 				errs[i] = fmt.Errorf("the issuer %s: %w", iss.URL, err)

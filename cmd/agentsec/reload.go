@@ -1,15 +1,18 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,12 +22,14 @@ import (
 	"github.com/agentsec/agentsec/config"
 	"github.com/agentsec/agentsec/httpapi"
 	"github.com/agentsec/agentsec/mcpgate"
+	"github.com/agentsec/agentsec/oauth"
 )
 
 // Audit events of a reload's changes of credentials.
 const (
 	eventAgentToken    = "agent.token"
 	eventOperatorToken = "operator.token"
+	eventAuthOAuth     = "auth.oauth"
 )
 
 // A reloader puts a changed configuration file into force in a running
@@ -35,23 +40,30 @@ type reloader struct {
 	api   *httpapi.Server
 	gw    *mcpgate.Gateway // nil without upstreams
 	log   *slog.Logger
+	ctx   context.Context // serve's, for fetches that outlive a reload
 
 	mu        sync.Mutex // one reload at a time
 	cfg       *config.Config
 	agents    []httpapi.Credential // the credentials in force
 	operators []httpapi.Operator
+	verifier  *oauth.Verifier // the gateway's, in force
 }
 
-func newReloader(file string, cfg *config.Config, stack *agentsec.Stack, api *httpapi.Server, gw *mcpgate.Gateway, log *slog.Logger) *reloader {
-	return &reloader{file: file, cfg: cfg, stack: stack, api: api, gw: gw, log: log,
+func newReloader(ctx context.Context, file string, cfg *config.Config, stack *agentsec.Stack, api *httpapi.Server, gw *mcpgate.Gateway, log *slog.Logger) *reloader {
+	r := &reloader{ctx: ctx, file: file, cfg: cfg, stack: stack, api: api, gw: gw, log: log,
 		agents: api.Agents, operators: api.Operators}
+	if gw != nil {
+		r.verifier = gw.OAuth
+	}
+	return r
 }
 
 // reload reads the file again and, if it is valid and changes only what
 // a running serve can change (config.Reloadable), puts it into force:
 // the trust gate through Stack.Reload, which records each change first,
-// then the agents' and operators' tokens. Otherwise it returns why and
-// changes nothing.
+// then the agents' and operators' tokens and the OAuth settings (which
+// keep the keys already fetched). Otherwise it returns why and changes
+// nothing.
 func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reloaded, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -61,30 +73,42 @@ func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reload
 	}
 	if keys := r.cfg.RestartNeeded(next); len(keys) > 0 {
 		return agentsec.Reloaded{}, fmt.Errorf("%s: %s changed, which only a restart applies; a reload takes changes of %s",
-			r.file, strings.Join(keys, ", "), strings.Join(config.Reloadable, " and "))
+			r.file, strings.Join(keys, ", "), strings.Join(config.Reloadable, ", "))
 	}
 	api, err := apiFor(next, r.file)
 	if err != nil {
 		return agentsec.Reloaded{}, err
 	}
 	var gw *mcpgate.Gateway
+	records := credentialChanges(r.agents, api.Agents, r.operators, api.Operators)
 	if r.gw != nil {
 		if gw, err = gatewayFor(next, r.file, api.Agents); err != nil {
 			return agentsec.Reloaded{}, err
 		}
+		gw.OAuth.ShareKeys(r.verifier)
+		records = append(records, oauthChanges(r.cfg.Auth.OAuth, next.Auth.OAuth)...)
 	}
 	sc, err := next.StackConfig()
 	if err != nil {
 		return agentsec.Reloaded{}, err
 	}
 	res, err := r.stack.Reload(ctx, agentsec.Reload{TrustGate: sc.TrustGate, Version: sc.Version, Operator: operator,
-		Records: credentialChanges(r.agents, api.Agents, r.operators, api.Operators)})
+		Records: records})
 	if err != nil {
 		return agentsec.Reloaded{}, err
 	}
 	r.api.SetCredentials(api.Agents, api.Operators)
 	if gw != nil {
 		r.gw.SetAgents(gw.Agents)
+		r.gw.SetOAuth(gw.OAuth)
+		r.verifier = gw.OAuth
+		if v := gw.OAuth; v != nil {
+			go func() {
+				if err := v.Prefetch(r.ctx); err != nil {
+					r.log.Warn("agentsec: OAuth signing keys can't be had yet; the issuer's tokens are refused until they can", "err", err)
+				}
+			}()
+		}
 	}
 	r.cfg, r.agents, r.operators = next, api.Agents, api.Operators
 	return res, nil
@@ -138,6 +162,68 @@ func credentialChanges(oldAgents, newAgents []httpapi.Credential, oldOps, newOps
 	for _, o := range oldOps {
 		if _, ok := newO[opKey(o)]; !ok {
 			out = append(out, tokenRecord(eventOperatorToken, o.ID, role(o), "removed", o.TokenSHA256))
+		}
+	}
+	return out
+}
+
+// oauthChanges returns a record for each change of auth.oauth: each
+// mapping of an issuer's subject (or client) to an agent added or
+// removed — who may connect — and each other setting changed.
+func oauthChanges(prev, next *config.OAuth) []audit.Record {
+	type mapping struct{ issuer, claim, value, agent string }
+	mappings := func(o *config.OAuth) []mapping {
+		var out []mapping
+		if o == nil {
+			return nil
+		}
+		for _, iss := range o.Issuers {
+			claim := cmp.Or(iss.AgentClaim, "sub")
+			for _, value := range slices.Sorted(maps.Keys(iss.Agents)) {
+				out = append(out, mapping{iss.Issuer, claim, value, iss.Agents[value]})
+			}
+		}
+		return out
+	}
+	var out []audit.Record
+	change := func(m mapping, what string) {
+		out = append(out, audit.Record{Event: eventAuthOAuth, Agent: m.agent,
+			Reason: fmt.Sprintf("agent %q: OAuth %s %q of %s %s", m.agent, m.claim, m.value, m.issuer, what),
+			Attrs:  map[string]string{"change": what, "oauth_issuer": m.issuer, "oauth_claim": m.claim, "oauth_claim_value": m.value, "source": "config"}})
+	}
+	before, after := mappings(prev), mappings(next)
+	for _, m := range after {
+		if !slices.Contains(before, m) {
+			change(m, "added")
+		}
+	}
+	for _, m := range before {
+		if !slices.Contains(after, m) {
+			change(m, "removed")
+		}
+	}
+	setting := func(name, was, is string) {
+		if was != is {
+			out = append(out, audit.Record{Event: eventAuthOAuth, Reason: fmt.Sprintf("auth.oauth %s: %q → %q", name, was, is),
+				Attrs: map[string]string{"change": name, "previous": was, "value": is, "source": "config"}})
+		}
+	}
+	var was, is config.OAuth
+	if prev != nil {
+		was = *prev
+	}
+	if next != nil {
+		is = *next
+	}
+	setting("audience", was.Audience, is.Audience)
+	setting("clock_skew", was.ClockSkew.String(), is.ClockSkew.String())
+	setting("keys_max_age", was.KeysMaxAge.String(), is.KeysMaxAge.String())
+	for _, iss := range is.Issuers {
+		for _, old := range was.Issuers {
+			if old.Issuer == iss.Issuer {
+				setting(iss.Issuer+" scopes", strings.Join(old.Scopes, " "), strings.Join(iss.Scopes, " "))
+				setting(iss.Issuer+" jwks_url", old.JWKSURL, iss.JWKSURL)
+			}
 		}
 	}
 	return out

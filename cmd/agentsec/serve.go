@@ -108,7 +108,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 
 	// SIGHUP reloads the configuration, as an admin's POST /reload does;
 	// one that came while starting waits in hup.
-	reload := newReloader(configFile, cfg, g.stack, api, gw, logger)
+	reload := newReloader(ctx, configFile, cfg, g.stack, api, gw, logger)
 	hupCtx, stopHup := context.WithCancel(ctx)
 	defer stopHup()
 	go func() {
