@@ -5,11 +5,13 @@
 //
 //   node client.mjs stdio <steps> <command> [args...]
 //   node client.mjs http <steps> <url> <token>
-//   node client.mjs oauth <steps> <url> <client id> <client secret> <issuer>
+//   node client.mjs oauth <steps> <url> <client id> <client secret> <issuer> <scope>
 //
 // In oauth mode the client holds no token: the SDK's client-credentials
 // provider finds where to get one from the gateway's 401 and its
-// protected-resource metadata, and gets it from the issuer.
+// protected-resource metadata, and gets it from the issuer, asking for
+// <scope> (the SDK asks a client-credentials grant for the scope the
+// client is configured with).
 //
 // <steps> is a JSON array of {op, ...}: list-tools, call {name, arguments,
 // progress}, list-resources, read-resource {uri}, list-prompts,
@@ -36,7 +38,7 @@ if (mode === "stdio") {
     requestInit: { headers: { Authorization: `Bearer ${rest[1]}` } },
   });
 } else if (mode === "oauth") {
-  const authProvider = new ClientCredentialsProvider({ clientId: rest[1], clientSecret: rest[2], expectedIssuer: rest[3] });
+  const authProvider = new ClientCredentialsProvider({ clientId: rest[1], clientSecret: rest[2], expectedIssuer: rest[3], scope: rest[4] });
   transport = new StreamableHTTPClientTransport(new URL(rest[0]), { authProvider });
 } else {
   throw new Error(`unknown mode ${mode}`);

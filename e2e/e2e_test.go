@@ -25,8 +25,6 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/auth/extauth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
-
-	"github.com/agentsec/agentsec/oauth/oauthtest"
 )
 
 var agentsecBin string // built once by TestMain
@@ -549,22 +547,64 @@ func TestEverythingWithTheGoClient(t *testing.T) {
 	}
 }
 
+// startProvider starts the OpenID provider of op.mjs for resource, with
+// these machine clients (id: secret), and returns its issuer.
+func startProvider(t *testing.T, resource string, clients map[string]string) string {
+	t.Helper()
+	var list [][2]string
+	for id, secret := range clients {
+		list = append(list, [2]string{id, secret})
+	}
+	clientsJSON, _ := json.Marshal(list)
+	cmd := exec.Command("node", "op.mjs", resource, string(clientsJSON))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("the OpenID provider said:\n%s", stderr.String())
+		}
+	})
+	issuer := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if url, ok := strings.CutPrefix(sc.Text(), "issuer "); ok {
+				issuer <- url
+			}
+		}
+	}()
+	select {
+	case url := <-issuer:
+		return url
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the OpenID provider did not start: %s", stderr.String())
+		return ""
+	}
+}
+
 // TestOAuthWithBothSDKs: agentsec serve as an OAuth resource server in
-// front of server-everything, with an issuer on loopback. The
-// TypeScript SDK's and the Go SDK's client-credentials clients, given only
-// a client id and secret, find the protected-resource metadata from the
-// gateway's 401, get a token from the issuer, and call tools as the agent
+// front of server-everything, with a real OpenID provider on loopback
+// (oidc-provider, op.mjs). The TypeScript SDK's and the Go SDK's
+// client-credentials clients, given only a client id and secret, find the
+// protected-resource metadata from the gateway's 401, get a token from
+// the provider for the gateway (RFC 8707), and call tools as the agent
 // the operator mapped their client to, at the level the operator
 // assigned: echo is allowed, get-env denied. Each call's record names the
-// client, and the log verifies.
+// client and its token, and the log verifies.
 func TestOAuthWithBothSDKs(t *testing.T) {
 	requireNode(t)
 	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
 	endpoint := "http://" + addr + "/mcp"
-	is := oauthtest.NewIssuer(endpoint)
-	defer is.Close()
-	is.AddClient("svc-ts", oauthtest.Client{Secret: "ts-secret", Scopes: []string{"mcp:tools"}})
-	is.AddClient("svc-go", oauthtest.Client{Secret: "go-secret", Scopes: []string{"mcp:tools"}})
+	issuer := startProvider(t, endpoint, map[string]string{"svc-ts": "ts-secret", "svc-go": "go-secret"})
 	auth := fmt.Sprintf(`auth:
   oauth:
     audience: %s
@@ -573,7 +613,7 @@ func TestOAuthWithBothSDKs(t *testing.T) {
         scopes: [mcp:tools]
         agent_claim: client_id
         agents: {svc-ts: ts-client, svc-go: ts-client}
-`, endpoint, is.URL)
+`, endpoint, issuer)
 	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -587,7 +627,7 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 		{Op: "call", Name: "echo", Arguments: map[string]any{"message": "signed in"}},
 		{Op: "call", Name: "get-env"},
 	}
-	got := client(t, "oauth", steps, endpoint, "svc-ts", "ts-secret", is.URL)
+	got := client(t, "oauth", steps, endpoint, "svc-ts", "ts-secret", issuer, "mcp:tools")
 	if got[0].Error != "" || got[0].Result.IsError || got[0].text() != "Echo: signed in" {
 		t.Errorf("TypeScript echo: %+v", got[0])
 	}
@@ -596,7 +636,7 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 	}
 
 	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
-		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: is.URL, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
+		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: issuer, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -633,7 +673,7 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 			t.Fatalf("%q: %v", line, err)
 		}
 		rec := exported.Record
-		if rec.Agent != "ts-client" || rec.Attrs["oauth_issuer"] != is.URL {
+		if rec.Agent != "ts-client" || rec.Attrs["oauth_issuer"] != issuer || rec.Attrs["oauth_token_id"] == "" {
 			t.Errorf("record %s", line)
 		}
 		clients = append(clients, rec.Attrs["oauth_client_id"])
