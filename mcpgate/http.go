@@ -473,9 +473,6 @@ func (g *Gateway) authenticate(r *http.Request, verifier *oauth.Verifier) (calle
 	if !ok {
 		return caller{}, errNoToken
 	}
-	if verifier != nil && strings.Count(token, ".") == 2 {
-		return oauthCaller(r.Context(), verifier, token)
-	}
 	sum := sha256.Sum256([]byte(token))
 	agent, found := "", 0
 	agents := g.Agents
@@ -487,10 +484,14 @@ func (g *Gateway) authenticate(r *http.Request, verifier *oauth.Verifier) (calle
 			agent, found = c.Agent, found+1
 		}
 	}
-	if found != 1 {
-		return caller{}, errUnknownToken
+	switch {
+	case found == 1:
+		return caller{agent: agent, owner: agent}, nil
+	case found == 0 && verifier != nil:
+		// Not an agent's static token (whatever its form): an access token.
+		return oauthCaller(r.Context(), verifier, token)
 	}
-	return caller{agent: agent, owner: agent}, nil
+	return caller{}, errUnknownToken
 }
 
 // oauthCaller verifies an OAuth access token.

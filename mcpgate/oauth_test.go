@@ -2,6 +2,7 @@ package mcpgate_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -209,6 +210,27 @@ func TestOAuthSessionStaysWithItsIdentity(t *testing.T) {
 	}
 	if byAgent["root"] != 2 || byAgent["alice"] != 2 || bySubject["svc-root"] != 1 || bySubject["svc-alice-2"] != 1 {
 		t.Errorf("records by agent %v, by subject %v", byAgent, bySubject)
+	}
+}
+
+// TestOAuthLeavesStaticTokensOfAnyForm: with OAuth on, a static token
+// shaped like a JWT (two dots) is still its agent's.
+func TestOAuthLeavesStaticTokensOfAnyForm(t *testing.T) {
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer is.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: is.URL, Agents: map[string]string{"svc": "alice"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, _, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) {
+		g.OAuth = v
+		g.Agents = append(g.Agents, mcpgate.Credential{TokenSHA256: sha256.Sum256([]byte("team.root.2026")), Agent: "root"})
+	})
+	if resp := post(t, srv.URL, "team.root.2026", "", initializeBody); resp.StatusCode != http.StatusOK {
+		t.Errorf("a static token with two dots: status %d", resp.StatusCode)
+	}
+	if resp := post(t, srv.URL, "team.nobody.2026", "", initializeBody); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("an unknown token with two dots: status %d", resp.StatusCode)
 	}
 }
 
