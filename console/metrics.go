@@ -151,6 +151,11 @@ type Metrics struct {
 
 	budgetErrors atomic.Uint64 // decisions during which the budget store failed
 
+	// Requests the gateway refused for their caller, by the index of
+	// their reason in mcpgate.AuthRefusedReasons (and one for a reason
+	// not known here).
+	authRefused [8]atomic.Uint64
+
 	// The audit log's appends, once Watch is called.
 	appendTook, appendRecords histogram
 	appendErrors              atomic.Uint64
@@ -336,13 +341,45 @@ func (c checkpointAge) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+var authRefusedDesc = prometheus.NewDesc("agentsec_auth_refused_total",
+	"Requests to the MCP gateway refused for their caller, by reason: no token, an invalid one, a valid OAuth token short of a scope or of an agent, an issuer's keys unavailable, or another caller's session. Most are not in the audit log, which anyone could otherwise fill.",
+	[]string{"reason"}, nil)
+
+// ObserveAuthRefused implements mcpgate.AuthObserver.
+func (m *Metrics) ObserveAuthRefused(reason string) {
+	other := len(m.authRefused) - 1
+	i := slices.Index(mcpgate.AuthRefusedReasons, reason)
+	if i < 0 || i > other {
+		i = other
+	}
+	m.authRefused[i].Add(1)
+}
+
+// authCollector makes the refused callers' series: one for each reason,
+// from the start, so that a rate can be taken before the first refusal.
+type authCollector struct{ m *Metrics }
+
+// Describe implements prometheus.Collector.
+func (c authCollector) Describe(ch chan<- *prometheus.Desc) { ch <- authRefusedDesc }
+
+// Collect implements prometheus.Collector.
+func (c authCollector) Collect(ch chan<- prometheus.Metric) {
+	other := len(c.m.authRefused) - 1
+	for i, reason := range mcpgate.AuthRefusedReasons[:min(other, len(mcpgate.AuthRefusedReasons))] {
+		ch <- prometheus.MustNewConstMetric(authRefusedDesc, prometheus.CounterValue, float64(c.m.authRefused[i].Load()), reason)
+	}
+	if n := c.m.authRefused[other].Load(); n > 0 {
+		ch <- prometheus.MustNewConstMetric(authRefusedDesc, prometheus.CounterValue, float64(n), "other")
+	}
+}
+
 // WatchGateway makes m the MCP gateway's Observer, counting what its own
-// part of each call and its upstreams' take, and whether the upstreams
-// are up, and adds its sessions, read at each scrape. It is called once,
-// before the gateway serves.
+// part of each call and its upstreams' take, whether the upstreams are
+// up, and the requests refused for their caller, and adds its sessions,
+// read at each scrape. It is called once, before the gateway serves.
 func (m *Metrics) WatchGateway(gw *mcpgate.Gateway) {
 	gw.Observer = m
-	m.reg.MustRegister(&m.upstreams, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.reg.MustRegister(&m.upstreams, authCollector{m}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "agentsec_mcp_sessions",
 		Help: "MCP sessions this process holds open (each is a budget session).",
 	}, func() float64 { return float64(gw.OpenSessions()) }))

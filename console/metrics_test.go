@@ -304,6 +304,30 @@ func TestMetricsUpstreams(t *testing.T) {
 	}
 }
 
+// Each request the gateway refused for its caller is counted under its
+// reason; every reason has its series from the start.
+func TestMetricsAuthRefusals(t *testing.T) {
+	metrics := console.NewMetrics()
+	metrics.WatchGateway(&mcpgate.Gateway{})
+	srv := httptest.NewServer(metrics)
+	defer srv.Close()
+	for reason, n := range map[string]int{mcpgate.AuthRefusedNoToken: 3, mcpgate.AuthRefusedInvalidToken: 2, mcpgate.AuthRefusedNotSessionOwner: 1, "made-up": 1} {
+		for range n {
+			metrics.ObserveAuthRefused(reason)
+		}
+	}
+	got := series(scrape(t, srv), "agentsec_auth_refused_total")
+	want := map[string]float64{"no_token": 3, "invalid_token": 2, "insufficient_scope": 0, "no_agent": 0, "keys_unavailable": 0, "not_session_owner": 1, "other": 1}
+	if len(got) != len(want) {
+		t.Errorf("series %v, want %v", got, want)
+	}
+	for reason, n := range want {
+		if m := got["reason="+reason]; m == nil || m.GetCounter().GetValue() != n {
+			t.Errorf("reason %s: %v, want %v", reason, m, n)
+		}
+	}
+}
+
 // brokenBudgets is a budget store that fails to reserve for the session
 // "no-reserve" and to count tokens for "no-commit".
 type brokenBudgets struct{ budget.Store }

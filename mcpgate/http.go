@@ -411,6 +411,7 @@ const EventSessionRefused = "session.refused"
 // The caller is answered as for an unknown session whether or not the
 // record is written: it is refused either way.
 func (g *Gateway) recordNotOwner(ctx context.Context, id string, c caller, owner string) {
+	g.observeAuthRefused(AuthRefusedNotSessionOwner)
 	rec := audit.Record{Event: EventSessionRefused, Agent: c.agent, Session: id, Outcome: audit.OutcomeDenied,
 		Reason: fmt.Sprintf("the session was opened by %s, not by this caller", describeOwner(owner)), Attrs: c.attrs}
 	if _, err := g.Stack.Audit.Log(ctx, rec); err != nil {
@@ -522,6 +523,7 @@ func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string) (c
 // someone the issuer vouches for, and is recorded; a forged or garbled
 // one is not, or anyone could fill the log.
 func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier *oauth.Verifier, e *oauth.Error) {
+	g.observeAuthRefused(refusalReason(e))
 	if e.Identity != nil {
 		rec := audit.Record{Event: EventAuthRefused, Agent: e.Identity.Agent, Outcome: audit.OutcomeDenied,
 			Reason: e.Description, Attrs: map[string]string{"oauth_issuer": e.Identity.Issuer, "oauth_subject": e.Identity.Subject}}
@@ -544,6 +546,21 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier 
 		w.Header().Set("Retry-After", "10")
 	}
 	http.Error(w, "agentsec: "+e.Description, e.Status)
+}
+
+// refusalReason classifies a refused caller for an AuthObserver.
+func refusalReason(e *oauth.Error) string {
+	switch {
+	case e == errNoToken:
+		return AuthRefusedNoToken
+	case e.Status == http.StatusServiceUnavailable:
+		return AuthRefusedKeysUnavailable
+	case e.Code == "insufficient_scope":
+		return AuthRefusedInsufficientScope
+	case e.Status == http.StatusForbidden:
+		return AuthRefusedNoAgent
+	}
+	return AuthRefusedInvalidToken
 }
 
 // deleteSession ends the client's session: here, at once, so that its

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -30,6 +31,12 @@ import (
 // root, and the scope mcp:tools is required.
 func oauthGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream, *oauthtest.Issuer) {
 	t.Helper()
+	return oauthGatewayWith(t, nil)
+}
+
+// oauthGatewayWith is oauthGateway, with set applied to the Gateway.
+func oauthGatewayWith(t *testing.T, set func(*mcpgate.Gateway)) (*httptest.Server, *agentsec.Stack, *upstream, *oauthtest.Issuer) {
+	t.Helper()
 	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
 	t.Cleanup(is.Close)
 	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", MinRefreshInterval: 20 * time.Millisecond,
@@ -38,7 +45,12 @@ func oauthGateway(t *testing.T) (*httptest.Server, *agentsec.Stack, *upstream, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, stack, up, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) { g.OAuth = v })
+	srv, stack, up, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) {
+		g.OAuth = v
+		if set != nil {
+			set(g)
+		}
+	})
 	return srv, stack, up, is
 }
 
@@ -231,6 +243,54 @@ func TestOAuthLeavesStaticTokensOfAnyForm(t *testing.T) {
 	}
 	if resp := post(t, srv.URL, "team.nobody.2026", "", initializeBody); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("an unknown token with two dots: status %d", resp.StatusCode)
+	}
+}
+
+// authCounter is an AuthObserver that counts the refusals by reason.
+type authCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *authCounter) ObserveToolCall(string, time.Duration, time.Duration) {}
+func (c *authCounter) ObserveUpstream(string, bool)                         {}
+
+func (c *authCounter) ObserveAuthRefused(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[reason]++
+}
+
+// TestOAuthRefusalsObserved: each request refused for its caller is told
+// to the gateway's AuthObserver once, under its reason — those the log
+// records and those it does not.
+func TestOAuthRefusalsObserved(t *testing.T) {
+	counter := &authCounter{n: map[string]int{}}
+	var gw *mcpgate.Gateway
+	srv, _, _, is := oauthGatewayWith(t, func(g *mcpgate.Gateway) { g.Observer, gw = counter, g })
+	resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody)
+	session := resp.Header.Get("Mcp-Session-Id")
+	list := `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`
+	for _, token := range []string{"", "", "nobodys-token", is.Token("svc-alice"), is.Token("svc-stranger", "mcp:tools")} {
+		post(t, srv.URL, token, "", initializeBody)
+	}
+	post(t, srv.URL, "root-token", session, list)
+	down := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer down.Close()
+	down.SetDown(true)
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: down.URL, Agents: map[string]string{"svc": "alice"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.SetOAuth(v)
+	if resp := post(t, srv.URL, down.Token("svc"), "", initializeBody); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("the issuer down: %d", resp.StatusCode)
+	}
+	want := map[string]int{"no_token": 2, "invalid_token": 1, "insufficient_scope": 1, "no_agent": 1, "not_session_owner": 1, "keys_unavailable": 1}
+	counter.mu.Lock()
+	defer counter.mu.Unlock()
+	if !maps.Equal(counter.n, want) {
+		t.Errorf("observed %v, want %v", counter.n, want)
 	}
 }
 
