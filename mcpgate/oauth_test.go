@@ -125,14 +125,24 @@ func TestOAuthTokensOpenGovernedSessions(t *testing.T) {
 	}
 }
 
-// TestOAuthRefusals: each bad token gets its status and challenge; a
-// genuine token refused is recorded, a forged one is not.
+// TestOAuthRefusals: each bad token, sent to the gateway, gets its status
+// and challenge, and reaches no upstream; a genuine token refused is
+// recorded, a forged one is not. A key the issuer rotated in is accepted
+// once published, and one it withdrew is refused once fetched again.
 func TestOAuthRefusals(t *testing.T) {
 	srv, stack, up, is := oauthGateway(t)
-	expired := is.Claims("svc-alice", "mcp:tools")
-	expired["exp"] = time.Now().Add(-time.Hour).Unix()
-	forged := oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), oauthtest.Key{ID: is.SigningKey().ID, Alg: "RS256", Signer: oauthtest.NewIssuer("x").SigningKey().Signer})
+	key := is.SigningKey()
+	with := func(claim string, value any) string {
+		c := is.Claims("svc-root", "mcp:tools")
+		c[claim] = value
+		return oauthtest.Sign(c, key)
+	}
+	other := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer other.Close()
+	forged := oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), oauthtest.Key{ID: key.ID, Alg: "RS256", Signer: other.SigningKey().Signer})
 	metadata := `resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp"`
+	invalid := []string{metadata, `error="invalid_token"`}
+	hour := time.Hour
 	cases := []struct {
 		name, token string
 		status      int
@@ -140,8 +150,14 @@ func TestOAuthRefusals(t *testing.T) {
 		recorded    bool
 	}{
 		{"no token", "", 401, []string{metadata}, false},
-		{"expired", oauthtest.Sign(expired, is.SigningKey()), 401, []string{metadata, `error="invalid_token"`}, false},
-		{"forged", forged, 401, []string{`error="invalid_token"`}, false},
+		{"expired", with("exp", time.Now().Add(-hour).Unix()), 401, invalid, false},
+		{"not yet valid", with("nbf", time.Now().Add(hour).Unix()), 401, invalid, false},
+		{"wrong issuer", with("iss", other.URL), 401, invalid, false},
+		{"wrong audience", with("aud", "http://127.0.0.1/other"), 401, invalid, false},
+		{"alg none", oauthtest.Unsigned(is.Claims("svc-root", "mcp:tools"), key.ID), 401, invalid, false},
+		{"HS256 keyed with the public key", oauthtest.HMACWithPublicKey(is.Claims("svc-root", "mcp:tools"), key), 401, invalid, false},
+		{"unknown kid", oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), oauthtest.Key{ID: "made-up", Alg: "RS256", Signer: other.SigningKey().Signer}), 401, invalid, false},
+		{"forged", forged, 401, invalid, false},
 		{"unknown static token", "nobodys-token", 401, []string{metadata, `error="invalid_token"`}, false},
 		{"no scope", is.Token("svc-alice"), 403, []string{metadata, `error="insufficient_scope"`, `scope="mcp:tools"`}, true},
 		{"subject with no agent", is.Token("svc-stranger", "mcp:tools"), 403, []string{metadata}, true},
@@ -168,6 +184,20 @@ func TestOAuthRefusals(t *testing.T) {
 	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: mcpgate.EventAuthRefused})
 	if err != nil || len(page.Records) != 2 || page.Records[0].Attrs["oauth_subject"] != "svc-alice" || page.Records[1].Attrs["oauth_subject"] != "svc-stranger" || page.Records[1].Reason == "" {
 		t.Errorf("refusal records %+v %v", page.Records, err)
+	}
+
+	// The issuer rotates its key and withdraws the old one: the first
+	// token signed with the new key has the keys fetched again (once
+	// MinRefreshInterval has passed since the last fetch).
+	next := is.Rotate("ES256")
+	is.Retire(key.ID)
+	time.Sleep(30 * time.Millisecond)
+	if resp := post(t, srv.URL, oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), next), "", initializeBody); resp.StatusCode != http.StatusOK {
+		t.Errorf("a token signed with the new key: %d, want 200", resp.StatusCode)
+	}
+	resp := post(t, srv.URL, oauthtest.Sign(is.Claims("svc-root", "mcp:tools"), key), "", initializeBody)
+	if got := resp.Header.Get("WWW-Authenticate"); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(got, `error="invalid_token"`) {
+		t.Errorf("a token signed with the withdrawn key: %d %s, want 401", resp.StatusCode, got)
 	}
 	if up.calls.Load() != 0 {
 		t.Errorf("the server ran %d calls", up.calls.Load())

@@ -28,7 +28,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add(b.Token("svc-b"))
 	f.Add(strings.Replace(good, ".", "..", 1))
 	f.Add(good[:len(good)-3])
-	f.Add(unsigned(a.Claims("svc-a", "mcp:tools"), a.SigningKey().ID))
+	f.Add(oauthtest.Unsigned(a.Claims("svc-a", "mcp:tools"), a.SigningKey().ID))
 	f.Add(oauthtest.Sign(a.Claims("svc-b", "mcp:tools"), a.SigningKey()))
 	f.Add(oauthtest.Sign(b.Claims("svc-a", "mcp:tools"), a.SigningKey()))
 	f.Add("")

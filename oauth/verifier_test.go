@@ -2,9 +2,6 @@ package oauth_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -84,7 +81,6 @@ func TestVerifyRefusesAttacks(t *testing.T) {
 		return oauthtest.Sign(c, key)
 	}
 	hour := time.Hour
-	rsaPub, _ := x509.MarshalPKIXPublicKey(key.Signer.Public())
 	other := oauthtest.NewIssuer(resource)
 	defer other.Close()
 
@@ -99,8 +95,8 @@ func TestVerifyRefusesAttacks(t *testing.T) {
 		{"issued in the future", with("iat", time.Now().Add(hour).Unix()), 401, "invalid_token"},
 		{"wrong issuer", with("iss", "https://evil.example"), 401, "invalid_token"},
 		{"wrong audience", with("aud", "https://other.example/mcp"), 401, "invalid_token"},
-		{"alg none", unsigned(good(), key.ID), 401, "invalid_token"},
-		{"HS256 keyed with the public key", hmacSigned(good(), key.ID, rsaPub), 401, "invalid_token"},
+		{"alg none", oauthtest.Unsigned(good(), key.ID), 401, "invalid_token"},
+		{"HS256 keyed with the public key", oauthtest.HMACWithPublicKey(good(), key), 401, "invalid_token"},
 		{"unknown kid", oauthtest.Sign(good(), oauthtest.Key{ID: "made-up", Alg: "RS256", Signer: other.SigningKey().Signer}), 401, "invalid_token"},
 		{"another issuer's key under our kid", oauthtest.Sign(good(), oauthtest.Key{ID: key.ID, Alg: "RS256", Signer: other.SigningKey().Signer}), 401, "invalid_token"},
 		{"payload edited", editPayload(oauthtest.Sign(good(), key)), 401, "invalid_token"},
@@ -294,28 +290,6 @@ func TestMetadataAndChallenge(t *testing.T) {
 	if got := v.Challenge(e); !strings.Contains(got, `error="insufficient_scope"`) || !strings.Contains(got, `scope="mcp:tools"`) || !strings.Contains(got, `resource_metadata="https://mcp.example.test/.well-known/oauth-protected-resource/mcp"`) {
 		t.Errorf("challenge %s", got)
 	}
-}
-
-func unsigned(c jwt.MapClaims, kid string) string {
-	t := jwt.NewWithClaims(jwt.SigningMethodNone, c)
-	t.Header["kid"] = kid
-	s, err := t.SignedString(jwt.UnsafeAllowNoneSignatureType)
-	if err != nil {
-		panic(err)
-	}
-	return s
-}
-
-// hmacSigned signs with HS256 keyed with the bytes of a public key: a
-// verifier that let the token choose the algorithm would check it with
-// that key and find it good.
-func hmacSigned(c jwt.MapClaims, kid string, key []byte) string {
-	t := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
-	t.Header["kid"] = kid
-	signing, _ := t.SigningString()
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(signing))
-	return signing + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
 func editPayload(token string) string {

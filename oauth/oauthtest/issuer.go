@@ -11,6 +11,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -153,6 +154,36 @@ func Sign(claims jwt.MapClaims, key Key) string {
 	t := jwt.NewWithClaims(method, claims)
 	t.Header["kid"] = key.ID
 	s, err := t.SignedString(key.Signer)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Unsigned returns claims as a token with the algorithm "none" under the
+// key id kid: no signature at all.
+func Unsigned(claims jwt.MapClaims, kid string) string {
+	t := jwt.NewWithClaims(jwt.SigningMethodNone, claims)
+	t.Header["kid"] = kid
+	s, err := t.SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// HMACWithPublicKey returns claims signed with HS256 keyed with the bytes
+// of key's public key (its DER encoding), under key's id: a verifier
+// that let the token choose the algorithm would check it with that key,
+// which anyone can fetch, and find it good.
+func HMACWithPublicKey(claims jwt.MapClaims, key Key) string {
+	public, err := x509.MarshalPKIXPublicKey(key.Signer.Public())
+	if err != nil {
+		panic(err)
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
+	t.Header["kid"] = key.ID
+	s, err := t.SignedString(public)
 	if err != nil {
 		panic(err)
 	}
