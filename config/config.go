@@ -146,15 +146,41 @@ type OAuth struct {
 // OAuthIssuer is an authorization server whose tokens are accepted: see
 // oauth.Issuer, whose fields these are.
 type OAuthIssuer struct {
-	Issuer     string            `yaml:"issuer"`
-	JWKSURL    string            `yaml:"jwks_url"`
-	Scopes     []string          `yaml:"scopes"`
-	AgentClaim string            `yaml:"agent_claim"`
-	Agents     map[string]string `yaml:"agents"`
+	Issuer        string              `yaml:"issuer"`
+	JWKSURL       string              `yaml:"jwks_url"`
+	Scopes        []string            `yaml:"scopes"`
+	AgentClaim    string              `yaml:"agent_claim"`
+	Agents        map[string]string   `yaml:"agents"`
+	Introspection *OAuthIntrospection `yaml:"introspection"`
 }
 
-func (o OAuthIssuer) issuer() oauth.Issuer {
-	return oauth.Issuer{URL: o.Issuer, JWKSURL: o.JWKSURL, Scopes: o.Scopes, AgentClaim: o.AgentClaim, Agents: o.Agents}
+// OAuthIntrospection has an issuer confirm its tokens (RFC 7662): see
+// oauth.Introspection, whose fields these are, but for the secret, which
+// is read from ClientSecretFile.
+type OAuthIntrospection struct {
+	URL              string        `yaml:"url"`
+	ClientID         string        `yaml:"client_id"`
+	ClientSecretFile string        `yaml:"client_secret_file"`
+	OpaqueTokens     bool          `yaml:"opaque_tokens"`
+	Cache            time.Duration `yaml:"cache"`
+}
+
+// issuer returns the oauth.Issuer of o, reading its introspection secret
+// through c's paths.
+func (o OAuthIssuer) issuer(c *Config) (oauth.Issuer, error) {
+	iss := oauth.Issuer{URL: o.Issuer, JWKSURL: o.JWKSURL, Scopes: o.Scopes, AgentClaim: o.AgentClaim, Agents: o.Agents}
+	if in := o.Introspection; in != nil {
+		iss.Introspection = &oauth.Introspection{URL: in.URL, ClientID: in.ClientID, Opaque: in.OpaqueTokens, CacheFor: in.Cache}
+		if in.ClientSecretFile == "" {
+			return iss, errors.New("introspection.client_secret_file is required: the file holding the secret agentsec authenticates to the issuer with")
+		}
+		secret, err := os.ReadFile(c.Path(in.ClientSecretFile))
+		if err != nil {
+			return iss, fmt.Errorf("introspection.client_secret_file: %w", err)
+		}
+		iss.Introspection.ClientSecret = strings.TrimSpace(string(secret))
+	}
+	return iss, nil
 }
 
 // OAuthVerifier returns the Verifier of auth.oauth, or nil if it is not
@@ -165,8 +191,12 @@ func (c *Config) OAuthVerifier() (*oauth.Verifier, error) {
 		return nil, nil
 	}
 	cfg := oauth.Config{Audience: o.Audience, ClockSkew: o.ClockSkew, KeysMaxAge: o.KeysMaxAge}
-	for _, iss := range o.Issuers {
-		cfg.Issuers = append(cfg.Issuers, iss.issuer())
+	for i, o := range o.Issuers {
+		iss, err := o.issuer(c)
+		if err != nil {
+			return nil, fmt.Errorf("oauth: issuers[%d]: %w", i, err)
+		}
+		cfg.Issuers = append(cfg.Issuers, iss)
 	}
 	return oauth.NewVerifier(cfg)
 }

@@ -146,6 +146,9 @@ budget: {tokens: 10, calls: 10}
 		{"oauth unknown agent", oauthAuth + "audience: https://m.example/mcp\n    issuers:\n      - issuer: https://idp.example.com\n        agents: {c: ghost}\n", `line 11: auth.oauth.issuers[0].agents.c: agent "ghost" is not among trust.agents`},
 		{"oauth bad scope", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, scopes: [\"a b\"]}]\n", `auth.oauth.issuers[0].scopes[0]: "a b" is not a scope token`},
 		{"oauth skew", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}}]\n    clock_skew: 1h\n", "auth.oauth.clock_skew: 1h0m0s is outside 0 to 5m"},
+		{"oauth introspection without a secret", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, introspection: {client_id: gw}}]\n", "auth.oauth.issuers[0]: introspection.client_secret_file is required"},
+		{"oauth introspection secret missing", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: nowhere.secret}}]\n", "auth.oauth.issuers[0]: introspection.client_secret_file: open"},
+		{"oauth two issuers of opaque tokens", oauthAuth + "audience: https://m.example/mcp\n    issuers:\n      - {issuer: https://a.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: demo.key, opaque_tokens: true}}\n      - {issuer: https://b.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: demo.key, opaque_tokens: true}}\n", "auth.oauth.issuers[1].introspection.opaque_tokens: issuers[0] accepts opaque tokens already"},
 		{"oauth key", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, keyz: x}]\n", `unknown key "keyz" in OAuthIssuer`},
 	}
 	for _, tt := range tests {

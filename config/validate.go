@@ -161,9 +161,18 @@ func (c *Config) validateOAuth(v *validator) {
 		v.errorf(at("auth", "oauth", "issuers"), "is required: list the authorization servers whose tokens are accepted")
 	}
 	seen := map[string]bool{}
+	opaque := -1
 	for i, iss := range o.Issuers {
-		if err := iss.issuer().Check(); err != nil {
+		if x, err := iss.issuer(c); err != nil {
 			v.errorf(at("auth", "oauth", "issuers", i), "%v", err)
+		} else if err := x.Check(); err != nil {
+			v.errorf(at("auth", "oauth", "issuers", i), "%v", err)
+		}
+		if in := iss.Introspection; in != nil && in.OpaqueTokens {
+			if opaque >= 0 {
+				v.errorf(at("auth", "oauth", "issuers", i, "introspection", "opaque_tokens"), "issuers[%d] accepts opaque tokens already: an opaque token names no issuer, and is never sent to any but the one that may have issued it", opaque)
+			}
+			opaque = i
 		}
 		if seen[iss.Issuer] {
 			v.errorf(at("auth", "oauth", "issuers", i, "issuer"), "%s is listed twice", iss.Issuer)

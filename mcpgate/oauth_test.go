@@ -324,6 +324,46 @@ func TestOAuthRefusalsObserved(t *testing.T) {
 	}
 }
 
+// TestOAuthOpaqueTokens: with introspection, an opaque token opens a
+// governed session, its calls recorded with its id; revoked at the issuer,
+// it is refused in that session once the answer's cache time has passed.
+func TestOAuthOpaqueTokens(t *testing.T) {
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer is.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: is.URL,
+		Agents: map[string]string{"svc-root": "root"},
+		Introspection: &oauth.Introspection{ClientID: oauthtest.IntrospectorID, ClientSecret: oauthtest.IntrospectorSecret,
+			Opaque: true, CacheFor: 50 * time.Millisecond}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, stack, up, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) { g.OAuth = v })
+	claims := is.Claims("svc-root")
+	token := is.OpaqueToken(claims)
+	resp := post(t, srv.URL, token, "", initializeBody)
+	session := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || session == "" {
+		t.Fatalf("initialize with an opaque token: %d", resp.StatusCode)
+	}
+	post(t, srv.URL, token, session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	call := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"shell.exec","arguments":{"text":"x"}}}`
+	if resp := post(t, srv.URL, token, session, call); resp.StatusCode != http.StatusOK || up.calls.Load() != 1 {
+		t.Fatalf("the call: %d, %d run", resp.StatusCode, up.calls.Load())
+	}
+	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: agentsec.EventToolCall})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Attrs["oauth_token_id"] != claims["jti"] || page.Records[0].Agent != "root" {
+		t.Fatalf("records %+v %v", page.Records, err)
+	}
+	is.Revoke(token)
+	time.Sleep(60 * time.Millisecond)
+	if resp := post(t, srv.URL, token, session, strings.Replace(call, `"id":3`, `"id":4`, 1)); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the revoked token in its session: %d, want 401", resp.StatusCode)
+	}
+	if up.calls.Load() != 1 {
+		t.Errorf("the server ran %d calls", up.calls.Load())
+	}
+}
+
 // TestOAuthEachCallRecordsItsOwnToken: a session outlives the token that
 // opened it; each call is recorded with the id of the token its request
 // carried.

@@ -170,7 +170,7 @@ func (c *keyCache) fetch(ctx context.Context, jwksURL string) (map[string]jose.J
 	var doc struct {
 		Keys []json.RawMessage `json:"keys"`
 	}
-	if err := c.getJSON(ctx, jwksURL, &doc); err != nil {
+	if err := getJSON(ctx, c.cfg.HTTPClient, jwksURL, &doc); err != nil {
 		return nil, "", fmt.Errorf("fetching the keys at %s: %w", jwksURL, err)
 	}
 	set := map[string]jose.JSONWebKey{}
@@ -203,30 +203,45 @@ func (c *keyCache) fetch(ctx context.Context, jwksURL string) (map[string]jose.J
 	return set, jwksURL, nil
 }
 
-// discover reads the issuer's metadata — OpenID Connect discovery, then
-// RFC 8414 — for its key set's URL. The metadata must name the configured
-// issuer exactly: metadata of another issuer would have tokens checked
-// against someone else's keys.
+// discover reads the issuer's metadata for its key set's URL.
 func (c *keyCache) discover(ctx context.Context) (string, error) {
+	meta, err := discover(ctx, c.cfg.HTTPClient, c.issuer)
+	if err != nil {
+		return "", err
+	}
+	if checkURL("jwks_uri", meta.JWKSURI) != nil {
+		return "", fmt.Errorf("the metadata at %s has no usable jwks_uri (%q)", meta.url, meta.JWKSURI)
+	}
+	return meta.JWKSURI, nil
+}
+
+// issuerMetadata is what agentsec reads of an authorization server's
+// metadata.
+type issuerMetadata struct {
+	Issuer                string `json:"issuer"`
+	JWKSURI               string `json:"jwks_uri"`
+	IntrospectionEndpoint string `json:"introspection_endpoint"`
+	url                   string // where it was read
+}
+
+// discover reads an issuer's metadata — OpenID Connect discovery, then
+// RFC 8414. The metadata must name the issuer exactly: metadata of
+// another issuer would have tokens checked against someone else's keys.
+func discover(ctx context.Context, client *http.Client, issuer string) (issuerMetadata, error) {
 	var failed []string
-	for _, u := range metadataURLs(c.issuer) {
-		var meta struct {
-			Issuer  string `json:"issuer"`
-			JWKSURI string `json:"jwks_uri"`
-		}
-		if err := c.getJSON(ctx, u, &meta); err != nil {
+	for _, u := range metadataURLs(issuer) {
+		var meta issuerMetadata
+		if err := getJSON(ctx, client, u, &meta); err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", u, err))
 			continue
 		}
-		switch {
-		case meta.Issuer != c.issuer:
-			return "", fmt.Errorf("the metadata at %s is for the issuer %q, not %q", u, meta.Issuer, c.issuer)
-		case checkURL("jwks_uri", meta.JWKSURI) != nil:
-			return "", fmt.Errorf("the metadata at %s has no usable jwks_uri (%q)", u, meta.JWKSURI)
+		if meta.Issuer != issuer {
+			return issuerMetadata{}, fmt.Errorf("the metadata at %s is for the issuer %q, not %q", u, meta.Issuer, issuer)
 		}
-		return meta.JWKSURI, nil
+		meta.url = u
+		return meta, nil
 	}
-	return "", fmt.Errorf("discovering the issuer's keys: %s", strings.Join(failed, "; "))
+	return issuerMetadata{}, fmt.Errorf("discovering the issuer's metadata: %s", strings.Join(failed, "; "))
 }
 
 // metadataURLs are where an issuer's metadata may be: OpenID Connect
@@ -240,17 +255,22 @@ func metadataURLs(issuer string) []string {
 	return []string{oidc.String(), rfc8414.String()}
 }
 
-func (c *keyCache) getJSON(ctx context.Context, u string, v any) error {
+func getJSON(ctx context.Context, client *http.Client, u string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := c.cfg.HTTPClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	return readJSON(resp, v)
+}
+
+// readJSON reads a JSON answer of at most maxDocumentBytes.
+func readJSON(resp *http.Response, v any) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("HTTP %s", resp.Status)
 	}

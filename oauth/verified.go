@@ -24,9 +24,10 @@ type verified struct {
 
 type verifiedToken struct {
 	id      Identity
-	expires time.Time // exp plus the clock skew
+	expires time.Time // exp plus the clock skew, or sooner
 	issuer  *issuer   // whose keys it was checked against
 	gen     uint64    // their generation then
+	opaque  bool      // checked by the issuer alone: no keys of ours
 }
 
 // get returns the entry of an unexpired token; the caller checks its

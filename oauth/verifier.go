@@ -79,6 +79,9 @@ type Issuer struct {
 	// Agents maps the claim's values to configured agents. A token whose
 	// value is not here is refused.
 	Agents map[string]string
+	// Introspection, if set, has each of the issuer's tokens confirmed
+	// active at the issuer, and may accept its opaque tokens.
+	Introspection *Introspection
 }
 
 // Defaults of Config's durations.
@@ -132,6 +135,7 @@ type Verifier struct {
 	byURL    map[string]*issuer
 	cache    verified
 	unsigned *jwt.Parser // reads a token's "iss" to choose its issuer
+	opaque   *issuer     // the issuer whose opaque tokens are accepted, if any
 }
 
 // issuer is an accepted issuer's settings, parser and keys.
@@ -139,6 +143,10 @@ type issuer struct {
 	Issuer
 	parser *jwt.Parser
 	keys   *keyCache
+	// With Introspection: its introspector, and the checks of the claims
+	// it answers for an opaque token.
+	introspector *introspector
+	validator    *jwt.Validator
 }
 
 // NewVerifier checks cfg and returns its Verifier. It fetches nothing
@@ -176,15 +184,24 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 			iss.AgentClaim = "sub"
 		}
 		iss.Scopes, iss.Agents = slices.Clone(iss.Scopes), maps.Clone(iss.Agents)
-		x := &issuer{Issuer: iss, keys: newKeyCache(cfg, iss), parser: jwt.NewParser(
-			jwt.WithValidMethods(asymmetric),
+		checks := []jwt.ParserOption{
 			jwt.WithIssuer(iss.URL),
 			jwt.WithAudience(cfg.Audience),
 			jwt.WithLeeway(cfg.ClockSkew),
 			jwt.WithExpirationRequired(),
 			jwt.WithIssuedAt(),
 			jwt.WithTimeFunc(cfg.Now),
-		)}
+		}
+		x := &issuer{Issuer: iss, keys: newKeyCache(cfg, iss), parser: jwt.NewParser(append(checks, jwt.WithValidMethods(asymmetric))...)}
+		if in := iss.Introspection; in != nil {
+			x.introspector, x.validator = newIntrospector(cfg, iss), jwt.NewValidator(checks...)
+			if in.Opaque {
+				if v.opaque != nil {
+					return nil, fmt.Errorf("oauth: issuers[%d]: opaque tokens are accepted from %s already: an opaque token names no issuer, so one issuer at most may issue them", i, v.opaque.URL)
+				}
+				v.opaque = x
+			}
+		}
 		v.issuers = append(v.issuers, x)
 		v.byURL[iss.URL] = x
 	}
@@ -203,6 +220,9 @@ func (iss Issuer) Check() error {
 	}
 	if len(iss.Agents) == 0 {
 		return errors.New("no agents are mapped: a token must name a configured agent")
+	}
+	if iss.Introspection != nil {
+		return iss.Introspection.Check()
 	}
 	return nil
 }
@@ -275,11 +295,18 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	}
 	now := v.cfg.Now()
 	if e, ok := v.cache.get(token, now); ok {
+		if e.opaque {
+			e.id.Scopes = slices.Clone(e.id.Scopes)
+			return e.id, nil
+		}
 		if gen, usable := e.issuer.keys.current(); usable && gen == e.gen {
 			e.id.Scopes = slices.Clone(e.id.Scopes)
 			return e.id, nil
 		}
 		v.cache.forget(token)
+	}
+	if v.opaque != nil && strings.Count(token, ".") != 2 {
+		return v.verifyOpaque(ctx, token)
 	}
 	iss, refused := v.issuerOf(token)
 	if refused != nil {
@@ -306,7 +333,22 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 		// seen once could otherwise be replayed to fill the log for ever.
 		return Identity{}, invalid(describe(err))
 	}
-	// The token is valid: what its claims say is the issuer's word.
+	// The token is valid: what its claims say is the issuer's word, if
+	// the issuer, asked, does not say it revoked it.
+	entry := verifiedToken{issuer: iss, gen: gen}
+	if in := iss.introspector; in != nil {
+		if _, refused := in.introspect(ctx, token); refused != nil {
+			return Identity{}, refused
+		}
+		entry.expires = v.cfg.Now().Add(in.CacheFor)
+	}
+	return v.admit(token, iss, claims, entry)
+}
+
+// admit names the agent of a token whose claims are the issuer's word,
+// checks its scopes, and remembers it as verified until it expires, or
+// until entry's expiry if that is set and sooner.
+func (v *Verifier) admit(token string, iss *issuer, claims jwt.MapClaims, entry verifiedToken) (Identity, error) {
 	id := iss.identity(claims)
 	if id.Agent == "" {
 		return Identity{}, &Error{Status: http.StatusForbidden, Identity: &id,
@@ -316,8 +358,51 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 		return Identity{}, &Error{Status: http.StatusForbidden, Code: "insufficient_scope", Identity: &id,
 			Description: fmt.Sprintf("the token lacks the scope %s", strings.Join(missing, " "))}
 	}
-	v.cache.put(token, verifiedToken{id: id, expires: id.Expires.Add(v.cfg.ClockSkew), issuer: iss, gen: gen})
+	entry.id = id
+	if exp := id.Expires.Add(v.cfg.ClockSkew); entry.expires.IsZero() || exp.Before(entry.expires) {
+		entry.expires = exp
+	}
+	v.cache.put(token, entry)
 	return id, nil
+}
+
+// verifyOpaque checks a token that is not a JWT by asking the issuer that
+// accepts them what it is, and checks what it answers as a JWT's claims
+// are: its issuer, its audience (which must be named), its lifetime.
+func (v *Verifier) verifyOpaque(ctx context.Context, token string) (Identity, error) {
+	if !isB64Token(token) {
+		return Identity{}, invalid("the token is neither a JWT nor an opaque token (RFC 6750 b64token)")
+	}
+	iss := v.opaque
+	claims, refused := iss.introspector.introspect(ctx, token)
+	if refused != nil {
+		return Identity{}, refused
+	}
+	if _, named := claims["iss"]; !named {
+		claims["iss"] = iss.URL // the answer is the issuer's own
+	}
+	if aud, _ := claims.GetAudience(); len(aud) == 0 {
+		return Identity{}, invalid("the issuer's answer names no audience for the token, so it can't be shown to be for this resource")
+	}
+	if err := iss.validator.Validate(claims); err != nil {
+		return Identity{}, invalid(describe(err))
+	}
+	return v.admit(token, iss, claims, verifiedToken{issuer: iss, opaque: true, expires: v.cfg.Now().Add(iss.introspector.CacheFor)})
+}
+
+// isB64Token reports whether s is an RFC 6750 b64token: what a bearer
+// token may be, and nothing else is sent to an issuer.
+func isB64Token(s string) bool {
+	s = strings.TrimRight(s, "=")
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~+/", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // issuerOf chooses the issuer whose keys and settings check a token: the

@@ -223,10 +223,21 @@ func oauthChanges(prev, next *config.OAuth) []audit.Record {
 			if old.Issuer == iss.Issuer {
 				setting(iss.Issuer+" scopes", strings.Join(old.Scopes, " "), strings.Join(iss.Scopes, " "))
 				setting(iss.Issuer+" jwks_url", old.JWKSURL, iss.JWKSURL)
+				setting(iss.Issuer+" introspection", describeIntrospection(old.Introspection), describeIntrospection(iss.Introspection))
 			}
 		}
 	}
 	return out
+}
+
+// describeIntrospection says how an issuer's tokens are confirmed, for a
+// record of its change.
+func describeIntrospection(in *config.OAuthIntrospection) string {
+	if in == nil {
+		return "off"
+	}
+	return fmt.Sprintf("client %s, secret in %s, endpoint %s, opaque tokens %v, cache %v",
+		in.ClientID, in.ClientSecretFile, cmp.Or(in.URL, "discovered"), in.OpaqueTokens, in.Cache)
 }
 
 // byKey maps each of list by its key.

@@ -13,6 +13,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -55,16 +56,33 @@ type Issuer struct {
 	down      bool
 	jwksHits  int
 	nextKeyID int
+	// Introspection (RFC 7662): the opaque tokens issued, the tokens
+	// revoked, who may ask, how often they asked, and how long an answer
+	// takes.
+	opaque             map[string]jwt.MapClaims
+	revoked            map[string]bool
+	introspectionHits  int
+	introspectionDelay time.Duration
+	inflight, peak     int // introspection requests being answered, and their most at once
 }
+
+// Introspector is the client id and secret a resource server asks the
+// issuer's introspection endpoint with.
+const (
+	IntrospectorID     = "agentsec-gateway"
+	IntrospectorSecret = "introspection-secret"
+)
 
 // NewIssuer starts an issuer with one RS256 key, issuing tokens for
 // audience. Close stops it.
 func NewIssuer(audience string) *Issuer {
-	is := &Issuer{Audience: audience, TokenLifetime: 5 * time.Minute, clients: map[string]Client{}}
+	is := &Issuer{Audience: audience, TokenLifetime: 5 * time.Minute, clients: map[string]Client{},
+		opaque: map[string]jwt.MapClaims{}, revoked: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", is.serveMetadata)
 	mux.HandleFunc("GET /jwks", is.serveJWKS)
 	mux.HandleFunc("POST /token", is.serveToken)
+	mux.HandleFunc("POST /introspect", is.serveIntrospection)
 	mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, r *http.Request) {
 		// Discovery documents must name an authorization endpoint; this
 		// issuer has no users to sign in, only clients.
@@ -212,6 +230,7 @@ func (is *Issuer) serveMetadata(w http.ResponseWriter, r *http.Request) {
 		"issuer":                                is.URL,
 		"jwks_uri":                              is.URL + "/jwks",
 		"token_endpoint":                        is.URL + "/token",
+		"introspection_endpoint":                is.URL + "/introspect",
 		"authorization_endpoint":                is.URL + "/authorize",
 		"grant_types_supported":                 []string{"client_credentials"},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
@@ -282,6 +301,101 @@ func (is *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
 		"expires_in":   int(is.TokenLifetime.Seconds()),
 		"scope":        strings.Join(granted, " "),
 	})
+}
+
+// OpaqueToken issues an opaque token (a random string only the issuer
+// can read) with claims.
+func (is *Issuer) OpaqueToken(claims jwt.MapClaims) string {
+	token := "opaque-" + rand.Text()
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.opaque[token] = claims
+	return token
+}
+
+// Revoke has the issuer call a token inactive from now on.
+func (is *Issuer) Revoke(token string) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.revoked[token] = true
+}
+
+// IntrospectionHits counts the requests to the introspection endpoint.
+func (is *Issuer) IntrospectionHits() int {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.introspectionHits
+}
+
+// PeakIntrospections is the most introspection requests it answered at
+// once.
+func (is *Issuer) PeakIntrospections() int {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.peak
+}
+
+// SetIntrospectionDelay makes each introspection answer wait d.
+func (is *Issuer) SetIntrospectionDelay(d time.Duration) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.introspectionDelay = d
+}
+
+// serveIntrospection answers whether a token is active (RFC 7662): an
+// opaque token it issued, or a JWT it signed, neither revoked nor
+// expired; with the token's claims if so.
+func (is *Issuer) serveIntrospection(w http.ResponseWriter, r *http.Request) {
+	if is.unavailable(w) {
+		return
+	}
+	if id, secret, ok := r.BasicAuth(); !ok || id != IntrospectorID || secret != IntrospectorSecret {
+		w.WriteHeader(http.StatusUnauthorized)
+		writeJSON(w, map[string]string{"error": "invalid_client"})
+		return
+	}
+	token := r.PostFormValue("token")
+	is.mu.Lock()
+	is.introspectionHits++
+	is.inflight++
+	is.peak = max(is.peak, is.inflight)
+	delay := is.introspectionDelay
+	claims, opaque := is.opaque[token]
+	revoked := is.revoked[token]
+	keys := slices.Clone(is.keys)
+	is.mu.Unlock()
+	defer func() {
+		is.mu.Lock()
+		is.inflight--
+		is.mu.Unlock()
+	}()
+	time.Sleep(delay)
+	if !opaque {
+		parsed, err := jwt.Parse(token, func(t *jwt.Token) (any, error) {
+			for _, k := range keys {
+				if k.ID == t.Header["kid"] {
+					return k.Signer.Public(), nil
+				}
+			}
+			return nil, errors.New("unknown key")
+		}, jwt.WithValidMethods([]string{"RS256", "ES256"}))
+		if err == nil {
+			claims = parsed.Claims.(jwt.MapClaims)
+		}
+	}
+	if claims == nil || revoked {
+		writeJSON(w, map[string]bool{"active": false})
+		return
+	}
+	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil && !time.Now().Before(exp.Time) {
+		writeJSON(w, map[string]bool{"active": false})
+		return
+	}
+	answer := map[string]any{"active": true, "token_type": "Bearer"}
+	for k, v := range claims {
+		answer[k] = v
+	}
+	writeJSON(w, answer)
 }
 
 func tokenError(w http.ResponseWriter, code string) {
