@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -548,15 +549,16 @@ func TestEverythingWithTheGoClient(t *testing.T) {
 }
 
 // startProvider starts the OpenID provider of op.mjs for resource, with
-// these machine clients (id: secret), and returns its issuer.
-func startProvider(t *testing.T, resource string, clients map[string]string) string {
+// these machine clients (id: secret), and returns its issuer. With
+// "opaque" among args, its access tokens are opaque.
+func startProvider(t *testing.T, resource string, clients map[string]string, args ...string) string {
 	t.Helper()
 	var list [][2]string
 	for id, secret := range clients {
 		list = append(list, [2]string{id, secret})
 	}
 	clientsJSON, _ := json.Marshal(list)
-	cmd := exec.Command("node", "op.mjs", resource, string(clientsJSON))
+	cmd := exec.Command("node", append([]string{"op.mjs", resource, string(clientsJSON)}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -680,5 +682,118 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 	}
 	if !slices.Equal(clients, []string{"svc-ts", "svc-ts", "svc-go", "svc-go"}) {
 		t.Errorf("the records' clients: %v", clients)
+	}
+}
+
+// TestOAuthOpaqueTokensFromARealProvider: the provider issues opaque
+// tokens, which the gateway has it introspect (RFC 7662): the Go SDK's
+// client-credentials client calls tools with them as its mapped agent,
+// each call recorded with the token named by its hash; a token its client
+// revokes at the provider (RFC 7009) is refused once the answer's cache
+// time has passed.
+func TestOAuthOpaqueTokensFromARealProvider(t *testing.T) {
+	requireNode(t)
+	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
+	endpoint := "http://" + addr + "/mcp"
+	issuer := startProvider(t, endpoint, map[string]string{"svc-go": "go-secret"}, "opaque")
+	if err := os.WriteFile(filepath.Join(dir, "introspection.secret"), []byte("introspection-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, `auth:
+  oauth:
+    audience: %s
+    issuers:
+      - issuer: %s
+        scopes: [mcp:tools]
+        agent_claim: client_id
+        agents: {svc-go: ts-client}
+        introspection: {client_id: agentsec-gateway, client_secret_file: introspection.secret, opaque_tokens: true, cache: 1s}
+`, endpoint, issuer)
+	f.Close()
+	run(t, dir, agentsecBin, "config", "check", cfg)
+	_, stop := serve(t, dir, cfg, addr)
+
+	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
+		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: issuer, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "opaque"}}); err != nil || res.IsError {
+		t.Errorf("echo with an opaque token: %+v %v", res, err)
+	}
+	cs.Close()
+
+	// A token got by hand, used, revoked by its client, refused.
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"mcp:tools"}, "resource": {endpoint}}
+	req, _ := http.NewRequest(http.MethodPost, issuer+"/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("svc-go", "go-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		AccessToken string `json:"access_token"`
+	}
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	initialize := func() int {
+		req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+got.AccessToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got.AccessToken == "" || strings.Count(got.AccessToken, ".") == 2 {
+		t.Fatalf("the provider's token %q is not opaque", got.AccessToken)
+	}
+	if status := initialize(); status != http.StatusOK {
+		t.Fatalf("initialize with the token: %d", status)
+	}
+	req, _ = http.NewRequest(http.MethodPost, issuer+"/token/revocation", strings.NewReader(url.Values{"token": {got.AccessToken}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("svc-go", "go-secret")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoking: %v %v", resp, err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the answer's cache time
+	if status := initialize(); status != http.StatusUnauthorized {
+		t.Errorf("initialize with the revoked token: %d, want 401", status)
+	}
+	stop()
+
+	var records int
+	for line := range strings.Lines(run(t, dir, agentsecBin, "audit", "export", "-db", "audit.db", "-event", "tool.call")) {
+		var exported struct {
+			Record struct {
+				Agent string            `json:"agent"`
+				Attrs map[string]string `json:"attrs"`
+			} `json:"record"`
+		}
+		if err := json.Unmarshal([]byte(line), &exported); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if rec := exported.Record; rec.Agent != "ts-client" || rec.Attrs["oauth_client_id"] != "svc-go" || !strings.HasPrefix(rec.Attrs["oauth_token_id"], "sha256:") {
+			t.Errorf("record %s", line)
+		}
+		records++
+	}
+	if records != 1 {
+		t.Errorf("%d tool.call records, want 1", records)
 	}
 }

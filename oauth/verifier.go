@@ -18,6 +18,8 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -99,6 +101,8 @@ type Identity struct {
 	// Agent is the configured agent the token's AgentClaim maps to.
 	Agent string
 	// Issuer, Subject and TokenID are the token's "iss", "sub" and "jti".
+	// A token with no "jti" is named by "sha256:" and the first 16 hex
+	// digits of its SHA-256, which tells it apart without revealing it.
 	Issuer, Subject, TokenID string
 	// ClientID is the token's "client_id", or else "azp".
 	ClientID string
@@ -350,6 +354,10 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 // until entry's expiry if that is set and sooner.
 func (v *Verifier) admit(token string, iss *issuer, claims jwt.MapClaims, entry verifiedToken) (Identity, error) {
 	id := iss.identity(claims)
+	if id.TokenID == "" {
+		sum := sha256.Sum256([]byte(token))
+		id.TokenID = "sha256:" + hex.EncodeToString(sum[:8])
+	}
 	if id.Agent == "" {
 		return Identity{}, &Error{Status: http.StatusForbidden, Identity: &id,
 			Description: fmt.Sprintf("no agent is configured for the token's %s %q; an operator maps it to one in auth.oauth.issuers[].agents", iss.AgentClaim, claimString(claims, iss.AgentClaim))}
