@@ -149,6 +149,8 @@ budget: {tokens: 10, calls: 10}
 		{"oauth introspection without a secret", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, introspection: {client_id: gw}}]\n", "auth.oauth.issuers[0]: introspection.client_secret_file is required"},
 		{"oauth introspection secret missing", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: nowhere.secret}}]\n", "auth.oauth.issuers[0]: introspection.client_secret_file: open"},
 		{"oauth two issuers of opaque tokens", oauthAuth + "audience: https://m.example/mcp\n    issuers:\n      - {issuer: https://a.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: demo.key, opaque_tokens: true}}\n      - {issuer: https://b.example.com, agents: {c: a}, introspection: {client_id: gw, client_secret_file: demo.key, opaque_tokens: true}}\n", "auth.oauth.issuers[1].introspection.opaque_tokens: issuers[0] accepts opaque tokens already"},
+		{"oauth keys lapse too soon", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}}]\n    keys_max_age: 5s\n", "auth.oauth.keys_max_age: 5s is less than 15m0s"},
+		{"oauth agent claim a user sets", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, agent_claim: email}]\n", `agent_claim "email" is not one of sub, client_id, azp`},
 		{"oauth key", oauthAuth + "audience: https://m.example/mcp\n    issuers: [{issuer: https://idp.example.com, agents: {c: a}, keyz: x}]\n", `unknown key "keyz" in OAuthIssuer`},
 	}
 	for _, tt := range tests {

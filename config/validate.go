@@ -23,6 +23,7 @@ import (
 
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/budget"
+	"github.com/agentsec/agentsec/oauth"
 	"github.com/agentsec/agentsec/trust"
 )
 
@@ -192,8 +193,8 @@ func (c *Config) validateOAuth(v *validator) {
 	if o.ClockSkew < 0 || o.ClockSkew > 5*time.Minute {
 		v.errorf(at("auth", "oauth", "clock_skew"), "%v is outside 0 to 5m", o.ClockSkew)
 	}
-	if o.KeysMaxAge < 0 {
-		v.errorf(at("auth", "oauth", "keys_max_age"), "%v is negative", o.KeysMaxAge)
+	if o.KeysMaxAge != 0 && o.KeysMaxAge < oauth.DefaultRefreshEvery {
+		v.errorf(at("auth", "oauth", "keys_max_age"), "%v is less than %v, how often the keys are fetched again: they would lapse while the issuer is up", o.KeysMaxAge, oauth.DefaultRefreshEvery)
 	}
 }
 

@@ -505,7 +505,9 @@ func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string) (c
 		}
 		return caller{}, e
 	}
-	principal := sha256.Sum256([]byte(id.Issuer + "\x00" + id.Subject))
+	// The client too: a token may have no "sub" (a machine client's, at
+	// some issuers), and two clients mapped to one agent are two callers.
+	principal := sha256.Sum256([]byte(id.Issuer + "\x00" + id.Subject + "\x00" + id.ClientID))
 	attrs := map[string]string{"oauth_issuer": id.Issuer, "oauth_subject": id.Subject}
 	if id.TokenID != "" {
 		attrs["oauth_token_id"] = id.TokenID

@@ -393,6 +393,37 @@ func TestOAuthEachCallRecordsItsOwnToken(t *testing.T) {
 	}
 }
 
+// TestOAuthSessionOfAClientWithoutSubject: tokens with no "sub", their
+// clients named by client_id, still bind a session to the client that
+// opened it.
+func TestOAuthSessionOfAClientWithoutSubject(t *testing.T) {
+	is := oauthtest.NewIssuer("http://127.0.0.1/mcp")
+	defer is.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", Issuers: []oauth.Issuer{{URL: is.URL, AgentClaim: "client_id",
+		Agents: map[string]string{"client-a": "alice", "client-b": "alice"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, _, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) { g.OAuth = v })
+	token := func(client string) string {
+		c := is.Claims(client)
+		delete(c, "sub")
+		return oauthtest.Sign(c, is.SigningKey())
+	}
+	resp := post(t, srv.URL, token("client-a"), "", initializeBody)
+	session := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || session == "" {
+		t.Fatalf("initialize: %d", resp.StatusCode)
+	}
+	list := `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`
+	if resp := post(t, srv.URL, token("client-b"), session, list); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("another client of the same agent: %d, want 404", resp.StatusCode)
+	}
+	if resp := post(t, srv.URL, token("client-a"), session, list); resp.StatusCode != http.StatusOK {
+		t.Errorf("the same client: %d, want 200", resp.StatusCode)
+	}
+}
+
 // TestOAuthMetadata: the protected-resource metadata is served without a
 // token at the well-known path, alone and followed by the resource's
 // path.

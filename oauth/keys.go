@@ -107,6 +107,9 @@ func (c *keyCache) get(ctx context.Context, kid string) (jose.JSONWebKey, error)
 		if cause == nil {
 			cause = err
 		}
+		if cause == nil {
+			cause = errors.New("the keys in hand are older than keys_max_age")
+		}
 		return jose.JSONWebKey{}, &Error{Status: http.StatusServiceUnavailable,
 			Description: fmt.Sprintf("the signing keys of the issuer %s can't be had (%v); try again shortly", c.issuer, cause)}
 	}

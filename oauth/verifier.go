@@ -170,6 +170,11 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	cfg.KeysMaxAge = orDefault(cfg.KeysMaxAge, DefaultKeysMaxAge)
 	cfg.RefreshEvery = orDefault(cfg.RefreshEvery, DefaultRefreshEvery)
 	cfg.MinRefreshInterval = orDefault(cfg.MinRefreshInterval, DefaultMinRefreshInterval)
+	if cfg.KeysMaxAge <= cfg.MinRefreshInterval {
+		// Keys that lapsed before they could be fetched again would have
+		// every token refused while the issuer is up.
+		return nil, fmt.Errorf("oauth: keys_max_age %v is not longer than the least time between fetches of the keys, %v", cfg.KeysMaxAge, cfg.MinRefreshInterval)
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -225,11 +230,18 @@ func (iss Issuer) Check() error {
 	if len(iss.Agents) == 0 {
 		return errors.New("no agents are mapped: a token must name a configured agent")
 	}
+	if !slices.Contains(agentClaims, iss.AgentClaim) {
+		return fmt.Errorf("agent_claim %q is not one of sub, client_id, azp: other claims (email, a user name) may be ones a user can set", iss.AgentClaim)
+	}
 	if iss.Introspection != nil {
 		return iss.Introspection.Check()
 	}
 	return nil
 }
+
+// agentClaims are the claims that may name an agent: identifiers the
+// issuer assigns, never ones its users choose ("" is "sub").
+var agentClaims = []string{"", "sub", "client_id", "azp"}
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
