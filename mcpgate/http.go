@@ -105,6 +105,44 @@ type Gateway struct {
 	setAgents atomic.Pointer[[]Credential]
 	// setOAuth, once SetOAuth is called, replaces OAuth.
 	setOAuth atomic.Pointer[oauthVerifier]
+	// refusals are the genuine tokens refused and recorded already.
+	refusals recordedRefusals
+}
+
+// maxRecordedRefusals bounds the tokens remembered as refused.
+const maxRecordedRefusals = 10_000
+
+// recordedRefusals remembers the genuine tokens whose refusal was
+// recorded, until they expire: a token refused for a scope or an agent
+// is recorded once, not once per replay, or anyone the issuer gives a
+// token could fill the log with one.
+type recordedRefusals struct {
+	mu    sync.Mutex
+	until map[string]time.Time // by issuer and token id
+}
+
+// first reports whether id's refusal is not recorded yet, and remembers
+// it as recorded.
+func (rr *recordedRefusals) first(id *oauth.Identity) bool {
+	key := id.Issuer + "\x00" + id.TokenID
+	now := time.Now()
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if until, seen := rr.until[key]; seen && now.Before(until) {
+		return false
+	}
+	if rr.until == nil {
+		rr.until = map[string]time.Time{}
+	}
+	if len(rr.until) >= maxRecordedRefusals {
+		for k, until := range rr.until {
+			if !now.Before(until) || len(rr.until) >= maxRecordedRefusals {
+				delete(rr.until, k)
+			}
+		}
+	}
+	rr.until[key] = id.Expires
+	return true
 }
 
 // oauthVerifier holds the verifier SetOAuth set, which may be nil.
@@ -526,7 +564,7 @@ func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string) (c
 // one is not, or anyone could fill the log.
 func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier *oauth.Verifier, e *oauth.Error) {
 	g.observeAuthRefused(refusalReason(e))
-	if e.Identity != nil {
+	if e.Identity != nil && g.refusals.first(e.Identity) {
 		rec := audit.Record{Event: EventAuthRefused, Agent: e.Identity.Agent, Outcome: audit.OutcomeDenied,
 			Reason: e.Description, Attrs: map[string]string{"oauth_issuer": e.Identity.Issuer, "oauth_subject": e.Identity.Subject}}
 		if e.Identity.TokenID != "" {

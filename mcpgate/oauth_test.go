@@ -181,8 +181,17 @@ func TestOAuthRefusals(t *testing.T) {
 			}
 		})
 	}
+	// The same genuine token refused again is not recorded again.
+	scopeless := is.Token("svc-alice")
+	before := stack.Audit.Size()
+	for range 3 {
+		post(t, srv.URL, scopeless, "", initializeBody)
+	}
+	if n := stack.Audit.Size() - before; n != 1 {
+		t.Errorf("a refused token sent 3 times made %d records, want 1", n)
+	}
 	page, err := stack.Audit.Query(context.Background(), audit.Filter{Event: mcpgate.EventAuthRefused})
-	if err != nil || len(page.Records) != 2 || page.Records[0].Attrs["oauth_subject"] != "svc-alice" || page.Records[1].Attrs["oauth_subject"] != "svc-stranger" || page.Records[1].Reason == "" {
+	if err != nil || len(page.Records) != 3 || page.Records[0].Attrs["oauth_subject"] != "svc-alice" || page.Records[1].Attrs["oauth_subject"] != "svc-stranger" || page.Records[1].Reason == "" {
 		t.Errorf("refusal records %+v %v", page.Records, err)
 	}
 
