@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,5 +66,21 @@ func TestKeySetHygiene(t *testing.T) {
 		if e, ok := err.(*oauth.Error); !ok || e.Status != 401 {
 			t.Errorf("a token signed with the %q key: %v, want refused", kid, err)
 		}
+	}
+}
+
+// TestRedirectToPlainHTTPRefused: discovery that redirects off https (to
+// plain http off loopback) is not followed.
+func TestRedirectToPlainHTTPRefused(t *testing.T) {
+	srv := httptest.NewServer(http.RedirectHandler("http://keys.example.com/jwks", http.StatusFound))
+	defer srv.Close()
+	v, err := oauth.NewVerifier(oauth.Config{Audience: resource,
+		Issuers: []oauth.Issuer{{URL: "https://idp.example.com", JWKSURL: srv.URL + "/jwks", Agents: map[string]string{"a": "a"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = v.Prefetch(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "must be an https URL") {
+		t.Fatalf("Prefetch: %v", err)
 	}
 }

@@ -56,7 +56,8 @@ type Config struct {
 	// the keys; 0 means DefaultMinRefreshInterval.
 	MinRefreshInterval time.Duration
 	// HTTPClient fetches the issuers' metadata and keys; nil means one
-	// with a 10-second timeout.
+	// with a 10-second timeout that follows redirects only to https (or
+	// loopback) URLs.
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -176,7 +177,14 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		return nil, fmt.Errorf("oauth: keys_max_age %v is not longer than the least time between fetches of the keys, %v", cfg.KeysMaxAge, cfg.MinRefreshInterval)
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(r *http.Request, via []*http.Request) error {
+			// A redirect to plain HTTP off loopback would let anyone on
+			// the way serve the keys.
+			if len(via) >= 5 {
+				return errors.New("too many redirects")
+			}
+			return checkURL("redirect", r.URL.String())
+		}}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
