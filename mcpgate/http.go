@@ -528,14 +528,14 @@ func (g *Gateway) authenticate(r *http.Request, verifier *oauth.Verifier) (calle
 		return caller{agent: agent, owner: agent}, nil
 	case found == 0 && verifier != nil:
 		// Not an agent's static token (whatever its form): an access token.
-		return oauthCaller(r.Context(), verifier, token)
+		return oauthCaller(r.Context(), verifier, token, sum)
 	}
 	return caller{}, errUnknownToken
 }
 
 // oauthCaller verifies an OAuth access token.
-func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string) (caller, *oauth.Error) {
-	id, err := verifier.Verify(ctx, token)
+func oauthCaller(ctx context.Context, verifier *oauth.Verifier, token string, sum [32]byte) (caller, *oauth.Error) {
+	id, err := verifier.VerifyDigest(ctx, token, sum)
 	if err != nil {
 		e, ok := errors.AsType[*oauth.Error](err)
 		if !ok {

@@ -19,7 +19,8 @@ import (
 // of the token and a constant-time compare, as the gateway does): the
 // difference is what OAuth adds to each request. The gateway looks a
 // token up among the static ones first, so an access token pays that
-// lookup too, and it is measured with it. A client presents the
+// lookup too, and it is measured with it, handing its digest on as the
+// gateway does. A client presents the
 // same token on each request until it expires, and only its first
 // presentation checks the signature (-first-sight), whose floor is the
 // signature check alone (RS256-signature-alone: rsa.VerifyPKCS1v15 of the
@@ -28,14 +29,15 @@ func BenchmarkVerify(b *testing.B) {
 	// Keys are fetched again as soon as a token names a new one.
 	is, v := setup(b, func(c *oauth.Config) { c.MinRefreshInterval = time.Nanosecond })
 	static := sha256.Sum256([]byte("an-agents-static-bearer-token-of-32-bytes"))
-	isStatic := func(token string) bool {
+	// lookup is the gateway's static lookup; a miss hands the digest on.
+	lookup := func(token string) ([32]byte, bool) {
 		sum := sha256.Sum256([]byte(token))
-		return subtle.ConstantTimeCompare(sum[:], static[:]) == 1
+		return sum, subtle.ConstantTimeCompare(sum[:], static[:]) == 1
 	}
 	b.Run("static-token", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if !isStatic("an-agents-static-bearer-token-of-32-bytes") {
+			if _, ok := lookup("an-agents-static-bearer-token-of-32-bytes"); !ok {
 				b.Fatal("no match")
 			}
 		}
@@ -67,10 +69,11 @@ func BenchmarkVerify(b *testing.B) {
 		b.Run(alg, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if isStatic(token) {
+				sum, ok := lookup(token)
+				if ok {
 					b.Fatal("a static token")
 				}
-				if _, err := v.Verify(context.Background(), token); err != nil {
+				if _, err := v.VerifyDigest(context.Background(), token, sum); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -79,10 +82,11 @@ func BenchmarkVerify(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				oauth.ForgetVerified(v)
-				if isStatic(token) {
+				sum, ok := lookup(token)
+				if ok {
 					b.Fatal("a static token")
 				}
-				if _, err := v.Verify(context.Background(), token); err != nil {
+				if _, err := v.VerifyDigest(context.Background(), token, sum); err != nil {
 					b.Fatal(err)
 				}
 			}

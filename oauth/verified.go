@@ -1,7 +1,6 @@
 package oauth
 
 import (
-	"crypto/sha256"
 	"sync"
 	"time"
 )
@@ -32,8 +31,7 @@ type verifiedToken struct {
 
 // get returns the entry of an unexpired token; the caller checks its
 // keys' generation.
-func (vt *verified) get(token string, now time.Time) (verifiedToken, bool) {
-	sum := sha256.Sum256([]byte(token))
+func (vt *verified) get(sum [32]byte, now time.Time) (verifiedToken, bool) {
 	vt.mu.Lock()
 	defer vt.mu.Unlock()
 	e, ok := vt.entries[sum]
@@ -45,15 +43,13 @@ func (vt *verified) get(token string, now time.Time) (verifiedToken, bool) {
 }
 
 // forget drops a token's entry.
-func (vt *verified) forget(token string) {
-	sum := sha256.Sum256([]byte(token))
+func (vt *verified) forget(sum [32]byte) {
 	vt.mu.Lock()
 	defer vt.mu.Unlock()
 	delete(vt.entries, sum)
 }
 
-func (vt *verified) put(token string, e verifiedToken) {
-	sum := sha256.Sum256([]byte(token))
+func (vt *verified) put(sum [32]byte, e verifiedToken) {
 	vt.mu.Lock()
 	defer vt.mu.Unlock()
 	if vt.entries == nil {

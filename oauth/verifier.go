@@ -314,11 +314,18 @@ func (v *Verifier) Prefetch(ctx context.Context) error {
 // Verify checks a token and returns whose it is. A refused token's error
 // is an *Error.
 func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
+	return v.VerifyDigest(ctx, token, sha256.Sum256([]byte(token)))
+}
+
+// VerifyDigest is Verify for a caller that has the token's SHA-256 in
+// hand already (the gateway, from looking it up among static tokens):
+// the token is not hashed again.
+func (v *Verifier) VerifyDigest(ctx context.Context, token string, sum [32]byte) (Identity, error) {
 	if len(token) > MaxTokenBytes {
 		return Identity{}, invalid(fmt.Sprintf("the token is longer than %d bytes", MaxTokenBytes))
 	}
 	now := v.cfg.Now()
-	if e, ok := v.cache.get(token, now); ok {
+	if e, ok := v.cache.get(sum, now); ok {
 		if e.opaque {
 			e.id.Scopes = slices.Clone(e.id.Scopes)
 			return e.id, nil
@@ -327,10 +334,10 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 			e.id.Scopes = slices.Clone(e.id.Scopes)
 			return e.id, nil
 		}
-		v.cache.forget(token)
+		v.cache.forget(sum)
 	}
 	if v.opaque != nil && strings.Count(token, ".") != 2 {
-		return v.verifyOpaque(ctx, token)
+		return v.verifyOpaque(ctx, token, sum)
 	}
 	iss, refused := v.issuerOf(token)
 	if refused != nil {
@@ -361,21 +368,20 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 	// the issuer, asked, does not say it revoked it.
 	entry := verifiedToken{issuer: iss, gen: gen}
 	if in := iss.introspector; in != nil {
-		if _, refused := in.introspect(ctx, token); refused != nil {
+		if _, refused := in.introspect(ctx, token, sum); refused != nil {
 			return Identity{}, refused
 		}
 		entry.expires = v.cfg.Now().Add(in.CacheFor)
 	}
-	return v.admit(token, iss, claims, entry)
+	return v.admit(sum, iss, claims, entry)
 }
 
 // admit names the agent of a token whose claims are the issuer's word,
 // checks its scopes, and remembers it as verified until it expires, or
 // until entry's expiry if that is set and sooner.
-func (v *Verifier) admit(token string, iss *issuer, claims jwt.MapClaims, entry verifiedToken) (Identity, error) {
+func (v *Verifier) admit(sum [32]byte, iss *issuer, claims jwt.MapClaims, entry verifiedToken) (Identity, error) {
 	id := iss.identity(claims)
 	if id.TokenID == "" {
-		sum := sha256.Sum256([]byte(token))
 		id.TokenID = "sha256:" + hex.EncodeToString(sum[:8])
 	}
 	if id.Agent == "" {
@@ -390,19 +396,19 @@ func (v *Verifier) admit(token string, iss *issuer, claims jwt.MapClaims, entry 
 	if exp := id.Expires.Add(v.cfg.ClockSkew); entry.expires.IsZero() || exp.Before(entry.expires) {
 		entry.expires = exp
 	}
-	v.cache.put(token, entry)
+	v.cache.put(sum, entry)
 	return id, nil
 }
 
 // verifyOpaque checks a token that is not a JWT by asking the issuer that
 // accepts them what it is, and checks what it answers as a JWT's claims
 // are: its issuer, its audience (which must be named), its lifetime.
-func (v *Verifier) verifyOpaque(ctx context.Context, token string) (Identity, error) {
+func (v *Verifier) verifyOpaque(ctx context.Context, token string, sum [32]byte) (Identity, error) {
 	if !isB64Token(token) {
 		return Identity{}, invalid("the token is neither a JWT nor an opaque token (RFC 6750 b64token)")
 	}
 	iss := v.opaque
-	claims, refused := iss.introspector.introspect(ctx, token)
+	claims, refused := iss.introspector.introspect(ctx, token, sum)
 	if refused != nil {
 		return Identity{}, refused
 	}
@@ -415,7 +421,7 @@ func (v *Verifier) verifyOpaque(ctx context.Context, token string) (Identity, er
 	if err := iss.validator.Validate(claims); err != nil {
 		return Identity{}, invalid(describe(err))
 	}
-	return v.admit(token, iss, claims, verifiedToken{issuer: iss, opaque: true, expires: v.cfg.Now().Add(iss.introspector.CacheFor)})
+	return v.admit(sum, iss, claims, verifiedToken{issuer: iss, opaque: true, expires: v.cfg.Now().Add(iss.introspector.CacheFor)})
 }
 
 // isB64Token reports whether s is an RFC 6750 b64token: what a bearer
