@@ -593,6 +593,66 @@ func startProvider(t *testing.T, resource string, clients map[string]string, arg
 	}
 }
 
+// oauthConfig appends an auth.oauth section to the configuration file:
+// the provider at issuer, its clients named by client_id and mapped by
+// agents, requiring mcp:tools; extra adds keys to the issuer.
+func oauthConfig(t *testing.T, cfg, endpoint, issuer, agents, extra string) {
+	t.Helper()
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintf(f, `auth:
+  oauth:
+    audience: %s
+    issuers:
+      - issuer: %s
+        scopes: [mcp:tools]
+        agent_claim: client_id
+        agents: %s
+%s`, endpoint, issuer, agents, extra)
+}
+
+// goOAuthClient connects the Go SDK's client-credentials client, holding
+// only a client id and secret, to endpoint.
+func goOAuthClient(t *testing.T, endpoint, issuer, id, secret string) *mcp.ClientSession {
+	t.Helper()
+	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
+		Credentials: &oauthex.ClientCredentials{ClientID: id, Issuer: issuer, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: secret}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// exportedRecord is a record as agentsec audit export prints it.
+type exportedRecord struct {
+	Agent string            `json:"agent"`
+	Attrs map[string]string `json:"attrs"`
+}
+
+// toolCallRecords exports the log's tool.call records.
+func toolCallRecords(t *testing.T, dir string) []exportedRecord {
+	t.Helper()
+	var out []exportedRecord
+	for line := range strings.Lines(run(t, dir, agentsecBin, "audit", "export", "-db", "audit.db", "-event", "tool.call")) {
+		var exported struct {
+			Record exportedRecord `json:"record"`
+		}
+		if err := json.Unmarshal([]byte(line), &exported); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		out = append(out, exported.Record)
+	}
+	return out
+}
+
 // TestOAuthWithBothSDKs: agentsec serve as an OAuth resource server in
 // front of server-everything, with a real OpenID provider on loopback
 // (oidc-provider, op.mjs). The TypeScript SDK's and the Go SDK's
@@ -607,21 +667,7 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
 	endpoint := "http://" + addr + "/mcp"
 	issuer := startProvider(t, endpoint, map[string]string{"svc-ts": "ts-secret", "svc-go": "go-secret"})
-	auth := fmt.Sprintf(`auth:
-  oauth:
-    audience: %s
-    issuers:
-      - issuer: %s
-        scopes: [mcp:tools]
-        agent_claim: client_id
-        agents: {svc-ts: ts-client, svc-go: ts-client}
-`, endpoint, issuer)
-	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString(auth)
-	f.Close()
+	oauthConfig(t, cfg, endpoint, issuer, "{svc-ts: ts-client, svc-go: ts-client}", "")
 	run(t, dir, agentsecBin, "config", "check", cfg)
 	_, stop := serve(t, dir, cfg, addr)
 
@@ -637,17 +683,8 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 		t.Errorf("TypeScript get-env was not denied: %+v", got[1])
 	}
 
-	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
-		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: issuer, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx,
-		&mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := goOAuthClient(t, endpoint, issuer, "svc-go", "go-secret")
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "from Go"}})
 	if err != nil || res.IsError {
 		t.Errorf("Go echo: %+v %v", res, err)
@@ -664,19 +701,9 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 		t.Errorf("audit verify: %s", out)
 	}
 	var clients []string
-	for line := range strings.Lines(run(t, dir, agentsecBin, "audit", "export", "-db", "audit.db", "-event", "tool.call")) {
-		var exported struct {
-			Record struct {
-				Agent string            `json:"agent"`
-				Attrs map[string]string `json:"attrs"`
-			} `json:"record"`
-		}
-		if err := json.Unmarshal([]byte(line), &exported); err != nil {
-			t.Fatalf("%q: %v", line, err)
-		}
-		rec := exported.Record
+	for _, rec := range toolCallRecords(t, dir) {
 		if rec.Agent != "ts-client" || rec.Attrs["oauth_issuer"] != issuer || rec.Attrs["oauth_token_id"] == "" {
-			t.Errorf("record %s", line)
+			t.Errorf("record %+v", rec)
 		}
 		clients = append(clients, rec.Attrs["oauth_client_id"])
 	}
@@ -699,35 +726,13 @@ func TestOAuthOpaqueTokensFromARealProvider(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "introspection.secret"), []byte("introspection-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(f, `auth:
-  oauth:
-    audience: %s
-    issuers:
-      - issuer: %s
-        scopes: [mcp:tools]
-        agent_claim: client_id
-        agents: {svc-go: ts-client}
-        introspection: {client_id: agentsec-gateway, client_secret_file: introspection.secret, opaque_tokens: true, cache: 1s}
-`, endpoint, issuer)
-	f.Close()
+	oauthConfig(t, cfg, endpoint, issuer, "{svc-go: ts-client}",
+		"        introspection: {client_id: agentsec-gateway, client_secret_file: introspection.secret, opaque_tokens: true, cache: 1s}\n")
 	run(t, dir, agentsecBin, "config", "check", cfg)
 	_, stop := serve(t, dir, cfg, addr)
 
-	handler, err := extauth.NewClientCredentialsHandler(&extauth.ClientCredentialsHandlerConfig{
-		Credentials: &oauthex.ClientCredentials{ClientID: "svc-go", Issuer: issuer, ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "go-secret"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "go-e2e", Version: "1"}, nil).Connect(ctx,
-		&mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := goOAuthClient(t, endpoint, issuer, "svc-go", "go-secret")
 	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "opaque"}}); err != nil || res.IsError {
 		t.Errorf("echo with an opaque token: %+v %v", res, err)
 	}
@@ -777,23 +782,13 @@ func TestOAuthOpaqueTokensFromARealProvider(t *testing.T) {
 	}
 	stop()
 
-	var records int
-	for line := range strings.Lines(run(t, dir, agentsecBin, "audit", "export", "-db", "audit.db", "-event", "tool.call")) {
-		var exported struct {
-			Record struct {
-				Agent string            `json:"agent"`
-				Attrs map[string]string `json:"attrs"`
-			} `json:"record"`
+	records := toolCallRecords(t, dir)
+	for _, rec := range records {
+		if rec.Agent != "ts-client" || rec.Attrs["oauth_client_id"] != "svc-go" || !strings.HasPrefix(rec.Attrs["oauth_token_id"], "sha256:") {
+			t.Errorf("record %+v", rec)
 		}
-		if err := json.Unmarshal([]byte(line), &exported); err != nil {
-			t.Fatalf("%q: %v", line, err)
-		}
-		if rec := exported.Record; rec.Agent != "ts-client" || rec.Attrs["oauth_client_id"] != "svc-go" || !strings.HasPrefix(rec.Attrs["oauth_token_id"], "sha256:") {
-			t.Errorf("record %s", line)
-		}
-		records++
 	}
-	if records != 1 {
-		t.Errorf("%d tool.call records, want 1", records)
+	if len(records) != 1 {
+		t.Errorf("%d tool.call records, want 1", len(records))
 	}
 }
