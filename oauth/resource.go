@@ -58,10 +58,12 @@ func (v *Verifier) MetadataURL() string {
 
 // MetadataPaths are the paths a resource server answers with its
 // metadata: the well-known path, alone and followed by the resource's
-// path.
-func (v *Verifier) MetadataPaths() []string {
+// path. The gateway asks on every GET, so they are worked out once.
+func (v *Verifier) MetadataPaths() []string { return v.metadataPaths }
+
+func metadataPaths(metadataURL string) []string {
 	paths := []string{WellKnownPath}
-	if u, err := url.Parse(v.MetadataURL()); err == nil && u.Path != WellKnownPath {
+	if u, err := url.Parse(metadataURL); err == nil && u.Path != WellKnownPath {
 		paths = append(paths, u.Path)
 	}
 	return paths

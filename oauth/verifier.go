@@ -141,6 +141,8 @@ type Verifier struct {
 	cache    verified
 	unsigned *jwt.Parser // reads a token's "iss" to choose its issuer
 	opaque   *issuer     // the issuer whose opaque tokens are accepted, if any
+
+	metadataPaths []string // see MetadataPaths
 }
 
 // issuer is an accepted issuer's settings, parser and keys.
@@ -190,6 +192,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		cfg.Now = time.Now
 	}
 	v := &Verifier{cfg: cfg, byURL: map[string]*issuer{}, unsigned: jwt.NewParser()}
+	v.metadataPaths = metadataPaths(v.MetadataURL())
 	for i, iss := range cfg.Issuers {
 		if err := iss.Check(); err != nil {
 			return nil, fmt.Errorf("oauth: issuers[%d]: %w", i, err)
