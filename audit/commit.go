@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -24,11 +25,14 @@ import (
 // A pending record waits in the queue. pendings are pooled, with their
 // buffers, so an append allocates nothing.
 type pending struct {
-	buf  []byte // 0x00 || record bytes
-	rec  Record // the record buf encodes
-	leaf Hash
-	seq  uint64
-	err  error
+	buf []byte // 0x00 || record bytes
+	rec Record // the record buf encodes
+	// arrived is when Log was called, as the log's clock read it: with
+	// time.Now's monotonic reading, which rec.Time, in UTC, drops.
+	arrived time.Time
+	leaf    Hash
+	seq     uint64
+	err     error
 	// state is set to resultReady or handedLead, then done is signalled.
 	// A waiter spins on state for a moment before it blocks on done: a
 	// batch usually commits sooner than a goroutine can sleep and wake.
@@ -79,7 +83,7 @@ var pendingPool = sync.Pool{New: func() any {
 func getPending() *pending { return pendingPool.Get().(*pending) }
 
 func putPending(p *pending) {
-	p.err, p.rec = nil, Record{}
+	p.err, p.rec, p.arrived = nil, Record{}, time.Time{}
 	p.state.Store(waiting)
 	if cap(p.buf) > 4<<10 {
 		p.buf = make([]byte, 0, 512) // don't pool the rare huge record's buffer
@@ -211,7 +215,7 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 	if f := l.appendObserver.Load(); f != nil {
 		// The first record's time was read as its Log began: the batch
 		// took this long as its first caller saw it.
-		(*f)(len(batch), l.since(batch[0].rec.Time), err)
+		(*f)(len(batch), l.since(batch[0].arrived), err)
 	}
 	for _, p := range batch {
 		if p != self {

@@ -376,7 +376,8 @@ func (l *Log) failCheckpoint(err error, size uint64) error {
 // record on its own, then one of them appends the waiting records to the
 // store in a single Append.
 func (l *Log) Log(ctx context.Context, rec Record) (Record, error) {
-	rec.Time = l.clock().UTC()
+	arrived := l.clock()
+	rec.Time = arrived.UTC()
 	if rec.Namespace == "" {
 		rec.Namespace = l.namespace
 	}
@@ -388,7 +389,7 @@ func (l *Log) Log(ctx context.Context, rec Record) (Record, error) {
 		return Record{}, err
 	}
 	r.buf = buf
-	r.rec = rec
+	r.rec, r.arrived = rec, arrived
 	r.leaf = leafHash(buf)
 	l.commit(ctx, r)
 	if r.err != nil {
