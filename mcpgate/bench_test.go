@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -105,17 +107,19 @@ func (c *mcpClient) callTool(b *testing.B) {
 }
 
 // BenchmarkToolCall measures one tools/call over streamable HTTP from a
-// lean client to a no-op server: straight, and through the gateway with
-// the audit log in memory and durable in SQLite. The difference from
-// direct is what the gateway costs; -benchmem counts its allocations.
+// lean client to a no-op server: straight, through a bare
+// httputil.ReverseProxy (the floor of any hop in between), and through
+// the gateway with the audit log in memory and durable in SQLite. The
+// gateway's difference from direct, against the proxy's, is what
+// governance costs above a hop; -benchmem counts its allocations.
 func BenchmarkToolCall(b *testing.B) {
 	upstream := httptest.NewServer(noopServer())
 	defer upstream.Close()
 	pool := &http.Transport{MaxIdleConnsPerHost: 256}
 	defer pool.CloseIdleConnections()
 
-	b.Run("direct", func(b *testing.B) {
-		c := &mcpClient{url: upstream.URL, http: &http.Client{Transport: pool}}
+	run := func(b *testing.B, url, token string) {
+		c := &mcpClient{url: url, token: token, http: &http.Client{Transport: pool}}
 		c.open(b)
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
@@ -123,6 +127,15 @@ func BenchmarkToolCall(b *testing.B) {
 				c.callTool(b)
 			}
 		})
+	}
+	b.Run("direct", func(b *testing.B) { run(b, upstream.URL, "") })
+	b.Run("proxy", func(b *testing.B) {
+		target, _ := url.Parse(upstream.URL)
+		proxy := httputil.NewSingleHostReverseProxy(target)
+		proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 256}
+		srv := httptest.NewServer(proxy)
+		defer srv.Close()
+		run(b, srv.URL, "")
 	})
 	for _, durable := range []bool{false, true} {
 		name := map[bool]string{false: "gateway-memory-audit", true: "gateway-sqlite-audit"}[durable]
@@ -151,14 +164,7 @@ func BenchmarkToolCall(b *testing.B) {
 			srv := httptest.NewServer(gw)
 			defer srv.Close()
 			defer gw.Close()
-			c := &mcpClient{url: srv.URL, token: "t", http: &http.Client{Transport: pool}}
-			c.open(b)
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					c.callTool(b)
-				}
-			})
+			run(b, srv.URL, "t")
 			b.StopTimer()
 			if _, err := stack.Audit.Verify(context.Background()); err != nil {
 				b.Error(err)
