@@ -331,7 +331,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // post takes one JSON-RPC message from the client.
 func (g *Gateway) post(w http.ResponseWriter, r *http.Request, c caller, s *httpSession) {
-	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+	if mediaType(r.Header.Get("Content-Type")) != "application/json" {
 		http.Error(w, "agentsec: a POST carries one JSON-RPC message: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
@@ -832,20 +832,32 @@ func acceptsEventStream(r *http.Request) bool {
 	return accepts(r, "text/event-stream")
 }
 
-func accepts(r *http.Request, mediaType string) bool {
+func accepts(r *http.Request, want string) bool {
 	values := r.Header.Values("Accept")
 	if len(values) == 0 {
 		return true
 	}
 	for _, v := range values {
-		for _, part := range strings.Split(v, ",") {
-			t, _, _ := mime.ParseMediaType(strings.TrimSpace(part))
-			if t == mediaType || t == "*/*" {
+		for part := range strings.SplitSeq(v, ",") {
+			if t := mediaType(strings.TrimSpace(part)); t == want || t == "*/*" {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// mediaType is the media type of a Content-Type or Accept value, in lower
+// case without parameters, as mime.ParseMediaType gives it; "" if v is
+// malformed. The two types MCP uses, written plainly, are taken as they
+// are: parsing makes a map for the parameters they don't have.
+func mediaType(v string) string {
+	switch v {
+	case "application/json", "text/event-stream":
+		return v
+	}
+	t, _, _ := mime.ParseMediaType(v)
+	return t
 }
 
 // localRequest reports whether the request is addressed to a loopback

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -67,11 +66,13 @@ type httpUpstreamConn struct {
 	failOnce sync.Once
 	failErr  error
 
-	mu         sync.Mutex
-	sessionID  string
-	version    string // the negotiated protocol version, once initialized
-	getStarted bool
-	deleted    bool // Close sent the session's DELETE
+	mu            sync.Mutex
+	sessionID     string
+	version       string   // the negotiated protocol version, once initialized
+	sessionHeader []string // the header values of sessionID and version, made once
+	versionHeader []string
+	getStarted    bool
+	deleted       bool // Close sent the session's DELETE
 }
 
 func newHTTPUpstreamConn(name, endpoint string, client http.RoundTripper) *httpUpstreamConn {
@@ -140,8 +141,8 @@ func (c *httpUpstreamConn) post(ctx context.Context, msg jsonrpc.Message, data [
 		return nil, err
 	}
 	h := req.Header
-	h["Content-Type"] = []string{"application/json"}
-	h["Accept"] = []string{"application/json, text/event-stream"}
+	h["Content-Type"] = jsonContentType
+	h["Accept"] = postAccept
 	if c.setSessionHeaders(h) >= sessionlessVersion {
 		// The sessionless protocol repeats the method and the name in
 		// headers, for routing without reading bodies.
@@ -164,16 +165,23 @@ func (c *httpUpstreamConn) post(ctx context.Context, msg jsonrpc.Message, data [
 	return resp, nil
 }
 
+// Header values every POST carries, shared by all: a request's header
+// is only read on its way out, and each has no room to append in place.
+var (
+	jsonContentType = []string{"application/json"}
+	postAccept      = []string{"application/json, text/event-stream"}
+)
+
 // setSessionHeaders sets the session's headers and returns its protocol
 // version.
 func (c *httpUpstreamConn) setSessionHeaders(h http.Header) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.sessionID != "" {
-		h["Mcp-Session-Id"] = []string{c.sessionID}
+		h["Mcp-Session-Id"] = c.sessionHeader
 	}
 	if c.version != "" {
-		h["Mcp-Protocol-Version"] = []string{c.version}
+		h["Mcp-Protocol-Version"] = c.versionHeader
 	}
 	return c.version
 }
@@ -190,7 +198,7 @@ func (c *httpUpstreamConn) noteSession(resp *http.Response) {
 	}
 	c.mu.Lock()
 	if c.sessionID == "" {
-		c.sessionID = id
+		c.sessionID, c.sessionHeader = id, []string{id}
 	}
 	c.mu.Unlock()
 }
@@ -257,7 +265,7 @@ func (c *httpUpstreamConn) do(ctx context.Context, req *jsonrpc.Request, data []
 		c.fail(err)
 		return nil, err
 	}
-	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	ct := mediaType(resp.Header.Get("Content-Type"))
 	switch {
 	case resp.StatusCode/100 != 2 && ct != "application/json":
 		return nil, c.statusError(resp)
@@ -302,7 +310,7 @@ func (c *httpUpstreamConn) answered(req *jsonrpc.Request, resp *jsonrpc.Response
 	}
 	json.Unmarshal(resp.Result, &r)
 	c.mu.Lock()
-	c.version = r.ProtocolVersion
+	c.version, c.versionHeader = r.ProtocolVersion, []string{r.ProtocolVersion}
 	start := !c.getStarted && c.sessionID != ""
 	c.getStarted = c.getStarted || start
 	c.mu.Unlock()
@@ -391,7 +399,7 @@ func (c *httpUpstreamConn) listen() {
 		c.setSessionHeaders(req.Header)
 		resp, err := c.client.RoundTrip(req)
 		if err == nil {
-			ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+			ct := mediaType(resp.Header.Get("Content-Type"))
 			switch {
 			case resp.StatusCode == http.StatusNotFound:
 				drain(resp)

@@ -3,7 +3,7 @@ package mcpgate
 import (
 	"bytes"
 	"encoding/json"
-	"maps"
+	"errors"
 	"slices"
 	"unicode/utf8"
 )
@@ -48,7 +48,7 @@ func members(data []byte) (map[string]json.RawMessage, bool) {
 		if end >= len(data) || !utf8.Valid(data[i+1:end]) {
 			return nil, false // Go's decoder would replace the bad bytes
 		}
-		key := string(data[i+1 : end])
+		key := internKey(data[i+1 : end])
 		i = skipSpace(data, end+1)
 		if i >= len(data) || data[i] != ':' {
 			return nil, false
@@ -72,15 +72,53 @@ func members(data []byte) (map[string]json.RawMessage, bool) {
 	}
 }
 
+// internKey is b as a string: for the keys of MCP's messages, a constant,
+// so that splitting a message makes no string for each of them.
+func internKey(b []byte) string {
+	switch string(b) { // compared without a copy
+	case "jsonrpc":
+		return "jsonrpc"
+	case "id":
+		return "id"
+	case "method":
+		return "method"
+	case "params":
+		return "params"
+	case "result":
+		return "result"
+	case "error":
+		return "error"
+	case "name":
+		return "name"
+	case "arguments":
+		return "arguments"
+	case "_meta":
+		return "_meta"
+	case "content":
+		return "content"
+	case "structuredContent":
+		return "structuredContent"
+	case "isError":
+		return "isError"
+	case "type":
+		return "type"
+	case "text":
+		return "text"
+	}
+	return string(b)
+}
+
 // joinObject encodes members as a JSON object, the inverse of
 // splitObject: keys in order, as json.Marshal orders them, and each
 // value as it is, which must be valid JSON.
 func joinObject(members map[string]json.RawMessage) []byte {
-	keys := slices.Sorted(maps.Keys(members))
+	keys := make([]string, 0, len(members))
 	n := 2
 	for k, v := range members {
+		keys = append(keys, k)
 		n += len(k) + len(v) + 4
 	}
+	slices.Sort(keys)
 	buf := make([]byte, 0, n)
 	buf = append(buf, '{')
 	for i, k := range keys {
@@ -180,13 +218,21 @@ func decodeObject(data []byte) (map[string]json.RawMessage, error) {
 // copied again. (Given invalid JSON it never panics; what it returns then
 // is unspecified.)
 func validObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
-	if len(raw) > 0 && raw[0] == '{' {
+	switch {
+	case len(raw) == 0:
+		// An absent member, as a request's _meta usually is: the error
+		// json.Unmarshal would make, without making it each time.
+		return nil, errNoValue
+	case raw[0] == '{':
 		if m, ok := members(raw); ok {
 			return m, nil
 		}
 	}
 	return slowObject(raw)
 }
+
+// errNoValue is json.Unmarshal's error for no input.
+var errNoValue = errors.New("unexpected end of JSON input")
 
 // plainString reports whether b, between quotes, is a JSON string that
 // means its own bytes: no escapes, no control characters, valid UTF-8.

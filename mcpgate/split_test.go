@@ -204,3 +204,21 @@ func BenchmarkCountResult(b *testing.B) {
 		}
 	}
 }
+
+// TestSplitObjectMakesNoKeys holds what splitting a message allocates:
+// its copy and its map, and no string for any of MCP's own keys.
+func TestSplitObjectMakesNoKeys(t *testing.T) {
+	for _, msg := range []string{
+		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"noop","arguments":{}}}`,
+		`{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok"}],"structuredContent":{},"isError":false}}`,
+	} {
+		data := []byte(msg)
+		if n := testing.AllocsPerRun(100, func() { decodeObject(data) }); n > 3 {
+			t.Errorf("decodeObject(%s): %v allocations, want at most 3 (the copy and the map)", msg, n)
+		}
+		m, _ := decodeObject(data)
+		if n := testing.AllocsPerRun(100, func() { validObject(m["params"]); validObject(m["result"]) }); n > 2 {
+			t.Errorf("validObject of %s's params or result: %v allocations, want at most 2 (the map)", msg, n)
+		}
+	}
+}
