@@ -107,6 +107,10 @@ type Gateway struct {
 	setOAuth atomic.Pointer[oauthVerifier]
 	// refusals are the genuine tokens refused and recorded already.
 	refusals recordedRefusals
+	// issuerDownLogged is when the last failure to reach an issuer was
+	// logged (Unix nanoseconds): one line per issuerDownLogEvery, however
+	// many requests it fails.
+	issuerDownLogged atomic.Int64
 }
 
 // maxRecordedRefusals bounds the tokens remembered as refused.
@@ -577,6 +581,9 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier 
 	if e.Status == http.StatusUnauthorized {
 		closeAfterReply(w)
 	}
+	if e.Cause != nil {
+		g.logIssuerDown(e)
+	}
 	switch {
 	case verifier != nil && e.Status != http.StatusServiceUnavailable:
 		w.Header().Set("WWW-Authenticate", verifier.Challenge(e))
@@ -586,6 +593,22 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier 
 		w.Header().Set("Retry-After", "10")
 	}
 	http.Error(w, "agentsec: "+e.Description, e.Status)
+}
+
+// issuerDownLogEvery is how often a failure to reach an OAuth issuer is
+// logged while it lasts.
+const issuerDownLogEvery = 10 * time.Second
+
+// logIssuerDown logs why an issuer could not be reached — the cause the
+// client is not told, as it may name hosts inside the operator's
+// network — at most once per issuerDownLogEvery.
+func (g *Gateway) logIssuerDown(e *oauth.Error) {
+	now := time.Now().UnixNano()
+	last := g.issuerDownLogged.Load()
+	if now-last < int64(issuerDownLogEvery) || !g.issuerDownLogged.CompareAndSwap(last, now) {
+		return
+	}
+	g.Log.Warn("agentsec: an OAuth issuer could not be reached; its tokens are refused with 503", "why", e.Description, "err", e.Cause)
 }
 
 // refusalReason classifies a refused caller for an AuthObserver.

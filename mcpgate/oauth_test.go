@@ -1,11 +1,13 @@
 package mcpgate_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -454,12 +456,36 @@ func TestOAuthMetadata(t *testing.T) {
 
 // TestOAuthIssuerDown: with the issuer down, tokens are refused with 503
 // and Retry-After, and the gateway recovers by itself.
+//
+// Why the issuer could not be reached goes to the operator's log, once
+// however many requests it fails, and not to the client: a network
+// error may name hosts and addresses inside the operator's network.
 func TestOAuthIssuerDown(t *testing.T) {
-	srv, _, _, is := oauthGateway(t)
+	var logged syncBuffer
+	srv, _, _, is := oauthGatewayWith(t, func(g *mcpgate.Gateway) { g.Log = slog.New(slog.NewTextHandler(&logged, nil)) })
 	is.SetDown(true)
-	resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody)
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(initializeBody))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+is.Token("svc-alice", "mcp:tools"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		if !strings.Contains(string(body), "can't be had") || strings.Contains(string(body), "well-known") || strings.Contains(string(body), "HTTP 503") {
+			t.Fatalf("the client is told why the issuer could not be reached: %s", body)
+		}
+	}
+	if lines := strings.Count(logged.String(), "could not be reached"); lines != 1 {
+		t.Fatalf("%d log lines for the issuer being down, want 1:\n%s", lines, logged.String())
+	}
+	if !strings.Contains(logged.String(), "HTTP 503 Service Unavailable") {
+		t.Fatalf("the log does not say why: %s", logged.String())
 	}
 	is.SetDown(false)
 	time.Sleep(30 * time.Millisecond)
@@ -585,4 +611,22 @@ func TestOAuthSessionStaysWithItsIdentityOnEveryReplica(t *testing.T) {
 	if resp := post(t, srvs[1].URL, is.Token("svc-alice"), cs.ID(), list); resp.StatusCode != http.StatusOK {
 		t.Errorf("the same subject on the other replica: %d, want 200", resp.StatusCode)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger on other goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

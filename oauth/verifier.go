@@ -120,14 +120,29 @@ type Identity struct {
 // of a caller no agent is configured for; 503 when the issuer's keys
 // can't be had. Identity is set when the token is valid, only short of a
 // scope or of an agent: the refusal is then worth recording.
+//
+// Description is for the client; Cause, set with a 503, is what failed
+// between the Verifier and the issuer (a network error, which may name
+// hosts and addresses inside the operator's network): for the operator's
+// log, not for the caller.
 type Error struct {
 	Status      int
 	Code        string
 	Description string
 	Identity    *Identity
+	Cause       error
 }
 
-func (e *Error) Error() string { return "oauth: " + e.Description }
+// Error returns the description, and the cause if there is one.
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return "oauth: " + e.Description + ": " + e.Cause.Error()
+	}
+	return "oauth: " + e.Description
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // asymmetric are the signature algorithms a token may use: public-key
 // ones only, so no "none" and no HMAC keyed with a public key.

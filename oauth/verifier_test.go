@@ -214,8 +214,10 @@ func TestIssuerDown(t *testing.T) {
 
 	is.SetDown(true)
 	_, err := v.Verify(context.Background(), tokenAt())
-	if e := refusal(t, err, http.StatusServiceUnavailable, ""); !strings.Contains(e.Description, "503") {
-		t.Errorf("the reason does not say what failed: %s", e.Description)
+	// What failed is the operator's to know (Cause, logged), not the
+	// client's (Description).
+	if e := refusal(t, err, http.StatusServiceUnavailable, ""); e.Cause == nil || !strings.Contains(e.Cause.Error(), "503") || strings.Contains(e.Description, "503") {
+		t.Errorf("the cause is not kept apart from the client's reason: %q, cause %v", e.Description, e.Cause)
 	}
 	is.SetDown(false)
 	if _, err := v.Verify(context.Background(), tokenAt()); err == nil {
