@@ -7,3 +7,10 @@ func ForgetVerified(v *Verifier) {
 	defer v.cache.mu.Unlock()
 	clear(v.cache.entries)
 }
+
+// KeyGeneration is the generation of the keys v holds for the issuer at
+// url: tokens checked under an older one are checked again.
+func KeyGeneration(v *Verifier, url string) uint64 {
+	gen, _ := v.byURL[url].keys.current()
+	return gen
+}

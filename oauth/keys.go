@@ -2,6 +2,7 @@ package oauth
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,8 +44,10 @@ type keyCache struct {
 	lastTry  time.Time                  // the last fetch's start
 	lastErr  error                      // the last fetch's failure, if it failed
 	inflight chan struct{}              // closed when the running fetch ends
-	// gen counts the fetches that succeeded: a token verified under an
-	// older set is verified again.
+	// gen counts the fetches that withdrew or changed a key: a token
+	// verified under an older generation is verified again. A fetch that
+	// only confirms or adds keys — an unknown kid's, say, made up by a
+	// client — leaves it, and the tokens checked already, as they are.
 	gen uint64
 }
 
@@ -156,9 +159,27 @@ func (c *keyCache) refresh(ctx context.Context, force bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if withdraws(c.set, set) {
+		c.gen++
+	}
 	c.set, c.fetched, c.jwksURL = set, c.cfg.Now(), discovered
-	c.gen++
 	return true, nil
+}
+
+// withdraws reports whether next lacks a key of prev, or holds another
+// key or algorithm under its id.
+func withdraws(prev, next map[string]jose.JSONWebKey) bool {
+	for kid, p := range prev {
+		n, ok := next[kid]
+		if !ok || n.Algorithm != p.Algorithm {
+			return true
+		}
+		pub, ok := p.Key.(interface{ Equal(crypto.PublicKey) bool })
+		if !ok || !pub.Equal(n.Key) {
+			return true
+		}
+	}
+	return false
 }
 
 // fetch discovers the key set's URL, if it is not known, and fetches the

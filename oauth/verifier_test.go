@@ -191,6 +191,41 @@ func TestUnknownKidFloodIsBounded(t *testing.T) {
 	}
 }
 
+// TestKeysRecheckedOnlyWhenWithdrawn: a fetch prompted by a made-up kid
+// that finds the same keys, or one that finds a key added, leaves the
+// tokens checked already as they are; one that finds a key withdrawn
+// makes each be checked again. A flood of made-up kids then costs no
+// signature checks of the tokens in hand.
+func TestKeysRecheckedOnlyWhenWithdrawn(t *testing.T) {
+	is, v := setup(t, func(c *oauth.Config) { c.MinRefreshInterval = 10 * time.Millisecond })
+	if _, err := v.Verify(context.Background(), is.Token("svc-a", "mcp:tools")); err != nil {
+		t.Fatal(err)
+	}
+	fetchFor := func(kid string) uint64 {
+		t.Helper()
+		hits := is.JWKSHits()
+		time.Sleep(20 * time.Millisecond) // past MinRefreshInterval
+		v.Verify(context.Background(), oauthtest.Sign(is.Claims("svc-a", "mcp:tools"), oauthtest.Key{ID: kid, Alg: is.SigningKey().Alg, Signer: is.SigningKey().Signer}))
+		if is.JWKSHits() != hits+1 {
+			t.Fatalf("a token of the unknown kid %q fetched the keys %d times, want once", kid, is.JWKSHits()-hits)
+		}
+		return oauth.KeyGeneration(v, is.URL)
+	}
+	gen := oauth.KeyGeneration(v, is.URL)
+	if g := fetchFor("made-up-1"); g != gen {
+		t.Fatalf("the same keys fetched again: generation %d → %d", gen, g)
+	}
+	old := is.SigningKey()
+	is.Rotate("ES256")
+	if g := fetchFor("made-up-2"); g != gen {
+		t.Fatalf("a key added: generation %d → %d", gen, g)
+	}
+	is.Retire(old.ID)
+	if g := fetchFor("made-up-3"); g == gen {
+		t.Fatalf("a key withdrawn, and the generation is still %d", g)
+	}
+}
+
 // TestIssuerDown: with the issuer down at start, tokens are refused with
 // 503 and the reason; once it is up, the Verifier recovers by itself.
 // Down mid-run, the keys in hand keep working until KeysMaxAge, then
