@@ -67,7 +67,11 @@ func TestSeveralIssuers(t *testing.T) {
 	if !slices.Equal(m.AuthorizationServers, []string{a.URL, b.URL}) || !slices.Equal(m.ScopesSupported, []string{"mcp:tools", "b.tools"}) {
 		t.Errorf("metadata %+v", m)
 	}
-
+	// The issuers require different scopes: a caller with no token is
+	// not told one set, which would be wrong for the other issuer.
+	if ch := v.Challenge(nil); strings.Contains(ch, "scope=") {
+		t.Errorf("challenge %s names scopes the issuers don't share", ch)
+	}
 }
 
 // TestPrefetchNamesTheIssuerThatFailed: with one issuer down, Prefetch

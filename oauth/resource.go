@@ -72,10 +72,20 @@ func metadataPaths(metadataURL string) []string {
 // Challenge is the WWW-Authenticate header a refused request gets (RFC
 // 6750, RFC 9728): where the metadata is, and, for a token that was
 // presented, why it was refused. e is nil for a request with no token.
+//
+// The scopes a token needs go with it too — as the MCP authorization
+// specification has a server say, so that a client asks for them the
+// first time — when every issuer requires the same ones; where issuers
+// differ, the metadata lists them all, and a token short of its issuer's
+// is told which (insufficient_scope).
 func (v *Verifier) Challenge(e *Error) string {
 	var b strings.Builder
 	b.WriteString(`Bearer resource_metadata=`)
 	b.WriteString(strconv.Quote(v.MetadataURL()))
+	if scope := v.commonScope(); scope != "" && (e == nil || e.Code != "insufficient_scope") {
+		b.WriteString(`, scope=`)
+		b.WriteString(strconv.Quote(scope))
+	}
 	if e != nil && e.Code != "" {
 		b.WriteString(`, error=`)
 		b.WriteString(strconv.Quote(e.Code))
@@ -87,6 +97,33 @@ func (v *Verifier) Challenge(e *Error) string {
 		}
 	}
 	return b.String()
+}
+
+// commonScope is the scopes every issuer requires, space-separated, if
+// they all require the same ones; else "".
+func (v *Verifier) commonScope() string {
+	first := v.issuers[0].Scopes
+	for _, iss := range v.issuers[1:] {
+		if !sameScopes(first, iss.Scopes) {
+			return ""
+		}
+	}
+	return strings.Join(first, " ")
+}
+
+// sameScopes reports whether a and b hold the same scopes, in any order.
+func sameScopes(a, b []string) bool {
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			return false
+		}
+	}
+	for _, s := range b {
+		if !slices.Contains(a, s) {
+			return false
+		}
+	}
+	return true
 }
 
 // quotable keeps to what RFC 6750 allows in error_description: printable

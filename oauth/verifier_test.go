@@ -322,9 +322,17 @@ func TestMetadataAndChallenge(t *testing.T) {
 	if m.Resource != resource || len(m.AuthorizationServers) != 1 || m.AuthorizationServers[0] != is.URL {
 		t.Errorf("metadata %+v", m)
 	}
+	// A caller with no token, or a bad one, is told the scopes to ask
+	// for, once.
+	_, bad := v.Verify(context.Background(), "not.a.token")
+	for _, e := range []*oauth.Error{nil, refusal(t, bad, 401, "invalid_token")} {
+		if got := v.Challenge(e); strings.Count(got, `scope="mcp:tools"`) != 1 {
+			t.Errorf("challenge %s, want the scope", got)
+		}
+	}
 	_, err := v.Verify(context.Background(), is.Token("svc-a"))
 	e := refusal(t, err, 403, "insufficient_scope")
-	if got := v.Challenge(e); !strings.Contains(got, `error="insufficient_scope"`) || !strings.Contains(got, `scope="mcp:tools"`) || !strings.Contains(got, `resource_metadata="https://mcp.example.test/.well-known/oauth-protected-resource/mcp"`) {
+	if got := v.Challenge(e); !strings.Contains(got, `error="insufficient_scope"`) || strings.Count(got, `scope="mcp:tools"`) != 1 || !strings.Contains(got, `resource_metadata="https://mcp.example.test/.well-known/oauth-protected-resource/mcp"`) {
 		t.Errorf("challenge %s", got)
 	}
 }
