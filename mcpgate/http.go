@@ -581,8 +581,8 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier 
 	if e.Status == http.StatusUnauthorized {
 		closeAfterReply(w)
 	}
-	if e.Cause != nil {
-		g.logIssuerDown(e)
+	if e.Cause != nil && !errors.Is(e.Cause, context.Canceled) && !errors.Is(e.Cause, context.DeadlineExceeded) {
+		g.logIssuerDown(e) // not a client that hung up while waiting
 	}
 	switch {
 	case verifier != nil && e.Status != http.StatusServiceUnavailable:

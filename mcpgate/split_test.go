@@ -208,16 +208,25 @@ func BenchmarkCountResult(b *testing.B) {
 // TestSplitObjectMakesNoKeys holds what splitting a message allocates:
 // its copy and its map, and no string for any of MCP's own keys.
 func TestSplitObjectMakesNoKeys(t *testing.T) {
+	// AllocsPerRun counts every goroutine's allocations: the fewest of a
+	// few tries is this code's, whatever else runs meanwhile.
+	allocs := func(f func()) float64 {
+		least := testing.AllocsPerRun(100, f)
+		for range 9 {
+			least = min(least, testing.AllocsPerRun(100, f))
+		}
+		return least
+	}
 	for _, msg := range []string{
 		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"noop","arguments":{}}}`,
 		`{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok"}],"structuredContent":{},"isError":false}}`,
 	} {
 		data := []byte(msg)
-		if n := testing.AllocsPerRun(100, func() { decodeObject(data) }); n > 3 {
+		if n := allocs(func() { decodeObject(data) }); n > 3 {
 			t.Errorf("decodeObject(%s): %v allocations, want at most 3 (the copy and the map)", msg, n)
 		}
 		m, _ := decodeObject(data)
-		if n := testing.AllocsPerRun(100, func() { validObject(m["params"]); validObject(m["result"]) }); n > 2 {
+		if n := allocs(func() { validObject(m["params"]); validObject(m["result"]) }); n > 2 {
 			t.Errorf("validObject of %s's params or result: %v allocations, want at most 2 (the map)", msg, n)
 		}
 	}

@@ -82,7 +82,7 @@ func (v *Verifier) Challenge(e *Error) string {
 	var b strings.Builder
 	b.WriteString(`Bearer resource_metadata=`)
 	b.WriteString(strconv.Quote(v.MetadataURL()))
-	if scope := v.commonScope(); scope != "" && (e == nil || e.Code != "insufficient_scope") {
+	if scope := v.commonScope(); scope != "" && (e == nil || e.Status == http.StatusUnauthorized) {
 		b.WriteString(`, scope=`)
 		b.WriteString(strconv.Quote(scope))
 	}
