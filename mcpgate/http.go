@@ -108,8 +108,8 @@ type Gateway struct {
 	// refusals are the genuine tokens refused and recorded already.
 	refusals recordedRefusals
 	// issuerDownLogged is when the last failure to reach an issuer was
-	// logged (Unix nanoseconds): one line per issuerDownLogEvery, however
-	// many requests it fails.
+	// logged, on the monotonic clock from issuerDownEpoch, or 0: one line
+	// per issuerDownLogEvery, however many requests it fails.
 	issuerDownLogged atomic.Int64
 }
 
@@ -599,11 +599,16 @@ func (g *Gateway) refuseCaller(w http.ResponseWriter, r *http.Request, verifier 
 // logged while it lasts.
 const issuerDownLogEvery = 10 * time.Second
 
+// issuerDownEpoch is the origin of issuerDownLogged's times.
+var issuerDownEpoch = time.Now()
+
 // logIssuerDown logs why an issuer could not be reached — the cause the
 // client is not told, as it may name hosts inside the operator's
 // network — at most once per issuerDownLogEvery.
 func (g *Gateway) logIssuerDown(e *oauth.Error) {
-	now := time.Now().UnixNano()
+	// On the monotonic clock, so that a step of the wall clock cannot
+	// silence it, and offset so that the first failure is logged.
+	now := int64(time.Since(issuerDownEpoch) + issuerDownLogEvery)
 	last := g.issuerDownLogged.Load()
 	if now-last < int64(issuerDownLogEvery) || !g.issuerDownLogged.CompareAndSwap(last, now) {
 		return
