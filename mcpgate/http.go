@@ -107,10 +107,12 @@ type Gateway struct {
 	setOAuth atomic.Pointer[oauthVerifier]
 	// refusals are the genuine tokens refused and recorded already.
 	refusals recordedRefusals
-	// issuerDownLogged is when the last failure to reach an issuer was
-	// logged, on the monotonic clock from issuerDownEpoch, or 0: one line
-	// per issuerDownLogEvery, however many requests it fails.
-	issuerDownLogged atomic.Int64
+	// issuerDownLogged holds, for each issuer URL, an *atomic.Int64: when
+	// the last failure to reach it was logged, on the monotonic clock from
+	// issuerDownEpoch, or 0 — one line per issuer and issuerDownLogEvery,
+	// however many requests it fails, and one issuer's failures never hide
+	// another's. Its keys are configured issuers', so it stays small.
+	issuerDownLogged sync.Map
 }
 
 // maxRecordedRefusals bounds the tokens remembered as refused.
@@ -604,16 +606,21 @@ var issuerDownEpoch = time.Now()
 
 // logIssuerDown logs why an issuer could not be reached — the cause the
 // client is not told, as it may name hosts inside the operator's
-// network — at most once per issuerDownLogEvery.
+// network — at most once per issuer and issuerDownLogEvery.
 func (g *Gateway) logIssuerDown(e *oauth.Error) {
+	slot, ok := g.issuerDownLogged.Load(e.Issuer)
+	if !ok {
+		slot, _ = g.issuerDownLogged.LoadOrStore(e.Issuer, new(atomic.Int64))
+	}
+	logged := slot.(*atomic.Int64)
 	// On the monotonic clock, so that a step of the wall clock cannot
 	// silence it, and offset so that the first failure is logged.
 	now := int64(time.Since(issuerDownEpoch) + issuerDownLogEvery)
-	last := g.issuerDownLogged.Load()
-	if now-last < int64(issuerDownLogEvery) || !g.issuerDownLogged.CompareAndSwap(last, now) {
+	last := logged.Load()
+	if now-last < int64(issuerDownLogEvery) || !logged.CompareAndSwap(last, now) {
 		return
 	}
-	g.Log.Warn("agentsec: an OAuth issuer could not be reached; its tokens are refused with 503", "why", e.Description, "err", e.Cause)
+	g.Log.Warn("agentsec: an OAuth issuer could not be reached; its tokens are refused with 503", "issuer", e.Issuer, "why", e.Description, "err", e.Cause)
 }
 
 // refusalReason classifies a refused caller for an AuthObserver.

@@ -457,40 +457,70 @@ func TestOAuthMetadata(t *testing.T) {
 // TestOAuthIssuerDown: with the issuer down, tokens are refused with 503
 // and Retry-After, and the gateway recovers by itself.
 //
-// Why the issuer could not be reached goes to the operator's log, once
+// Why an issuer could not be reached goes to the operator's log, once
 // however many requests it fails, and not to the client: a network
-// error may name hosts and addresses inside the operator's network.
+// error may name hosts and addresses inside the operator's network. Two
+// issuers down at once are each logged: one's failures don't hide the
+// other's.
 func TestOAuthIssuerDown(t *testing.T) {
 	var logged syncBuffer
-	srv, _, _, is := oauthGatewayWith(t, func(g *mcpgate.Gateway) { g.Log = slog.New(slog.NewTextHandler(&logged, nil)) })
-	is.SetDown(true)
+	issuers := []*oauthtest.Issuer{oauthtest.NewIssuer("http://127.0.0.1/mcp"), oauthtest.NewIssuer("http://127.0.0.1/mcp")}
+	subjects := []string{"svc-alice", "svc-bob"}
+	var config []oauth.Issuer
+	for i, is := range issuers {
+		t.Cleanup(is.Close)
+		config = append(config, oauth.Issuer{URL: is.URL, Scopes: []string{"mcp:tools"}, Agents: map[string]string{subjects[i]: "alice"}})
+	}
+	v, err := oauth.NewVerifier(oauth.Config{Audience: "http://127.0.0.1/mcp", MinRefreshInterval: 20 * time.Millisecond, Issuers: config})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, _, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) {
+		g.OAuth = v
+		g.Log = slog.New(slog.NewTextHandler(&logged, nil))
+	})
+	for _, is := range issuers {
+		is.SetDown(true)
+	}
 	for range 3 {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(initializeBody))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+is.Token("svc-alice", "mcp:tools"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-			t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
-		}
-		if !strings.Contains(string(body), "can't be had") || strings.Contains(string(body), "well-known") || strings.Contains(string(body), "HTTP 503") {
-			t.Fatalf("the client is told why the issuer could not be reached: %s", body)
+		for i, is := range issuers {
+			req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(initializeBody))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+is.Token(subjects[i], "mcp:tools"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+			}
+			if !strings.Contains(string(body), "can't be had") || strings.Contains(string(body), "well-known") || strings.Contains(string(body), "HTTP 503") {
+				t.Fatalf("the client is told why the issuer could not be reached: %s", body)
+			}
 		}
 	}
-	if lines := strings.Count(logged.String(), "could not be reached"); lines != 1 {
-		t.Fatalf("%d log lines for the issuer being down, want 1:\n%s", lines, logged.String())
+	log := logged.String()
+	if lines := strings.Count(log, "could not be reached"); lines != len(issuers) {
+		t.Fatalf("%d log lines for %d issuers down, want one each:\n%s", lines, len(issuers), log)
 	}
-	if !strings.Contains(logged.String(), "HTTP 503 Service Unavailable") {
-		t.Fatalf("the log does not say why: %s", logged.String())
+	for _, is := range issuers {
+		if !strings.Contains(log, "issuer="+is.URL) {
+			t.Fatalf("no line names the issuer %s:\n%s", is.URL, log)
+		}
 	}
-	is.SetDown(false)
+	if !strings.Contains(log, "HTTP 503 Service Unavailable") {
+		t.Fatalf("the log does not say why: %s", log)
+	}
+	for _, is := range issuers {
+		is.SetDown(false)
+	}
 	time.Sleep(30 * time.Millisecond)
-	if resp := post(t, srv.URL, is.Token("svc-alice", "mcp:tools"), "", initializeBody); resp.StatusCode != 200 {
-		t.Fatalf("after the issuer is back: status %d", resp.StatusCode)
+	for i, is := range issuers {
+		if resp := post(t, srv.URL, is.Token(subjects[i], "mcp:tools"), "", initializeBody); resp.StatusCode != 200 {
+			t.Fatalf("after the issuer %s is back: status %d", is.URL, resp.StatusCode)
+		}
 	}
 }
 

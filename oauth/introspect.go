@@ -107,7 +107,7 @@ func (in *introspector) introspect(ctx context.Context, token string, sum [32]by
 	defer cancel()
 	claims, err := in.ask(ask, token)
 	if err != nil {
-		return nil, &Error{Status: http.StatusServiceUnavailable, Cause: err,
+		return nil, &Error{Status: http.StatusServiceUnavailable, Cause: err, Issuer: in.issuer,
 			Description: fmt.Sprintf("the issuer %s could not be asked whether the token is active; try again shortly", in.issuer)}
 	}
 	if active, _ := claims["active"].(bool); !active {

@@ -113,7 +113,7 @@ func (c *keyCache) get(ctx context.Context, kid string) (jose.JSONWebKey, error)
 		if cause == nil {
 			cause = errors.New("the keys in hand are older than keys_max_age")
 		}
-		return jose.JSONWebKey{}, &Error{Status: http.StatusServiceUnavailable, Cause: cause,
+		return jose.JSONWebKey{}, &Error{Status: http.StatusServiceUnavailable, Cause: cause, Issuer: c.issuer,
 			Description: fmt.Sprintf("the signing keys of the issuer %s can't be had; try again shortly", c.issuer)}
 	}
 	return jose.JSONWebKey{}, invalid(fmt.Sprintf("the token is signed with a key (kid %q) the issuer does not publish", kid))

@@ -124,13 +124,14 @@ type Identity struct {
 // Description is for the client; Cause, set with a 503, is what failed
 // between the Verifier and the issuer (a network error, which may name
 // hosts and addresses inside the operator's network): for the operator's
-// log, not for the caller.
+// log, not for the caller; Issuer is then the issuer it could not reach.
 type Error struct {
 	Status      int
 	Code        string
 	Description string
 	Identity    *Identity
 	Cause       error
+	Issuer      string
 }
 
 // Error returns the description, and the cause if there is one.
