@@ -1,39 +1,20 @@
 package agentsec_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 	"github.com/agentsec/agentsec/trust"
 )
-
-// syncLog is a logger's output, safe to read while the log writes.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncLog) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncLog) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
-}
 
 // durableConfig is a Stack with a signed SQLite log in dir, checkpointing
 // every 5 records to anchor.
@@ -65,7 +46,7 @@ func TestCheckpointDirectoryRemovedAfterStart(t *testing.T) {
 	if err := os.Mkdir(anchor, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var out syncLog
+	var out syncbuf.Buffer
 	stack, err := agentsec.New(durableConfig(t, dir, anchor+string(filepath.Separator),
 		slog.New(slog.NewTextHandler(&out, nil))))
 	if err != nil {
@@ -116,7 +97,7 @@ func TestCheckpointDirectoryRemovedAfterStart(t *testing.T) {
 	if err := stack.Audit.Err(); err == nil || !strings.Contains(err.Error(), anchor) {
 		t.Errorf("Audit.Err() = %v, want it to name %s", err, anchor)
 	}
-	lines := out.lines()
+	lines := out.Lines()
 	if len(lines) < 1 || len(lines) > 2 {
 		t.Fatalf("500 denials logged %d lines, want the failure and at most a summary:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
@@ -134,7 +115,7 @@ func TestCheckpointDirectoryRemovedAfterStart(t *testing.T) {
 	if err := call(); err != nil {
 		t.Errorf("call once the log recovered: %v", err)
 	}
-	lines = out.lines()
+	lines = out.Lines()
 	if last := lines[len(lines)-1]; !strings.Contains(last, "level=INFO") || !strings.Contains(last, "audit: checkpoints recovered") {
 		t.Errorf("last line = %s, want the recovery", last)
 	}

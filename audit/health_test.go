@@ -1,7 +1,6 @@
 package audit_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 )
 
 // manualClock is a clock a test moves.
@@ -34,36 +34,21 @@ func (c *manualClock) Advance(d time.Duration) {
 }
 
 // logLines is a slog logger's output, one JSON object a line.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logLines) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type logLines struct{ syncbuf.Buffer }
 
 func (b *logLines) logger() *slog.Logger { return slog.New(slog.NewJSONHandler(b, nil)) }
 
 // take returns the lines written since the last take.
 func (b *logLines) take(t *testing.T) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var lines []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
-		if l == "" {
-			continue
-		}
+	for _, l := range b.TakeLines() {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
 			t.Fatalf("log line %q: %v", l, err)
 		}
 		lines = append(lines, m)
 	}
-	b.buf.Reset()
 	return lines
 }
 

@@ -1,7 +1,6 @@
 package mcpgate_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/mcpgate"
 	"github.com/agentsec/agentsec/oauth"
 	"github.com/agentsec/agentsec/oauth/oauthtest"
@@ -463,7 +463,7 @@ func TestOAuthMetadata(t *testing.T) {
 // issuers down at once are each logged: one's failures don't hide the
 // other's.
 func TestOAuthIssuerDown(t *testing.T) {
-	var logged syncBuffer
+	var logged syncbuf.Buffer
 	issuers := []*oauthtest.Issuer{oauthtest.NewIssuer("http://127.0.0.1/mcp"), oauthtest.NewIssuer("http://127.0.0.1/mcp")}
 	subjects := []string{"svc-alice", "svc-bob"}
 	var config []oauth.Issuer
@@ -641,22 +641,4 @@ func TestOAuthSessionStaysWithItsIdentityOnEveryReplica(t *testing.T) {
 	if resp := post(t, srvs[1].URL, is.Token("svc-alice"), cs.ID(), list); resp.StatusCode != http.StatusOK {
 		t.Errorf("the same subject on the other replica: %d, want 200", resp.StatusCode)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger on other goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

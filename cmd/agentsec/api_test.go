@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -40,7 +41,7 @@ func TestServeAPIAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	stdin, hold := io.Pipe()
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	done := make(chan error, 1)
 	addrFile := filepath.Join(dir, "addr")
 	go func() {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentsec/agentsec/internal/syncbuf"
 )
 
 // leafCommands is every command that runs, by the words that name it.
@@ -122,7 +124,7 @@ func TestExitCodeEscapesMessage(t *testing.T) {
 // The drain is bounded: if the command does not return within the limit
 // after the first signal, the process exits 1 at once, saying why.
 func TestStopOnSignalLimit(t *testing.T) {
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	m := &Main{Stderr: &stderr}
 	sigs := make(chan os.Signal, 2)
 	ctx, cancel := context.WithCancelCause(context.Background())

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -179,7 +179,7 @@ upstreams:
 	}
 	clientToProxy, proxyIn := io.Pipe()
 	proxyOut, proxyToClient := io.Pipe()
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	m := &Main{Stdin: clientToProxy, Stdout: proxyToClient, Stderr: &stderr}
 	ctx := context.Background()
 	done := make(chan error, 1)
@@ -258,24 +258,6 @@ func TestProxyConfigErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a strings.Builder safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type bearerTransport struct{ token string }
 
 func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -317,7 +299,7 @@ upstreams:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &stderr}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

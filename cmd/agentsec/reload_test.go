@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -57,7 +58,7 @@ type servedConfig struct {
 	t             *testing.T
 	dir, file     string
 	api, admin    string
-	stderr        *syncBuffer
+	stderr        *syncbuf.Buffer
 	cancel        context.CancelFunc
 	done          chan error
 	stoppedCalled bool
@@ -73,7 +74,7 @@ func serveConfig(t *testing.T, cfg string) *servedConfig {
 	if err := os.WriteFile(filepath.Join(dir, "serve.key"), []byte(skey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := &servedConfig{t: t, dir: dir, file: filepath.Join(dir, "agentsec.yaml"), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	s := &servedConfig{t: t, dir: dir, file: filepath.Join(dir, "agentsec.yaml"), stderr: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	s.write(cfg)
 	m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: s.stderr}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 )
 
 const limitsToken = "ags_limits-test"
@@ -66,7 +67,7 @@ upstreams:
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	var log syncBuffer
+	var log syncbuf.Buffer
 	endpoint := make(chan string, 1)
 	go func() {
 		addr := regexp.MustCompile(`serving MCP on http://(\S+)/`)

@@ -20,6 +20,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
 
@@ -73,7 +74,7 @@ type gatewayProcess struct {
 	t       *testing.T
 	dir     string
 	cmd     *exec.Cmd
-	stderr  syncBuffer
+	stderr  syncbuf.Buffer
 	exited  chan struct{}
 	calls   string // the upstream's calls file
 	session *mcp.ClientSession
