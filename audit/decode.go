@@ -300,10 +300,12 @@ func (d *decoder) hex4() (rune, bool) {
 
 // parseTime parses timeLayout exactly: YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ.
 func parseTime(s string) (time.Time, error) {
-	bad := fmt.Errorf("malformed time %q", truncateForError(s))
+	// The error is made only for a bad time: records are decoded by the
+	// million when a log is verified.
+	bad := func() error { return fmt.Errorf("malformed time %q", truncateForError(s)) }
 	if len(s) != len(timeLayout) || s[4] != '-' || s[7] != '-' || s[10] != 'T' ||
 		s[13] != ':' || s[16] != ':' || s[19] != '.' || s[29] != 'Z' {
-		return time.Time{}, bad
+		return time.Time{}, bad()
 	}
 	num := func(from, to int) int {
 		n := 0
@@ -318,11 +320,11 @@ func parseTime(s string) (time.Time, error) {
 	}
 	y, mo, d, h, mi, sec, ns := num(0, 4), num(5, 7), num(8, 10), num(11, 13), num(14, 16), num(17, 19), num(20, 29)
 	if y < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59 || ns < 0 {
-		return time.Time{}, bad
+		return time.Time{}, bad()
 	}
 	t := time.Date(y, time.Month(mo), d, h, mi, sec, ns, time.UTC)
 	if t.Day() != d { // February 30th and the like
-		return time.Time{}, bad
+		return time.Time{}, bad()
 	}
 	return t, nil
 }
