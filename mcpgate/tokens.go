@@ -25,6 +25,10 @@ type TiktokenCounter struct {
 	once  sync.Once
 	codec tokenizer.Codec
 	err   error
+	// pieces remembers the tokens of short pieces of ASCII text, for
+	// o200k_base (o200k.go), whose pieces are found without the
+	// tokenizer's regular expression.
+	pieces *pieceCounts
 }
 
 // CountResult implements TokenCounter. A result is read as MCP clients
@@ -34,15 +38,8 @@ type TiktokenCounter struct {
 // only the other takes — an empty "TEXT" after "text" — so a result
 // with such keys is counted both ways and costs the more.
 func (c *TiktokenCounter) CountResult(result json.RawMessage) (int64, error) {
-	c.once.Do(func() {
-		enc := c.Encoding
-		if enc == "" {
-			enc = tokenizer.O200kBase
-		}
-		c.codec, c.err = tokenizer.Get(enc)
-	})
-	if c.err != nil {
-		return 0, fmt.Errorf("mcpgate: loading tokenizer: %w", c.err)
+	if err := c.load(); err != nil {
+		return 0, err
 	}
 	texts, structured, caseless, err := resultText(result)
 	if err != nil {
@@ -76,6 +73,24 @@ type goToolResult struct {
 	StructuredContent json.RawMessage `json:"structuredContent"`
 }
 
+// load loads the tokenizer, once.
+func (c *TiktokenCounter) load() error {
+	c.once.Do(func() {
+		enc := c.Encoding
+		if enc == "" {
+			enc = tokenizer.O200kBase
+		}
+		c.codec, c.err = tokenizer.Get(enc)
+		if enc == tokenizer.O200kBase {
+			c.pieces = &pieceCounts{}
+		}
+	})
+	if c.err != nil {
+		return fmt.Errorf("mcpgate: loading tokenizer: %w", c.err)
+	}
+	return nil
+}
+
 // count counts texts and structured content.
 func (c *TiktokenCounter) count(texts []string, structured json.RawMessage) (int64, error) {
 	var total int64
@@ -83,8 +98,8 @@ func (c *TiktokenCounter) count(texts []string, structured json.RawMessage) (int
 		if s == "" {
 			return nil
 		}
-		n, err := c.codec.Count(s)
-		total += int64(n)
+		n, err := c.countText(s)
+		total += n
 		return err
 	}
 	for _, text := range texts {
