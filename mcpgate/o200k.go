@@ -143,8 +143,9 @@ func symbol(c byte) bool { return !space(c) && !letter(c) && !digit(c) && c != d
 
 // del, U+007F, is in none of the pattern's classes as regexp2 — the
 // tokenizer's matcher — runs it, not even the negated ones: it is in no
-// piece, and costs no tokens. (Other matchers would count it as a
-// symbol; the count here is the tokenizer's.)
+// piece, and the tokenizer counts no token for it, though it reaches the
+// model. countText counts one for each (a byte-level encoding spends at
+// most one token a byte), so that a text can't pass for free.
 const del = 0x7f
 
 // isASCII reports whether s is all ASCII.
@@ -157,15 +158,23 @@ func isASCII(s string) bool {
 	return true
 }
 
-// countText counts the tokens of s. With o200k_base, an ASCII text is cut
-// into its pieces here, and the tokens of the pieces seen before are
-// remembered: the tokenizer's regular expression, most of its time, runs
-// only for pieces not seen before — each on its own, if they are few, or
-// else the whole text at once, as it would have.
+// countText counts the tokens of s: the tokenizer's count, and one for
+// each del, which it skips.
 func (c *TiktokenCounter) countText(s string) (int64, error) {
 	if err := c.load(); err != nil {
 		return 0, err
 	}
+	n, err := c.countPieces(s)
+	return n + int64(strings.Count(s, "\x7f")), err
+}
+
+// countPieces counts the tokens the tokenizer counts in s. With
+// o200k_base, an ASCII text is cut into its pieces here, and the tokens
+// of the pieces seen before are remembered: the tokenizer's regular
+// expression, most of its time, runs only for pieces not seen before —
+// each on its own, if they are few, or else the whole text at once, as
+// it would have.
+func (c *TiktokenCounter) countPieces(s string) (int64, error) {
 	if c.pieces == nil || !isASCII(s) {
 		n, err := c.codec.Count(s)
 		return int64(n), err

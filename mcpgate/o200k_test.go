@@ -63,8 +63,9 @@ func FuzzO200kPieces(f *testing.F) {
 	})
 }
 
-// FuzzO200kCount: the counter's count of any text is the tokenizer's,
-// whether its pieces are remembered or not.
+// FuzzO200kCount: the counter's count of any text is the tokenizer's —
+// and one for each DEL, which the tokenizer skips — whether its pieces
+// are remembered or not.
 func FuzzO200kCount(f *testing.F) {
 	for _, s := range o200kSeeds {
 		f.Add(s)
@@ -77,18 +78,35 @@ func FuzzO200kCount(f *testing.F) {
 	c := &TiktokenCounter{}
 	f.Fuzz(func(t *testing.T, s string) {
 		for _, s := range []string{s, toASCII(s)} {
-			want, err := codec.Count(s)
+			want, err := tokenizerCount(codec, s)
 			if err != nil {
 				continue // invalid UTF-8, which the tokenizer refuses
 			}
 			for range 2 { // pieces unknown, then remembered
 				got, err := c.countText(s)
-				if err != nil || got != int64(want) {
+				if err != nil || got != want {
 					t.Fatalf("count of %q = %d, %v; the tokenizer's is %d", s, got, err, want)
 				}
 			}
 		}
 	})
+}
+
+// tokenizerCount is the tokenizer's count of s, and one for each DEL.
+func tokenizerCount(codec tokenizer.Codec, s string) (int64, error) {
+	n, err := codec.Count(s)
+	return int64(n) + int64(strings.Count(s, "\x7f")), err
+}
+
+// TestDelCounted: DEL, which the tokenizer skips, costs a token each,
+// in ASCII texts and others.
+func TestDelCounted(t *testing.T) {
+	c := &TiktokenCounter{}
+	for s, want := range map[string]int64{"\x7f": 1, "\x7f\x7f\x7f": 3, "ok\x7f": 2, "é\x7f": 2} {
+		if n, err := c.countText(s); err != nil || n != want {
+			t.Errorf("count of %q = %d, %v; want %d", s, n, err, want)
+		}
+	}
 }
 
 // toASCII folds s onto ASCII, so that fuzzed bytes reach every ASCII
@@ -129,8 +147,8 @@ func BenchmarkCountText(b *testing.B) {
 		})
 		b.Run(name+"/counter", func(b *testing.B) {
 			c := &TiktokenCounter{}
-			want, _ := codec.Count(text)
-			if n, err := c.countText(text); err != nil || n != int64(want) { // and learn its pieces
+			want, _ := tokenizerCount(codec, text)
+			if n, err := c.countText(text); err != nil || n != want { // and learn its pieces
 				b.Fatalf("count %d, %v; want %d", n, err, want)
 			}
 			b.SetBytes(int64(len(text)))
@@ -187,11 +205,11 @@ func TestCounterConcurrent(t *testing.T) {
 	texts := append([]string{strings.Join(o200kSeeds, " ")}, o200kSeeds...)
 	want := make([]int64, len(texts))
 	for i, s := range texts {
-		n, err := codec.Count(s)
+		n, err := tokenizerCount(codec, s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want[i] = int64(n)
+		want[i] = n
 	}
 	c := &TiktokenCounter{}
 	if err := c.load(); err != nil || c.pieces == nil {
