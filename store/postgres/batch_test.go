@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -455,5 +456,164 @@ func TestReserveAbandonedInTheQueue(t *testing.T) {
 	}
 	if st.Used.Calls != 1 {
 		t.Errorf("after one abandoned and one taken reservation the session used %d calls, want 1", st.Used.Calls)
+	}
+}
+
+// Lazy commits queued together go out in one batch, and each gets the
+// answer it would get alone: a session's second commit in the batch
+// sees its first, and a commit to a session at its limit, to one that
+// doesn't exist, or one whose count would overflow is refused as
+// CommitWithin refuses it, without failing the others.
+func TestLazyCommitsInABatch(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	limits := budget.Limits{Tokens: 100, Calls: 10}
+	for _, session := range []string{"twice", "full", "alone"} {
+		if _, err := s.Create(ctx, session, limits); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Create(ctx, "huge", budget.Limits{Tokens: math.MaxInt64, Calls: 10}); err != nil {
+		t.Fatal(err)
+	}
+	for session, tokens := range map[string]int64{"twice": 50, "full": 100} {
+		if err := s.Record(ctx, session, tokens); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Record(ctx, "huge", math.MaxInt64-10); err != nil {
+		t.Fatal(err)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	unlockSenders := holdSenders(t, dsn, s, func(session string) error {
+		_, err := s.CommitWithinLazily(ctx, session, 1)
+		return err
+	}, &wg)
+	defer func() {
+		for _, unlock := range unlockSenders {
+			unlock()
+		}
+	}()
+	commits := []struct {
+		session string
+		tokens  int64
+	}{{"twice", 60}, {"twice", 70}, {"full", 5}, {"nobody", 5}, {"huge", 20}, {"alone", 30}}
+	type answer struct {
+		st  budget.State
+		err error
+	}
+	answers := make([]answer, len(commits))
+	var done sync.WaitGroup
+	for i, c := range commits {
+		done.Go(func() {
+			st, err := s.CommitWithinLazily(ctx, c.session, c.tokens)
+			answers[i] = answer{st, err}
+		})
+	}
+	waitQueued(t, s, len(commits))
+	unlockSenders[0]() // the queue goes out as one batch
+	done.Wait()
+
+	// "twice": whichever went first is counted, and crosses the limit;
+	// the other finds the session at its limit.
+	counted := -1
+	for _, i := range []int{0, 1} {
+		if answers[i].err == nil {
+			if counted >= 0 {
+				t.Fatalf("both commits to a session with 50 of 100 tokens left counted: %+v", answers[:2])
+			}
+			counted = i
+		} else if !errors.Is(answers[i].err, budget.ErrExceeded) {
+			t.Fatalf("second commit to a session past its limit: %v, want ErrExceeded", answers[i].err)
+		}
+	}
+	if counted < 0 {
+		t.Fatalf("neither commit to a session with 50 of 100 tokens used counted: %+v", answers[:2])
+	}
+	if want := 50 + commits[counted].tokens; answers[counted].st.Used.Tokens != want {
+		t.Errorf("counted commit's state %+v, want %d tokens used", answers[counted].st, want)
+	}
+	var ee *budget.ExceededError
+	if !errors.As(answers[2].err, &ee) || ee.Reason() != budget.ReasonTokenLimit {
+		t.Errorf("commit to a session at its limit: %v, want an *ExceededError for the token limit", answers[2].err)
+	}
+	if !errors.Is(answers[3].err, budget.ErrUnknownSession) {
+		t.Errorf("commit to an unknown session: %v, want ErrUnknownSession", answers[3].err)
+	}
+	if !errors.Is(answers[4].err, budget.ErrInvalidTokens) {
+		t.Errorf("commit that would overflow: %v, want ErrInvalidTokens", answers[4].err)
+	}
+	if answers[5].err != nil || answers[5].st.Used.Tokens != 30 {
+		t.Errorf("lone commit in the batch: %+v, %v; want 30 tokens used", answers[5].st, answers[5].err)
+	}
+	for session, want := range map[string]int64{"twice": 50 + commits[counted].tokens, "full": 100, "alone": 30, "huge": math.MaxInt64 - 10} {
+		if st, err := s.Get(ctx, session); err != nil || st.Used.Tokens != want {
+			t.Errorf("%s: Get = %+v, %v; want %d tokens used", session, st, err, want)
+		}
+	}
+}
+
+// Two replicas' stores, each with many callers counting tokens lazily on
+// the same sessions, so that their batches hold many of the same rows
+// at once and some sessions twice: each session's tokens are exactly the
+// sum of the commits that were answered as counted, they pass its limit
+// by less than one result, and no batch deadlocks or fails.
+func TestLazyCommitBatchesAcrossReplicas(t *testing.T) {
+	ctx := t.Context()
+	const (
+		replicas  = 2
+		callers   = 48 // per replica
+		sessions  = 12
+		commits   = 30 // per caller
+		maxResult = 40
+	)
+	limits := budget.Limits{Tokens: 5000, Calls: 1}
+	stores := replicaStores(t, replicas, sessions, limits)
+	var (
+		mu      sync.Mutex
+		counted = map[string]int64{}
+		errs    []error
+	)
+	var wg sync.WaitGroup
+	for r := range replicas {
+		for range callers {
+			s := stores[r]
+			wg.Go(func() {
+				for range commits {
+					session := fmt.Sprint("s", rand.IntN(sessions))
+					tokens := 1 + rand.Int64N(maxResult)
+					_, err := s.CommitWithinLazily(ctx, session, tokens)
+					mu.Lock()
+					switch {
+					case err == nil:
+						counted[session] += tokens
+					case !errors.Is(err, budget.ErrExceeded):
+						errs = append(errs, err)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range sessions {
+		session := fmt.Sprint("s", i)
+		st, err := stores[1].Get(ctx, session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Used.Tokens != counted[session] {
+			t.Errorf("%s: %d tokens used, but the commits answered as counted add up to %d", session, st.Used.Tokens, counted[session])
+		}
+		if st.Used.Tokens >= limits.Tokens+maxResult {
+			t.Errorf("%s: %d tokens used, more than one result past the limit of %d", session, st.Used.Tokens, limits.Tokens)
+		}
 	}
 }

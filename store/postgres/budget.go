@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/agentsec/agentsec/budget"
 )
@@ -21,6 +22,7 @@ type BudgetStore struct {
 	ref
 	reservations batcher[string, reserved]
 	changes      batcher[change, error] // Commit, Record and Release
+	lazyCommits  batcher[lazyCommit, committed]
 }
 
 func newBudgetStore(db *DB) *BudgetStore {
@@ -28,6 +30,7 @@ func newBudgetStore(db *DB) *BudgetStore {
 	s.reservations = batcher[string, reserved]{one: s.reserveOne, many: s.reserveMany, abandoned: s.giveBack,
 		sendingMax: maxBatchesSending}
 	s.changes = batcher[change, error]{one: s.changeOne, many: s.changeMany, sendingMax: maxBatchesSending}
+	s.lazyCommits = batcher[lazyCommit, committed]{one: s.lazyCommitOne, many: s.lazyCommitMany, sendingMax: maxBatchesSending}
 	return s
 }
 
@@ -100,9 +103,128 @@ func (s *BudgetStore) CommitWithin(ctx context.Context, session string, tokens i
 // reach the disk. The commit is in that log before any commit made after
 // it, and a synchronous commit makes everything before it durable: the
 // call's record, appended next to an AuditStore of the same DB, takes the
-// count with it.
+// count with it. Lazy commits made at once share a statement and a
+// transaction (lazyCommitMany).
 func (s *BudgetStore) CommitWithinLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
-	return s.commitWithin(ctx, session, tokens, true)
+	if err := budget.CheckTokens(0, tokens); err != nil {
+		return budget.State{}, err
+	}
+	c, err := s.lazyCommits.do(ctx, lazyCommit{session: session, tokens: tokens})
+	if err != nil {
+		return budget.State{}, err // ctx ended while the commit was queued
+	}
+	return c.state, c.err
+}
+
+// A lazyCommit is a lazy CommitWithin's request, and committed its answer.
+type (
+	lazyCommit struct {
+		session string
+		tokens  int64
+	}
+	committed struct {
+		state budget.State
+		err   error
+	}
+)
+
+func (s *BudgetStore) lazyCommitOne(ctx context.Context, c lazyCommit) committed {
+	st, err := s.commitWithin(ctx, c.session, c.tokens, true)
+	return committed{st, err}
+}
+
+// commitWithinLocked is commitWithinSQL for a batch of sessions, each at
+// most once: it locks their rows in session order first, as
+// reserveLocked does, and returns the state of each session it counted.
+const commitWithinLocked = `WITH locked AS MATERIALIZED (
+		SELECT session FROM agentsec_budgets
+		WHERE session = ANY ($1::text[]) ORDER BY session FOR UPDATE
+	), req AS (
+		SELECT u.s, u.t FROM unnest($1::text[], $2::bigint[]) AS u(s, t) JOIN locked l ON l.session = u.s
+	)
+	UPDATE agentsec_budgets b SET tokens_used = b.tokens_used + req.t
+	FROM req WHERE b.session = req.s AND b.tokens_used < b.token_limit AND b.tokens_used <= $3::bigint - req.t
+	RETURNING b.session, b.token_limit, b.call_limit, b.tokens_used, b.calls_used`
+
+// lazyCommitMany makes a batch of lazy commits in one statement and one
+// transaction, committed with synchronous_commit off. A session's first
+// commit in the batch is in the statement; its others, whose answers
+// depend on the ones before, and each commit the statement did not count
+// — a session at its limit, unknown, or whose counter would overflow —
+// are then made one at a time, for their own answers.
+func (s *BudgetStore) lazyCommitMany(ctx context.Context, cs []lazyCommit) []committed {
+	out := make([]committed, len(cs))
+	first := make(map[string]int, len(cs)) // session → index in cs of its commit in the statement
+	sessions := make([]string, 0, len(cs))
+	tokens := make([]int64, 0, len(cs))
+	for i, c := range cs {
+		if _, ok := first[c.session]; !ok {
+			first[c.session] = i
+			sessions = append(sessions, c.session)
+			tokens = append(tokens, c.tokens)
+		}
+	}
+	counted, err := s.commitLockedLazily(ctx, sessions, tokens)
+	if err != nil {
+		for i, c := range cs {
+			out[i].err = unavailable(fmt.Sprintf("counting usage of session %q", c.session), err)
+		}
+		return out
+	}
+	for i, c := range cs {
+		if st, ok := counted[c.session]; ok && first[c.session] == i {
+			out[i].state = st
+			continue
+		}
+		out[i] = s.lazyCommitOne(ctx, c)
+	}
+	return out
+}
+
+// commitLockedLazily runs commitWithinLocked in a transaction committed
+// with synchronous_commit off, in one round trip, and returns the state
+// of each session it counted.
+func (s *BudgetStore) commitLockedLazily(ctx context.Context, sessions []string, tokens []int64) (map[string]budget.State, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	b.Queue(commitWithinLocked, sessions, tokens, int64(math.MaxInt64))
+	b.Queue("COMMIT")
+	res := s.db.pool.SendBatch(ctx, b)
+	counted := make(map[string]budget.State, len(sessions))
+	_, err := res.Exec()
+	if err == nil {
+		_, err = res.Exec()
+	}
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = res.Query(); err == nil {
+			for rows.Next() {
+				var session string
+				var st budget.State
+				if err = rows.Scan(&session, &st.Limits.Tokens, &st.Limits.Calls, &st.Used.Tokens, &st.Used.Calls); err != nil {
+					break
+				}
+				counted[session] = st
+			}
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+	}
+	if err == nil {
+		var tag pgconn.CommandTag
+		if tag, err = res.Exec(); err == nil && tag.String() != "COMMIT" {
+			err = fmt.Errorf("the transaction ended in %s", tag)
+		}
+	}
+	// As in commitLazily, a connection returned in a transaction is
+	// discarded.
+	if err = errors.Join(err, res.Close()); err != nil {
+		return nil, err
+	}
+	return counted, nil
 }
 
 // SyncedBy implements budget.LazyCommitter: an AuditStore of the same DB

@@ -22,8 +22,11 @@ func (s *BudgetStore) Queued() int {
 	n := len(s.reservations.queue)
 	s.reservations.mu.Unlock()
 	s.changes.mu.Lock()
-	defer s.changes.mu.Unlock()
-	return n + len(s.changes.queue)
+	n += len(s.changes.queue)
+	s.changes.mu.Unlock()
+	s.lazyCommits.mu.Lock()
+	defer s.lazyCommits.mu.Unlock()
+	return n + len(s.lazyCommits.queue)
 }
 
 // Unbatched makes every operation of s go out on its own, as if no other
@@ -31,6 +34,7 @@ func (s *BudgetStore) Queued() int {
 func (s *BudgetStore) Unbatched() {
 	s.reservations.sendingMax = math.MaxInt
 	s.changes.sendingMax = math.MaxInt
+	s.lazyCommits.sendingMax = math.MaxInt
 }
 
 // ExplainQuery returns PostgreSQL's plan of QueryEntries' query for f.
