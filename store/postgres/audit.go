@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,10 +54,11 @@ func appending(entries []audit.Entry) string {
 // AppendShared implements audit.SharedStore. The head's row lock is the
 // append lock: one transaction reads the head FOR UPDATE, build computes
 // the batch's tree hashes from what is stored, and the batch is copied in
-// and committed before the lock is released. The lock is held for three
-// round trips (BEGIN and the lock in one, the COPY, the head's update and
-// COMMIT in one), and a fourth to read the tree's head when another
-// replica appended since this one last did.
+// and committed before the lock is released, with the budget
+// reservations that ride it (riders.go). The lock is held for three
+// round trips (BEGIN and the lock in one, the COPY, the riders, the
+// head's update and COMMIT in one), and a fourth to read the tree's head
+// when another replica appended since this one last did.
 //
 // An append gives up after appendTimeout: the log's callers don't cancel
 // appends, which others' records may be waiting on, and a database that
@@ -64,6 +66,10 @@ func appending(entries []audit.Entry) string {
 func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.HashReader) ([]audit.Entry, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
 	defer cancel()
+	// The append will commit soon: reservations made meanwhile wait to
+	// ride with it (riders.go).
+	ride := s.db.board()
+	defer ride.alight()
 	conn, err := s.db.pool.Acquire(ctx)
 	if err != nil {
 		return unavailable("appending", err)
@@ -126,7 +132,10 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 		}
 	}
 	if err == nil {
-		err = insertAndCommit(ctx, conn, insert, size+int64(len(entries)))
+		var rode []reserved
+		var rideErr error
+		rode, rideErr, err = s.insertAndCommit(ctx, conn, insert, size+int64(len(entries)), ride.take())
+		ride.deliver(rode, cmp.Or(err, rideErr))
 	}
 	if err != nil {
 		return unavailable(appending(entries), err)
@@ -162,11 +171,17 @@ var insertSQL = func() (out [maxInsertRows + 1]string) {
 }()
 
 // insertAndCommit inserts rows (in recordColumns' order; none if nil),
-// moves the log's head to size and commits, in one round trip. A
-// transaction that ends in anything but COMMIT — one already aborted ends
-// in ROLLBACK, without an error — is a failure.
-func insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size int64) error {
+// moves the log's head to size and commits, in one round trip, with the
+// reservations of riders, if any, first. A transaction that ends in
+// anything but COMMIT — one already aborted ends in ROLLBACK, without an
+// error — is a failure. It returns the riders' answers, and rideErr if
+// their statement failed: it is then rolled back to the savepoint before
+// it, and the records go in without them, in a second round trip.
+func (s *AuditStore) insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size int64, riders []string) (rode []reserved, rideErr, err error) {
 	b := &pgx.Batch{}
+	if len(riders) > 0 {
+		s.db.queueRiders(b, riders)
+	}
 	if len(rows) > 0 {
 		args := make([]any, 0, len(rows)*len(recordColumns))
 		for _, row := range rows {
@@ -177,8 +192,18 @@ func insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size
 	b.Queue(`UPDATE agentsec_audit_head SET size = $1`, size)
 	b.Queue(`COMMIT`)
 	br := conn.SendBatch(ctx, b)
-	var err error
-	for range b.Len() - 1 {
+	if len(riders) > 0 {
+		if rode, rideErr = readRiders(br, riders); rideErr != nil {
+			// The statements after theirs failed with them.
+			_ = br.Close()
+			if _, err := conn.Exec(ctx, `ROLLBACK TO SAVEPOINT riders`); err != nil {
+				return nil, rideErr, err
+			}
+			_, _, err = s.insertAndCommit(ctx, conn, rows, size, nil)
+			return nil, rideErr, err
+		}
+	}
+	for range b.Len() - 1 - 3*min(len(riders), 1) {
 		if _, err = br.Exec(); err != nil {
 			break
 		}
@@ -192,7 +217,7 @@ func insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	return rode, nil, err
 }
 
 // appendTimeout bounds one AppendShared.

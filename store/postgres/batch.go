@@ -15,9 +15,13 @@ import (
 // calls per second. While fewer than maxBatchesSending operations are on
 // their way, a caller goes out at once, on its own statement; callers
 // that come meanwhile wait, and go out together when one comes back.
+// Reservations have one on its way, not two: those that wait also ride
+// the audit log's appends to the same database (riders.go), which take
+// the second one's place, and the others wait for no disk of their own.
 const (
-	maxBatchesSending = 2
-	maxBatch          = 256
+	maxBatchesSending      = 2
+	maxReservationsSending = 1
+	maxBatch               = 256
 	// batchTimeout bounds an operation or batch on its way: callers queue
 	// behind it, and a database that doesn't answer must fail their
 	// calls, not hold them.
@@ -38,9 +42,10 @@ type batcher[Op, R any] struct {
 	// unbatched baseline, set before the batcher is used.
 	sendingMax int
 
-	mu      sync.Mutex
-	queue   []*pending[Op, R] // waiting for a batch
-	sending int               // operations and batches on their way
+	mu       sync.Mutex
+	queue    []*pending[Op, R] // waiting for a batch
+	sending  int               // operations and batches on their way
+	carriers int               // carriers boarding (board): each takes the queue before it commits
 }
 
 // A pending operation waits for its batch.
@@ -55,8 +60,9 @@ type pending[Op, R any] struct {
 }
 
 // do does op: at once, on the caller's own statement, if fewer than
-// b.sendingMax operations are on their way — the queue is then empty —
-// or else in the next batch. If ctx ends while op is queued, do returns
+// b.sendingMax operations are on their way and no carrier is boarding —
+// the queue is then empty — or else in the next batch, or with the
+// carrier. If ctx ends while op is queued, do returns
 // ctx's error and op is never done. Once op is on its way, a batcher
 // with b.abandoned gives up with its caller: a lone op's statement is
 // cancelled with ctx, and for an op in a batch do returns ctx's error at
@@ -64,7 +70,7 @@ type pending[Op, R any] struct {
 // without b.abandoned waits for the answer.
 func (b *batcher[Op, R]) do(ctx context.Context, op Op) (R, error) {
 	b.mu.Lock()
-	if b.sending < b.sendingMax {
+	if b.sending < b.sendingMax && b.carriers == 0 {
 		b.sending++
 		b.mu.Unlock()
 		defer b.sendQueued()
@@ -111,26 +117,23 @@ func (b *batcher[Op, R]) do(ctx context.Context, op Op) (R, error) {
 func (b *batcher[Op, R]) sendQueued() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.queue) == 0 {
-		b.sending--
+	b.sending--
+	b.kick()
+}
+
+// kick sends the queue, in a goroutine of its own, if no one else will:
+// fewer than b.sendingMax operations are on their way, and no carrier is
+// boarding. b.mu is held.
+func (b *batcher[Op, R]) kick() {
+	if len(b.queue) == 0 || b.sending >= b.sendingMax || b.carriers > 0 {
 		return
 	}
-	n := min(len(b.queue), maxBatch)
-	batch := slices.Clone(b.queue[:n])
-	b.queue = slices.Delete(b.queue, 0, n)
-	for _, p := range batch {
-		p.sent = true
-	}
+	b.sending++
+	batch := b.dequeue()
 	go func() {
 		gaveUp := b.send(batch)
 		b.sendQueued()
-		if len(gaveUp) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-			defer cancel()
-			for _, p := range gaveUp {
-				b.abandoned(ctx, p.op, p.r)
-			}
-		}
+		b.tellAbandoned(gaveUp)
 	}()
 }
 
@@ -149,6 +152,27 @@ func (b *batcher[Op, R]) send(batch []*pending[Op, R]) (gaveUp []*pending[Op, R]
 		}
 		rs = b.many(ctx, ops)
 	}
+	return b.deliver(batch, rs)
+}
+
+// dequeue takes the first maxBatch operations of the queue, marked sent.
+// b.mu is held.
+func (b *batcher[Op, R]) dequeue() []*pending[Op, R] {
+	n := min(len(b.queue), maxBatch)
+	if n == 0 {
+		return nil
+	}
+	batch := slices.Clone(b.queue[:n])
+	b.queue = slices.Delete(b.queue, 0, n)
+	for _, p := range batch {
+		p.sent = true
+	}
+	return batch
+}
+
+// deliver gives each operation of a batch its answer, and returns those
+// whose callers had given up.
+func (b *batcher[Op, R]) deliver(batch []*pending[Op, R], rs []R) (gaveUp []*pending[Op, R]) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, p := range batch {
@@ -159,4 +183,53 @@ func (b *batcher[Op, R]) send(batch []*pending[Op, R]) (gaveUp []*pending[Op, R]
 		close(p.done)
 	}
 	return gaveUp
+}
+
+// tellAbandoned tells b.abandoned of the operations done for callers
+// that had given up.
+func (b *batcher[Op, R]) tellAbandoned(gaveUp []*pending[Op, R]) {
+	if len(gaveUp) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	for _, p := range gaveUp {
+		b.abandoned(ctx, p.op, p.r)
+	}
+}
+
+// Carriers. A transaction of another kind that is about to commit anyway
+// — an audit append, in the same database — can carry the queued
+// operations: its commit makes them durable, and their own commit and
+// its wait for the disk are saved. A carrier boards once it knows it
+// will commit soon, and then takes the queue, or alights without it;
+// while one is boarding, callers queue for it rather than go out on
+// their own. The carrier does the operations it took, and gives them
+// their answers with deliver and tellAbandoned, as a sender does.
+
+// board tells b that a carrier will take its queue before it commits.
+func (b *batcher[Op, R]) board() {
+	b.mu.Lock()
+	b.carriers++
+	b.mu.Unlock()
+}
+
+// take ends a carrier's boarding: it returns the first maxBatch queued
+// operations, marked sent, for the carrier to do.
+func (b *batcher[Op, R]) take() []*pending[Op, R] {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.carriers--
+	batch := b.dequeue()
+	b.kick() // the operations beyond maxBatch
+	return batch
+}
+
+// alight ends a carrier's boarding without the queue, which goes out on
+// its own.
+func (b *batcher[Op, R]) alight() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.carriers--
+	b.kick()
 }

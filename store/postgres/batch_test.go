@@ -264,13 +264,13 @@ func waitForBlocked(t *testing.T, dsn string, n int) {
 	}
 }
 
-// holdSenders starts as many operations as may be on their way at once,
-// each on a session whose row another connection holds, and returns once
+// holdSenders starts sending operations — as many as may be on their way
+// at once — each on a session whose row another connection holds, and returns once
 // all wait on their locks; unlock[i] lets the i-th go on. Operations of
 // the kind made meanwhile wait in the queue.
-func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, op func(session string) error, wg *sync.WaitGroup) (unlock []func()) {
+func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, sending int, op func(session string) error, wg *sync.WaitGroup) (unlock []func()) {
 	t.Helper()
-	for i := range postgres.MaxBatchesSending {
+	for i := range sending {
 		session := fmt.Sprint("held-", i)
 		if _, err := s.Create(t.Context(), session, budget.Limits{Tokens: 100, Calls: 10}); err != nil {
 			t.Fatal(err)
@@ -282,7 +282,7 @@ func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, op func(sess
 			}
 		})
 	}
-	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+	waitForBlocked(t, dsn, sending)
 	return unlock
 }
 
@@ -322,7 +322,7 @@ func TestReserveAbandonedInABatch(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	unlockSenders := holdSenders(t, dsn, s, reserveOp(t, s), &wg)
+	unlockSenders := holdSenders(t, dsn, s, postgres.MaxReservationsSending, reserveOp(t, s), &wg)
 	short, cancel := context.WithCancel(ctx)
 	abandoned := make(chan error, len(sessions))
 	for _, session := range sessions {
@@ -336,7 +336,7 @@ func TestReserveAbandonedInABatch(t *testing.T) {
 	waitQueued(t, s, len(sessions))
 	unlockSenders[0]()
 	waitQueued(t, s, 0)
-	waitForBlocked(t, dsn, postgres.MaxBatchesSending)
+	waitForBlocked(t, dsn, postgres.MaxReservationsSending)
 	cancel()
 	for range sessions {
 		select {
@@ -390,7 +390,7 @@ func TestCommitWaitedForOnItsWay(t *testing.T) {
 			defer wg.Wait()
 			var unlockSenders []func()
 			if batched {
-				unlockSenders = holdSenders(t, dsn, s, func(session string) error { return s.Commit(ctx, session, 1) }, &wg)
+				unlockSenders = holdSenders(t, dsn, s, postgres.MaxBatchesSending, func(session string) error { return s.Commit(ctx, session, 1) }, &wg)
 				defer func() {
 					for _, unlock := range unlockSenders {
 						unlock()
@@ -438,7 +438,7 @@ func TestReserveAbandonedInTheQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	unlocks := holdSenders(t, dsn, s, reserveOp(t, s), &wg)
+	unlocks := holdSenders(t, dsn, s, postgres.MaxReservationsSending, reserveOp(t, s), &wg)
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	if _, err := s.Reserve(short, "queued"); !errors.Is(err, context.DeadlineExceeded) {
@@ -489,7 +489,7 @@ func TestLazyCommitsInABatch(t *testing.T) {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	unlockSenders := holdSenders(t, dsn, s, func(session string) error {
+	unlockSenders := holdSenders(t, dsn, s, postgres.MaxBatchesSending, func(session string) error {
 		_, err := s.CommitWithinLazily(ctx, session, 1)
 		return err
 	}, &wg)

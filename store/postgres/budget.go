@@ -28,13 +28,20 @@ type BudgetStore struct {
 func newBudgetStore(db *DB) *BudgetStore {
 	s := &BudgetStore{ref: db.ref()}
 	s.reservations = batcher[string, reserved]{one: s.reserveOne, many: s.reserveMany, abandoned: s.giveBack,
-		sendingMax: maxBatchesSending}
+		sendingMax: maxReservationsSending}
 	s.changes = batcher[change, error]{one: s.changeOne, many: s.changeMany, sendingMax: maxBatchesSending}
 	s.lazyCommits = batcher[lazyCommit, committed]{one: s.lazyCommitOne, many: s.lazyCommitMany, sendingMax: maxBatchesSending}
 	return s
 }
 
 var _ budget.LazyCommitter = (*BudgetStore)(nil)
+
+// Close implements budget.Store: the store's reservations stop riding
+// the DB's appends, and its hold on the DB's pool is released.
+func (s *BudgetStore) Close() error {
+	s.db.setRider(s, false)
+	return s.ref.Close()
+}
 
 const stateColumns = `token_limit, call_limit, tokens_used, calls_used`
 

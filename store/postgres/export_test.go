@@ -12,6 +12,10 @@ import (
 // once.
 const MaxBatchesSending = maxBatchesSending
 
+// MaxReservationsSending is how many reservations are on their way at
+// once, not counting those that ride appends.
+const MaxReservationsSending = maxReservationsSending
+
 // DefaultMaxConns is the size of a DB's pool unless its connection
 // string says otherwise.
 const DefaultMaxConns = defaultMaxConns
@@ -60,4 +64,11 @@ func (s *AuditStore) ExplainQuery(ctx context.Context, f audit.Filter, from uint
 func (s *AuditStore) Exec(ctx context.Context, sql string) error {
 	_, err := s.db.pool.Exec(ctx, sql)
 	return err
+}
+
+// BreakRiders makes the reservations that ride db's appends fail, with
+// a statement the server refuses as it runs. It is called before db is
+// used.
+func (db *DB) BreakRiders() {
+	db.riderSQL = `SELECT 1 / (cardinality($1::text[]) - cardinality($1::text[]))`
 }

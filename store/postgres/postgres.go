@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -35,6 +36,11 @@ type DB struct {
 
 	mu   sync.Mutex
 	refs int
+
+	// riders are the budget stores whose reservations ride the DB's
+	// appends (riders.go), and riderSQL their statement.
+	riders   atomic.Pointer[[]*BudgetStore]
+	riderSQL string
 }
 
 // Open connects to the database at dsn, a PostgreSQL connection string
@@ -61,7 +67,7 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: the database has schema version %d, newer than this agentsec's %d; run a newer agentsec", version, currentVersion)
 	}
-	return &DB{pool: pool, refs: 1}, nil
+	return &DB{pool: pool, refs: 1, riderSQL: reserveLocked}, nil
 }
 
 // defaultMaxConns is the most connections a DB's pool opens, unless the
@@ -106,7 +112,11 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 }
 
 // Budgets returns the DB's budget store. Close it when done.
-func (db *DB) Budgets() *BudgetStore { return newBudgetStore(db) }
+func (db *DB) Budgets() *BudgetStore {
+	s := newBudgetStore(db)
+	db.setRider(s, true)
+	return s
+}
 
 // Audit returns the DB's audit log store. Close it when done.
 func (db *DB) Audit() *AuditStore { return &AuditStore{db.ref()} }
