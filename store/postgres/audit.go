@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agentsec/agentsec/audit"
@@ -173,8 +172,8 @@ var insertSQL = func() (out [maxInsertRows + 1]string) {
 // insertAndCommit inserts rows (in recordColumns' order; none if nil),
 // moves the log's head to size and commits, in one round trip, with the
 // reservations of riders, if any, first. A transaction that ends in
-// anything but COMMIT — one already aborted ends in ROLLBACK, without an
-// error — is a failure. It returns the riders' answers, and rideErr if
+// anything but COMMIT is a failure (readCommit). It returns the riders'
+// answers, and rideErr if
 // their statement failed: it is then rolled back to the savepoint before
 // it, and the records go in without them, in a second round trip.
 func (s *AuditStore) insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size int64, riders []string) (rode []reserved, rideErr, err error) {
@@ -209,10 +208,7 @@ func (s *AuditStore) insertAndCommit(ctx context.Context, conn *pgxpool.Conn, ro
 		}
 	}
 	if err == nil {
-		var tag pgconn.CommandTag
-		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
-			err = fmt.Errorf("the transaction ended in %s", tag)
-		}
+		err = readCommit(br)
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr

@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/agentsec/agentsec/budget"
 )
@@ -221,10 +220,7 @@ func (s *BudgetStore) commitLockedLazily(ctx context.Context, sessions []string,
 		}
 	}
 	if err == nil {
-		var tag pgconn.CommandTag
-		if tag, err = res.Exec(); err == nil && tag.String() != "COMMIT" {
-			err = fmt.Errorf("the transaction ended in %s", tag)
-		}
+		err = readCommit(res)
 	}
 	// As in commitLazily, a connection returned in a transaction is
 	// discarded.

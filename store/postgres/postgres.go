@@ -166,5 +166,16 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("postgres: %s: %w", what, err)
 }
 
+// readCommit reads the result of a batch's COMMIT: a transaction that
+// ends in anything but COMMIT — one already aborted ends in ROLLBACK,
+// without an error — is a failure.
+func readCommit(br pgx.BatchResults) error {
+	tag, err := br.Exec()
+	if err == nil && tag.String() != "COMMIT" {
+		err = fmt.Errorf("the transaction ended in %s", tag)
+	}
+	return err
+}
+
 // noRows reports whether err is a query's finding no row.
 func noRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

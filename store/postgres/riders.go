@@ -89,7 +89,10 @@ func (r *ride) deliver(out []reserved, err error) {
 	if len(r.riders) == 0 {
 		return
 	}
-	if err != nil || len(out) != len(r.riders) {
+	if err == nil && len(out) != len(r.riders) {
+		err = fmt.Errorf("%d answers for %d reservations", len(out), len(r.riders))
+	}
+	if err != nil {
 		out = make([]reserved, len(r.riders))
 		for i, session := range r.riders {
 			out[i].err = unavailable(fmt.Sprintf("reserving a call for session %q", session), err)
