@@ -59,32 +59,45 @@ type pending[Op, R any] struct {
 	abandoned bool // its caller gave up
 }
 
-// do does op: at once, on the caller's own statement, if fewer than
-// b.sendingMax operations are on their way and no carrier is boarding —
-// the queue is then empty — or else in the next batch, or with the
-// carrier. If ctx ends while op is queued, do returns
-// ctx's error and op is never done. Once op is on its way, a batcher
-// with b.abandoned gives up with its caller: a lone op's statement is
-// cancelled with ctx, and for an op in a batch do returns ctx's error at
-// once and tells b.abandoned of its answer when it comes. A batcher
-// without b.abandoned waits for the answer.
+// do does op: at once, on its own statement, if fewer than b.sendingMax
+// operations are on their way and no carrier is boarding — the queue is
+// then empty — or else in the next batch, or with the carrier. If ctx
+// ends while op is queued, do returns ctx's error and op is never done.
+// Once op is on its way, a batcher with b.abandoned gives up with its
+// caller: do returns ctx's error at once and tells b.abandoned of op's
+// answer when it comes — a lone op's statement is not cancelled, so that
+// what it did is known and can be undone. A batcher without b.abandoned
+// waits for the answer.
 func (b *batcher[Op, R]) do(ctx context.Context, op Op) (R, error) {
 	b.mu.Lock()
 	if b.sending < b.sendingMax && b.carriers == 0 {
 		b.sending++
+		if b.abandoned != nil {
+			// A batch of one, sent at once.
+			p := &pending[Op, R]{op: op, done: make(chan struct{}), sent: true}
+			b.mu.Unlock()
+			go func() {
+				gaveUp := b.send([]*pending[Op, R]{p})
+				b.sendQueued()
+				b.tellAbandoned(gaveUp)
+			}()
+			return b.wait(ctx, p)
+		}
 		b.mu.Unlock()
 		defer b.sendQueued()
-		if b.abandoned == nil {
-			ctx = context.WithoutCancel(ctx)
-		}
-		ctx, cancel := context.WithTimeout(ctx, batchTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
 		defer cancel()
 		return b.one(ctx, op), nil
 	}
 	p := &pending[Op, R]{op: op, done: make(chan struct{})}
 	b.queue = append(b.queue, p)
 	b.mu.Unlock()
+	return b.wait(ctx, p)
+}
 
+// wait waits for p's answer, or for ctx to end while p is queued, or
+// while it is on its way in a batcher with b.abandoned.
+func (b *batcher[Op, R]) wait(ctx context.Context, p *pending[Op, R]) (R, error) {
 	select {
 	case <-p.done:
 		return p.r, nil

@@ -617,3 +617,49 @@ func TestLazyCommitBatchesAcrossReplicas(t *testing.T) {
 		}
 	}
 }
+
+// A caller that gives up while its reservation is on its own statement
+// is answered at once; the statement is not cancelled — whether the
+// server had taken the slot would be unknown — and the slot it takes
+// goes back.
+func TestReserveAbandonedOnItsOwn(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "lone", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	unlock := lockRow(t, dsn, "lone")
+	short, cancel := context.WithCancel(ctx)
+	abandoned := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(short, "lone")
+		abandoned <- err
+	}()
+	waitForBlocked(t, dsn, 1)
+	cancel()
+	select {
+	case err := <-abandoned:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Reserve cancelled while its statement waits: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Reserve cancelled while its statement waits has not returned after 5 s")
+	}
+	unlock()
+	// The statement now takes the session's only slot, then gives it back.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := s.Reserve(ctx, "lone")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, budget.ErrExceeded) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned slot was not given back after 10 s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -73,11 +73,12 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 
 // Reserve implements budget.Store. The slot is taken by one statement,
 // check and increment together, with the reservations other callers make
-// at the same moment (batcher). A caller that gives up while its own
-// statement runs may leave the slot taken, if the server committed it
-// first; one that gives up while its batch is on its way has the slot
-// given back once the batch is done, if the database takes the release.
-// Either way the session is never counted short.
+// at the same moment (batcher). A caller that gives up while its
+// reservation is on its way — on its own statement, in a batch, or
+// riding an append — is answered with its context's error at once, and
+// the slot, if one was taken, is given back once the statement is done,
+// if the database takes the release: the session is counted over only
+// when it doesn't, and never short.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
 	r, err := s.reservations.do(ctx, session)
 	if err != nil {
