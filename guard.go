@@ -72,8 +72,10 @@ const (
 // matching ErrAuditUnavailable even though fn ran: the caller must not use
 // fn's result. A panic in fn is recorded and then propagates.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
-	c, err := s.Begin(ctx, req)
-	if err != nil {
+	// The Call is Guard's alone, on its stack: it is settled once, here,
+	// without its lock (a mutex once locked is moved to the heap).
+	var c Call
+	if err := s.begin(ctx, req, &c); err != nil {
 		return err
 	}
 	returned := false
@@ -81,12 +83,12 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 		if !returned {
 			// fn panicked: give the slot back and record the call, then
 			// let the panic go on.
-			c.settle(settling(ctx), 0, nil, "tool panicked")
+			c.conclude(settling(ctx), 0, nil, "tool panicked")
 		}
 	}()
 	tokens, callErr := fn(ctx)
 	returned = true
-	_, err = c.End(ctx, tokens, callErr)
+	_, err := c.conclude(settling(ctx), tokens, callErr, "")
 	return err
 }
 
@@ -98,27 +100,36 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 // log. Every Call must be ended, with End or Abandon: one that is not
 // keeps its slot, spent, and is never recorded.
 func (s *Stack) Begin(ctx context.Context, req Request) (*Call, error) {
-	rec, d, err := s.admit(ctx, EventToolCall, req)
-	if err != nil {
+	c := new(Call)
+	if err := s.begin(ctx, req, c); err != nil {
 		return nil, err
 	}
+	return c, nil
+}
+
+// begin is Begin, into c, a zero Call.
+func (s *Stack) begin(ctx context.Context, req Request, c *Call) error {
+	rec, d, err := s.admit(ctx, EventToolCall, req)
+	if err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
-		return nil, s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
+		return s.deny(context.WithoutCancel(ctx), &rec, &DeniedError{Kind: err, Tool: req.Tool,
 			Reason: "request cancelled before the call", Trust: d})
 	}
-	c := &Call{s: s, rec: rec, d: d}
+	c.s, c.rec, c.d = s, rec, d
 	if s.observer != nil {
 		c.begun = sinceEpoch()
 	}
 	if c.res, err = s.Budget.Reserve(ctx, req.Session); err != nil {
 		if ee, ok := errors.AsType[*budget.ExceededError](err); ok {
-			return nil, s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
+			return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetExceeded, Tool: req.Tool,
 				Reason: ee.Reason(), Trust: d, Budget: ee.State, Cause: err})
 		}
-		return nil, s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
+		return s.deny(ctx, &rec, &DeniedError{Kind: ErrBudgetUnavailable, Tool: req.Tool,
 			Reason: "budget store unavailable", Trust: d, Cause: err})
 	}
-	return c, nil
+	return nil
 }
 
 // A Call is a governed tool call between Stack.Begin and its End: it has
@@ -200,6 +211,11 @@ func (c *Call) settle(ctx context.Context, tokens int64, callErr error, panicked
 		return audit.Record{}, ErrSettled
 	}
 	c.settled = true
+	return c.conclude(ctx, tokens, callErr, panicked)
+}
+
+// conclude is settle's work, for a call settled once by its caller.
+func (c *Call) conclude(ctx context.Context, tokens int64, callErr error, panicked string) (audit.Record, error) {
 	rec := c.rec
 	rec.Outcome = audit.OutcomeAllowed
 	if panicked != "" {

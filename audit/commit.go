@@ -165,22 +165,7 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 		err     error
 	)
 	if l.shared != nil {
-		err = l.shared.AppendShared(ctx, func(at uint64, read HashReader) ([]Entry, error) {
-			switch {
-			case at < size:
-				return nil, fmt.Errorf("the shared log holds %d records, but this log appended up to %d: records are missing; run agentsec audit verify", at, size)
-			case at > size:
-				// Other logs appended: continue the tree they left.
-				if err := l.work.load(at, read); err != nil {
-					return nil, fmt.Errorf("reading the log's head at size %d: %w", at, err)
-				}
-				size, touched = at, ^uint64(0)
-			}
-			var t uint64
-			entries, t = l.buildEntries(batch, size)
-			touched |= t
-			return entries, nil
-		})
+		size, entries, touched, err = l.appendShared(ctx, batch, size)
 	} else {
 		entries, touched = l.buildEntries(batch, size)
 		err = l.store.Append(ctx, entries)
@@ -227,6 +212,36 @@ func (l *Log) writeBatch(ctx context.Context, batch []*pending, self *pending) {
 		// the records themselves are stored.
 		_ = l.checkpoint(ctx)
 	}
+}
+
+// appendShared appends batch to the shared store, from the size this
+// log last appended up to, or from the store's size if other logs
+// appended since; it returns the size the batch went in at, its entries,
+// the frontier levels it changed, and the store's error. (Apart from
+// writeBatch, so that the variables its callback sets are not moved to
+// the heap for the other stores' appends too.)
+func (l *Log) appendShared(ctx context.Context, batch []*pending, size uint64) (uint64, []Entry, uint64, error) {
+	var (
+		touched uint64
+		entries []Entry
+	)
+	err := l.shared.AppendShared(ctx, func(at uint64, read HashReader) ([]Entry, error) {
+		switch {
+		case at < size:
+			return nil, fmt.Errorf("the shared log holds %d records, but this log appended up to %d: records are missing; run agentsec audit verify", at, size)
+		case at > size:
+			// Other logs appended: continue the tree they left.
+			if err := l.work.load(at, read); err != nil {
+				return nil, fmt.Errorf("reading the log's head at size %d: %w", at, err)
+			}
+			size, touched = at, ^uint64(0)
+		}
+		var t uint64
+		entries, t = l.buildEntries(batch, size)
+		touched |= t
+		return entries, nil
+	})
+	return size, entries, touched, err
 }
 
 // buildEntries extends the working frontier by batch, from size, and
