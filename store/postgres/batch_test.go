@@ -305,6 +305,39 @@ func waitQueued(t *testing.T, s *postgres.BudgetStore, n int) {
 	}
 }
 
+// wantCanceled waits for what a caller that gave up is answered, which
+// must be its context's error, at once.
+func wantCanceled(t *testing.T, answered <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-answered:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: %v, want context.Canceled", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s has not returned after 5 s", what)
+	}
+}
+
+// waitGivenBack waits until session counts no call: the slot taken for a
+// caller that gave up is given back once its statement is done.
+func waitGivenBack(t *testing.T, s *postgres.BudgetStore, session string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := s.Get(t.Context(), session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Used.Calls == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the abandoned slot was not given back after 10 s: %+v", session, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Callers that give up while their batch is on its way get their
 // context's error at once, and the slots taken for them go back.
 func TestReserveAbandonedInABatch(t *testing.T) {
@@ -339,33 +372,14 @@ func TestReserveAbandonedInABatch(t *testing.T) {
 	waitForBlocked(t, dsn, postgres.MaxReservationsSending)
 	cancel()
 	for range sessions {
-		select {
-		case err := <-abandoned:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("Reserve cancelled while its batch waits: %v, want context.Canceled", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Reserve cancelled while its batch waits has not returned after 5 s")
-		}
+		wantCanceled(t, abandoned, "Reserve cancelled while its batch waits")
 	}
 	for _, unlock := range unlockRows {
 		unlock()
 	}
 	// The batch now takes each session's only slot, then gives it back.
 	for _, session := range sessions {
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			_, err := s.Reserve(ctx, session)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, budget.ErrExceeded) {
-				t.Fatal(err)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the abandoned slot was not given back after 10 s: %v", session, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitGivenBack(t, s, session)
 	}
 	for _, unlock := range unlockSenders {
 		unlock()
@@ -639,27 +653,8 @@ func TestReserveAbandonedOnItsOwn(t *testing.T) {
 	}()
 	waitForBlocked(t, dsn, 1)
 	cancel()
-	select {
-	case err := <-abandoned:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Reserve cancelled while its statement waits: %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Reserve cancelled while its statement waits has not returned after 5 s")
-	}
+	wantCanceled(t, abandoned, "Reserve cancelled while its statement waits")
 	unlock()
 	// The statement now takes the session's only slot, then gives it back.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		_, err := s.Reserve(ctx, "lone")
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, budget.ErrExceeded) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the abandoned slot was not given back after 10 s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitGivenBack(t, s, "lone")
 }

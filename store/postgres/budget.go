@@ -192,12 +192,7 @@ func (s *BudgetStore) lazyCommitMany(ctx context.Context, cs []lazyCommit) []com
 // with synchronous_commit off, in one round trip, and returns the state
 // of each session it counted.
 func (s *BudgetStore) commitLockedLazily(ctx context.Context, sessions []string, tokens []int64) (map[string]budget.State, error) {
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(commitWithinLocked, sessions, tokens, int64(math.MaxInt64))
-	b.Queue("COMMIT")
-	res := s.db.pool.SendBatch(ctx, b)
+	res := s.db.pool.SendBatch(ctx, lazily(commitWithinLocked, sessions, tokens, int64(math.MaxInt64)))
 	counted := make(map[string]budget.State, len(sessions))
 	_, err := res.Exec()
 	if err == nil {
@@ -273,15 +268,21 @@ func (s *BudgetStore) commitWithin(ctx context.Context, session string, tokens i
 	}
 }
 
-// commitLazily runs commitWithinSQL in a transaction committed with
-// synchronous_commit off, its four statements sent in one round trip.
-func (s *BudgetStore) commitLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
+// lazily is a batch of four statements, one round trip: sql with args,
+// in a transaction committed with synchronous_commit off.
+func lazily(sql string, args ...any) *pgx.Batch {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(commitWithinSQL, session, tokens, int64(math.MaxInt64))
+	b.Queue(sql, args...)
 	b.Queue("COMMIT")
-	res := s.db.pool.SendBatch(ctx, b)
+	return b
+}
+
+// commitLazily runs commitWithinSQL in a transaction committed with
+// synchronous_commit off, its four statements sent in one round trip.
+func (s *BudgetStore) commitLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	res := s.db.pool.SendBatch(ctx, lazily(commitWithinSQL, session, tokens, int64(math.MaxInt64)))
 	var st budget.State
 	var err error
 	for i := range 4 {
