@@ -114,7 +114,11 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 	l.queue = append(l.queue, p)
 	if l.leading {
 		spin := len(l.queue) <= l.spinners
+		next := len(l.queue) == 1 // the first of the next batch, and its leader
 		l.qmu.Unlock()
+		if next && l.forecaster != nil {
+			l.forecaster.AppendComing()
+		}
 		if p.wait(spin) == resultReady {
 			return
 		}

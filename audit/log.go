@@ -75,11 +75,12 @@ const (
 // edited, removed, inserted, reordered or truncated record is found. A
 // Log is safe for concurrent use.
 type Log struct {
-	store     Store
-	shared    SharedStore // store, if it is one
-	namespace string
-	clock     func() time.Time
-	realClock bool // clock is time.Now, whose times hold monotonic readings
+	store      Store
+	shared     SharedStore      // store, if it is one
+	forecaster AppendForecaster // store, if it is one
+	namespace  string
+	clock      func() time.Time
+	realClock  bool // clock is time.Now, whose times hold monotonic readings
 
 	committer
 
@@ -153,6 +154,7 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 		cpHealth:     health{what: "checkpoint", until: "a checkpoint is signed, stored and written"},
 	}
 	l.shared, _ = store.(SharedStore)
+	l.forecaster, _ = store.(AppendForecaster)
 	l.spinners = runtime.GOMAXPROCS(0)
 	if l.clock == nil {
 		l.clock, l.realClock = time.Now, true

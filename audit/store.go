@@ -73,6 +73,18 @@ type SharedStore interface {
 	AppendShared(ctx context.Context, build func(size uint64, read HashReader) ([]Entry, error)) error
 }
 
+// An AppendForecaster is a store told ahead of an append: a Log calls
+// AppendComing when a record is the first to queue behind the batch
+// being appended, which makes the Log sure to append again — one call
+// for each such next batch, each followed by an Append or AppendShared
+// of its own. Two may be owed at once: one for a batch its leader has
+// taken but not yet begun to append, one for the batch queued behind it.
+// A store that carries other work in its appends' transactions can have
+// that work wait for the announced append instead of going on its own.
+type AppendForecaster interface {
+	AppendComing()
+}
+
 // A HashReader reads stored tree hashes by their stored hash indexes
 // (tlog.StoredHashIndex); it is a tlog.HashReader.
 type HashReader = tlog.HashReaderFunc

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,7 +21,12 @@ import (
 // Every append, through Append or AppendShared, goes in under the lock
 // of the log's head row and advances the head in the same transaction,
 // so two appenders can never both extend the log from the same size.
-type AuditStore struct{ ref }
+type AuditStore struct {
+	ref
+
+	mu   sync.Mutex
+	next *ride // boarded by AppendComing for the next append
+}
 
 var (
 	_ audit.SharedStore = (*AuditStore)(nil)
@@ -66,8 +72,9 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
 	defer cancel()
 	// The append will commit soon: reservations made meanwhile wait to
-	// ride with it (riders.go).
-	ride := s.db.board()
+	// ride with it (riders.go), as they have since AppendComing if it
+	// was told of it.
+	ride := s.boarded()
 	defer ride.alight()
 	conn, err := s.db.pool.Acquire(ctx)
 	if err != nil {

@@ -119,7 +119,7 @@ func (db *DB) Budgets() *BudgetStore {
 }
 
 // Audit returns the DB's audit log store. Close it when done.
-func (db *DB) Audit() *AuditStore { return &AuditStore{db.ref()} }
+func (db *DB) Audit() *AuditStore { return &AuditStore{ref: db.ref()} }
 
 // Sessions returns the DB's session store. Close it when done.
 func (db *DB) Sessions() *SessionStore { return &SessionStore{db.ref()} }

@@ -138,3 +138,27 @@ func readRiders(br pgx.BatchResults, riders []string) ([]reserved, error) {
 	}
 	return out, nil
 }
+
+// AppendComing implements audit.AppendForecaster: the log will append
+// again, so the reservations made from now on wait to ride that append,
+// not only from its start.
+func (s *AuditStore) AppendComing() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.next == nil {
+		s.next = s.db.board()
+	}
+}
+
+// boarded returns the ride of an append that begins: the one AppendComing
+// boarded, or a new one.
+func (s *AuditStore) boarded() *ride {
+	s.mu.Lock()
+	r := s.next
+	s.next = nil
+	s.mu.Unlock()
+	if r == nil {
+		r = s.db.board()
+	}
+	return r
+}

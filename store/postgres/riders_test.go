@@ -167,3 +167,48 @@ func TestRiderAbandoned(t *testing.T) {
 		t.Errorf("log of %d records, want 1", l.Size())
 	}
 }
+
+// A reservation made after the log announced its next append
+// (AppendComing) waits to ride it, though it could have gone out on its
+// own, and is answered once the append commits.
+func TestReservationsWaitForAnAnnouncedAppend(t *testing.T) {
+	ctx := t.Context()
+	db := migrated(t)
+	s := db.Budgets()
+	defer s.Close()
+	store := db.Audit()
+	l, err := audit.NewLog(ctx, store, audit.Options{Namespace: "announced"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := s.Create(ctx, "w", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	store.AppendComing()
+	reserved := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(ctx, "w")
+		reserved <- err
+	}()
+	waitQueued(t, s, 1)
+	select {
+	case err := <-reserved:
+		t.Fatalf("a reservation made while an append was announced was answered before it: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := l.Log(ctx, audit.Record{Event: "test", Agent: "a", Outcome: audit.OutcomeAllowed}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-reserved:
+		if err != nil {
+			t.Fatalf("the reservation that rode the announced append: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reservation was not answered 10 s after the announced append")
+	}
+	if st, err := s.Get(ctx, "w"); err != nil || st.Used.Calls != 1 {
+		t.Errorf("Get = %+v, %v; want its one call used", st, err)
+	}
+}
