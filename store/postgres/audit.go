@@ -180,9 +180,9 @@ var insertSQL = func() (out [maxInsertRows + 1]string) {
 // moves the log's head to size and commits, in one round trip, with the
 // reservations of riders, if any, first. A transaction that ends in
 // anything but COMMIT is a failure (readCommit). It returns the riders'
-// answers, and rideErr if
-// their statement failed: it is then rolled back to the savepoint before
-// it, and the records go in without them, in a second round trip.
+// answers, and rideErr if their statement failed: it is then rolled back
+// to the savepoint before it, and the records go in without them, in a
+// second round trip.
 func (s *AuditStore) insertAndCommit(ctx context.Context, conn *pgxpool.Conn, rows [][]any, size int64, riders []string) (rode []reserved, rideErr, err error) {
 	b := &pgx.Batch{}
 	if len(riders) > 0 {

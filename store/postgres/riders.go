@@ -13,10 +13,11 @@ import (
 // reservations queued when an append of the same database is about to
 // commit go in its transaction instead (batcher's carriers): one commit,
 // one flush, for both. An append boards the DB's budget stores'
-// reservations as it begins, and takes their queue into its last round
-// trip, where a savepoint keeps a failed reservation
-// statement from failing the append: the records go in, and the
-// reservations that rode with them fail, as their own commit would have.
+// reservations as it begins, or as soon as the log announces it
+// (AppendComing), and takes their queue into its last round trip, where
+// a savepoint keeps a failed reservation statement from failing the
+// append: the records go in, and the reservations that rode with them
+// fail, as their own commit would have.
 
 // riderStores are the budget stores whose reservations ride the DB's
 // appends: those taken from it and not closed.
