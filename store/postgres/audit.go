@@ -209,7 +209,7 @@ func (s *AuditStore) insertAndCommit(ctx context.Context, conn *pgxpool.Conn, ro
 			return nil, rideErr, err
 		}
 	}
-	for range b.Len() - 1 - 3*min(len(riders), 1) {
+	for range b.Len() - 1 - ridersStatements*min(len(riders), 1) {
 		if _, err = br.Exec(); err != nil {
 			break
 		}

@@ -111,11 +111,23 @@ func (r *ride) deliver(out []reserved, err error) {
 	}
 }
 
+// riderLockTimeout bounds the riders' wait for their sessions' rows,
+// which the append makes holding the log's head: a budget row held by
+// another transaction — agentsec's own hold one for a commit at most —
+// fails the riders after it, and the records go in, where the
+// connection's lock_timeout (10 s unless set) would hold every append.
+const riderLockTimeout = "1s"
+
+// ridersStatements is how many statements queueRiders queues.
+const ridersStatements = 4
+
 // queueRiders queues, in b, the riders' reservations (riderSQL, which
 // is reserveLocked outside the tests) between a savepoint and its
-// release, so that a failure of theirs can be rolled back alone.
+// release, so that a failure of theirs can be rolled back alone, and
+// with riderLockTimeout.
 func (db *DB) queueRiders(b *pgx.Batch, riders []string) {
 	b.Queue(`SAVEPOINT riders`)
+	b.Queue(`SET LOCAL lock_timeout = '` + riderLockTimeout + `'`)
 	b.Queue(db.riderSQL, riders)
 	b.Queue(`RELEASE SAVEPOINT riders`)
 }
@@ -123,8 +135,10 @@ func (db *DB) queueRiders(b *pgx.Batch, riders []string) {
 // readRiders reads the results queueRiders queued: the riders' answers,
 // or the error that failed them.
 func readRiders(br pgx.BatchResults, riders []string) ([]reserved, error) {
-	if _, err := br.Exec(); err != nil {
-		return nil, err
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {

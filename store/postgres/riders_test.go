@@ -212,3 +212,36 @@ func TestReservationsWaitForAnAnnouncedAppend(t *testing.T) {
 		t.Errorf("Get = %+v, %v; want its one call used", st, err)
 	}
 }
+
+// A rider whose session's row another transaction holds fails after
+// riderLockTimeout, and the append it rode goes in: a budget row held
+// from outside holds the log's head, and every replica's appends, for a
+// second, not for the connection's lock_timeout.
+func TestRidersDontHoldTheHead(t *testing.T) {
+	ctx := t.Context()
+	dsn, s, l, reserved := ridingStoresCtx(t, ctx, 1, false)
+	unlock := lockRow(t, dsn, "r0")
+	defer unlock()
+	start := time.Now()
+	if _, err := l.Log(ctx, audit.Record{Event: "test", Agent: "a", Outcome: audit.OutcomeAllowed}); err != nil {
+		t.Fatalf("an append whose rider's row is held: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("an append whose rider's row is held took %v, want about a second", took)
+	}
+	select {
+	case err := <-reserved:
+		if pe, ok := errors.AsType[*pgconn.PgError](err); !ok || pe.Code != "55P03" {
+			t.Fatalf("a rider whose row is held: %v, want the server's lock timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a rider whose row is held was not answered 10 s after its append")
+	}
+	unlock()
+	if st, err := s.Get(ctx, "r0"); err != nil || st.Used.Calls != 0 {
+		t.Errorf("Get = %+v, %v; want no call used", st, err)
+	}
+	if l.Size() != 1 || l.Err() != nil {
+		t.Errorf("log of %d records, error %v; want 1 and none", l.Size(), l.Err())
+	}
+}
