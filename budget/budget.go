@@ -16,6 +16,7 @@ package budget
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -137,7 +138,9 @@ func (e *ExceededError) Reason() string { return e.State.reason() }
 func (e *ExceededError) Unwrap() error { return ErrExceeded }
 
 // CheckSession reports whether id is a valid session id: 1 to
-// MaxSessionLen bytes of valid UTF-8.
+// MaxSessionLen bytes of valid UTF-8, without NUL, which a database's
+// text (PostgreSQL's) can't hold and a store can't hold as something else
+// without two sessions sharing one budget.
 func CheckSession(id string) error {
 	switch {
 	case id == "":
@@ -146,6 +149,8 @@ func CheckSession(id string) error {
 		return fmt.Errorf("budget: %w: longer than %d bytes", ErrInvalidSession, MaxSessionLen)
 	case !utf8.ValidString(id):
 		return fmt.Errorf("budget: %w: not valid UTF-8", ErrInvalidSession)
+	case strings.IndexByte(id, 0) >= 0:
+		return fmt.Errorf("budget: %w: holds a NUL", ErrInvalidSession)
 	}
 	return nil
 }

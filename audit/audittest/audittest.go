@@ -1029,8 +1029,12 @@ func testLogRefusesTruncatedStore(t *testing.T, s audit.Store) {
 // field takes a few values, and some attributes and reasons look like
 // fields.
 func queryRecords(n int) []audit.Record {
-	agents := []string{"alice", "bob", "carol", "Alice", "alice "}
-	tools := []string{"search", "refund", "fetch"}
+	// A NUL is valid in a record, though not in a PostgreSQL text; and
+	// a store that maps it to U+FFFD in an index must still tell the two
+	// apart.
+	agents := []string{"alice", "bob", "carol", "Alice", "alice ", "al\x00ice", "al\uFFFDice"}
+	tools := []string{"search", "refund", "fetch", "re\x00fund"}
+	sessions := []string{"s0", "s1", "s2", "s\x003", "s\uFFFD3"}
 	events := []string{"tool.call", "tool.call", "trust.assign", "budget.spend"}
 	namespaces := []string{"", "app", "other"}
 	outcomes := []audit.Outcome{audit.OutcomeAllowed, audit.OutcomeDenied, ""}
@@ -1039,7 +1043,7 @@ func queryRecords(n int) []audit.Record {
 		r := audit.Record{
 			Event:     events[i%len(events)],
 			Agent:     agents[i*7%len(agents)],
-			Session:   fmt.Sprintf("s%d", i%4),
+			Session:   sessions[i*3%len(sessions)],
 			Tool:      tools[i*5%len(tools)],
 			Namespace: namespaces[i*11%len(namespaces)],
 			Outcome:   outcomes[i*13%len(outcomes)],
@@ -1102,8 +1106,13 @@ func testQuery(t *testing.T, s audit.Store) {
 		{Agent: "Alice"},
 		{Agent: "alice "},
 		{Agent: "nobody"},
+		{Agent: "al\x00ice"},
+		{Agent: "al\uFFFDice"},
 		{Session: "s1"},
+		{Session: "s\x003"},
+		{Session: "s\uFFFD3"},
 		{Tool: "refund"},
+		{Tool: "re\x00fund", Session: "s\x003"},
 		{Event: "trust.assign"},
 		{Namespace: "other"},
 		{Namespace: "app"},

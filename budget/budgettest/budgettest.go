@@ -229,6 +229,7 @@ func testCreateRejectsInvalidSession(t *testing.T, s budget.Store) {
 		{"too long", strings.Repeat("x", budget.MaxSessionLen+1)},
 		{"invalid UTF-8", "session-\xff"},
 		{"truncated UTF-8", "session-\xe2\x82"},
+		{"NUL", "session-\x00"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -246,9 +246,24 @@ func copyRows(entries []audit.Entry) ([][]any, error) {
 			return nil, fmt.Errorf("postgres: %w", err)
 		}
 		rows[i] = []any{int64(e.Seq), e.Data, audit.PackHashes(e.Hashes), rec.Time.UnixMicro(),
-			rec.Namespace, rec.Event, rec.Agent, rec.Session, rec.Tool, string(rec.Outcome)}
+			indexText(rec.Namespace), indexText(rec.Event), indexText(rec.Agent), indexText(rec.Session),
+			indexText(rec.Tool), indexText(string(rec.Outcome))}
 	}
 	return rows, nil
+}
+
+// indexText is s as the record columns that find records for queries
+// hold it: a PostgreSQL text holds no NUL, which a record may (an agent
+// chooses its tools' names), so a NUL is held as U+FFFD. The columns only
+// find candidates — Query checks each record's own bytes — so a name
+// with a NUL and the same with U+FFFD share an index entry and are still
+// told apart; a record with a NUL can't fail its append, and every call
+// batched with it.
+func indexText(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
 
 // Scan implements audit.Store.
@@ -444,7 +459,7 @@ func querySQL(f audit.Filter, from uint64) (string, []any) {
 		{"session", f.Session}, {"tool", f.Tool}, {"outcome", string(f.Outcome)},
 	} {
 		if c.v != "" {
-			add(c.col+" = $%d", c.v)
+			add(c.col+" = $%d", indexText(c.v))
 		}
 	}
 	if strings.HasPrefix(f.Event, "trust.") {

@@ -658,3 +658,58 @@ func TestReserveAbandonedOnItsOwn(t *testing.T) {
 	// The statement now takes the session's only slot, then gives it back.
 	waitGivenBack(t, s, "lone")
 }
+
+// A session the database can't hold — one with a NUL, which an agent of
+// the decision API may send — is refused before it joins a batch, and
+// the reservations batched with it go on.
+func TestBadSessionSpoilsNoBatch(t *testing.T) {
+	ctx := t.Context()
+	dsn, db := migratedDSN(t)
+	s := db.Budgets()
+	defer s.Close()
+	if _, err := s.Create(ctx, "good", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	unlock := holdSenders(t, dsn, s, postgres.MaxReservationsSending, func(session string) error {
+		_, err := s.Reserve(context.WithoutCancel(ctx), session)
+		return err
+	}, &wg)
+	defer func() {
+		for _, u := range unlock {
+			u()
+		}
+		wg.Wait()
+	}()
+	bad := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(ctx, "bad\x00")
+		bad <- err
+	}()
+	good := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(ctx, "good")
+		good <- err
+	}()
+	select {
+	case err := <-bad:
+		if !errors.Is(err, budget.ErrInvalidSession) {
+			t.Fatalf("Reserve of a session with a NUL: %v, want ErrInvalidSession", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Reserve of a session with a NUL was not refused at once: it joined the queue")
+	}
+	waitQueued(t, s, 1)
+	unlock[0]()
+	if err := <-good; err != nil {
+		t.Fatalf("a reservation queued beside a bad session's: %v", err)
+	}
+	for _, op := range []func() error{
+		func() error { return s.Commit(ctx, "bad\x00", 1) },
+		func() error { _, err := s.CommitWithinLazily(ctx, "bad\x00", 1); return err },
+	} {
+		if err := op(); !errors.Is(err, budget.ErrInvalidSession) {
+			t.Errorf("a change to a session with a NUL: %v, want ErrInvalidSession", err)
+		}
+	}
+}

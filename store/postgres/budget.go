@@ -80,6 +80,10 @@ func (s *BudgetStore) Create(ctx context.Context, session string, limits budget.
 // if the database takes the release: the session is counted over only
 // when it doesn't, and never short.
 func (s *BudgetStore) Reserve(ctx context.Context, session string) (budget.State, error) {
+	// A session the database can't hold would fail the batch it joined.
+	if err := budget.CheckSession(session); err != nil {
+		return budget.State{}, err
+	}
 	r, err := s.reservations.do(ctx, session)
 	if err != nil {
 		return budget.State{}, err
@@ -114,6 +118,9 @@ func (s *BudgetStore) CommitWithin(ctx context.Context, session string, tokens i
 // transaction (lazyCommitMany).
 func (s *BudgetStore) CommitWithinLazily(ctx context.Context, session string, tokens int64) (budget.State, error) {
 	if err := budget.CheckTokens(0, tokens); err != nil {
+		return budget.State{}, err
+	}
+	if err := budget.CheckSession(session); err != nil {
 		return budget.State{}, err
 	}
 	c, err := s.lazyCommits.do(ctx, lazyCommit{session: session, tokens: tokens})
@@ -323,6 +330,9 @@ type change struct {
 
 func (s *BudgetStore) change(ctx context.Context, c change) error {
 	if err := budget.CheckTokens(0, c.tokens); err != nil {
+		return err
+	}
+	if err := budget.CheckSession(c.session); err != nil {
 		return err
 	}
 	answer, err := s.changes.do(ctx, c)

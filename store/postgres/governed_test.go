@@ -176,3 +176,42 @@ func TestGuardRacesAndCancelsOnReplicas(t *testing.T) {
 	}
 	t.Logf("%d Guards, %d records; the tool ran per session %v", guarded.Load(), result.Records, perSession)
 }
+
+// An agent that names a tool with a NUL — valid JSON, "a\u0000b" — has
+// its call denied and recorded like any other, and the log goes on: the
+// database's text can't hold a NUL, and its append once failed, and
+// every call batched with it.
+func TestNULNamesAreRecorded(t *testing.T) {
+	ctx := t.Context()
+	db := migrated(t)
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{
+			ToolName: "noop", RequiredLevel: "verified",
+			Agents: []trust.Assignment{{Agent: "agent", Level: "verified"}},
+		},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 40, CallLimit: 100, Store: db.Budgets()},
+		AuditNamespace: "nul",
+		Audit:          agentsec.AuditConfig{Store: db.Audit()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stack.Close()
+	tool := func(context.Context) (int64, error) { return 1, nil }
+	if err := stack.Guard(ctx, agentsec.Request{Agent: "agent", Session: "s", Tool: "noop\x00"}, tool); !errors.Is(err, agentsec.ErrTrustDenied) {
+		t.Fatalf("a call to a tool named with a NUL: %v, want ErrTrustDenied", err)
+	}
+	if err := stack.Guard(ctx, agentsec.Request{Agent: "agent", Session: "s\x00", Tool: "noop"}, tool); !errors.Is(err, agentsec.ErrInvalidRequest) {
+		t.Fatalf("a call on a session named with a NUL: %v, want ErrInvalidRequest", err)
+	}
+	if err := stack.Guard(ctx, agentsec.Request{Agent: "agent", Session: "s", Tool: "noop"}, tool); err != nil {
+		t.Fatalf("the next call: %v", err)
+	}
+	if err := stack.Audit.Err(); err != nil {
+		t.Fatalf("the log after names with a NUL: %v", err)
+	}
+	page, err := audit.Query(ctx, db.Audit(), audit.Filter{Tool: "noop\x00"})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Tool != "noop\x00" {
+		t.Errorf("Query for the tool named with a NUL = %+v, %v; want its one record", page.Records, err)
+	}
+}
