@@ -30,7 +30,7 @@ const (
 
 // A batcher groups its callers' operations of one kind into batches.
 type batcher[Op, R any] struct {
-	// one does a lone operation, on its caller's context.
+	// one does a lone operation.
 	one func(context.Context, Op) R
 	// many does a batch of two or more, one answer for each.
 	many func(context.Context, []Op) []R
@@ -55,7 +55,7 @@ type pending[Op, R any] struct {
 	r    R
 
 	// Guarded by the batcher's mu.
-	sent      bool // in a batch on its way
+	sent      bool // on its way: alone, in a batch, or with a carrier
 	abandoned bool // its caller gave up
 }
 
