@@ -286,6 +286,24 @@ func holdSenders(t *testing.T, dsn string, s *postgres.BudgetStore, sending int,
 	return unlock
 }
 
+// holdReservers is holdSenders for reservations, let go at t's cleanup
+// if not before: their Reserves go on after t's context ends.
+func holdReservers(t *testing.T, dsn string, s *postgres.BudgetStore) (unlock []func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	unlock = holdSenders(t, dsn, s, postgres.MaxReservationsSending, func(session string) error {
+		_, err := s.Reserve(context.WithoutCancel(t.Context()), session)
+		return err
+	}, &wg)
+	t.Cleanup(func() {
+		for _, u := range unlock {
+			u()
+		}
+		wg.Wait()
+	})
+	return unlock
+}
+
 // reserveOp is a Reserve, for holdSenders.
 func reserveOp(t *testing.T, s *postgres.BudgetStore) func(string) error {
 	return func(session string) error {
@@ -670,17 +688,7 @@ func TestBadSessionSpoilsNoBatch(t *testing.T) {
 	if _, err := s.Create(ctx, "good", budget.Limits{Tokens: 100, Calls: 1}); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	unlock := holdSenders(t, dsn, s, postgres.MaxReservationsSending, func(session string) error {
-		_, err := s.Reserve(context.WithoutCancel(ctx), session)
-		return err
-	}, &wg)
-	defer func() {
-		for _, u := range unlock {
-			u()
-		}
-		wg.Wait()
-	}()
+	unlock := holdReservers(t, dsn, s)
 	bad := make(chan error, 1)
 	go func() {
 		_, err := s.Reserve(ctx, "bad\x00")

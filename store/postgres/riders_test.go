@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,18 +46,7 @@ func ridingStoresCtx(t *testing.T, reserveCtx context.Context, sessions int, bro
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	// The held sender goes on at the cleanup, after t's context ends.
-	unlock := holdSenders(t, dsn, s, postgres.MaxReservationsSending, func(session string) error {
-		_, err := s.Reserve(context.WithoutCancel(ctx), session)
-		return err
-	}, &wg)
-	t.Cleanup(func() {
-		for _, u := range unlock {
-			u()
-		}
-		wg.Wait()
-	})
+	holdReservers(t, dsn, s)
 	reserved := make(chan error, sessions)
 	for i := range sessions {
 		go func() {
