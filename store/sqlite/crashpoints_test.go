@@ -26,8 +26,9 @@ import (
 
 // TestCrashAtEveryPoint kills a process that appends to the store, with
 // SIGKILL, at chosen points of its appends: when a batch's frames are
-// written to the record log but not synced ("written"), when they are
-// synced but Append has not returned ("synced"), while the indexer's
+// about to be written to the record log and synced, in one system call on
+// Linux ("writing"), when they are synced but Append has not returned
+// ("synced"), while the indexer's
 // transaction holds rows it has not committed ("indexing"), just after it
 // committed them ("indexed"), and when the record log starts a segment
 // ("segment", the first time during Open). Each point is hit k times for
@@ -201,7 +202,7 @@ type cpRecord struct{ agent, session, tool string }
 
 func TestCrashAtEveryPoint(t *testing.T) {
 	ks := map[string][]int{
-		"written": {1, 7, 50, 300},
+		"writing": {1, 7, 50, 300},
 		"synced":  {1, 7, 50, 300},
 		// The indexer commits every 64 records or 20ms.
 		"indexing": {1, 7, 20, 45},
@@ -212,7 +213,7 @@ func TestCrashAtEveryPoint(t *testing.T) {
 	}
 	walKs := map[string][]int{"indexing": {5}, "indexed": {20}, "segment": {4}}
 	if testing.Short() {
-		ks = map[string][]int{"written": {7}, "synced": {7}, "indexing": {7}, "indexed": {7}, "segment": {12}}
+		ks = map[string][]int{"writing": {7}, "synced": {7}, "indexing": {7}, "indexed": {7}, "segment": {12}}
 		walKs = map[string][]int{"indexed": {20}}
 	}
 	skey, _, err := audit.GenerateKey("crashpoints")
@@ -226,7 +227,7 @@ func TestCrashAtEveryPoint(t *testing.T) {
 	dir := t.TempDir()
 	var replayed, acked int
 	series := func(points map[string][]int, dropWAL bool) {
-		for _, point := range []string{"written", "synced", "indexing", "indexed", "segment"} {
+		for _, point := range []string{"writing", "synced", "indexing", "indexed", "segment"} {
 			if len(points[point]) == 0 {
 				continue
 			}

@@ -11,7 +11,7 @@ func Abandon(s *Store) {
 }
 
 // SetTestHook sets the function a Store calls at named points of its
-// appends ("written", "synced", "indexing", "indexed", "segment"), and
+// appends ("writing", "synced", "indexing", "indexed", "segment"), and
 // returns a function that restores the previous one.
 func SetTestHook(fn func(point string)) (restore func()) {
 	old := testHook

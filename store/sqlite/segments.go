@@ -254,11 +254,8 @@ func (l *recordLog) append(frames func(dst []byte, prev uint32) ([]byte, uint32,
 			seg.extendMu.Unlock()
 		}
 	}
-	_, err := seg.f.WriteAt(buf, l.off)
-	if err == nil {
-		testHook("written")
-		err = datasync(seg.f)
-	}
+	testHook("writing")
+	err := writeSynced(seg.f, buf, l.off)
 	if grows {
 		if err == nil {
 			seg.allocated.Store(end)
@@ -363,6 +360,15 @@ func (l *recordLog) close() error {
 		errs = append(errs, seg.f.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// writeThenSync writes b at off in f, then syncs f: writeSynced, where
+// the system can't do both in one call.
+func writeThenSync(f *os.File, b []byte, off int64) error {
+	if _, err := f.WriteAt(b, off); err != nil {
+		return err
+	}
+	return datasync(f)
 }
 
 // syncDir syncs a directory, so that the files created in it outlive a
