@@ -5,14 +5,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
@@ -140,35 +144,126 @@ func BenchmarkToolCall(b *testing.B) {
 	for _, durable := range []bool{false, true} {
 		name := map[bool]string{false: "gateway-memory-audit", true: "gateway-sqlite-audit"}[durable]
 		b.Run(name, func(b *testing.B) {
-			cfg := agentsec.Config{
-				TrustGate: agentsec.TrustGateConfig{ToolName: "noop", RequiredLevel: "public",
-					Agents: []trust.Assignment{{Agent: "bench", Level: "public"}}},
-				Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 62, CallLimit: 1 << 62},
-				AuditNamespace: "bench",
-			}
+			path := ""
 			if durable {
-				key, _, err := audit.GenerateKey("bench")
-				if err != nil {
-					b.Fatal(err)
-				}
-				cfg.Audit = agentsec.AuditConfig{Path: filepath.Join(b.TempDir(), "audit.db"), SignerKey: key}
+				path = filepath.Join(b.TempDir(), "audit.db")
 			}
-			stack, err := agentsec.New(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer stack.Close()
-			gw := &mcpgate.Gateway{Stack: stack,
-				Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("t")), Agent: "bench"}},
-				Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("noop", upstream.URL, 0)}}
-			srv := httptest.NewServer(gw)
-			defer srv.Close()
-			defer gw.Close()
-			run(b, srv.URL, "t")
-			b.StopTimer()
-			if _, err := stack.Audit.Verify(context.Background()); err != nil {
-				b.Error(err)
-			}
+			run(b, benchGateway(b, upstream.URL, path), "t")
 		})
 	}
+}
+
+// benchGateway serves a gateway in front of the MCP server at upstream,
+// its one agent's token "t", its audit log in memory or, given a path,
+// in SQLite there; the log is verified when b ends.
+func benchGateway(b *testing.B, upstream, auditPath string) string {
+	cfg := agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{ToolName: "noop", RequiredLevel: "public",
+			Agents: []trust.Assignment{{Agent: "bench", Level: "public"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1 << 62, CallLimit: 1 << 62},
+		AuditNamespace: "bench",
+	}
+	if auditPath != "" {
+		key, _, err := audit.GenerateKey("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Audit = agentsec.AuditConfig{Path: auditPath, SignerKey: key}
+	}
+	stack, err := agentsec.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	gw := &mcpgate.Gateway{Stack: stack,
+		Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("t")), Agent: "bench"}},
+		Upstreams: []mcpgate.Upstream{mcpgate.HTTPUpstream("noop", upstream, 0)}}
+	srv := httptest.NewServer(gw)
+	b.Cleanup(func() {
+		srv.Close()
+		gw.Close()
+		if _, err := stack.Audit.Verify(context.Background()); err != nil {
+			b.Error(err)
+		}
+		stack.Close()
+	})
+	return srv.URL
+}
+
+// BenchmarkToolCallIdle is BenchmarkToolCall at a light load, where
+// processors sit idle between calls and each call starts on cold caches,
+// as in bench/gateway at 500 calls/s: one call every 2 ms, in turns of
+// 20 calls a path, the paths' turns in a new order each round. Its paths
+// are direct, a bare reverse proxy, and the gateway with its audit log
+// in memory and, durable, in SQLite's record log on tmpfs (/dev/shm),
+// where a sync costs nothing but the system call. It reports each
+// path's median of the rounds' medians, and each gateway's overhead as
+// bench/gateway does: (gateway − direct) ÷ (proxy − direct), the median
+// of the rounds'. The two gateways differ only in the log's store, so
+// theirs is what the record's write costs. Run it with -benchtime Nx
+// for N rounds.
+func BenchmarkToolCallIdle(b *testing.B) {
+	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
+		b.Skip("no /dev/shm, Linux's tmpfs, here")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "agentsec-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	upstream := httptest.NewServer(noopServer())
+	defer upstream.Close()
+	target, _ := url.Parse(upstream.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = &http.Transport{}
+	proxySrv := httptest.NewServer(proxy)
+	defer proxySrv.Close()
+
+	const direct, viaProxy, turn = 0, 1, 20
+	paths := []struct {
+		name, url, token string
+		c                *mcpClient
+	}{
+		{name: "direct", url: upstream.URL},
+		{name: "proxy", url: proxySrv.URL},
+		{name: "gateway-memory-audit", url: benchGateway(b, upstream.URL, ""), token: "t"},
+		{name: "gateway-record-log-tmpfs", url: benchGateway(b, upstream.URL, filepath.Join(dir, "audit.db")), token: "t"},
+	}
+	for i := range paths {
+		paths[i].c = &mcpClient{url: paths[i].url, token: paths[i].token, http: &http.Client{Transport: &http.Transport{}}}
+		paths[i].c.open(b)
+	}
+	medians := make([][]time.Duration, len(paths)) // each round's median, by path
+	order := []int{0, 1, 2, 3}
+	lat := make([]time.Duration, turn)
+	for b.Loop() {
+		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, p := range order {
+			for i := range lat {
+				time.Sleep(2 * time.Millisecond)
+				start := time.Now()
+				paths[p].c.callTool(b)
+				lat[i] = time.Since(start)
+			}
+			medians[p] = append(medians[p], median(lat))
+		}
+	}
+	for p, path := range paths {
+		b.ReportMetric(float64(median(medians[p]).Microseconds()), "µs-"+path.name)
+		if p <= viaProxy {
+			continue
+		}
+		ratios := make([]time.Duration, len(medians[p]))
+		for r := range ratios {
+			// Ratios as durations, in thousandths, for median's sake.
+			ratios[r] = 1000 * (medians[p][r] - medians[direct][r]) / max(medians[viaProxy][r]-medians[direct][r], 1)
+		}
+		b.ReportMetric(float64(median(ratios))/1000, "overhead-"+path.name)
+	}
+}
+
+// median returns the middle of d, which it leaves as it is.
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

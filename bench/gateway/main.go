@@ -29,7 +29,8 @@
 // ratio of two figures measured a second apart means more than either.
 //
 // Then, unless -count-calls is 0 or strace is missing, a third gateway
-// runs under strace, which sees only its fdatasync and fsync calls, and
+// runs under strace, which sees only its calls that may sync a file —
+// fdatasync, fsync, and the record log's pwritev2 with RWF_DSYNC — and
 // the syncs per governed call are counted with one caller and with
 // -clients callers.
 //
@@ -238,8 +239,8 @@ func atFixedRate(order []*path, load *path, probe *syncProbe, rate int, d, slice
 	return fixed, alone, beside
 }
 
-// countSyncs runs a gateway under strace and prints how many fdatasync
-// and fsync calls it made per governed call, with one caller and with
+// countSyncs runs a gateway under strace and prints how many syncs
+// (syncCount) it made per governed call, with one caller and with
 // clients callers.
 func countSyncs(bin, dir, upstream string, calls, sessions, clients int) {
 	fmt.Println()
@@ -251,7 +252,7 @@ func countSyncs(bin, dir, upstream string, calls, sessions, clients int) {
 	defer g.stop()
 	cs := connectAll(g.url, token, sessions)
 	saturate(cs, clients, time.Second, 0) // warm up
-	fmt.Println("Syncs (fdatasync and fsync, counted by strace) per governed call, log on disk:")
+	fmt.Println("Syncs (fdatasync, fsync and pwritev2 with RWF_DSYNC, counted by strace) per governed call, log on disk:")
 	fmt.Println()
 	fmt.Println("| callers | calls | syncs | syncs per call | goal |")
 	fmt.Println("|---|---|---|---|---|")

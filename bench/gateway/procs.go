@@ -104,8 +104,8 @@ type gateway struct {
 
 // startGateway runs `agentsec serve` from bin in front of upstream, with a
 // signing key, a configuration and its audit log in dir. With trace set
-// it runs under strace, which writes every fdatasync and fsync the
-// gateway makes, and only those, to dir/syncs.
+// it runs under strace, which writes every call the gateway makes that
+// may sync a file (syncTrace), and only those, to dir/syncs.
 func startGateway(bin, dir, upstream string, trace bool) *gateway {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		log.Fatal(err)
@@ -133,7 +133,7 @@ upstreams: [{name: noop, url: %q}]
 		g.trace = filepath.Join(dir, "syncs")
 		// --seccomp-bpf stops the gateway only at the traced calls, so
 		// it runs at nearly full speed in between.
-		args = append([]string{"-f", "-qq", "--seccomp-bpf", "-e", "trace=fdatasync,fsync", "-e", "signal=none", "-o", g.trace, bin}, args...)
+		args = append([]string{"-f", "-qq", "--seccomp-bpf", "-s", "0", "-e", "trace=" + syncTrace, "-e", "signal=none", "-o", g.trace, bin}, args...)
 		g.cmd = exec.Command("strace", args...)
 	} else {
 		g.cmd = exec.Command(bin, args...)

@@ -65,9 +65,17 @@ func (p *syncProbe) close() {
 	os.Remove(p.f.Name())
 }
 
-// syncCount counts the fdatasync and fsync calls in an strace output
-// file: lines such as "123 fdatasync(7) = 0", or the first half of one
-// split by another thread's, "123 fdatasync(7 <unfinished ...>".
+// syncTrace names the system calls that may sync a file: strace traces
+// them. The record log writes and syncs its frames in one pwritev2 with
+// RWF_DSYNC; SQLite syncs with fdatasync and fsync.
+const syncTrace = "fdatasync,fsync,syncfs,sync_file_range,msync,pwritev2"
+
+// syncCount counts the syncs in an strace output file of syncTrace's
+// calls, its strings cut to nothing (-s 0): each fdatasync, fsync,
+// syncfs and sync_file_range, each msync with MS_SYNC, each pwritev2
+// with RWF_DSYNC or RWF_SYNC. A call appears once in full, "123
+// fdatasync(7) = 0", or split by another thread's, its first half
+// "123 fdatasync(7 <unfinished ...>" holding all its arguments.
 func syncCount(path string) int {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -78,8 +86,18 @@ func syncCount(path string) int {
 		if bytes.Contains(line, []byte("resumed>")) {
 			continue
 		}
-		if bytes.Contains(line, []byte(" fdatasync(")) || bytes.Contains(line, []byte(" fsync(")) {
+		switch {
+		case bytes.Contains(line, []byte(" fdatasync(")), bytes.Contains(line, []byte(" fsync(")),
+			bytes.Contains(line, []byte(" syncfs(")), bytes.Contains(line, []byte(" sync_file_range(")):
 			n++
+		case bytes.Contains(line, []byte(" msync(")):
+			if bytes.Contains(line, []byte("MS_SYNC")) {
+				n++
+			}
+		case bytes.Contains(line, []byte(" pwritev2(")):
+			if bytes.Contains(line, []byte("RWF_DSYNC")) || bytes.Contains(line, []byte("RWF_SYNC")) {
+				n++
+			}
 		}
 	}
 	return n
