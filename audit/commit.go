@@ -91,6 +91,29 @@ func putPending(p *pending) {
 	pendingPool.Put(p)
 }
 
+// gatherBusy is how many records must queue while a batch is appended,
+// its successor's leader's included, for that leader to gather
+// (GatheringStore): at a light load the queue holds the leader's record
+// alone, or another, and waiting would only delay them. (With 2, at 500
+// calls/s, bench/gateway's price of durability at p90 rose from about 3
+// syncs to 5.)
+const gatherBusy = 4
+
+// gather waits, as a leader just handed a queue, for more records to
+// join it, if the store gathers and the queue is busy: the store's
+// GatherAppends.
+func (l *Log) gather() {
+	if l.gatherMax <= 0 {
+		return
+	}
+	l.qmu.Lock()
+	busy := len(l.queue) >= gatherBusy
+	l.qmu.Unlock()
+	if busy {
+		time.Sleep(l.gatherMax)
+	}
+}
+
 // maxBatch bounds the records one Store.Append receives, and so the size
 // of one transaction or statement.
 const maxBatch = 512
@@ -123,6 +146,7 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 			return
 		}
 		p.state.Store(waiting)
+		l.gather()
 		l.qmu.Lock()
 	}
 	l.leading = true

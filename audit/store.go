@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -71,6 +72,20 @@ type SharedStore interface {
 	// are stored or none is. It calls build once; if build returns an
 	// error, nothing is stored and AppendShared returns that error.
 	AppendShared(ctx context.Context, build func(size uint64, read HashReader) ([]Entry, error)) error
+}
+
+// A GatheringStore is a store each of whose appends costs a sync, so
+// that a busy log does better to append fewer, larger batches. A Log
+// whose store is one gathers: a caller handed the lead of a busy queue
+// (four records or more, its own among them, queued while the last batch
+// was being appended) waits GatherAppends before it takes its batch, for
+// the records on their way to join it. A lone caller leads its own
+// batches, and a few callers hand on short queues: they never wait.
+type GatheringStore interface {
+	Store
+	// GatherAppends returns how long a busy Log waits for records to
+	// gather before it appends a batch.
+	GatherAppends() time.Duration
 }
 
 // An AppendForecaster is a store told ahead of an append: a Log calls

@@ -1,0 +1,103 @@
+package audit_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentsec/agentsec/audit"
+)
+
+// gathering is a GatheringStore whose first Append waits for release, so
+// that a test can queue records behind it, and which notes each batch's
+// size and when it began.
+type gathering struct {
+	audit.Store
+	gather  time.Duration // 0: not a GatheringStore's worth
+	release chan struct{}
+
+	mu      sync.Mutex
+	batches []int
+	began   []time.Time
+}
+
+func (s *gathering) GatherAppends() time.Duration { return s.gather }
+
+func (s *gathering) Append(ctx context.Context, entries []audit.Entry) error {
+	s.mu.Lock()
+	first := len(s.batches) == 0
+	s.batches = append(s.batches, len(entries))
+	s.began = append(s.began, time.Now())
+	s.mu.Unlock()
+	if first {
+		<-s.release
+	}
+	return s.Store.Append(ctx, entries)
+}
+
+// gatherRun appends one record, and, while its append waits, queued
+// more; then it lets the append go on and at once starts late more. It
+// returns the batches' sizes and when each began, and when the first was
+// released.
+func gatherRun(t *testing.T, gather time.Duration, queued, late int) ([]int, []time.Time, time.Time) {
+	s := &gathering{Store: audit.NewMemoryStore(), gather: gather, release: make(chan struct{})}
+	l, err := audit.NewLog(context.Background(), s, audit.Options{Namespace: "gather"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	appendOne := func() {
+		if _, err := l.Log(context.Background(), audit.Record{Event: "test", Agent: "a", Outcome: audit.OutcomeAllowed}); err != nil {
+			t.Error(err)
+		}
+	}
+	wg.Go(appendOne)
+	for range queued {
+		wg.Go(appendOne)
+	}
+	time.Sleep(200 * time.Millisecond) // the first append began and the others queued behind it
+	released := time.Now()
+	close(s.release)
+	for range late {
+		wg.Go(appendOne)
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.Verify(context.Background()); err != nil || n != uint64(1+queued+late) {
+		t.Fatalf("Verify = %d, %v; want %d records", n, err, 1+queued+late)
+	}
+	return s.batches, s.began, released
+}
+
+// A busy log gathers: the leader handed a queue of records waits the
+// store's GatherAppends for more to join it before it appends —
+// the records started just after the first append ended join the queued
+// ones in one batch, where a log that does not gather appends the queue
+// at once and them after.
+func TestBusyLogGathers(t *testing.T) {
+	batches, _, _ := gatherRun(t, 500*time.Millisecond, 8, 8)
+	if len(batches) != 2 || batches[0] != 1 || batches[1] != 16 {
+		t.Errorf("batches %v, want [1 16]: the 8 late records gathered with the 8 queued", batches)
+	}
+	batches, _, _ = gatherRun(t, 0, 8, 8)
+	if len(batches) < 3 {
+		t.Errorf("without gathering, batches %v, want three or more: the queue appended at once, the late records after", batches)
+	}
+}
+
+// A log that is not busy does not wait: two records queued behind an
+// append (fewer than a busy log has) are appended as soon as that one
+// ends.
+func TestQuietLogDoesNotGather(t *testing.T) {
+	batches, began, released := gatherRun(t, time.Second, 2, 0)
+	if len(batches) != 2 || batches[1] != 2 {
+		t.Fatalf("batches %v, want [1 2]", batches)
+	}
+	// A gathering leader would have waited a second.
+	if waited := began[1].Sub(released); waited > 100*time.Millisecond {
+		t.Errorf("the queued record's append began %v after the first ended, want at once", waited)
+	}
+}
