@@ -75,17 +75,18 @@ func gatherRun(t *testing.T, gather time.Duration, queued, late int) ([]int, []t
 // A busy log gathers: the leader handed a queue of records waits the
 // store's GatherAppends for more to join it before it appends —
 // the records started just after the first append ended join the queued
-// ones in one batch, where a log that does not gather appends the queue
-// at once and them after.
+// ones in one batch.
 func TestBusyLogGathers(t *testing.T) {
 	batches, _, _ := gatherRun(t, 500*time.Millisecond, 8, 8)
 	if len(batches) != 2 || batches[0] != 1 || batches[1] != 16 {
 		t.Errorf("batches %v, want [1 16]: the 8 late records gathered with the 8 queued", batches)
 	}
+	// Without gathering the late records usually come in batches of
+	// their own, but a slow machine (-race) can hand the queue on so late
+	// that they join it anyway: logged, not asserted. The assertion above
+	// fails without gathering here ([1 9 1 1 1 1 1 1 1]).
 	batches, _, _ = gatherRun(t, 0, 8, 8)
-	if len(batches) < 3 {
-		t.Errorf("without gathering, batches %v, want three or more: the queue appended at once, the late records after", batches)
-	}
+	t.Logf("without gathering: batches %v", batches)
 }
 
 // A log that is not busy does not wait: two records queued behind an
