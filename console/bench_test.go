@@ -2,8 +2,8 @@ package console_test
 
 import (
 	"context"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,16 +93,10 @@ func benchGuardMetrics(b *testing.B, block int, store func() audit.Store, metric
 			withoutT = append(withoutT, run(without))
 		}
 	}
-	mw, mo := median(withT), median(withoutT)
+	mw, mo := audittest.Median(withT), audittest.Median(withoutT)
 	b.ReportMetric(float64(mo.Nanoseconds())/float64(block), "ns/call-without")
 	b.ReportMetric(float64(mw.Nanoseconds())/float64(block), "ns/call-with")
 	b.ReportMetric(float64(mw)/float64(mo), "with/without")
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // BenchmarkObserveDecision is Metrics counting one allowed call that ran,

@@ -63,7 +63,7 @@ func BenchmarkConsoleAuditSearch(b *testing.B) {
 		viaConsole = append(viaConsole, time.Since(t0))
 	}
 	b.StopTimer()
-	c, d := median(viaConsole), median(direct)
+	c, d := audittest.Median(viaConsole), audittest.Median(direct)
 	b.ReportMetric(float64(c.Microseconds())/1000, "console-p50-ms")
 	b.ReportMetric(float64(d.Microseconds())/1000, "query-p50-ms")
 	b.ReportMetric(float64(c)/float64(d), "console/query")

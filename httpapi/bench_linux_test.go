@@ -5,12 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -102,18 +102,10 @@ func interleaved(b *testing.B, op, baseline func()) {
 		second()
 		*fd, *sd = append(*fd, t1.Sub(t0)), append(*sd, time.Since(t1))
 	}
-	mo, mb := median(ops), median(bases)
+	mo, mb := audittest.Median(ops), audittest.Median(bases)
 	b.ReportMetric(float64(mo.Nanoseconds())/1e3, "µs/op-median")
 	b.ReportMetric(float64(mb.Nanoseconds())/1e3, "µs/baseline-median")
 	b.ReportMetric(float64(mo)/float64(mb), "ratio")
-}
-
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	slices.Sort(d)
-	return d[len(d)/2]
 }
 
 // BenchmarkTrustCheck is a trust check through the API, against the

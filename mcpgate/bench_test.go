@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -12,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -244,11 +244,11 @@ func BenchmarkToolCallIdle(b *testing.B) {
 				paths[p].c.callTool(b)
 				lat[i] = time.Since(start)
 			}
-			medians[p] = append(medians[p], median(lat))
+			medians[p] = append(medians[p], audittest.Median(lat))
 		}
 	}
 	for p, path := range paths {
-		b.ReportMetric(float64(median(medians[p]).Microseconds()), "µs-"+path.name)
+		b.ReportMetric(float64(audittest.Median(medians[p]).Microseconds()), "µs-"+path.name)
 		if p <= viaProxy {
 			continue
 		}
@@ -257,13 +257,6 @@ func BenchmarkToolCallIdle(b *testing.B) {
 			// Ratios as durations, in thousandths, for median's sake.
 			ratios[r] = 1000 * (medians[p][r] - medians[direct][r]) / max(medians[viaProxy][r]-medians[direct][r], 1)
 		}
-		b.ReportMetric(float64(median(ratios))/1000, "overhead-"+path.name)
+		b.ReportMetric(float64(audittest.Median(ratios))/1000, "overhead-"+path.name)
 	}
-}
-
-// median returns the middle of d, which it leaves as it is.
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

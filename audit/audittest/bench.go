@@ -88,6 +88,17 @@ func BenchAppend(b *testing.B, l *audit.Log, writers int) {
 	ReportP50(b, lat)
 }
 
+// Median returns the middle of d, sorted, which it leaves as it is; 0 if
+// d is empty.
+func Median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 // ReportP50 reports the median of lat in microseconds, as "p50-µs".
 func ReportP50(b *testing.B, lat []time.Duration) {
 	if len(lat) == 0 {

@@ -3,7 +3,6 @@ package postgres_test
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,12 +16,6 @@ import (
 	"github.com/agentsec/agentsec/budget"
 	"github.com/agentsec/agentsec/store/postgres"
 )
-
-// median returns the median of ds.
-func median(ds []time.Duration) time.Duration {
-	slices.Sort(ds)
-	return ds[len(ds)/2]
-}
 
 // medianExec is the median time of running stmt n times on a
 // connection of its own to dsn, after setup.
@@ -47,7 +40,7 @@ func medianExec(b *testing.B, dsn string, n int, setup, stmt string) time.Durati
 		}
 		ds[i] = time.Since(t0)
 	}
-	return median(ds)
+	return audittest.Median(ds)
 }
 
 // BenchmarkReserve takes call slots of one session, one at a time, and
@@ -78,7 +71,7 @@ func BenchmarkReserve(b *testing.B) {
 		ds[i] = time.Since(t0)
 	}
 	b.StopTimer()
-	m := median(ds)
+	m := audittest.Median(ds)
 	b.ReportMetric(float64(rtt.Microseconds()), "select1-p50-µs")
 	b.ReportMetric(float64(commit.Microseconds()), "write-p50-µs")
 	b.ReportMetric(float64(m)/float64(commit), "writes/op")

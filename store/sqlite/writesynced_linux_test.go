@@ -2,9 +2,9 @@ package sqlite
 
 import (
 	"bytes"
+	"github.com/agentsec/agentsec/audit/audittest"
 	"os"
 	"path/filepath"
-	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -112,16 +112,10 @@ func BenchmarkWriteSynced(b *testing.B) {
 			if len(one) == 0 || len(two) == 0 {
 				return
 			}
-			m1, m2 := p50(one), p50(two)
+			m1, m2 := audittest.Median(one), audittest.Median(two)
 			b.ReportMetric(float64(m1.Nanoseconds()), "ns-pwritev2")
 			b.ReportMetric(float64(m2.Nanoseconds()), "ns-pwrite+fdatasync")
 			b.ReportMetric(float64(m1)/float64(m2), "pwritev2/pair")
 		})
 	}
-}
-
-func p50(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
