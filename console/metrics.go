@@ -2,6 +2,7 @@ package console
 
 import (
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -141,7 +142,11 @@ type Metrics struct {
 	reg     *prometheus.Registry
 	handler http.Handler
 
-	tools     sync.Map // tool label → *toolSeries
+	// tools maps a tool label to its series. The map is replaced, under
+	// toolMu, when a label is added, and never changed: a decision finds
+	// its series with a plain map read, cheaper than a sync.Map's, and
+	// labels are few (MaxToolLabels) and added once each.
+	tools     atomic.Pointer[map[string]*toolSeries]
 	toolMu    sync.Mutex
 	toolCount int         // tools in labels so far, OtherTool not counted
 	toolsFull atomic.Bool // MaxToolLabels reached: a new name is OtherTool, without toolMu
@@ -183,6 +188,7 @@ var (
 func NewMetrics() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry(),
 		appendTook: newHistogram(appendBuckets, 1e-9), appendRecords: newHistogram(batchBuckets, 1)}
+	m.tools.Store(&map[string]*toolSeries{})
 	m.reg.MustRegister(decisionsCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
@@ -226,32 +232,39 @@ func (m *Metrics) toolSeries(rec audit.Record) *toolSeries {
 	if rec.RequiredLevel != "" {
 		tool = rec.Tool
 	}
-	if ts, ok := m.tools.Load(tool); ok {
-		return ts.(*toolSeries)
+	if ts, ok := (*m.tools.Load())[tool]; ok {
+		return ts
 	}
 	if tool != OtherTool && m.toolsFull.Load() {
 		// An agent inventing names under a pattern rule must not make
 		// every decision take the lock.
 		tool = OtherTool
-		if ts, ok := m.tools.Load(tool); ok {
-			return ts.(*toolSeries)
+		if ts, ok := (*m.tools.Load())[tool]; ok {
+			return ts
 		}
 	}
 	m.toolMu.Lock()
 	defer m.toolMu.Unlock()
-	if ts, ok := m.tools.Load(tool); ok {
-		return ts.(*toolSeries)
+	tools := *m.tools.Load()
+	if ts, ok := tools[tool]; ok {
+		return ts
 	}
 	if tool != OtherTool {
 		if m.toolCount >= MaxToolLabels {
 			tool = OtherTool
+			if ts, ok := tools[tool]; ok {
+				return ts
+			}
 		} else {
 			m.toolCount++
 			m.toolsFull.Store(m.toolCount == MaxToolLabels)
 		}
 	}
-	ts, _ := m.tools.LoadOrStore(tool, newToolSeries())
-	return ts.(*toolSeries)
+	ts := newToolSeries()
+	next := maps.Clone(tools)
+	next[tool] = ts
+	m.tools.Store(&next)
+	return ts
 }
 
 // decisionsCollector makes the decisions' series from their counts.
@@ -268,8 +281,7 @@ func (c decisionsCollector) Describe(ch chan<- *prometheus.Desc) {
 // that is not zero.
 func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(budgetErrorsDesc, prometheus.CounterValue, float64(c.m.budgetErrors.Load()))
-	c.m.tools.Range(func(key, value any) bool {
-		tool, ts := key.(string), value.(*toolSeries)
+	for tool, ts := range *c.m.tools.Load() {
 		for e := range ts.decisions {
 			for r := range ts.decisions[e] {
 				if n := ts.decisions[e][r].Load(); n > 0 {
@@ -283,8 +295,7 @@ func (c decisionsCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- metric
 			}
 		}
-		return true
-	})
+	}
 }
 
 // Watch adds the metrics of stack's audit log: its appends, as they are
