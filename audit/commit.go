@@ -142,11 +142,13 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 		l.qmu.Lock()
 	}
 	l.leading = true
-	if l.gatherMax > 0 && (len(l.queue) >= gatherBusy || l.lastBatch >= gatherBusy) {
+	if l.gatherer != nil && (len(l.queue) >= gatherBusy || l.lastBatch >= gatherBusy) {
 		// A busy log waits for more records to join the batch: one sync
 		// for all of them.
 		l.qmu.Unlock()
-		time.Sleep(l.gatherMax)
+		if wait := l.gatherer.GatherAppends(); wait > 0 {
+			time.Sleep(wait)
+		}
 		l.qmu.Lock()
 	}
 	// The leader's own record is first in the queue: a new leader found

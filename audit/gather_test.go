@@ -3,6 +3,7 @@ package audit_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 // size and when it began.
 type gathering struct {
 	audit.Store
-	gather  time.Duration // 0: not a GatheringStore's worth
+	gather  atomic.Int64 // GatherAppends, in nanoseconds; 0: do not wait
 	release chan struct{}
 
 	mu      sync.Mutex
@@ -22,7 +23,7 @@ type gathering struct {
 	began   []time.Time
 }
 
-func (s *gathering) GatherAppends() time.Duration { return s.gather }
+func (s *gathering) GatherAppends() time.Duration { return time.Duration(s.gather.Load()) }
 
 func (s *gathering) Append(ctx context.Context, entries []audit.Entry) error {
 	s.mu.Lock()
@@ -42,11 +43,13 @@ func (s *gathering) Append(ctx context.Context, entries []audit.Entry) error {
 // later. It returns the batches' sizes and when each began, and when the
 // first was released.
 func gatherRun(t *testing.T, gather time.Duration, queued, late, then int) ([]int, []time.Time, time.Time) {
-	s := &gathering{Store: audit.NewMemoryStore(), gather: gather, release: make(chan struct{})}
+	s := &gathering{Store: audit.NewMemoryStore(), release: make(chan struct{})}
 	l, err := audit.NewLog(context.Background(), s, audit.Options{Namespace: "gather"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Set once the log is open: the log asks each time it would wait.
+	s.gather.Store(int64(gather))
 	var wg sync.WaitGroup
 	appendOne := func() {
 		if _, err := l.Log(context.Background(), audit.Record{Event: "test", Agent: "a", Outcome: audit.OutcomeAllowed}); err != nil {

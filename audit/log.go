@@ -78,7 +78,7 @@ type Log struct {
 	store      Store
 	shared     SharedStore      // store, if it is one
 	forecaster AppendForecaster // store, if it is one
-	gatherMax  time.Duration    // GatheringStore.GatherAppends, if the store is one
+	gatherer   GatheringStore   // store, if it is one
 	namespace  string
 	clock      func() time.Time
 	realClock  bool // clock is time.Now, whose times hold monotonic readings
@@ -156,9 +156,7 @@ func NewLog(ctx context.Context, store Store, opts Options) (*Log, error) {
 	}
 	l.shared, _ = store.(SharedStore)
 	l.forecaster, _ = store.(AppendForecaster)
-	if g, ok := store.(GatheringStore); ok {
-		l.gatherMax = g.GatherAppends()
-	}
+	l.gatherer, _ = store.(GatheringStore)
 	l.spinners = runtime.GOMAXPROCS(0)
 	if l.clock == nil {
 		l.clock, l.realClock = time.Now, true

@@ -76,15 +76,16 @@ type SharedStore interface {
 
 // A GatheringStore is a store each of whose appends costs a sync, so
 // that a busy log does better to append fewer, larger batches. A Log
-// whose store is one gathers: a caller handed the lead of a busy queue
-// (four records or more, its own among them, queued while the last batch
-// was being appended) waits GatherAppends before it takes its batch, for
-// the records on their way to join it. A lone caller leads its own
-// batches, and a few callers hand on short queues: they never wait.
+// whose store is one gathers when it is busy — a caller leads a queue of
+// four records or more, its own among them, or the last batch held as
+// many: it waits GatherAppends before it takes its batch, for the records
+// on their way to join it. A lone caller's batches hold its record
+// alone, and a few callers hand on short queues: they never wait.
 type GatheringStore interface {
 	Store
 	// GatherAppends returns how long a busy Log waits for records to
-	// gather before it appends a batch.
+	// gather before it appends a batch, now: 0 for not at all. The Log
+	// asks each time it would wait.
 	GatherAppends() time.Duration
 }
 

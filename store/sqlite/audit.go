@@ -401,13 +401,46 @@ func (s *Store) QueryEntries(ctx context.Context, f audit.Filter, from uint64, f
 	return v.each(ctx, from, math.MaxUint64, fn)
 }
 
-// gatherFor is how long a busy audit.Log waits for records to gather
-// before it appends a batch (GatherAppends).
-const gatherFor = 2 * time.Millisecond
+// A busy audit.Log waits for records to gather before it appends a batch
+// (GatherAppends) gatherSyncs times as long as a sync of the record log
+// takes, so that syncs keep the disk busy for at most a ninth of the
+// time, and at most gatherMax: a disk whose sync is slow, or a sync
+// slowed by the load, should not hold the callers for long. Where a sync
+// takes less than gatherMin/gatherSyncs — tmpfs, a disk whose cache
+// survives a power loss — the log does not wait: gathering there would
+// cost the callers more than the syncs it saves.
+const (
+	gatherSyncs = 8
+	gatherMax   = 2 * time.Millisecond
+	gatherMin   = 100 * time.Microsecond
+)
 
 // GatherAppends implements audit.GatheringStore: each append is a sync
 // of the record log, and on a busy log fewer, larger batches serve the
-// same callers with fewer syncs. With 64 callers on this 2-core machine
-// (bench/gateway) a batch held about 6 records without gathering, and
-// about 11 with it; a call there takes about 27 ms.
-func (s *Store) GatherAppends() time.Duration { return gatherFor }
+// same callers with fewer syncs. With 64 callers on this 2-core machine,
+// where a sync takes 0.2–0.5 ms and the wait is gatherMax
+// (bench/gateway), a batch held about 6 records without gathering, and
+// 12 to 16 with it; a call there takes about 27 ms.
+func (s *Store) GatherAppends() time.Duration {
+	return gatherWait(time.Duration(s.rlog.syncTook.Load()))
+}
+
+// gatherWait is how long a busy log waits for records to gather when a
+// sync takes sync.
+func gatherWait(sync time.Duration) time.Duration {
+	wait := gatherSyncs * sync
+	if wait < gatherMin {
+		return 0
+	}
+	return min(wait, gatherMax)
+}
+
+// movingAverage adds a measure taken to an exponentially weighted moving
+// average of measures, avg, in which the last 8 or so weigh most; the
+// first measure, with avg 0, is the average.
+func movingAverage(avg, taken time.Duration) time.Duration {
+	if avg <= 0 {
+		return taken
+	}
+	return avg + (taken-avg)/8
+}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The record log makes an append durable with one fdatasync of a file
@@ -73,7 +74,10 @@ type recordLog struct {
 	buf     []byte
 	durable atomic.Uint64 // records below this seq are on stable storage in SQLite
 	growing atomic.Bool   // a goroutine is allocating the active segment ahead
-	wg      sync.WaitGroup
+	// syncTook is how long a write and its sync take, in nanoseconds: a
+	// moving average of the appends', for GatherAppends.
+	syncTook atomic.Int64
+	wg       sync.WaitGroup
 	// failed is set once a write or sync failed: what reached the disk
 	// is unknown, so the log takes no more appends (see Store.Append).
 	failed error
@@ -255,7 +259,9 @@ func (l *recordLog) append(frames func(dst []byte, prev uint32) ([]byte, uint32,
 		}
 	}
 	testHook("writing")
+	began := time.Now()
 	err := writeSynced(seg.f, buf, l.off)
+	took := time.Since(began)
 	if grows {
 		if err == nil {
 			seg.allocated.Store(end)
@@ -269,6 +275,7 @@ func (l *recordLog) append(frames func(dst []byte, prev uint32) ([]byte, uint32,
 		return l.fail(err)
 	}
 	testHook("synced")
+	l.syncTook.Store(int64(movingAverage(time.Duration(l.syncTook.Load()), took)))
 	l.off, l.prev = end, crc
 	if last >= 0 {
 		seg.last.Store(last)
