@@ -49,7 +49,8 @@ func TestMovingAverage(t *testing.T) {
 // first, then what gatherWait makes of their average.
 func TestGatherAppendsFollowsSyncs(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "audit.db"), Options{Create: true})
+	path := filepath.Join(t.TempDir(), "audit.db")
+	s, err := Open(ctx, path, Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +75,15 @@ func TestGatherAppendsFollowsSyncs(t *testing.T) {
 		t.Errorf("GatherAppends = %v, want %v for syncs of %v", w, want, took)
 	}
 	t.Logf("syncs of %v here: a busy log waits %v", took, s.GatherAppends())
+	// A reader beside it has no record log to time, and appends nothing.
+	ro, err := Open(ctx, path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if w := ro.GatherAppends(); w != 0 {
+		t.Errorf("a read-only store's GatherAppends = %v, want 0", w)
+	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
