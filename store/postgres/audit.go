@@ -286,7 +286,21 @@ func clampSeq(seq uint64) int64 { return int64(min(seq, math.MaxInt64)) }
 func each(rows pgx.Rows, withHashes bool, fn func(audit.Entry) error) error {
 	defer rows.Close()
 	var hashes [audit.MaxStoredHashes]audit.Hash
-	for _, fd := range rows.FieldDescriptions()[1:] {
+	columns := 2
+	if withHashes {
+		columns = 3
+	}
+	fields := rows.FieldDescriptions()
+	if len(fields) != columns {
+		// A query that failed before its rows were described — its
+		// connection lost, say — has none: rows.Err says why.
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return unavailable("reading records", err)
+		}
+		return fmt.Errorf("postgres: records arrived in %d columns, want %d", len(fields), columns)
+	}
+	for _, fd := range fields[1:] {
 		if fd.Format != pgx.BinaryFormatCode {
 			return errors.New("postgres: records arrived in text format; use the default query mode")
 		}
