@@ -15,6 +15,15 @@ import (
 // of the tree.
 const MaxStoredHashes = 64
 
+// MaxLogSize bounds the records a log holds: 2^62, far beyond any disk,
+// and the most whose tree hashes all have stored indexes below the
+// largest int64. A store that reports more is damaged.
+const MaxLogSize = 1 << 62
+
+// maxStoredHashIndex is the stored index of the first tree hash beyond a
+// log of MaxLogSize records: every hash such a log holds is below it.
+var maxStoredHashIndex = tlog.StoredHashIndex(0, MaxLogSize)
+
 const hashSize = tlog.HashSize
 
 // PackHashes returns hs as one byte string.
@@ -39,10 +48,12 @@ func UnpackHashes(raw []byte, buf *[MaxStoredHashes]Hash) ([]Hash, error) {
 }
 
 // HashHolder returns the entry whose hashes hold the tree hash with
-// stored index idx, and the hash's level, its place in them.
+// stored index idx, and the hash's level, its place in them. An index no
+// log of MaxLogSize records stores is an error: it comes from a damaged
+// size (and the largest int64 would not let tlog's split end).
 func HashHolder(idx int64) (seq int64, level int, err error) {
-	if idx < 0 {
-		return 0, 0, fmt.Errorf("negative tree hash index %d", idx)
+	if idx < 0 || idx >= maxStoredHashIndex {
+		return 0, 0, fmt.Errorf("tree hash index %d outside a log of at most %d records", idx, uint64(MaxLogSize))
 	}
 	level, n := tlog.SplitStoredHashIndex(idx)
 	return (n+1)<<level - 1, level, nil

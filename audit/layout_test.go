@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -43,6 +44,29 @@ func TestHashHolder(t *testing.T) {
 	}
 	if _, _, err := HashHolder(-1); err == nil {
 		t.Error("HashHolder(-1): no error")
+	}
+}
+
+// Indexes near the largest int64 come only from a damaged size: the ones
+// a log of MaxLogSize records holds are split, and beyond them is an
+// error, at once — tlog's split of the largest int64 would never end.
+func TestHashHolderBounds(t *testing.T) {
+	last := int64(MaxLogSize - 1)
+	first := tlog.StoredHashIndex(0, last)
+	for level := range tlog.StoredHashCount(MaxLogSize) - first {
+		if seq, lvl, err := HashHolder(first + level); err != nil || seq != last || lvl != int(level) {
+			t.Errorf("HashHolder(%d) = %d, %d, %v; want the last record of the largest log, level %d", first+level, seq, lvl, err, level)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { _, _, err := HashHolder(math.MaxInt64); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("HashHolder(MaxInt64): no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("HashHolder(MaxInt64) did not return")
 	}
 }
 

@@ -453,3 +453,37 @@ func TestLatestCheckpoint(t *testing.T) {
 		t.Error("LatestCheckpoint of an empty, unsigned log: ok")
 	}
 }
+
+// damagedSize is a store whose size was written by someone who can
+// write the database.
+type damagedSize struct {
+	audit.Store
+	size uint64
+}
+
+func (s damagedSize) Size(context.Context) (uint64, error) { return s.size, nil }
+
+// A store whose size is beyond any log's is damaged: opening a log on
+// it, or verifying it, fails at once. (A size of 2^62+1 asked tlog to
+// split the largest int64, which never ends: the log hung as it opened.)
+func TestDamagedSizeIsRefused(t *testing.T) {
+	for _, size := range []uint64{audit.MaxLogSize, audit.MaxLogSize + 1, 1<<63 - 1, 1 << 63, ^uint64(0)} {
+		done := make(chan [2]error, 1)
+		go func() {
+			store := damagedSize{audit.NewMemoryStore(), size}
+			_, openErr := audit.NewLog(context.Background(), store, audit.Options{Namespace: "damaged"})
+			_, verifyErr := audit.Verify(context.Background(), store, audit.VerifyOptions{})
+			done <- [2]error{openErr, verifyErr}
+		}()
+		select {
+		case errs := <-done:
+			if errs[0] == nil || errs[1] == nil {
+				t.Errorf("size %d: NewLog: %v; Verify: %v; want errors", size, errs[0], errs[1])
+			} else if size > audit.MaxLogSize && !strings.Contains(errs[0].Error(), "size is damaged") {
+				t.Errorf("size %d: NewLog: %v; want the size called damaged", size, errs[0])
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("size %d: NewLog or Verify did not return", size)
+		}
+	}
+}

@@ -55,6 +55,9 @@ func (f *frontier) root(n uint64) Hash {
 
 // load sets f to the frontier of the tree of size n, from stored hashes.
 func (f *frontier) load(n uint64, r tlog.HashReader) error {
+	if n > MaxLogSize {
+		return fmt.Errorf("the store says the log holds %d records, more than a log can (%d): its size is damaged; run agentsec audit verify", n, uint64(MaxLogSize))
+	}
 	levels, indexes := frontierIndexes(n)
 	if len(indexes) == 0 {
 		return nil

@@ -364,15 +364,19 @@ func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, 
 		return nil, unavailable("reading tree hashes", err)
 	}
 	defer rows.Close()
-	found := 0
 	for rows.Next() {
 		var seq int64
 		var raw []byte
 		if err := rows.Scan(&seq, &raw); err != nil {
 			return nil, unavailable("reading tree hashes", err)
 		}
-		found++
-		for _, sl := range byRecord[seq] {
+		slots, ok := byRecord[seq]
+		if !ok {
+			// Only a table without its primary key returns a record twice.
+			return nil, fmt.Errorf("postgres: record %d came twice, or unasked for: the records table is damaged", seq)
+		}
+		delete(byRecord, seq)
+		for _, sl := range slots {
 			h, ok := audit.HashAt(raw, sl.level)
 			if !ok {
 				return nil, fmt.Errorf("postgres: record %d has no tree hash at level %d", seq, sl.level)
@@ -383,7 +387,7 @@ func readHashes(ctx context.Context, q querier, indexes []int64) ([]audit.Hash, 
 	if err := rows.Err(); err != nil {
 		return nil, unavailable("reading tree hashes", err)
 	}
-	if found != len(seqs) {
+	if len(byRecord) != 0 {
 		return nil, errors.New("postgres: a tree hash asked for is not stored")
 	}
 	return out, nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -355,4 +356,38 @@ func rebuildHashes(t *testing.T, entries []audit.Entry) [][]byte {
 		}
 	}
 	return blobs
+}
+
+// A record far past the log's end makes its size (MAX(seq)+1) beyond any
+// log's: opening a log on the store, and verifying it, fail at once. (A
+// size of 2^62+1 asked for the tree hash with the largest int64 as its
+// index, whose split never ended: the log hung as it opened.)
+func TestDamagedSizeIsRefused(t *testing.T) {
+	s := newSignedLog(t)
+	s.exec(t,
+		`INSERT INTO audit_records SELECT 4611686018427387904, data, hashes FROM audit_records WHERE seq = 99`,
+		`INSERT INTO audit_index SELECT 4611686018427387904, time, namespace, event, agent, session, tool, outcome FROM audit_index WHERE seq = 99`)
+	done := make(chan [2]error, 1)
+	go func() {
+		var errs [2]error
+		defer func() { done <- errs }()
+		ctx := context.Background()
+		st, err := sqlite.Open(ctx, s.path, sqlite.Options{})
+		if err != nil {
+			errs[0] = err // refused as it opens: as good
+		} else {
+			_, errs[0] = audit.NewLog(ctx, st, audit.Options{Namespace: "app", Verifier: s.verifier})
+			st.Close()
+		}
+		errs[1] = s.verify(t)
+	}()
+	select {
+	case errs := <-done:
+		if errs[0] == nil || errs[1] == nil {
+			t.Errorf("opening a log: %v; verifying: %v; want errors", errs[0], errs[1])
+		}
+		t.Logf("opening: %v; verifying: %v", errs[0], errs[1])
+	case <-time.After(20 * time.Second):
+		t.Fatal("opening or verifying the damaged log did not return")
+	}
 }
