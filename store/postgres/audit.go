@@ -100,11 +100,16 @@ func (s *AuditStore) AppendShared(ctx context.Context, build func(uint64, audit.
 	}
 	// Unless it commits, the transaction is rolled back before the
 	// connection goes back to the pool: the head is free at once, and the
-	// connection is used again rather than closed.
+	// connection is used again rather than closed. A server that does not
+	// answer the rollback within batchTimeout loses the connection
+	// instead (pgx closes it, and the server ends the transaction when it
+	// notices): the append must not hang on it.
 	committed := false
 	defer func() {
 		if !committed {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
+			defer cancel()
+			_, _ = conn.Exec(rctx, `ROLLBACK`)
 		}
 	}()
 
