@@ -64,13 +64,18 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	if err := s.indexErr.Load(); err != nil {
 		return *err
 	}
-	if err := s.rlog.append(func(dst []byte, prev uint32) ([]byte, uint32, int64) {
-		for _, e := range entries {
-			dst, prev = appendFrame(dst, prev, frame{kind: frameRecord, seq: e.Seq, data: e.Data, hashes: audit.PackHashes(e.Hashes)})
+	// An audit.Log appends at most maxBatchRecords at once; a larger
+	// batch, from another caller, is written in pieces of that many, so
+	// that no segment grows past maxSegmentBytes.
+	for piece := range slices.Chunk(entries, maxBatchRecords) {
+		if err := s.rlog.append(func(dst []byte, prev uint32) ([]byte, uint32, int64) {
+			for _, e := range piece {
+				dst, prev = appendFrame(dst, prev, frame{kind: frameRecord, seq: e.Seq, data: e.Data, hashes: audit.PackHashes(e.Hashes)})
+			}
+			return dst, prev, int64(piece[len(piece)-1].Seq)
+		}); err != nil {
+			return err
 		}
-		return dst, prev, int64(entries[len(entries)-1].Seq)
-	}); err != nil {
-		return err
 	}
 	s.tail.push(entries)
 	s.nextSeq = size + uint64(len(entries))

@@ -1,10 +1,12 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/agentsec/agentsec/audit"
 )
@@ -44,6 +46,9 @@ func (s *Store) recoverRecords(ctx context.Context) error {
 		return err
 	}
 	s.rlog = rlog
+	if err := s.checkLoggedRecords(ctx, frames); err != nil {
+		return err
+	}
 	var entries []audit.Entry
 	var hashes [audit.MaxStoredHashes]audit.Hash
 	next := s.nextSeq
@@ -95,6 +100,50 @@ func (s *Store) recoverRecords(ctx context.Context) error {
 	return rlog.restart(durable)
 }
 
+// errWrittenByAnother is why a writable Store refuses to open a database
+// whose records differ from the record log's copies, or a record log that
+// holds a record twice with different bytes.
+var errWrittenByAnother = errors.New("the database was written by another hand")
+
+// checkLoggedRecords checks that the records the record log holds which
+// the database holds too are the same bytes in both. They are, unless
+// someone wrote the database: the record log is then the only copy that
+// shows it for records no checkpoint signs yet, and it is reused once the
+// database is durable, so the store refuses to open instead.
+func (s *Store) checkLoggedRecords(ctx context.Context, frames []frame) error {
+	logged := map[uint64]frame{}
+	from := uint64(math.MaxUint64)
+	for _, f := range frames {
+		if f.kind == frameRecord && f.seq < s.nextSeq {
+			logged[f.seq] = f
+			from = min(from, f.seq)
+		}
+	}
+	if len(logged) == 0 {
+		return nil
+	}
+	rows, err := s.writer.QueryContext(ctx, `SELECT seq, data, hashes FROM audit_records WHERE seq >= ? AND seq < ?`,
+		int64(from), int64(s.nextSeq))
+	if err != nil {
+		return s.wrap("comparing the record log with the database", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq int64
+		var data, hashes []byte
+		if err := rows.Scan(&seq, &data, &hashes); err != nil {
+			return s.wrap("comparing the record log with the database", err)
+		}
+		if f, ok := logged[uint64(seq)]; ok && (!bytes.Equal(f.data, data) || !bytes.Equal(f.hashes, hashes)) {
+			return fmt.Errorf("sqlite: record %d in the database differs from its copy in the record log in %s: %w; run agentsec audit verify", seq, s.rlog.dir, errWrittenByAnother)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return s.wrap("comparing the record log with the database", err)
+	}
+	return nil
+}
+
 // recoverForReader makes a read-only Store see what a crashed writer
 // left only in the record log: if the record log holds records or a
 // checkpoint the database lacks and no writer holds the database, it
@@ -109,6 +158,9 @@ func (s *Store) recoverForReader(ctx context.Context) error {
 		return nil
 	}
 	frames, err := readSegments(segmentsDir(s.path))
+	if errors.Is(err, errWrittenByAnother) {
+		return nil // as below: the reader sees what the database holds
+	}
 	if err != nil || len(frames) == 0 {
 		return err
 	}
@@ -134,6 +186,10 @@ func (s *Store) recoverForReader(ctx context.Context) error {
 	switch {
 	case errors.As(err, &inUse):
 		return nil // the writer replayed them when it opened
+	case errors.Is(err, errWrittenByAnother):
+		// No writer opens such a store; a reader sees what the database
+		// holds, and verification finds what a checkpoint covers.
+		return nil
 	case err != nil:
 		return fmt.Errorf("sqlite: the record log in %s holds records the database lacks, left by a writer that stopped; replaying them failed: %w",
 			segmentsDir(s.path), err)

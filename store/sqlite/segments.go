@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/binary"
@@ -132,12 +133,12 @@ func (l *recordLog) load(flag int) ([]frame, error) {
 	var frames []frame
 	for _, name := range names {
 		num, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(name), ".seg"))
-		if err != nil || num < 0 {
+		if err != nil || num < 0 || num > maxSegmentNumber || filepath.Base(name) != segmentName(num) {
 			continue // not ours
 		}
-		f, err := os.OpenFile(name, flag, 0)
+		f, err := openSegment(name, flag)
 		if err != nil {
-			return nil, fmt.Errorf("sqlite: record log: %w", err)
+			return nil, err
 		}
 		seg := &segment{num: num, f: f}
 		seg.last.Store(-1)
@@ -161,7 +162,59 @@ func (l *recordLog) load(flag int) ([]frame, error) {
 		}
 		return cmp.Compare(a.seq, b.seq)
 	})
+	// A record is written once: segments are reused under a new salt,
+	// which ends their old chains. The same record twice with other bytes
+	// was forged; which copy is genuine only verification can tell.
+	for i := 1; i < len(frames); i++ {
+		a, b := frames[i-1], frames[i]
+		if a.kind == frameRecord && b.kind == frameRecord && a.seq == b.seq &&
+			(!bytes.Equal(a.data, b.data) || !bytes.Equal(a.hashes, b.hashes)) {
+			return nil, fmt.Errorf("sqlite: the record log in %s holds record %d twice, with different bytes: %w; run agentsec audit verify", l.dir, a.seq, errWrittenByAnother)
+		}
+	}
 	return frames, nil
+}
+
+// maxSegmentNumber bounds the record log's segment numbers: far more
+// than a log needs (each holds segmentSize), and far from overflowing.
+const maxSegmentNumber = 1 << 30
+
+// segmentName is the file name of segment num.
+func segmentName(num int) string { return fmt.Sprintf("%06d.seg", num) }
+
+// maxSegmentBytes is the most a segment file holds: segmentSize, the
+// allocator's last chunk past it, and one batch of the largest records,
+// which may overrun it when it is a segment's first.
+func maxSegmentBytes() int64 {
+	return segmentSize + maxChunk + maxBatchRecords*(frameHeader+maxFrameBody)
+}
+
+// maxBatchRecords is the most records an audit.Log appends at once.
+const maxBatchRecords = 512
+
+// openSegment opens an existing segment file with flag. Anything but a
+// regular file of at most maxSegmentBytes is refused, naming it: a
+// symlink would have the gateway write where it points, a FIFO would
+// block its reads, and a huge file would be read into memory whole.
+func openSegment(name string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(name, flag|segmentOpenFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: record log: %w (a segment must be a regular file, not a link)", err)
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		err = fmt.Errorf("sqlite: record log: %w", err)
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("sqlite: record log: %s is not a regular file (%v)", name, fi.Mode().Type())
+	case fi.Size() > maxSegmentBytes():
+		err = fmt.Errorf("sqlite: record log: %s holds %d bytes, more than a segment can (%d)", name, fi.Size(), maxSegmentBytes())
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // scanSegment returns the frames of a segment's bytes, copied, up to the
@@ -219,7 +272,10 @@ func (l *recordLog) begin(seg *segment) error {
 // create makes segment file num, empty but for a header, and syncs the
 // directory, so that the file outlives a crash.
 func (l *recordLog) create(num int) (*segment, error) {
-	name := filepath.Join(l.dir, fmt.Sprintf("%06d.seg", num))
+	if num > maxSegmentNumber {
+		return nil, fmt.Errorf("sqlite: record log: segment %d would pass the last number (%d)", num, maxSegmentNumber)
+	}
+	name := filepath.Join(l.dir, segmentName(num))
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: record log: %w", err)
@@ -334,11 +390,14 @@ func (l *recordLog) growAhead() {
 	}
 	l.wg.Go(func() {
 		defer l.growing.Store(false)
-		f, err := os.OpenFile(seg.f.Name(), os.O_WRONLY, 0)
+		f, err := openSegment(seg.f.Name(), os.O_WRONLY)
 		if err != nil {
 			return // appends extend the file themselves
 		}
 		defer f.Close()
+		if !sameFile(f, seg.f) {
+			return // the name was given to another file
+		}
 		seg.extendMu.Lock()
 		defer seg.extendMu.Unlock()
 		at := seg.allocated.Load()
@@ -349,6 +408,13 @@ func (l *recordLog) growAhead() {
 			seg.allocated.Store(at + chunk)
 		}
 	})
+}
+
+// sameFile reports whether a and b are open on the same file.
+func sameFile(a, b *os.File) bool {
+	ai, aerr := a.Stat()
+	bi, berr := b.Stat()
+	return aerr == nil && berr == nil && os.SameFile(ai, bi)
 }
 
 // errClosed is the record log's error once it is closed.

@@ -132,11 +132,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path")
 	}
-	_, statErr := os.Stat(path)
+	fi, statErr := os.Stat(path)
 	exists := statErr == nil
 	switch {
 	case statErr != nil && !errors.Is(statErr, os.ErrNotExist):
 		return nil, fmt.Errorf("sqlite: %w", statErr)
+	case exists && !fi.Mode().IsRegular():
+		// A FIFO would block SQLite's open for good.
+		return nil, fmt.Errorf("sqlite: %s is not a regular file (%v)", path, fi.Mode().Type())
 	case !exists && (!opts.Create || opts.ReadOnly):
 		return nil, fmt.Errorf("sqlite: no database at %s (check the path; agentsec creates the database when it first starts with it)", path)
 	}
