@@ -71,8 +71,12 @@ const (
 
 func newStream() *stream { return &stream{wake: make(chan struct{}, 1)} }
 
-// bind gives the stream the response it writes.
+// bind gives the stream the response it writes, under its lock: the
+// stream is published before it is bound, and an upstream's notification
+// pushed to it meanwhile starts a writer that reads these fields.
 func (st *stream) bind(w http.ResponseWriter, r *http.Request, jsonOK bool, closed <-chan struct{}) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	st.w, st.req, st.jsonOK, st.closed = w, r, jsonOK, closed
 }
 

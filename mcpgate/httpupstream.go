@@ -466,15 +466,30 @@ func (c *httpUpstreamConn) SessionID() string {
 }
 
 // readBody reads a body of at most max bytes (returning max+1 bytes if
-// it is longer), in one allocation when its length is known.
+// it is longer), in one allocation when its length is known and at most
+// preallocMax. A longer declared length is not allocated ahead of the
+// bytes: a client could declare megabytes on many connections and send
+// nothing. A body shorter than its declared length is io.ErrUnexpectedEOF.
 func readBody(r io.Reader, length int64, max int) ([]byte, error) {
-	if length < 0 || length > int64(max) {
+	switch {
+	case length < 0 || length > int64(max):
 		return io.ReadAll(io.LimitReader(r, int64(max)+1))
+	case length <= preallocMax:
+		buf := make([]byte, length)
+		_, err := io.ReadFull(r, buf)
+		return buf, err
 	}
-	buf := make([]byte, length)
-	_, err := io.ReadFull(r, buf)
-	return buf, err
+	buf := bytes.NewBuffer(make([]byte, 0, preallocMax))
+	n, err := buf.ReadFrom(io.LimitReader(r, length))
+	if err == nil && n < length {
+		err = io.ErrUnexpectedEOF
+	}
+	return buf.Bytes(), err
 }
+
+// preallocMax is the most readBody allocates for a body before its bytes
+// arrive.
+const preallocMax = 64 << 10
 
 // streamGrace is how long a server may take to end an event stream after
 // the answer it carried, before its connection is given up.

@@ -195,8 +195,15 @@ const maxOwnedResources = 100_000
 type resourceOwners struct {
 	mu        sync.Mutex
 	byURI     map[string]*upstreamConn
+	uriBytes  int // the keys' bytes, at most maxOwnedBytes
 	templates map[*upstreamConn][]string
 }
+
+// maxOwnedBytes bounds the bytes of the URIs remembered, as
+// maxOwnedResources bounds their number: a client reading URIs of
+// megabytes, which an upstream with a template answers, must not make
+// its session hold them all.
+const maxOwnedBytes = 8 << 20
 
 func (o *resourceOwners) set(uri string, u *upstreamConn) {
 	o.mu.Lock()
@@ -204,8 +211,11 @@ func (o *resourceOwners) set(uri string, u *upstreamConn) {
 	if o.byURI == nil {
 		o.byURI = map[string]*upstreamConn{}
 	}
-	if _, ok := o.byURI[uri]; ok || len(o.byURI) < maxOwnedResources {
+	if _, ok := o.byURI[uri]; ok {
 		o.byURI[uri] = u
+	} else if len(o.byURI) < maxOwnedResources && o.uriBytes+len(uri) <= maxOwnedBytes {
+		o.byURI[uri] = u
+		o.uriBytes += len(uri)
 	}
 }
 
