@@ -14,3 +14,6 @@ func KeyGeneration(v *Verifier, url string) uint64 {
 	gen, _ := v.byURL[url].keys.current()
 	return gen
 }
+
+// Scopes is scopes, for tests.
+func Scopes(c map[string]any) []string { return scopes(c) }

@@ -563,6 +563,14 @@ func (iss *issuer) identity(c jwt.MapClaims) Identity {
 	return id
 }
 
+// splitScopes splits a scope string at its spaces (0x20), the only
+// separator RFC 6749 (3.3) allows: a scope with a tab, a no-break space
+// or another character no scope may hold is kept whole, so that it can't
+// be read as a scope the issuer did not grant.
+func splitScopes(s string) []string {
+	return slices.DeleteFunc(strings.Split(s, " "), func(scope string) bool { return scope == "" })
+}
+
 func claimString(c jwt.MapClaims, name string) string {
 	s, _ := c[name].(string)
 	return s
@@ -572,11 +580,11 @@ func claimString(c jwt.MapClaims, name string) string {
 // 8693, RFC 9068), or "scp", a string or a list (Okta, Entra ID).
 func scopes(c jwt.MapClaims) []string {
 	if s, ok := c["scope"].(string); ok {
-		return strings.Fields(s)
+		return splitScopes(s)
 	}
 	switch scp := c["scp"].(type) {
 	case string:
-		return strings.Fields(scp)
+		return splitScopes(scp)
 	case []any:
 		var out []string
 		for _, s := range scp {
