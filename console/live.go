@@ -217,7 +217,12 @@ func (u *ui) livePage(w http.ResponseWriter, r *http.Request, op *operator) {
 // JSON and its position as the event's id, "gap" if the view fell behind
 // and missed some. A view that reconnects with Last-Event-ID is sent what
 // it missed first, up to subscriberQueue records; past that, "gap".
-func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, _ *operator) {
+func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, op *operator) {
+	if !u.openLiveView(op.ID) {
+		plain(w, http.StatusServiceUnavailable, "too many live views are open: close some")
+		return
+	}
+	defer u.closeLiveView(op.ID)
 	f := liveFilterOf(r)
 	records, stop, start, err := u.tail.subscribe(r.Context())
 	if err != nil {
@@ -285,5 +290,33 @@ func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, _ *operator) {
 		if err := rc.Flush(); err != nil {
 			return
 		}
+	}
+}
+
+// openLiveView counts a live stream of the operator id, or reports false
+// if that would pass maxOperatorLiveViews or maxLiveViews.
+func (u *ui) openLiveView(id string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	total := 0
+	for _, n := range u.liveViews {
+		total += n
+	}
+	if u.liveViews[id] >= maxOperatorLiveViews || total >= maxLiveViews {
+		return false
+	}
+	if u.liveViews == nil {
+		u.liveViews = map[string]int{}
+	}
+	u.liveViews[id]++
+	return true
+}
+
+// closeLiveView uncounts a live stream of the operator id.
+func (u *ui) closeLiveView(id string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.liveViews[id]--; u.liveViews[id] <= 0 {
+		delete(u.liveViews, id)
 	}
 }

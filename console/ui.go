@@ -37,7 +37,13 @@ const sessionCookie = "agentsec_console"
 const (
 	sessionLifetime = 12 * time.Hour
 	maxSessions     = 10_000
-	maxFormBytes    = 64 << 10
+	// maxOperatorSessions bounds the console sessions of one operator.
+	maxOperatorSessions = 16
+	// maxOperatorLiveViews and maxLiveViews bound the live streams open,
+	// of one operator and in all: each holds a queue of records.
+	maxOperatorLiveViews = 8
+	maxLiveViews         = 128
+	maxFormBytes         = 64 << 10
 )
 
 // An operator is who is signed in.
@@ -53,8 +59,9 @@ type ui struct {
 	tail   *tailer
 	verify verification
 
-	mu       sync.Mutex
-	sessions map[string]uiSession
+	mu        sync.Mutex
+	sessions  map[string]uiSession
+	liveViews map[string]int // live streams open, by operator
 }
 
 // A uiSession is a signed-in operator, known by their token's hash, which
@@ -281,16 +288,26 @@ func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 	id := base64.RawURLEncoding.EncodeToString(raw[:])
 	now := time.Now()
 	u.mu.Lock()
-	if len(u.sessions) >= maxSessions {
-		// Full — one operator signing in over and over can do it: the
-		// session expiring first, the oldest, makes room, so that no one
-		// is locked out and memory stays bounded.
-		oldest := ""
-		for k, s := range u.sessions {
-			if oldest == "" || s.expires.Before(u.sessions[oldest].expires) {
-				oldest = k
+	// An operator holds at most maxOperatorSessions: signing in again
+	// ends its own oldest, so that one operator signing in over and over
+	// can't sign the others out. Past maxSessions in all, the oldest of
+	// anyone's makes room.
+	own, ownOldest, oldest := 0, "", ""
+	for k, s := range u.sessions {
+		if s.sum == sum {
+			own++
+			if ownOldest == "" || s.expires.Before(u.sessions[ownOldest].expires) {
+				ownOldest = k
 			}
 		}
+		if oldest == "" || s.expires.Before(u.sessions[oldest].expires) {
+			oldest = k
+		}
+	}
+	switch {
+	case own >= maxOperatorSessions:
+		delete(u.sessions, ownOldest)
+	case len(u.sessions) >= maxSessions:
 		delete(u.sessions, oldest)
 	}
 	u.sessions[id] = uiSession{sum: sum, expires: now.Add(sessionLifetime)}
@@ -312,9 +329,11 @@ func (u *ui) logout(w http.ResponseWriter, r *http.Request) {
 }
 
 // loopbackRequest reports whether r came over loopback in plain HTTP,
-// where a Secure cookie would never be sent back.
+// where a Secure cookie would never be sent back — not from a TLS proxy
+// on the same host, whose browser must not send the cookie over plain
+// HTTP to that host.
 func loopbackRequest(r *http.Request) bool {
-	if r.TLS != nil {
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		return false
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)

@@ -643,14 +643,64 @@ func TestConsoleLoginFlood(t *testing.T) {
 		return w.Code == http.StatusOK
 	}
 	first := login(viewerToken)
+	var flood []string
 	for range 10_000 {
-		login(adminToken)
+		flood = append(flood, login(adminToken))
 	}
-	if signedIn(first) {
-		t.Error("10,001 sessions are held: the bound did not hold")
+	// The flooder holds its last 16 sessions, and signs no one else out.
+	if !signedIn(first) {
+		t.Error("one operator signing in 10,000 times signed another out")
+	}
+	if n := len(flood); signedIn(flood[n-17]) || !signedIn(flood[n-16]) || !signedIn(flood[n-1]) {
+		t.Error("the flooding operator does not hold exactly its last 16 sessions")
 	}
 	if last := login(viewerToken); !signedIn(last) {
 		t.Error("after the flood, an operator can't sign in")
+	}
+	// Behind a TLS proxy on the same host, the cookie is Secure: the
+	// browser must not send it over plain HTTP to that host.
+	req := httptest.NewRequest("POST", "http://127.0.0.1/login", strings.NewReader(url.Values{"token": {viewerToken}}.Encode()))
+	req.RemoteAddr = "127.0.0.1:41000"
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if cookie := w.Header().Get("Set-Cookie"); w.Code != http.StatusSeeOther || !strings.Contains(cookie, "Secure") {
+		t.Errorf("login through a loopback TLS proxy: %d, cookie %q is not Secure", w.Code, cookie)
+	}
+}
+
+// Live views are bounded, per operator and in all: each holds a queue
+// of records. An operator past its bound gets 503; another still opens
+// one.
+func TestConsoleLiveViewsBounded(t *testing.T) {
+	_, srv := newConsole(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func(b *browser) int {
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/live/stream", nil)
+		resp, err := b.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+		}
+		return resp.StatusCode
+	}
+	viewer, admin := newBrowser(t, srv), newBrowser(t, srv)
+	viewer.login(viewerToken)
+	admin.login(adminToken)
+	for i := range 8 {
+		if code := open(viewer); code != http.StatusOK {
+			t.Fatalf("live view %d: %d", i+1, code)
+		}
+	}
+	if code := open(viewer); code != http.StatusServiceUnavailable {
+		t.Errorf("a ninth live view of one operator: %d, want 503", code)
+	}
+	if code := open(admin); code != http.StatusOK {
+		t.Errorf("another operator's live view: %d, want 200", code)
 	}
 }
 
