@@ -14,7 +14,7 @@ import (
 
 // Appends are group-committed. A caller whose record is encoded and
 // hashed joins a queue; if no one is committing, it becomes the leader:
-// it takes the queue (up to maxBatch records), extends the Merkle tree,
+// it takes the queue (up to MaxBatch records), extends the Merkle tree,
 // writes the batch with one Store.Append, and wakes the others with their
 // results. If more records
 // queued meanwhile, it hands leadership to the first of them and returns,
@@ -105,9 +105,10 @@ func putPending(p *pending) {
 // at p90 at 500 calls/s from about 3 syncs to 5.)
 const gatherBusy = 4
 
-// maxBatch bounds the records one Store.Append receives, and so the size
-// of one transaction or statement.
-const maxBatch = 512
+// MaxBatch bounds the records one Store.Append from a Log receives, and
+// so the size of one transaction or statement, or of one write of a
+// store's own log.
+const MaxBatch = 512
 
 // committer is the group-commit state of a Log.
 type committer struct {
@@ -145,15 +146,15 @@ func (l *Log) commit(ctx context.Context, p *pending) {
 	if l.gatherer != nil && (len(l.queue) >= gatherBusy || l.lastBatch >= gatherBusy) {
 		// A busy log waits for more records to join the batch: one sync
 		// for all of them.
-		l.qmu.Unlock()
 		if wait := l.gatherer.GatherAppends(); wait > 0 {
+			l.qmu.Unlock()
 			time.Sleep(wait)
+			l.qmu.Lock()
 		}
-		l.qmu.Lock()
 	}
 	// The leader's own record is first in the queue: a new leader found
 	// the queue empty, and leadership is handed to the first in line.
-	n := min(len(l.queue), maxBatch)
+	n := min(len(l.queue), MaxBatch)
 	batch := l.queue[:n:n]
 	l.queue = append(l.spare[:0], l.queue[n:]...)
 	l.qmu.Unlock()

@@ -85,7 +85,8 @@ type GatheringStore interface {
 	Store
 	// GatherAppends returns how long a busy Log waits for records to
 	// gather before it appends a batch, now: 0 for not at all. The Log
-	// asks each time it would wait.
+	// asks each time it would wait, holding its queue's lock: it must be
+	// quick.
 	GatherAppends() time.Duration
 }
 

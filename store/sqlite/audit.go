@@ -64,10 +64,10 @@ func (s *Store) Append(ctx context.Context, entries []audit.Entry) error {
 	if err := s.indexErr.Load(); err != nil {
 		return *err
 	}
-	// An audit.Log appends at most maxBatchRecords at once; a larger
-	// batch, from another caller, is written in pieces of that many, so
-	// that no segment grows past maxSegmentBytes.
-	for piece := range slices.Chunk(entries, maxBatchRecords) {
+	// An audit.Log appends at most audit.MaxBatch records at once; a
+	// larger batch, from another caller, is written in pieces of that
+	// many, so that no segment grows past maxSegmentBytes.
+	for piece := range slices.Chunk(entries, audit.MaxBatch) {
 		if err := s.rlog.append(func(dst []byte, prev uint32) ([]byte, uint32, int64) {
 			for _, e := range piece {
 				dst, prev = appendFrame(dst, prev, frame{kind: frameRecord, seq: e.Seq, data: e.Data, hashes: audit.PackHashes(e.Hashes)})

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/agentsec/agentsec/audit"
 )
 
 // The record log makes an append durable with one fdatasync of a file
@@ -186,11 +188,8 @@ func segmentName(num int) string { return fmt.Sprintf("%06d.seg", num) }
 // allocator's last chunk past it, and one batch of the largest records,
 // which may overrun it when it is a segment's first.
 func maxSegmentBytes() int64 {
-	return segmentSize + maxChunk + maxBatchRecords*(frameHeader+maxFrameBody)
+	return segmentSize + maxChunk + audit.MaxBatch*(frameHeader+maxFrameBody)
 }
-
-// maxBatchRecords is the most records an audit.Log appends at once.
-const maxBatchRecords = 512
 
 // openSegment opens an existing segment file with flag. Anything but a
 // regular file of at most maxSegmentBytes is refused, naming it: a
