@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/agentsec/agentsec/audit"
 )
 
 // A busy log waits gatherSyncs syncs' time for its batch to gather, up
@@ -58,15 +56,7 @@ func TestGatherAppendsFollowsSyncs(t *testing.T) {
 	if w := s.GatherAppends(); w != 0 {
 		t.Errorf("before any append GatherAppends = %v, want 0", w)
 	}
-	l, err := audit.NewLog(ctx, s, audit.Options{Namespace: "gather"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 20 {
-		if _, err := l.Log(ctx, audit.Record{Event: "test", Agent: "a", Outcome: audit.OutcomeAllowed}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	l := logRecords(t, s, 20)
 	took := time.Duration(s.rlog.syncTook.Load())
 	if took <= 0 {
 		t.Fatalf("after 20 appends the average sync is %v", took)

@@ -31,15 +31,7 @@ func hostileLog(t *testing.T, n int, flushed bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := audit.NewLog(ctx, s, audit.Options{Namespace: "hostile", CheckpointInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range n {
-		if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "a", Tool: "t", Outcome: audit.OutcomeAllowed}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	logRecords(t, s, n)
 	if flushed {
 		if err := s.Flush(ctx); err != nil {
 			t.Fatal(err)
@@ -47,6 +39,21 @@ func hostileLog(t *testing.T, n int, flushed bool) string {
 	}
 	Abandon(s)
 	return path
+}
+
+// logRecords opens a log on s and appends n records to it.
+func logRecords(t *testing.T, s *Store, n int) *audit.Log {
+	t.Helper()
+	l, err := audit.NewLog(context.Background(), s, audit.Options{Namespace: "hostile", CheckpointInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if _, err := l.Log(context.Background(), audit.Record{Event: "tool.call", Agent: "a", Tool: "t", Outcome: audit.OutcomeAllowed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
 }
 
 // openWithin opens path, writable or read-only, and fails the test if
@@ -154,15 +161,7 @@ func TestSegmentNumberOutOfRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := audit.NewLog(ctx, s, audit.Options{Namespace: "hostile", CheckpointInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 60 { // several segments of 4 KiB
-		if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "a", Tool: "t", Outcome: audit.OutcomeAllowed}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	logRecords(t, s, 60) // several segments of 4 KiB
 	Abandon(s)
 	s, err = Open(ctx, path, Options{})
 	if err != nil {
