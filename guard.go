@@ -40,7 +40,7 @@ const (
 //     no slot left is denied and recorded;
 //  5. fn runs, unless ctx is already done;
 //  6. the tokens fn reports are committed (Reservation.CommitWithin), or
-//     the slot is released if fn failed or panicked before its call ran;
+//     the slot is released if fn failed before its call ran;
 //  7. the outcome is recorded.
 //
 // Guard writes exactly one "tool.call" audit record per call, and a call
@@ -70,7 +70,11 @@ const (
 // tokens and Guard returns an error matching budget.ErrInvalidTokens. If
 // the final record cannot be written, Guard returns a *DeniedError
 // matching ErrAuditUnavailable even though fn ran: the caller must not use
-// fn's result. A panic in fn is recorded and then propagates.
+// fn's result. A panic in fn is recorded and then propagates; the call is
+// spent, with no tokens, since Guard can't tell whether fn panicked before
+// its call reached the tool or after (a panic is not a way to run a tool
+// free of the call limit). A tool that knows its call never left returns
+// an error instead.
 func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 	// The Call is Guard's alone, on its stack: it is settled once, here,
 	// without its lock (a mutex once locked is moved to the heap).
@@ -81,16 +85,19 @@ func (s *Stack) Guard(ctx context.Context, req Request, fn ToolFunc) error {
 	returned := false
 	defer func() {
 		if !returned {
-			// fn panicked: give the slot back and record the call, then
-			// let the panic go on.
-			c.conclude(settling(ctx), 0, nil, "tool panicked")
+			// fn panicked, perhaps after its call ran: the slot is spent
+			// and the call recorded; then the panic goes on.
+			c.conclude(settling(ctx), 0, Spent(errToolPanicked))
 		}
 	}()
 	tokens, callErr := fn(ctx)
 	returned = true
-	_, err := c.conclude(settling(ctx), tokens, callErr, "")
+	_, err := c.conclude(settling(ctx), tokens, callErr)
 	return err
 }
+
+// errToolPanicked is how a call whose fn panicked is settled and recorded.
+var errToolPanicked = errors.New("tool panicked")
 
 // Begin is the first half of Guard, for a caller that runs the tool
 // itself, later or elsewhere — in another process, say, that asks over
@@ -176,7 +183,7 @@ func (c *Call) Request() Request {
 // that error is a *DeniedError the caller must not use the tool's
 // result. ctx's cancellation does not cut End short: the call has run.
 func (c *Call) End(ctx context.Context, tokens int64, callErr error) (audit.Record, error) {
-	return c.settle(settling(ctx), tokens, callErr, "")
+	return c.settle(settling(ctx), tokens, callErr)
 }
 
 // Abandon settles a call that will not be ended — its caller went away
@@ -186,7 +193,7 @@ func (c *Call) End(ctx context.Context, tokens int64, callErr error) (audit.Reco
 // not be written (a *DeniedError matching ErrAuditUnavailable) or the
 // call was settled already (ErrSettled).
 func (c *Call) Abandon(ctx context.Context, reason string) (audit.Record, error) {
-	rec, err := c.settle(settling(ctx), 0, Spent(errors.New(reason)), "")
+	rec, err := c.settle(settling(ctx), 0, Spent(errors.New(reason)))
 	if err != nil && !errors.Is(err, ErrAuditUnavailable) && !errors.Is(err, ErrSettled) {
 		err = nil // what it was settled with, or a withholding of no result
 	}
@@ -202,30 +209,21 @@ func settling(ctx context.Context) context.Context {
 	return context.WithoutCancel(ctx)
 }
 
-// settle settles the call once: with the tool's outcome, or, if panicked
-// is set, as a call whose tool panicked, which gives the slot back.
-func (c *Call) settle(ctx context.Context, tokens int64, callErr error, panicked string) (audit.Record, error) {
+// settle settles the call once, with the tool's outcome.
+func (c *Call) settle(ctx context.Context, tokens int64, callErr error) (audit.Record, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.settled {
 		return audit.Record{}, ErrSettled
 	}
 	c.settled = true
-	return c.conclude(ctx, tokens, callErr, panicked)
+	return c.conclude(ctx, tokens, callErr)
 }
 
 // conclude is settle's work, for a call settled once by its caller.
-func (c *Call) conclude(ctx context.Context, tokens int64, callErr error, panicked string) (audit.Record, error) {
+func (c *Call) conclude(ctx context.Context, tokens int64, callErr error) (audit.Record, error) {
 	rec := c.rec
 	rec.Outcome = audit.OutcomeAllowed
-	if panicked != "" {
-		rec.Reason = panicked
-		if err := c.res.Release(ctx); err != nil {
-			setAttr(&rec, budgetErrorKey, err.Error())
-		}
-		logged, _ := c.s.record(ctx, &rec, nil, c.begun)
-		return logged, nil
-	}
 	return c.s.finish(ctx, &rec, &c.res, c.d, tokens, callErr, c.begun)
 }
 
@@ -301,8 +299,9 @@ func (s *Stack) finish(ctx context.Context, rec *audit.Record, res *budget.Reser
 		// of an error's text, say, or of a result that came too late to
 		// deliver — are spent, under the rules a result has.
 		err := s.commit(ctx, rec, res, tokens)
-		if de, withheld := errors.AsType[*DeniedError](err); withheld && errors.Is(de, ErrBudgetExceeded) {
-			// What it answered is over the budget: withheld too. The
+		if de, withheld := errors.AsType[*DeniedError](err); withheld {
+			// What it answered is over the budget, or its tokens could
+			// not be counted: withheld too, as a result would be. The
 			// record says what happened; the denial only why, for it
 			// goes where the answer would have gone.
 			rec.Reason = truncate(rec.Reason + "; " + spent.Error())
@@ -367,6 +366,8 @@ func (s *Stack) commit(ctx context.Context, rec *audit.Record, res *budget.Reser
 	}
 	if err != nil {
 		setAttr(rec, budgetErrorKey, err.Error())
+		setAttr(rec, withheldKey, strconv.FormatInt(tokens, 10))
+		rec.Outcome, rec.Reason = audit.OutcomeDenied, "result withheld: the call's tokens could not be counted"
 		return &DeniedError{Kind: ErrBudgetUnavailable, Tool: rec.Tool,
 			Reason: "the call's tokens could not be counted", Cause: errors.Join(err, tokenErr)}
 	}

@@ -280,3 +280,54 @@ func TestGuardSpentAnswerOverCeilingWithheld(t *testing.T) {
 		t.Errorf("calls used %d, want 1: the call ran", st.Used.Calls)
 	}
 }
+
+// uncountedStore is a memory budget store whose token counts fail, as a
+// PostgreSQL store's do on a timeout or a dropped connection.
+type uncountedStore struct{ *budget.MemoryStore }
+
+func (uncountedStore) CommitWithin(context.Context, string, int64) (budget.State, error) {
+	return budget.State{}, errors.New("connection reset")
+}
+
+// TestGuardUncountedAnswerWithheld: when a call's tokens can't be counted,
+// what it answered is withheld — a result, and an error's text alike (a
+// gateway relays an MCP server's error answer as it would a result) — and
+// the record says so: a denial, with the size withheld. The slot stays
+// spent, for the call ran.
+func TestGuardUncountedAnswerWithheld(t *testing.T) {
+	ctx := context.Background()
+	mem := budget.NewMemoryStore()
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate: agentsec.TrustGateConfig{ToolName: "t", RequiredLevel: "public",
+			Agents: []trust.Assignment{{Agent: "a", Level: "public"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 100, CallLimit: 10, Store: uncountedStore{mem}},
+		AuditNamespace: "uncounted",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	req := agentsec.Request{Agent: "a", Session: "u", Tool: "t"}
+	failed := errors.New("sent; the MCP server answered with an error")
+	for _, fn := range []agentsec.ToolFunc{
+		func(context.Context) (int64, error) { return 50, nil },
+		func(context.Context) (int64, error) { return 50, agentsec.Spent(failed) },
+	} {
+		if err := stack.Guard(ctx, req, fn); !errors.Is(err, agentsec.ErrBudgetUnavailable) {
+			t.Errorf("Guard = %v, want the answer withheld (ErrBudgetUnavailable)", err)
+		}
+	}
+	page, err := stack.Audit.Query(ctx, audit.Filter{Session: "u"})
+	if err != nil || len(page.Records) != 2 {
+		t.Fatal(len(page.Records), err)
+	}
+	for _, rec := range page.Records {
+		if rec.Outcome != audit.OutcomeDenied || rec.Attrs["withheld_tokens"] != "50" || rec.Tokens != 0 ||
+			!strings.HasPrefix(rec.Reason, "result withheld") || rec.Attrs["budget_error"] == "" {
+			t.Errorf("record = %s %q %d tokens %v", rec.Outcome, rec.Reason, rec.Tokens, rec.Attrs)
+		}
+	}
+	if st, _ := mem.Get(ctx, "u"); st.Used.Calls != 2 {
+		t.Errorf("calls used %d, want 2: both calls ran", st.Used.Calls)
+	}
+}

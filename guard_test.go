@@ -304,27 +304,37 @@ func TestGuardFailsClosedWhenAuditFails(t *testing.T) {
 	}
 }
 
-func TestGuardPanicReleasesAndRecords(t *testing.T) {
+// TestGuardPanicSpendsAndRecords: a panic in fn propagates, after the call
+// is recorded and its slot kept — fn may have panicked after its call ran
+// (counting the result, say), so a recovered panic is no way past the call
+// limit.
+func TestGuardPanicSpendsAndRecords(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, 10, 1000)
+	f := newFixture(t, 1, 1000)
+	req := agentsec.Request{Agent: "alice", Session: "s", Tool: "write"}
 	before := f.stack.Audit.Size()
-	func() {
-		defer func() {
-			if r := recover(); r != "kaboom" {
-				t.Errorf("recovered %v, want the tool's panic", r)
-			}
-		}()
-		_ = f.stack.Guard(ctx, agentsec.Request{Agent: "alice", Session: "s", Tool: "write"},
-			func(context.Context) (int64, error) { panic("kaboom") })
-	}()
-	if got := f.usage(t, "s"); got != (budget.Usage{}) {
-		t.Errorf("used %+v after a panicking call, want the slot released", got)
+	ran := 0
+	guard := func() (recovered any, err error) {
+		defer func() { recovered = recover() }()
+		return nil, f.stack.Guard(ctx, req, func(context.Context) (int64, error) { ran++; panic("kaboom") })
 	}
-	if got := f.stack.Audit.Size() - before; got != 1 {
-		t.Fatalf("appended %d records, want 1", got)
+	if r, _ := guard(); r != "kaboom" {
+		t.Fatalf("recovered %v, want the tool's panic", r)
 	}
-	if rec := f.lastRecord(t); rec.Reason != "tool panicked" {
-		t.Errorf("record reason %q, want %q", rec.Reason, "tool panicked")
+	if rec := f.lastRecord(t); rec.Reason != "tool panicked" || rec.Outcome != audit.OutcomeAllowed {
+		t.Errorf("record %s %q, want allowed %q", rec.Outcome, rec.Reason, "tool panicked")
+	}
+	if got := f.usage(t, "s"); got != (budget.Usage{Calls: 1}) {
+		t.Errorf("used %+v after a panicking call, want its slot spent", got)
+	}
+	if r, err := guard(); !errors.Is(err, agentsec.ErrBudgetExceeded) || r != nil {
+		t.Errorf("the next call in a session of one call = %v (panic %v), want ErrBudgetExceeded", err, r)
+	}
+	if ran != 1 {
+		t.Errorf("a session of one call ran %d calls", ran)
+	}
+	if got := f.stack.Audit.Size() - before; got != 2 {
+		t.Fatalf("appended %d records, want 2 (the call and the denial)", got)
 	}
 }
 

@@ -254,16 +254,22 @@ def test_iter_records_follows_cursors(fake: FakeServer) -> None:
 def test_small_posts_do_not_wait_for_delayed_acks(fake: FakeServer) -> None:
     # Without TCP_NODELAY, httpcore < 0.17 sends a POST's headers and body in
     # two segments and each request waits ~40 ms for the server's delayed ACK.
+    # The median of 20 requests is compared with half that wait: a loaded
+    # machine slows some requests, not the typical one by 20 ms, while the
+    # delayed ACK slows every one.
+    import statistics
     import time
 
     fake.answer((200, {"decision_id": 1, "used": {"tokens": 1, "calls": 1}, "limits": {"tokens": 9, "calls": 9}}))
+    took = []
     with SecurityStack.connect(fake.url, "tok", retry=FAST_RETRY) as s:
         s.budget.record_spending("s", 1)  # connect
-        t0 = time.perf_counter()
         for _ in range(20):
+            t0 = time.perf_counter()
             s.budget.record_spending("s", 1)
-        elapsed = time.perf_counter() - t0
-    assert elapsed < 0.5, f"20 small POSTs took {elapsed:.2f} s: is TCP_NODELAY set?"
+            took.append(time.perf_counter() - t0)
+    median = statistics.median(took)
+    assert median < 0.02, f"a small POST took {median * 1000:.1f} ms (median of 20): is TCP_NODELAY set?"
 
 
 def test_tokens_never_appear_in_reprs() -> None:
