@@ -44,8 +44,9 @@ func (s *AuditStore) Size(ctx context.Context) (uint64, error) {
 
 // Append implements audit.Store: an AppendShared of entries, which must
 // continue the log from its size. The entries are committed together, on
-// the server's stable storage when Append returns nil (with PostgreSQL's
-// default synchronous_commit).
+// the server's stable storage when Append returns nil (the store's
+// connections commit with synchronous_commit on, whatever the database's
+// default).
 func (s *AuditStore) Append(ctx context.Context, entries []audit.Entry) error {
 	return s.AppendShared(ctx, func(size uint64, _ audit.HashReader) ([]audit.Entry, error) {
 		return entries, nil

@@ -72,3 +72,13 @@ func (s *AuditStore) Exec(ctx context.Context, sql string) error {
 func (db *DB) BreakRiders() {
 	db.riderSQL = `SELECT 1 / (cardinality($1::text[]) - cardinality($1::text[]))`
 }
+
+// Setting is the value of a server setting on one of db's connections.
+func (db *DB) Setting(ctx context.Context, name string) (string, error) {
+	var v string
+	err := db.pool.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v)
+	return v, err
+}
+
+// RequireDurableCommits is requireDurableCommits.
+var RequireDurableCommits = requireDurableCommits

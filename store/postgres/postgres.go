@@ -74,6 +74,30 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 // connection string sets pool_max_conns.
 const defaultMaxConns = 32
 
+// requireDurableCommits makes the connections' commits wait for the
+// server's WAL to reach disk, whatever the database's, the role's or the
+// server's default: a reservation must be durable before its call runs,
+// and a record before its answer goes (a DBA's "synchronous_commit = off",
+// a common tuning, would let a database crash forget slots whose calls
+// ran). A connection string may choose among the settings that flush
+// locally — on, local, remote_write, remote_apply — and is refused if it
+// asks for off. The lazy token counts turn it off for their own
+// transactions alone (SET LOCAL).
+func requireDurableCommits(params map[string]string) error {
+	const key = "synchronous_commit"
+	v, set := params[key]
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "yes", "1", "local", "remote_write", "remote_apply":
+		return nil
+	case "":
+		if !set {
+			params[key] = "on"
+			return nil
+		}
+	}
+	return fmt.Errorf("postgres: the connection string sets synchronous_commit=%q, which would acknowledge reservations and audit records before they are on disk; remove it, or choose on, local, remote_write or remote_apply", v)
+}
+
 // connect makes a pool and checks that the server answers.
 func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
@@ -94,6 +118,9 @@ func connect(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
 			cfg.ConnConfig.RuntimeParams[k] = v
 		}
+	}
+	if err := requireDurableCommits(cfg.ConnConfig.RuntimeParams); err != nil {
+		return nil, err
 	}
 	if !strings.Contains(dsn, "pool_max_conns") {
 		// pgx's default, the number of CPUs, leaves a gateway's calls

@@ -405,3 +405,58 @@ func TestTrustChangesReadThroughTheirIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitsAreDurableWhateverTheDefault: a database whose default is
+// synchronous_commit = off (a DBA's tuning) still gets commits that wait
+// for the WAL's flush, for a reservation must be durable before its call
+// runs; a connection string that asks for off is refused with the reason.
+func TestCommitsAreDurableWhateverTheDefault(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DB(t)
+	if _, _, err := postgres.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{conn.Config().Database}.Sanitize()+" SET synchronous_commit = off"); err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if v, err := db.Setting(ctx, "synchronous_commit"); err != nil || v != "on" {
+		t.Errorf("synchronous_commit on the store's connections = %q, %v; want on", v, err)
+	}
+	withOff := dsn + "?synchronous_commit=off"
+	if strings.Contains(dsn, "?") {
+		withOff = dsn + "&synchronous_commit=off"
+	}
+	if !strings.Contains(dsn, "://") {
+		withOff = dsn + " synchronous_commit=off"
+	}
+	if db, err := postgres.Open(ctx, withOff); err == nil || !strings.Contains(err.Error(), "synchronous_commit") {
+		if db != nil {
+			db.Close()
+		}
+		t.Errorf("a connection string asking for synchronous_commit=off: %v, want refused", err)
+	}
+}
+
+func TestRequireDurableCommits(t *testing.T) {
+	for v, ok := range map[string]bool{"on": true, "ON": true, "local": true, "remote_apply": true,
+		"remote_write": true, "off": false, "false": false, "0": false, "": false, "nonsense": false} {
+		params := map[string]string{"synchronous_commit": v}
+		if err := postgres.RequireDurableCommits(params); (err == nil) != ok {
+			t.Errorf("synchronous_commit=%q: %v, want accepted %v", v, err, ok)
+		}
+	}
+	params := map[string]string{}
+	if err := postgres.RequireDurableCommits(params); err != nil || params["synchronous_commit"] != "on" {
+		t.Errorf("unset: %v, %v; want set to on", err, params)
+	}
+}
