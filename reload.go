@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -70,7 +72,8 @@ type Reloaded struct {
 // once all are stored. An invalid configuration is an error and changes
 // nothing; so is one whose records can't be written (though the records
 // written before the failure stay, with no "config.reload" to close
-// them). A reload that changes nothing, not even the Version, records
+// them, and no replay counts them: on a signed log the closing record is
+// signed, and a reload's assignment changes hold from it on). A reload that changes nothing, not even the Version, records
 // nothing.
 func (s *Stack) Reload(ctx context.Context, r Reload) (Reloaded, error) {
 	gate, err := newGate(r.TrustGate)
@@ -145,6 +148,16 @@ func (s *Stack) Reload(ctx context.Context, r Reload) (Reloaded, error) {
 	if r.Operator != "" {
 		closing.Attrs[attrOperator] = r.Operator
 	}
+	if g.log.CanSign() {
+		// Signed, it puts the reload's changes into force on replay: a
+		// reload refused partway leaves changes no replica counts.
+		closing.Namespace = g.log.Namespace()
+		sig, err := g.log.SignStatement(reloadKind, reloadStatement(closing.Namespace, reload))
+		if err != nil {
+			return Reloaded{}, fmt.Errorf("agentsec: reload not applied: %w", err)
+		}
+		closing.Attrs[attrSignature] = base64.StdEncoding.EncodeToString(sig)
+	}
 	logged, err := g.log.Log(ctx, closing)
 	if err != nil {
 		return Reloaded{}, fmt.Errorf("agentsec: reload not applied: %w", err)
@@ -157,6 +170,22 @@ func (s *Stack) Reload(ctx context.Context, r Reload) (Reloaded, error) {
 
 // attrReload names, on a reload's records, the reload they belong to.
 const attrReload = "reload"
+
+// reloadKind is the kind of statement a reload's closing signature is.
+const reloadKind = "config-reload/v1"
+
+// reloadStatement returns the bytes a reload's closing record signs: the
+// log's namespace and the reload's id.
+func reloadStatement(namespace, reload string) []byte {
+	data, err := json.Marshal(struct {
+		Namespace string `json:"namespace"`
+		Reload    string `json:"reload"`
+	}{namespace, reload})
+	if err != nil {
+		panic(err) // strings only: it can't fail
+	}
+	return data
+}
 
 // A trustChange is one difference between two configurations: its record
 // (Attrs made, not yet with source or reload) and a line for people.

@@ -242,3 +242,81 @@ func TestReloadCallsInFlight(t *testing.T) {
 	}
 	t.Logf("decided under each configuration: %v", byConfig)
 }
+
+// failAfter lets left appends through once armed, then fails them.
+type failAfter struct {
+	audit.Store
+	armed atomic.Bool
+	left  atomic.Int64
+}
+
+func (s *failAfter) Append(ctx context.Context, e []audit.Entry) error {
+	if s.armed.Load() && s.left.Add(-1) < 0 {
+		return errors.New("disk full")
+	}
+	return s.Store.Append(ctx, e)
+}
+
+// TestRefusedReloadTakesNoEffectOnReplay: a reload refused partway — its
+// first change stored, signed, then the store fails — leaves the
+// configuration in force, and no replay counts the change it stored: not
+// a Sync (a replica's, every 250 ms), not a reload of the old file (which
+// records nothing), not a restart, and not a closing record a writer of
+// the database appends unsigned. Otherwise the stored change (source
+// "config", alice's line) would end an operator's runtime revocation.
+func TestRefusedReloadTakesNoEffectOnReplay(t *testing.T) {
+	ctx := context.Background()
+	v1 := agentsec.TrustGateConfig{Rules: reloadRules,
+		Agents: []trust.Assignment{{Agent: "alice", Level: "verified"}, {Agent: "bob", Level: "public"}}}
+	v2 := agentsec.TrustGateConfig{Rules: reloadRules,
+		Agents: []trust.Assignment{{Agent: "alice", Level: "privileged"}, {Agent: "bob", Level: "verified"}}}
+	for _, after := range []string{"sync", "reload of v1", "forged close", "restart"} {
+		t.Run(after, func(t *testing.T) {
+			store := &failAfter{Store: audit.NewMemoryStore()}
+			cfg := trustConfig(store, newKey(t), v1.Agents...)
+			cfg.TrustGate.Rules, cfg.Version = reloadRules, "v1"
+			s := openStack(t, cfg)
+			if _, err := s.TrustGate.RevokeBy(ctx, "alice", "", agentsec.Change{Operator: "sec", Reason: "token leaked"}); err != nil {
+				t.Fatal(err)
+			}
+			store.left.Store(1)
+			store.armed.Store(true)
+			if _, err := s.Reload(ctx, agentsec.Reload{Version: "v2", TrustGate: v2}); err == nil {
+				t.Fatal("the reload was not refused")
+			}
+			store.armed.Store(false)
+			if l := level(s, "alice", ""); l != "" || s.TrustGate.Version() != "v1" {
+				t.Fatalf("after the refused reload: alice %q, version %s", l, s.TrustGate.Version())
+			}
+			page, err := s.Audit.Query(ctx, audit.Filter{Event: agentsec.EventTrustAssign, Agent: "alice"})
+			if err != nil || len(page.Records) == 0 {
+				t.Fatal(len(page.Records), err)
+			}
+			stored := page.Records[len(page.Records)-1]
+			if stored.Attrs["reload"] == "" || stored.AssignedLevel != "privileged" {
+				t.Fatalf("the refused reload's change was not stored: %+v", stored)
+			}
+			switch after {
+			case "sync":
+				err = s.TrustGate.Sync(ctx)
+			case "reload of v1":
+				_, err = s.Reload(ctx, agentsec.Reload{Version: "v1", TrustGate: v1})
+			case "forged close":
+				_, err = s.Audit.Log(ctx, audit.Record{Event: agentsec.EventConfigReload,
+					Attrs: map[string]string{"reload": stored.Attrs["reload"], "signature": stored.Attrs["signature"]}})
+				if err == nil {
+					err = s.TrustGate.Sync(ctx)
+				}
+			case "restart":
+				s.Close()
+				s = openStack(t, cfg)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l := level(s, "alice", ""); l != "" {
+				t.Errorf("revoked alice holds %q again after a %s", l, after)
+			}
+		})
+	}
+}

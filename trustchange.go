@@ -103,6 +103,10 @@ type signedChange struct {
 	Source    string `json:"source"`
 	Operator  string `json:"operator"`
 	Reason    string `json:"reason"`
+	// Reload is the reload a change of the configuration's belongs to,
+	// so that it can't be passed off as a start's; absent otherwise,
+	// as in changes signed before it was signed.
+	Reload string `json:"reload,omitempty"`
 }
 
 // changeStatement returns the bytes a trust change's signature signs.
@@ -110,7 +114,7 @@ func changeStatement(rec *audit.Record) []byte {
 	data, err := json.Marshal(signedChange{Namespace: rec.Namespace, ID: rec.Attrs[attrChangeID],
 		Event: rec.Event, Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel,
 		Expires: rec.Attrs[attrExpires], Config: rec.Attrs[attrConfig], Source: rec.Attrs[attrSource],
-		Operator: rec.Attrs[attrOperator], Reason: rec.Reason})
+		Operator: rec.Attrs[attrOperator], Reason: rec.Reason, Reload: rec.Attrs[attrReload]})
 	if err != nil {
 		panic(err) // strings only: it can't fail
 	}
@@ -146,6 +150,9 @@ type replayState struct {
 	// last is the log position of the latest change read or made for
 	// each key, from the configuration or at run time.
 	last map[assignKey]uint64
+	// pending holds, by reload id, the signed changes of reloads whose
+	// closing record is not read yet — for good, if the reload failed.
+	pending map[string][]audit.Record
 	// inForce is, for each key, the runtime change that holds while the
 	// configuration keeps the assignment it was made over. A change of
 	// the configuration's assignment recorded after it (a "config"
@@ -161,7 +168,8 @@ type replayState struct {
 // newReplayState starts from the configuration's assignments.
 func newReplayState(configured []trust.Assignment, logger *slog.Logger) replayState {
 	r := replayState{configured: map[assignKey]trust.Assignment{}, seen: map[string]bool{},
-		last: map[assignKey]uint64{}, inForce: map[assignKey]*audit.Record{}, logger: logger}
+		last: map[assignKey]uint64{}, inForce: map[assignKey]*audit.Record{},
+		pending: map[string][]audit.Record{}, logger: logger}
 	for _, a := range configured {
 		r.configured[assignKey{a.Agent, a.Scope}] = a
 	}
@@ -323,7 +331,7 @@ func (g *TrustGate) syncInto(ctx context.Context, gate *trust.Gate, rs *replaySt
 		return nil
 	}
 	var changes []audit.Record
-	for _, event := range []string{EventTrustAssign, EventTrustRevoke} {
+	for _, event := range []string{EventTrustAssign, EventTrustRevoke, EventConfigReload} {
 		err := audit.QueryEach(ctx, store, audit.Filter{Namespace: g.log.Namespace(), Event: event}, rs.next, size,
 			func(r *audit.Record) error {
 				changes = append(changes, *r)
@@ -351,6 +359,10 @@ func (g *TrustGate) syncInto(ctx context.Context, gate *trust.Gate, rs *replaySt
 // runtime change made over another. Only changes this log's key signed
 // count, each once.
 func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) {
+	if rec.Event == EventConfigReload {
+		g.close(gate, rs, rec)
+		return
+	}
 	source := rec.Attrs[attrSource]
 	id := rec.Attrs[attrChangeID]
 	if id == "" || source != sourceRuntime && source != sourceConfig {
@@ -366,12 +378,44 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 		return // a copy, appended again to undo what came after it, or one of ours
 	}
 	rs.seen[id] = true
+	if reload := rec.Attrs[attrReload]; source == sourceConfig && reload != "" {
+		// A reload's change waits for its signed closing record: a reload
+		// refused partway never took effect.
+		rs.pending[reload] = append(rs.pending[reload], *rec)
+		return
+	}
+	g.applyChange(gate, rs, rec)
+}
+
+// close puts into force the changes of the reload rec closes, if the log's
+// key signed it.
+func (g *TrustGate) close(gate *trust.Gate, rs *replayState, rec *audit.Record) {
+	reload := rec.Attrs[attrReload]
+	changes, ok := rs.pending[reload]
+	if !ok {
+		return
+	}
+	sig, err := base64.StdEncoding.DecodeString(rec.Attrs[attrSignature])
+	if err != nil || !g.log.VerifyStatement(reloadKind, reloadStatement(rec.Namespace, reload), sig) {
+		rs.reportForged("agentsec: a reload's closing record in the audit log is not signed by the log's key; its changes are ignored",
+			"seq", rec.Seq, "reload", reload)
+		return
+	}
+	delete(rs.pending, reload)
+	for i := range changes {
+		g.applyChange(gate, rs, &changes[i])
+	}
+}
+
+// applyChange puts a signed change read from the log into force, as
+// apply says.
+func (g *TrustGate) applyChange(gate *trust.Gate, rs *replayState, rec *audit.Record) {
 	k := assignKey{rec.Agent, rec.Scope}
 	if last, ok := rs.last[k]; ok && rec.Seq <= last {
 		return
 	}
 	rs.last[k] = rec.Seq
-	if source == sourceConfig {
+	if rec.Attrs[attrSource] == sourceConfig {
 		if r := rs.inForce[k]; r != nil && r.Attrs[attrConfig] != rec.Attrs[attrConfig] {
 			// The file assigned the agent otherwise: its word is the newer.
 			delete(rs.inForce, k)
@@ -388,6 +432,7 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 	case EventTrustAssign:
 		a := trust.Assignment{Agent: rec.Agent, Scope: rec.Scope, Level: rec.AssignedLevel}
 		if s := rec.Attrs[attrExpires]; s != "" {
+			var err error
 			if a.Expires, err = time.Parse(time.RFC3339Nano, s); err != nil {
 				rs.logger.Error("agentsec: a trust change's expiry is malformed; it is ignored", "seq", rec.Seq, "expires", s)
 				return
