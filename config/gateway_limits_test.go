@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/agentsec/agentsec/config"
+	"github.com/agentsec/agentsec/mcpgate"
 )
 
 // The gateway's limits from issue 11 decode, reach the stack, and are
@@ -30,10 +31,14 @@ func TestGatewayLimits(t *testing.T) {
 	if sc.Budget.CallTokenLimit != 40 {
 		t.Errorf("the stack's CallTokenLimit = %d, want 40", sc.Budget.CallTokenLimit)
 	}
+	if config.DefaultMaxSessions != mcpgate.DefaultMaxSessions {
+		t.Errorf("config.DefaultMaxSessions %d, the gateway's %d", config.DefaultMaxSessions, mcpgate.DefaultMaxSessions)
+	}
 	for _, tt := range []struct{ yaml, want string }{
 		{"budget: {tokens: 100, calls: 5, call_tokens: -1}\n", "line 2: budget.call_tokens: -1 is negative"},
 		{"budget: {tokens: 1, calls: 1}\nmax_sessions_per_agent: -2\n", "line 3: max_sessions_per_agent: -2 is negative"},
 		{"budget: {tokens: 1, calls: 1}\nmax_sessions: 10\nmax_sessions_per_agent: 11\n", "line 4: max_sessions_per_agent: 11 is more than max_sessions (10)"},
+		{"budget: {tokens: 1, calls: 1}\nmax_sessions_per_agent: 5000\n", "line 3: max_sessions_per_agent: 5000 is more than max_sessions (default 1000)"},
 		{"budget: {tokens: 1, calls: 1}\nallow_unlisted_tools: maybe\n", "line 3"},
 		{"budget: {tokens: 1, calls: 1}\nadmin: {listen: nowhere}\n", "line 3: admin.listen: \"nowhere\" is not host:port"},
 		{"budget: {tokens: 1, calls: 1}\nlisten: 127.0.0.1:8080\nadmin: {listen: \":8080\"}\n", "admin.listen: \":8080\" is the agents' listen address too"},

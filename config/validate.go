@@ -131,6 +131,8 @@ func (c *Config) validate(v *validator) {
 		v.errorf(at("max_sessions_per_agent"), "%d is negative", c.MaxSessionsPerAgent)
 	} else if c.MaxSessions > 0 && c.MaxSessionsPerAgent > c.MaxSessions {
 		v.errorf(at("max_sessions_per_agent"), "%d is more than max_sessions (%d)", c.MaxSessionsPerAgent, c.MaxSessions)
+	} else if c.MaxSessions == 0 && c.MaxSessionsPerAgent > DefaultMaxSessions {
+		v.errorf(at("max_sessions_per_agent"), "%d is more than max_sessions (default %d): one agent could hold every session; raise max_sessions too", c.MaxSessionsPerAgent, DefaultMaxSessions)
 	}
 	if c.SessionIdleTimeout < 0 {
 		v.errorf(at("session_idle_timeout"), "%v is negative", c.SessionIdleTimeout)
@@ -197,6 +199,10 @@ func (c *Config) validateOAuth(v *validator) {
 		v.errorf(at("auth", "oauth", "keys_max_age"), "%v is less than %v, how often the keys are fetched again: they would lapse while the issuer is up", o.KeysMaxAge, oauth.DefaultRefreshEvery)
 	}
 }
+
+// DefaultMaxSessions is max_sessions when it is 0, as
+// mcpgate.DefaultMaxSessions: config does not import the gateway.
+const DefaultMaxSessions = 1000
 
 // defaultMaxConnections is max_connections when it is 0, as
 // mcpgate.DefaultMaxConnections: config does not import the gateway.
