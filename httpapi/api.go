@@ -15,6 +15,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -264,8 +265,10 @@ func (s *Server) serveRoute(rt route) http.Handler {
 			s.write(w, invalid("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 			return
 		}
-		// The key is the caller's, for this route and query string.
-		a, replayed := s.replays.do(q.who.id(), q.who.id()+"\x00"+r.Method+" "+r.URL.RequestURI()+"\x00"+key,
+		// The key is the caller's, with the authority its token gives,
+		// for this route and query string: an agent's token of one scope
+		// can't be told what its token of another was allowed.
+		a, replayed := s.replays.do(q.who.id(), q.who.authority()+"\x00"+r.Method+" "+r.URL.RequestURI()+"\x00"+key,
 			sha256.Sum256(q.body), func() answer { return rt.h(s, r.Context(), q) })
 		if replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
@@ -361,6 +364,16 @@ func (p principal) id() string {
 		return "agent:" + p.agent
 	}
 	return "operator:" + p.operator
+}
+
+// authority names what p may do: who it is, and the scopes an agent's
+// token acts in or whether an operator is an admin. Two tokens of the
+// same authority are one caller to Idempotency-Key.
+func (p principal) authority() string {
+	if p.agent != "" {
+		return p.id() + "\x00" + fmt.Sprintf("%q", slices.Sorted(slices.Values(p.scopes)))
+	}
+	return p.id() + "\x00" + strconv.FormatBool(p.admin)
 }
 
 // may reports whether p may use rt, and the refusal if not.

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/httpapi"
 )
 
 // TestGuardExactUnderConcurrency: 200 calls at once on a session of 50
@@ -465,6 +467,35 @@ func TestIdempotencyKeyScope(t *testing.T) {
 	s.do("POST", "/v1/budget/reservations/"+first.str("reservation_id")+"/release", aliceToken, nil)
 	if again := s.do("POST", "/v1/budget/sessions/b/reservations", aliceToken, nil, "Idempotency-Key", "k"); again.status != http.StatusCreated {
 		t.Errorf("a rate_limited answer was remembered: the retry after a place freed got %d %s", again.status, again.raw)
+	}
+}
+
+// TestIdempotencyKeyOfOneAuthority: an agent's tokens of different scopes
+// don't share Idempotency-Keys — carol's public-scope token, sending the
+// key her staging token began "deploy" under, is decided afresh and
+// refused, not told the staging token's 201 — while two tokens of the same
+// scopes (a rotation) do.
+func TestIdempotencyKeyOfOneAuthority(t *testing.T) {
+	s := newTestServer(t, limits{})
+	const plainCarol, rotatedCarol = "carol-plain-token", "carol-staging-token-2"
+	s.api.SetCredentials([]httpapi.Credential{
+		{TokenSHA256: sha256.Sum256([]byte(scopedToken)), Agent: "carol", Scopes: []string{"staging"}},
+		{TokenSHA256: sha256.Sum256([]byte(rotatedCarol)), Agent: "carol", Scopes: []string{"staging"}},
+		{TokenSHA256: sha256.Sum256([]byte(plainCarol)), Agent: "carol", Scopes: []string{""}},
+	}, nil)
+	body := map[string]any{"tool": "deploy", "session": "s1"}
+	began := s.do("POST", "/v1/calls", scopedToken, body, "Idempotency-Key", "deploy-s1")
+	if began.status != http.StatusCreated {
+		t.Fatalf("staging token: %d %s", began.status, began.raw)
+	}
+	if r := s.do("POST", "/v1/calls", plainCarol, body, "Idempotency-Key", "deploy-s1"); r.status != http.StatusForbidden || r.header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("the public-scope token with the staging token's key: %d (replayed %q) %s, want 403",
+			r.status, r.header.Get("Idempotent-Replayed"), r.raw)
+	}
+	r := s.do("POST", "/v1/calls", rotatedCarol, body, "Idempotency-Key", "deploy-s1")
+	if r.status != http.StatusCreated || r.header.Get("Idempotent-Replayed") != "true" || r.str("call_id") != began.str("call_id") {
+		t.Errorf("a token of the same scopes with the key: %d (replayed %q) %s, want the first answer",
+			r.status, r.header.Get("Idempotent-Replayed"), r.raw)
 	}
 }
 
