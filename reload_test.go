@@ -3,6 +3,7 @@ package agentsec_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -319,4 +320,40 @@ func TestRefusedReloadTakesNoEffectOnReplay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOwnAttributesAreReserved: every attribute agentsec writes on the
+// records of a reload, a trust change and a call is one audit.ReservedAttr
+// names, so a client (of the HTTP API, say) can't set one and pass its
+// record off as agentsec's.
+func TestOwnAttributesAreReserved(t *testing.T) {
+	ctx := context.Background()
+	s := reloadStack(t, audit.NewMemoryStore())
+	if _, err := s.TrustGate.RevokeBy(ctx, "bob", "", agentsec.Change{Operator: "sec", Reason: "leaked"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reload(ctx, agentsec.Reload{Version: "v2", Operator: "ops", TrustGate: agentsec.TrustGateConfig{Rules: reloadRules,
+		Agents: []trust.Assignment{{Agent: "alice", Level: "privileged"}, {Agent: "carol", Level: "public", Scope: "x"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := call(s, "alice", "write"); err != nil {
+		t.Fatal(err)
+	}
+	page, err := s.Audit.Query(ctx, audit.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, rec := range page.Records {
+		for k := range rec.Attrs {
+			seen[k] = true
+			if !audit.ReservedAttr(k) {
+				t.Errorf("a %s record carries the attribute %q, which a client may set", rec.Event, k)
+			}
+		}
+		if !audit.ReservedEvent(rec.Event) {
+			t.Errorf("the event %q is agentsec's, and a client may log it", rec.Event)
+		}
+	}
+	t.Logf("attributes seen: %v", slices.Sorted(maps.Keys(seen)))
 }

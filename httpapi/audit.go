@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,14 +50,6 @@ type eventRequest struct {
 	Attrs   map[string]string `json:"attrs"`
 }
 
-// reservedEvents are the prefixes of the events agentsec records itself,
-// in any case: a caller's event can't pass for one of its decisions.
-var reservedEvents = []string{"tool.", "trust.", "budget.", "health.", "agentsec.", "config.", "agent.", "operator.", "session."}
-
-// serverAttrs are the attributes agentsec sets on records itself: a
-// caller's can't pass for them.
-var serverAttrs = []string{"source", "operator", "withheld_tokens", "budget_error", "reservation", "expires", "previous", "config"}
-
 // checkAttrs refuses attributes a caller may not set, or too many.
 func checkAttrs(attrs map[string]string) error {
 	if len(attrs) > maxAttrs {
@@ -67,7 +58,7 @@ func checkAttrs(attrs map[string]string) error {
 	n := 0
 	for k, v := range attrs {
 		n += len(k) + len(v)
-		if slices.Contains(serverAttrs, strings.ToLower(k)) {
+		if audit.ReservedAttr(k) {
 			return fmt.Errorf("the attribute %q is agentsec's to set", k)
 		}
 	}
@@ -146,10 +137,8 @@ func checkEvent(in *eventRequest) error {
 	if err := checkTokens("tokens", in.Tokens); err != nil {
 		return err
 	}
-	for _, p := range reservedEvents {
-		if strings.HasPrefix(strings.ToLower(in.Event), p) {
-			return fmt.Errorf("events beginning %q are agentsec's own; name yours otherwise", p)
-		}
+	if audit.ReservedEvent(in.Event) {
+		return fmt.Errorf("the event %q is of a kind agentsec records itself; name yours otherwise", in.Event)
 	}
 	return checkAttrs(in.Attrs)
 }

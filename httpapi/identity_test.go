@@ -119,6 +119,12 @@ func TestNoForgedRecords(t *testing.T) {
 		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"operator": "root"}}},
 		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"withheld_tokens": "999"}}},
 		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"source": "config"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"OAuth_Subject": "ceo@example.com"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"task": "t-1"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"reload": "3cd48dff56af4ee8"}}},
+		{"/v1/calls", map[string]any{"tool": "write", "session": "s", "attrs": map[string]any{"signature": "x"}}},
+		{"/v1/audit/events", map[string]any{"event": "auth.oauth"}},
+		{"/v1/audit/events", map[string]any{"event": "Auth.Refused"}},
 	} {
 		if r := s.do("POST", c.path, aliceToken, c.body); r.status != http.StatusBadRequest || r.code() != "invalid_request" {
 			t.Errorf("POST %s %v: %d %s, want 400 invalid_request", c.path, c.body, r.status, r.raw)
