@@ -160,6 +160,10 @@ type answer struct {
 	// recorded, records it: a retry with the same Idempotency-Key runs
 	// it instead of making the change again.
 	resume func() answer
+	// cause is the failure behind an answer that a store failed, for the
+	// server's log alone: its text may name paths, hosts or database
+	// users, which a caller has no business learning.
+	cause error
 }
 
 // reply is the answer of a status and a value.
@@ -302,6 +306,9 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, answe
 
 // write sends an answer.
 func (s *Server) write(w http.ResponseWriter, a answer) {
+	if a.cause != nil {
+		s.Log.Warn("httpapi: a store failed; the caller was told only that", "status", a.status, "err", a.cause)
+	}
 	h := w.Header()
 	ct := "application/json"
 	if p, isProblem := a.body.(*problem); isProblem {

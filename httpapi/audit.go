@@ -203,7 +203,7 @@ func (s *Server) queryRecords(ctx context.Context, q *request) answer {
 		return invalid(strings.TrimPrefix(err.Error(), "audit: "))
 	}
 	if err != nil {
-		return auditUnavailable(err)
+		return auditUnreadable(err)
 	}
 	out := queryAnswer{Records: make([]recordJSON, len(page.Records)), NextCursor: page.Next}
 	for i := range page.Records {
@@ -226,7 +226,7 @@ func (s *Server) storedRecord(ctx context.Context, q *request) ([]byte, audit.Re
 		return nil
 	})
 	if err != nil {
-		return nil, audit.Record{}, auditUnavailable(err), false
+		return nil, audit.Record{}, auditUnreadable(err), false
 	}
 	missing := notFound(fmt.Sprintf("no record %d that this caller may read", seq))
 	if data == nil {
@@ -234,7 +234,7 @@ func (s *Server) storedRecord(ctx context.Context, q *request) ([]byte, audit.Re
 	}
 	rec, err := audit.DecodeRecord(data)
 	if err != nil {
-		return nil, audit.Record{}, auditUnavailable(fmt.Errorf("record %d does not decode: %w", seq, err)), false
+		return nil, audit.Record{}, auditUnavailableBecause(fmt.Sprintf("record %d does not decode", seq), err), false
 	}
 	rec.Seq = seq
 	if q.who.agent != "" && rec.Agent != q.who.agent {
@@ -279,15 +279,15 @@ func (s *Server) getRecordProof(ctx context.Context, q *request) answer {
 	}
 	signed, err := s.checkpointWhere(ctx, func(size uint64) bool { return size > rec.Seq })
 	if err != nil {
-		return auditUnavailable(err)
+		return auditUnreadable(err)
 	}
 	proof, err := audit.ProveInclusion(ctx, s.Stack.Audit.Store(), rec.Seq, signed)
 	if err != nil {
-		return auditUnavailable(err)
+		return auditUnreadable(err)
 	}
 	text, err := proof.MarshalText()
 	if err != nil {
-		return auditUnavailable(err)
+		return auditUnreadable(err)
 	}
 	return reply(http.StatusOK, proofAnswer{Seq: rec.Seq, Record: recordOf(&rec), LeafHash: leafHash(data),
 		Checkpoint: string(signed), Proof: string(text)})
@@ -303,11 +303,11 @@ type checkpointAnswer struct {
 func (s *Server) getCheckpoint(ctx context.Context, q *request) answer {
 	signed, err := s.checkpointWhere(ctx, func(uint64) bool { return true })
 	if err != nil {
-		return auditUnavailable(err)
+		return auditUnreadable(err)
 	}
 	cp, err := audit.OpenCheckpoint(signed, s.Stack.Audit.Verifier())
 	if err != nil {
-		return auditUnavailable(fmt.Errorf("the latest checkpoint does not verify: %w", err))
+		return auditUnavailableBecause("the latest checkpoint does not verify", err)
 	}
 	return reply(http.StatusOK, checkpointAnswer{Origin: cp.Origin, Size: cp.Size,
 		RootHash: base64.StdEncoding.EncodeToString(cp.Root[:]), Checkpoint: string(signed)})

@@ -213,7 +213,7 @@ func (s *Server) commitReservation(ctx context.Context, q *request) answer {
 func (s *Server) record(ctx context.Context, rec audit.Record, then func(seq uint64) answer) answer {
 	logged, err := s.Stack.Audit.Log(ctx, rec)
 	if err != nil {
-		a := auditUnavailable(fmt.Errorf("the change was made, but not recorded; retry with the same Idempotency-Key to record it: %w", err))
+		a := auditUnavailableBecause("the change was made, but not recorded; retry with the same Idempotency-Key to record it", err)
 		a.resume = func() answer { return s.record(ctx, rec, then) }
 		return a
 	}
@@ -288,12 +288,31 @@ func (s *Server) recordSpending(ctx context.Context, q *request) answer {
 	return s.record(bg, rec, func(seq uint64) answer { return s.settled(bg, "", key, seq, &in.Tokens) })
 }
 
+// budgetUnavailable answers a failure of the budget store: the caller is
+// told what failed, the server's log why (answer.cause).
 func budgetUnavailable(err error) answer {
-	return fail(http.StatusServiceUnavailable, CodeBudgetUnavailable, "the budget store could not be asked: "+err.Error())
+	a := fail(http.StatusServiceUnavailable, CodeBudgetUnavailable, "the budget store could not be asked; try again shortly")
+	a.cause = err
+	return a
 }
 
+// auditUnavailable answers a failure of the audit log, as
+// budgetUnavailable does.
 func auditUnavailable(err error) answer {
-	return fail(http.StatusServiceUnavailable, CodeAuditUnavailable, "the decision could not be recorded, so it is denied: "+err.Error())
+	return auditUnavailableBecause("the decision could not be recorded, so it is denied", err)
+}
+
+// auditUnreadable answers a failure to read the audit log, as
+// budgetUnavailable does.
+func auditUnreadable(err error) answer {
+	return auditUnavailableBecause("the audit log could not be read; try again shortly", err)
+}
+
+// auditUnavailableBecause is auditUnavailable, telling the caller detail.
+func auditUnavailableBecause(detail string, err error) answer {
+	a := fail(http.StatusServiceUnavailable, CodeAuditUnavailable, detail)
+	a.cause = err
+	return a
 }
 
 func tooMany(err error) answer {

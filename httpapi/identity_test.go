@@ -2,11 +2,14 @@ package httpapi_test
 
 import (
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/audit/audittest"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 )
 
 // TestAgentsActOnlyAsThemselves: a token can't read, reserve, commit,
@@ -132,5 +135,35 @@ func TestNoForgedRecords(t *testing.T) {
 	}
 	if s.stack.Audit.Size() != size {
 		t.Errorf("forged records were written")
+	}
+}
+
+// TestStoreFailuresStayOnTheServer: when the audit log fails, a caller is
+// told what failed and to try again, and the store's own error — which
+// may name a path, a host or a database user — goes to the server's log,
+// not into the answer.
+func TestStoreFailuresStayOnTheServer(t *testing.T) {
+	s := newTestServer(t, limits{})
+	var logged syncbuf.Buffer
+	s.api.Log = slog.New(slog.NewTextHandler(&logged, nil))
+	s.audit.Fail.Store(true)
+	for _, c := range []struct {
+		method, path string
+		body         map[string]any
+	}{
+		{"POST", "/v1/audit/events", map[string]any{"event": "note"}},
+		{"POST", "/v1/calls", map[string]any{"tool": "write", "session": "s"}},
+		{"POST", "/v1/budget/sessions/s/spending", map[string]any{"tokens": 1}},
+	} {
+		r := s.do(c.method, c.path, aliceToken, c.body)
+		if r.status != http.StatusServiceUnavailable || r.code() != "audit_unavailable" {
+			t.Errorf("%s %s with the log failing: %d %s, want 503 audit_unavailable", c.method, c.path, r.status, r.raw)
+		}
+		if strings.Contains(string(r.raw), audittest.ErrInjected.Error()) {
+			t.Errorf("%s %s: the store's error reached the caller: %s", c.method, c.path, r.raw)
+		}
+	}
+	if !strings.Contains(logged.String(), audittest.ErrInjected.Error()) {
+		t.Errorf("the store's error is not in the server's log: %q", logged.String())
 	}
 }
