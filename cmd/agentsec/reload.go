@@ -125,16 +125,25 @@ func (r *reloader) onSignal(ctx context.Context) {
 		"changes", len(res.Changes), "detail", strings.Join(res.Changes, "; "))
 }
 
-// credentialChanges returns a record for each token added or removed, and
-// each operator's role changed. A token is named by the first 16 hex
+// credentialChanges returns a record for each token added or removed,
+// each agent's token whose scopes changed, and each operator's role
+// changed. A token is named by the first 16 hex
 // digits of its SHA-256, as the configuration holds it.
 func credentialChanges(oldAgents, newAgents []httpapi.Credential, oldOps, newOps []httpapi.Operator) []audit.Record {
 	var out []audit.Record
 	agentKey := func(c httpapi.Credential) string { return c.Agent + "\x00" + hex.EncodeToString(c.TokenSHA256[:8]) }
 	oldA, newA := byKey(oldAgents, agentKey), byKey(newAgents, agentKey)
+	scopes := func(c httpapi.Credential) string {
+		return fmt.Sprintf("%q", slices.Sorted(slices.Values(c.Scopes)))
+	}
 	for _, c := range newAgents {
-		if _, ok := oldA[agentKey(c)]; !ok {
+		prev, ok := oldA[agentKey(c)]
+		switch {
+		case !ok:
 			out = append(out, tokenRecord(eventAgentToken, c.Agent, "", "added", c.TokenSHA256))
+		case scopes(prev) != scopes(c):
+			// The token acts in other scopes now: at other levels.
+			out = append(out, tokenRecord(eventAgentToken, c.Agent, "", "scopes "+scopes(prev)+" → "+scopes(c), c.TokenSHA256))
 		}
 	}
 	for _, c := range oldAgents {

@@ -13,11 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/httpapi"
 	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
@@ -299,5 +301,40 @@ func TestServeConsole(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("an agent's token signing in: %d", resp.StatusCode)
+	}
+}
+
+// TestCredentialChanges: a reload records each token added, removed or
+// moved to other scopes — a token that now acts in another scope acts at
+// another level — and each operator's role changed; it records nothing
+// for the same tokens in another order.
+func TestCredentialChanges(t *testing.T) {
+	sum := func(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+	oldAgents := []httpapi.Credential{
+		{TokenSHA256: sum("a"), Agent: "alice", Scopes: []string{"", "dev"}},
+		{TokenSHA256: sum("b"), Agent: "bob", Scopes: []string{""}},
+	}
+	if got := credentialChanges(oldAgents, []httpapi.Credential{
+		{TokenSHA256: sum("b"), Agent: "bob", Scopes: []string{""}},
+		{TokenSHA256: sum("a"), Agent: "alice", Scopes: []string{"dev", ""}},
+	}, nil, nil); len(got) != 0 {
+		t.Errorf("the same tokens in another order: %d records", len(got))
+	}
+	got := credentialChanges(oldAgents, []httpapi.Credential{
+		{TokenSHA256: sum("a"), Agent: "alice", Scopes: []string{"", "prod"}},
+		{TokenSHA256: sum("c"), Agent: "carol", Scopes: []string{""}},
+	}, []httpapi.Operator{{TokenSHA256: sum("o"), ID: "ops"}}, []httpapi.Operator{{TokenSHA256: sum("o"), ID: "ops", Admin: true}})
+	var changes []string
+	for _, rec := range got {
+		changes = append(changes, rec.Event+" "+rec.Agent+rec.Attrs["operator_id"]+": "+rec.Attrs["change"])
+	}
+	want := []string{
+		`agent.token alice: scopes ["" "dev"] → ["" "prod"]`,
+		"agent.token carol: added",
+		"agent.token bob: removed",
+		"operator.token ops: role auditor → admin",
+	}
+	if !slices.Equal(changes, want) {
+		t.Errorf("changes:\n%s\nwant:\n%s", strings.Join(changes, "\n"), strings.Join(want, "\n"))
 	}
 }
