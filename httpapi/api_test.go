@@ -3,16 +3,21 @@ package httpapi_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/budget"
 	"github.com/agentsec/agentsec/httpapi"
+	"github.com/agentsec/agentsec/trust"
 )
 
 // TestGuardExactUnderConcurrency: 200 calls at once on a session of 50
@@ -552,5 +557,53 @@ func TestEndRetriedAfterAuditFailure(t *testing.T) {
 	}
 	if r := s.do("POST", path, aliceToken, map[string]any{"tokens": 3}); r.status != http.StatusConflict || !strings.Contains(r.str("detail"), "must not be used") {
 		t.Errorf("an end without a key after the failure: %d %s", r.status, r.raw)
+	}
+}
+
+// failingCounts is a budget store whose token counts fail while fail is
+// set, as a PostgreSQL store's do on a timeout.
+type failingCounts struct {
+	budget.Store
+	fail atomic.Bool
+}
+
+func (b *failingCounts) CommitWithin(ctx context.Context, session string, tokens int64) (budget.State, error) {
+	if b.fail.Load() {
+		return budget.State{}, errors.New("connection reset")
+	}
+	return b.Store.CommitWithin(ctx, session, tokens)
+}
+
+// TestEndRetriedAfterBudgetFailure: an end whose tokens could not be
+// counted answers budget_unavailable — the result is withheld — and so
+// does its retry with the same key once the store is back, never "ended
+// already"; the record says the result was withheld.
+func TestEndRetriedAfterBudgetFailure(t *testing.T) {
+	counts := &failingCounts{Store: budget.NewMemoryStore()}
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate:      agentsec.TrustGateConfig{ToolName: "read", RequiredLevel: "public", Agents: []trust.Assignment{{Agent: "alice", Level: "public"}}},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 1000, CallLimit: 10, Store: counts},
+		AuditNamespace: "test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &httpapi.Server{Stack: stack, Agents: []httpapi.Credential{{TokenSHA256: sha256.Sum256([]byte(aliceToken)), Agent: "alice", Scopes: []string{""}}}}
+	srv := httptest.NewServer(api)
+	t.Cleanup(func() { srv.Close(); api.Close(); stack.Close() })
+	s := &testServer{t: t, url: srv.URL, stack: stack, api: api, http: srv.Client()}
+
+	b := s.do("POST", "/v1/calls", aliceToken, map[string]any{"tool": "read", "session": "s"})
+	path := "/v1/calls/" + b.str("call_id") + "/end"
+	for i, fail := range []bool{true, false} {
+		counts.fail.Store(fail)
+		r := s.do("POST", path, aliceToken, map[string]any{"tokens": 5}, "Idempotency-Key", "end-1")
+		if r.status != http.StatusServiceUnavailable || r.code() != "budget_unavailable" {
+			t.Errorf("attempt %d (counts failing %v): %d %s, want 503 budget_unavailable", i+1, fail, r.status, r.raw)
+		}
+	}
+	recs := s.records(audit.Filter{Event: "tool.call"})
+	if len(recs) != 1 || recs[0].Outcome != audit.OutcomeDenied || recs[0].Attrs["withheld_tokens"] != "5" {
+		t.Errorf("records %+v, want one denial with the result withheld", recs)
 	}
 }

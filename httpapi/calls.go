@@ -121,15 +121,15 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 	s.open.settle(c, stateEnded)
 	if de, denied := errors.AsType[*agentsec.DeniedError](err); denied {
 		// The result is withheld, or its record could not be written:
-		// either way the caller must not use it.
+		// either way the caller must not use it. A retry of this end,
+		// with its Idempotency-Key, hears the same — a 503 included,
+		// which is otherwise not remembered — not "ended already",
+		// which would read as a success.
 		a := denial(err)
 		if errors.Is(de, agentsec.ErrAuditUnavailable) {
-			// The record is lost with the log's failure. A retry of
-			// this end, with its Idempotency-Key, hears the same — not
-			// "ended already", which would read as a success.
-			c.unrecorded = true
-			a.resume = func() answer { return a }
+			c.unrecorded = true // the record is lost with the log's failure
 		}
+		a.resume = func() answer { return a }
 		return a
 	}
 	out := endAnswer{CallID: c.id, DecisionID: rec.Seq, Outcome: rec.Outcome, Reason: rec.Reason, Tokens: rec.Tokens}
