@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/hex"
@@ -67,6 +68,9 @@ func newReloader(ctx context.Context, file string, cfg *config.Config, stack *ag
 func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reloaded, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := unchangingFor(r.file, func() { time.Sleep(settleTime) }); err != nil {
+		return agentsec.Reloaded{}, err
+	}
 	next, err := config.Load(r.file)
 	if err != nil {
 		return agentsec.Reloaded{}, err
@@ -112,6 +116,29 @@ func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reload
 	}
 	r.cfg, r.agents, r.operators = next, api.Agents, api.Operators
 	return res, nil
+}
+
+// settleTime is how long a configuration file must stay the same before
+// a reload reads it.
+const settleTime = 100 * time.Millisecond
+
+// unchangingFor refuses a file that changes while wait runs (for
+// settleTime): one being written in place, whose first part may parse —
+// a file cut after its first rules is valid YAML, and would drop the rest.
+func unchangingFor(file string, wait func()) error {
+	before, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	wait()
+	after, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(before, after) {
+		return fmt.Errorf("%s changed while it was read: it is being written; reload once it is complete (write a new file beside it and rename it over, which is atomic)", file)
+	}
+	return nil
 }
 
 // onSignal reloads for a SIGHUP and says what happened on the log.

@@ -338,3 +338,29 @@ func TestCredentialChanges(t *testing.T) {
 		t.Errorf("changes:\n%s\nwant:\n%s", strings.Join(changes, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestReloadRefusesAFileBeingWritten: a file that changes while a reload
+// reads it is refused, whatever its parts parse to; one that stays the
+// same is read.
+func TestReloadRefusesAFileBeingWritten(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "agentsec.yaml")
+	if err := os.WriteFile(file, []byte("namespace: n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unchangingFor(file, func() {}); err != nil {
+		t.Fatalf("a file at rest: %v", err)
+	}
+	more := func() {
+		f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString("trust: {}\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unchangingFor(file, more); err == nil || !strings.Contains(err.Error(), "being written") {
+		t.Errorf("a file written during the read: %v, want refused", err)
+	}
+}
