@@ -425,6 +425,44 @@ func TestTiktokenCounter(t *testing.T) {
 	}
 }
 
+// TestTiktokenCounterCountsEveryContentItem: what a client hands the
+// model costs whatever the item's type — an embedded resource's text as a
+// text, base64 data a token for every 4 characters, an item of a type
+// MCP may add later its whole JSON — so a server can't pass a file's text
+// uncounted as a resource.
+func TestTiktokenCounterCountsEveryContentItem(t *testing.T) {
+	c := &mcpgate.TiktokenCounter{}
+	text := strings.Repeat("the quick brown fox jumps over the lazy dog ", 100)
+	asText, err := c.CountResult([]byte(`{"content":[{"type":"text","text":"` + text + `"}]}`))
+	if err != nil || asText < 900 {
+		t.Fatalf("a text of 900 words costs %d, %v", asText, err)
+	}
+	blob := strings.Repeat("QUJD", 250) // 1,000 characters of base64
+	for _, tc := range []struct {
+		result string
+		want   func(int64) bool
+	}{
+		{`{"content":[{"type":"resource","resource":{"uri":"file:///a","text":"` + text + `"}}]}`, func(n int64) bool { return n == asText }},
+		{`{"content":[{"type":"resource","resource":{"uri":"file:///a","blob":"` + blob + `"}}]}`, func(n int64) bool { return n == 250 }},
+		{`{"content":[{"type":"image","data":"` + blob + `","mimeType":"image/png"}]}`, func(n int64) bool { return n == 250 }},
+		{`{"content":[{"type":"audio","data":"` + blob + `","mimeType":"audio/wav"}]}`, func(n int64) bool { return n == 250 }},
+		{`{"content":[{"type":"future","words":"` + text + `"}]}`, func(n int64) bool { return n >= asText }},
+		{`{"content":[{"TYPE":"resource","Resource":{"TEXT":"` + text + `"}}]}`, func(n int64) bool { return n == asText }}, // as Go's clients read it
+		{`{"content":[{"type":"resource","resource":{"text":"","Text":"` + text + `"}}]}`, func(n int64) bool { return n == asText }},
+		{`{"content":[{"text":"` + text + `"}]}`, func(n int64) bool { return n == 0 }}, // no type: no client shows it
+	} {
+		n, err := c.CountResult([]byte(tc.result))
+		if err != nil || !tc.want(n) {
+			t.Errorf("CountResult(%.80s…) = %d, %v", tc.result, n, err)
+		}
+	}
+	for _, bad := range []string{`{"content":[{"type":"resource"}]}`, `{"content":[{"type":"resource","resource":{"text":1}}]}`, `{"content":[{"type":"image","data":1}]}`} {
+		if _, err := c.CountResult([]byte(bad)); err == nil {
+			t.Errorf("CountResult(%s) succeeded", bad)
+		}
+	}
+}
+
 // A result is counted as MCP clients read it: JavaScript's and Python's
 // match keys exactly, Go's without regard to case, all take the last of
 // a repeated key. A server must not hide a text from the count behind a
@@ -444,7 +482,7 @@ func TestTiktokenCounterReadsKeysAsClientsDo(t *testing.T) {
 		{`{"content":[{"type":"text","text":"","TEXT":"hello world"}]}`, hello}, // the same
 		{`{"content":[{"type":"text","text":"hello world","Text":"hello world hello world"}]}`, 2 * hello},
 		{`{"content":[{"type":"text","text":"x"},{"type":"text","text":"hello world"}],"content":[{"type":"text","text":"hello world"}]}`, hello},
-		{`{"content":[null,{"type":"image","data":"AAAA"}]}`, 0},
+		{`{"content":[null,{"type":"image","data":"AAAA"}]}`, 1},
 		{`null`, 0},
 	} {
 		n, err := c.CountResult([]byte(tc.result))

@@ -171,14 +171,20 @@ func FuzzCountResult(f *testing.F) {
 		if err != nil {
 			return
 		}
-		texts, structured, _, err := resultText(result)
+		rc, err := resultText(result)
 		if err != nil {
 			t.Fatalf("CountResult(%q) counted what resultText refuses: %v", result, err)
 		}
-		if exact, err := c.count(texts, structured); err == nil && n < exact {
+		if exact, err := c.count(rc.texts, rc.structured); err == nil && n < exact+rc.media {
 			t.Fatalf("CountResult(%q) = %d, less than the exact reading's %d", result, n, exact)
 		}
-		var r goToolResult
+		var r struct {
+			Content []struct {
+				Type string `json:"type"`
+				Text string `json:"text"`
+			} `json:"content"`
+			StructuredContent json.RawMessage `json:"structuredContent"`
+		}
 		if json.Unmarshal(result, &r) == nil {
 			var goTexts []string
 			for _, item := range r.Content {

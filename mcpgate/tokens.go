@@ -37,40 +37,97 @@ type TiktokenCounter struct {
 // "text" too. A server could hide a text from one reading behind a key
 // only the other takes — an empty "TEXT" after "text" — so a result
 // with such keys is counted both ways and costs the more.
+//
+// Every content item a client hands the model costs: a text's tokens; an
+// embedded resource's text, counted the same; base64 data — an image's,
+// an audio clip's, a resource's blob — a token for every 4 characters
+// (mediaTokens); and an item of a type MCP may add later, its whole JSON,
+// which fails safe. An item with no type is nothing a client shows.
 func (c *TiktokenCounter) CountResult(result json.RawMessage) (int64, error) {
 	if err := c.load(); err != nil {
 		return 0, err
 	}
-	texts, structured, caseless, err := resultText(result)
+	rc, err := resultText(result)
 	if err != nil {
 		return 0, fmt.Errorf("mcpgate: tool result is not a CallToolResult: %w", err)
 	}
-	total, err := c.count(texts, structured)
-	if err != nil || !caseless {
+	total, err := c.count(rc.texts, rc.structured)
+	total += rc.media
+	if err != nil || !rc.caseless {
 		return total, err
 	}
-	var r goToolResult
-	if err := json.Unmarshal(result, &r); err != nil {
+	asGo, ok := readAsGo(result)
+	if !ok {
 		return total, nil // Go's clients can't read it: they see nothing
 	}
-	texts = texts[:0]
-	for _, item := range r.Content {
-		if item.Type == "text" {
-			texts = append(texts, item.Text)
-		}
-	}
-	asGo, err := c.count(texts, r.StructuredContent)
-	return max(total, asGo), err
+	n, err := c.count(asGo.texts, asGo.structured)
+	return max(total, n+asGo.media), err
 }
 
-// goToolResult is a CallToolResult as Go's decoder reads it, keys matched
-// without regard to case.
-type goToolResult struct {
-	Content []struct {
-		Type string `json:"type"`
+// mediaCharsPerToken is what base64 data — an image's, an audio clip's, a
+// resource's blob — costs: a token for every 4 characters, about what a
+// tokenizer would count for it as text and more than models charge for
+// media, counted without the tokenizer.
+const mediaCharsPerToken = 4
+
+// mediaTokens is what base64 data costs.
+func mediaTokens(data string) int64 {
+	return int64((len(data) + mediaCharsPerToken - 1) / mediaCharsPerToken)
+}
+
+// A contentItem is what of a content item reaches the model, as one
+// reading (exact keys, or Go's) takes it.
+type contentItem struct {
+	Type     string `json:"type"`
+	Text     string `json:"text"`
+	Data     string `json:"data"`
+	Resource *struct {
 		Text string `json:"text"`
-	} `json:"content"`
-	StructuredContent json.RawMessage `json:"structuredContent"`
+		Blob string `json:"blob"`
+	} `json:"resource"`
+}
+
+// add adds what item costs to rc: raw is the item's JSON, counted whole
+// for a type MCP may add later.
+func (rc *resultContent) add(item contentItem, raw json.RawMessage) {
+	switch item.Type {
+	case "":
+		// No type: nothing a client shows.
+	case "text":
+		rc.texts = append(rc.texts, item.Text)
+	case "image", "audio":
+		rc.media += mediaTokens(item.Data)
+	case "resource":
+		if item.Resource != nil {
+			rc.texts = append(rc.texts, item.Resource.Text)
+			rc.media += mediaTokens(item.Resource.Blob)
+		}
+	default:
+		rc.texts = append(rc.texts, string(raw))
+	}
+}
+
+// readAsGo reads a result as Go's decoder does, keys matched without
+// regard to case; false if Go's clients can't read it.
+func readAsGo(result json.RawMessage) (resultContent, bool) {
+	var r struct {
+		Content           []json.RawMessage `json:"content"`
+		StructuredContent json.RawMessage   `json:"structuredContent"`
+	}
+	if err := json.Unmarshal(result, &r); err != nil {
+		return resultContent{}, false
+	}
+	rc := resultContent{structured: r.StructuredContent}
+	for _, raw := range r.Content {
+		var item contentItem
+		if string(raw) != "null" {
+			if err := json.Unmarshal(raw, &item); err != nil {
+				return resultContent{}, false
+			}
+		}
+		rc.add(item, raw)
+	}
+	return rc, true
 }
 
 // load loads the tokenizer, once.
@@ -115,44 +172,78 @@ func (c *TiktokenCounter) count(texts []string, structured json.RawMessage) (int
 	return total, nil
 }
 
-// resultText returns what of a CallToolResult reaches the model as text,
-// keys matched exactly: the text of each content item of type "text",
-// and the structured content. caseless reports a key that differs from
-// one of those only by case, which Go's decoder would take instead.
-func resultText(result json.RawMessage) (texts []string, structured json.RawMessage, caseless bool, err error) {
+// resultContent is what of a CallToolResult reaches the model.
+type resultContent struct {
+	// texts are the texts to count (contentItem).
+	texts []string
+	// media is the tokens of the content's base64 data.
+	media int64
+	// structured is the structured content.
+	structured json.RawMessage
+	// caseless reports a key that differs from one read only by case,
+	// which Go's decoder would take instead.
+	caseless bool
+}
+
+// resultText reads what of a CallToolResult reaches the model, keys
+// matched exactly.
+func resultText(result json.RawMessage) (rc resultContent, err error) {
 	m, err := decodeObject(result)
 	switch {
 	case err != nil:
-		return nil, nil, false, err
+		return rc, err
 	case m == nil:
-		return nil, nil, false, nil // null: no content
+		return rc, nil // null: no content
 	}
-	caseless = hasCaselessKey(m, "content", "structuredContent")
+	rc.caseless = hasCaselessKey(m, "content", "structuredContent")
+	rc.structured = m["structuredContent"]
 	// The values of m are valid JSON of m's own: split, not decoded again.
-	if raw := nullIsAbsent(m["content"]); raw != nil {
-		if raw[0] != '[' {
-			return nil, nil, false, errors.New("content is not an array")
-		}
-		for i, raw := range elements(raw) {
-			item, err := validObject(raw)
-			if err != nil {
-				return nil, nil, false, fmt.Errorf("content item %d: %w", i, err)
-			}
-			caseless = caseless || hasCaselessKey(item, "type", "text")
-			typ, err := optionalString(item, "type")
-			if err != nil {
-				return nil, nil, false, fmt.Errorf("content item %d: type: %w", i, err)
-			}
-			text, err := optionalString(item, "text")
-			if err != nil {
-				return nil, nil, false, fmt.Errorf("content item %d: text: %w", i, err)
-			}
-			if typ == "text" {
-				texts = append(texts, text)
-			}
-		}
+	raw := nullIsAbsent(m["content"])
+	if raw == nil {
+		return rc, nil
 	}
-	return texts, m["structuredContent"], caseless, nil
+	if raw[0] != '[' {
+		return resultContent{}, errors.New("content is not an array")
+	}
+	for i, raw := range elements(raw) {
+		item, err := validObject(raw)
+		if err != nil {
+			return resultContent{}, fmt.Errorf("content item %d: %w", i, err)
+		}
+		var it contentItem
+		if it.Type, err = optionalString(item, "type"); err != nil {
+			return resultContent{}, fmt.Errorf("content item %d: type: %w", i, err)
+		}
+		rc.caseless = rc.caseless || hasCaselessKey(item, "type", "text", "data", "resource")
+		switch it.Type {
+		case "text":
+			if it.Text, err = optionalString(item, "text"); err != nil {
+				return resultContent{}, fmt.Errorf("content item %d: text: %w", i, err)
+			}
+		case "image", "audio":
+			if it.Data, err = optionalString(item, "data"); err != nil {
+				return resultContent{}, fmt.Errorf("content item %d: data: %w", i, err)
+			}
+		case "resource":
+			res, err := validObject(nullIsAbsent(item["resource"]))
+			if err != nil || res == nil {
+				return resultContent{}, fmt.Errorf("content item %d: resource is not an object", i)
+			}
+			rc.caseless = rc.caseless || hasCaselessKey(res, "text", "blob")
+			it.Resource = &struct {
+				Text string `json:"text"`
+				Blob string `json:"blob"`
+			}{}
+			if it.Resource.Text, err = optionalString(res, "text"); err != nil {
+				return resultContent{}, fmt.Errorf("content item %d: resource text: %w", i, err)
+			}
+			if it.Resource.Blob, err = optionalString(res, "blob"); err != nil {
+				return resultContent{}, fmt.Errorf("content item %d: resource blob: %w", i, err)
+			}
+		}
+		rc.add(it, raw)
+	}
+	return rc, nil
 }
 
 // hasCaselessKey reports whether m has a key that differs from one of
