@@ -228,10 +228,15 @@ type router struct {
 	mu       sync.Mutex
 	init     json.RawMessage // the client's initialize params, once answered
 	inflight map[jsonrpc.ID]*clientRequest
-	outbound map[int64]outboundRequest // the upstreams' requests to the client, by the gateway's id
-	nextOut  int64
-	owners   resourceOwners
-	tasks    map[string]*task // the tasks the session created, by id
+	// unanswered counts the requests tracked whose answers are not yet
+	// written: an id is free for reuse once its answer is on its way,
+	// but the request counts against maxInflight until the client has
+	// taken its answer, so one that stops reading can't pile up answers.
+	unanswered int
+	outbound   map[int64]outboundRequest // the upstreams' requests to the client, by the gateway's id
+	nextOut    int64
+	owners     resourceOwners
+	tasks      map[string]*task // the tasks the session created, by id
 
 	calls  sync.WaitGroup // requests handled off the read loop
 	ending bool           // the session is ending: no more of them
@@ -243,6 +248,7 @@ type clientRequest struct {
 	up        *upstreamConn // where it went, once sent
 	upID      int64
 	governed  bool // spent once sent: a cancel doesn't stop the wait (methods.go)
+	answered  bool // its answer is written (or dropped): router.unanswered counts it no more
 }
 
 // An outboundRequest is an upstream's request the gateway relayed to the
@@ -344,12 +350,23 @@ func (r *router) track(id jsonrpc.ID) (*clientRequest, string) {
 	if _, dup := r.inflight[id]; dup {
 		return nil, "agentsec: a request with this id is already in progress"
 	}
-	if len(r.inflight) >= maxInflight {
+	if len(r.inflight) >= maxInflight || r.unanswered >= maxInflight {
 		return nil, fmt.Sprintf("agentsec: the session has %d requests in progress, the most it may; wait for some to finish", maxInflight)
 	}
 	cr := &clientRequest{cancelled: make(chan struct{})}
 	r.inflight[id] = cr
+	r.unanswered++
 	return cr, ""
+}
+
+// answered counts cr among the unanswered requests no more, once.
+func (r *router) answered(cr *clientRequest) {
+	r.mu.Lock()
+	if !cr.answered {
+		cr.answered = true
+		r.unanswered--
+	}
+	r.mu.Unlock()
 }
 
 func (r *router) initParamsSet() bool { return r.initParams() != nil }
@@ -392,6 +409,9 @@ func isCancelled(cr *clientRequest) bool {
 // gets no answer, as the protocol asks.
 func (r *router) reply(ctx context.Context, cr *clientRequest, id jsonrpc.ID, resp *jsonrpc.Response) {
 	r.untrack(id, cr)
+	if cr != nil {
+		defer r.answered(cr)
+	}
 	if cr != nil && isCancelled(cr) {
 		if d, ok := r.down.(requestDropper); ok {
 			d.dropRequest(id)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,52 @@ func TestDuplicateIDLeavesTheFirstRequest(t *testing.T) {
 	io.WriteString(in, `{"jsonrpc":"2.0","id":6,"method":"ping"}`+"\n")
 	if r := readReply(t, out); r.ID != 6.0 || r.Error != nil {
 		t.Errorf("ping after the cancellation: %+v (a cancelled call gets no answer)", r)
+	}
+}
+
+// TestUnreadAnswersBoundTheSession: a client that stops reading the
+// gateway's stdout can't have it take requests without bound — each
+// request counts against the session's 1,024 until its answer is written,
+// not only until it is answered — so the gateway stops reading from it,
+// and the answers it holds stay bounded.
+func TestUnreadAnswersBoundTheSession(t *testing.T) {
+	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 1<<40, nil)
+	up := newUpstream()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- (&mcpgate.Proxy{Stack: stack, Agent: "desktop", Upstreams: []mcpgate.Upstream{{Name: "files", Connect: up.connect}}}).
+			Serve(context.Background(), mcpgate.NewStdioConn(inR, outW, 0))
+	}()
+	defer func() { inW.Close(); outR.Close(); <-done }()
+	io.WriteString(inW, initializeLine)
+	bufio.NewScanner(outR).Scan() // the initialize answer; stdout is never read again
+	io.WriteString(inW, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n")
+
+	const sent = 1200
+	var written atomic.Int64
+	go func() {
+		for i := range sent {
+			if _, err := fmt.Fprintf(inW, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`+"\n", 100+i); err != nil {
+				return
+			}
+			written.Add(1)
+		}
+	}()
+	// Wait for the gateway to stop taking requests: the writer makes no
+	// progress for a second (or has sent them all).
+	for last, still := int64(-1), 0; still < 10; time.Sleep(100 * time.Millisecond) {
+		if n := written.Load(); n != last || up.calls.Load() > 1024 {
+			last, still = n, 0
+			if n == sent || up.calls.Load() > 1024 {
+				break
+			}
+		} else {
+			still++
+		}
+	}
+	if n := up.calls.Load(); n > 1024 || written.Load() == sent {
+		t.Errorf("with no answer read, the gateway took %d of %d requests and ran %d calls; the bound is 1,024", written.Load(), sent, n)
 	}
 }
