@@ -205,7 +205,9 @@ func resultText(result json.RawMessage) (rc resultContent, err error) {
 	if raw[0] != '[' {
 		return resultContent{}, errors.New("content is not an array")
 	}
-	for i, raw := range elements(raw) {
+	items := elements(raw)
+	rc.texts = make([]string, 0, len(items))
+	for i, raw := range items {
 		item, err := validObject(raw)
 		if err != nil {
 			return resultContent{}, fmt.Errorf("content item %d: %w", i, err)
