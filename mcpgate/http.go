@@ -722,7 +722,7 @@ func (g *Gateway) startSession(id string, c caller, init json.RawMessage) (*http
 	g.running.Add(1)
 	g.mu.Unlock()
 	p := &Proxy{Stack: g.Stack, Agent: agent, Session: s.id, Upstreams: g.Upstreams, Tokens: g.Tokens, Log: g.Log,
-		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s.id, c.owner),
+		AllowUnlistedTools: g.AllowUnlistedTools, Observer: g.Observer, onInitialized: g.saveSession(s, c.owner),
 		Attrs:    c.attrs,
 		onListed: g.listed.add}
 	r, err := p.router(ctx, s)
@@ -732,7 +732,8 @@ func (g *Gateway) startSession(id string, c caller, init json.RawMessage) (*http
 		return nil, err
 	}
 	if init != nil {
-		r.adopt(init) // the client initialized the session with another replica
+		s.saved.Store(true) // found in the store
+		r.adopt(init)       // the client initialized the session with another replica
 	}
 	go func() {
 		defer g.running.Done()
@@ -813,6 +814,9 @@ func (g *Gateway) reapIdle() {
 			switch d := s.idleFor(); {
 			case d > g.IdleTimeout:
 				idle = append(idle, id)
+			case !s.saved.Load():
+				// Not in the store yet (its initialize is under way):
+				// the store would call it gone.
 			case d <= sinceLast: // used since the last refresh, or busy now
 				used = append(used, id)
 				held = append(held, id)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -23,6 +24,9 @@ type httpSession struct {
 	cancel    context.CancelFunc
 	closed    chan struct{}
 	closeOnce sync.Once
+	// saved is set once the session is in the SessionStore: until then
+	// the store can't vouch for it, and a refresh must not end it.
+	saved atomic.Bool
 
 	receive func(jsonrpc.Message, map[string]string) *jsonrpc.Error // the proxy's, set before the first message
 

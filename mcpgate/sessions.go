@@ -83,15 +83,17 @@ func (g *Gateway) refreshShared(held, used []string) {
 
 // saveSession records the session in the gateway's SessionStore, if it
 // has one, before the client learns the session is initialized.
-func (g *Gateway) saveSession(id, owner string) func(context.Context, json.RawMessage) error {
+func (g *Gateway) saveSession(s *httpSession, owner string) func(context.Context, json.RawMessage) error {
 	if g.Sessions == nil {
 		return nil
 	}
+	id := s.id
 	return func(ctx context.Context, init json.RawMessage) error {
 		if err := g.Sessions.SaveSession(ctx, id, owner, init); err != nil {
 			g.Log.Error("agentsec: recording a session for the other replicas", "session", id, "err", err)
 			return errors.New("the session could not be recorded for the gateway's other replicas; try again")
 		}
+		s.saved.Store(true)
 		return nil
 	}
 }

@@ -326,9 +326,17 @@ func TestReplicasEndSessionsEverywhere(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE: %d", resp.StatusCode)
 	}
-	time.Sleep(idle / 4 * 3 / 2)
-	if code := list(srvs[1], deleted.ID()); code != http.StatusNotFound {
-		t.Errorf("a session deleted through replica 0, on replica 1 that held it: %d, want 404", code)
+	// Replica 1 learns of it at its next refresh (every 250 ms), or the
+	// one after on a loaded machine.
+	for deadline := time.Now().Add(2 * idle); ; time.Sleep(idle / 10) {
+		code := list(srvs[1], deleted.ID())
+		if code == http.StatusNotFound {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("a session deleted through replica 0, on replica 1 that held it: %d, want 404", code)
+			break
+		}
 	}
 
 	// Used through one replica the whole time, alive on another.
@@ -372,17 +380,45 @@ func TestReplicasEndSessionsEverywhere(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || idled == "" {
 		t.Fatalf("initialize: %d, session %q", resp.StatusCode, idled)
 	}
-	time.Sleep(idle * 3 / 2)
+	// Ended by the first refresh after the idle timeout, 250 ms at most
+	// on an idle machine: twice the timeout leaves room for a late one.
+	time.Sleep(idle * 2)
 	for i, srv := range srvs {
 		if code := list(srv, idled); code != http.StatusNotFound {
 			t.Errorf("an idle session on replica %d: %d, want 404", i, code)
 		}
 	}
-	time.Sleep(idle / 2)
+	time.Sleep(idle)
 	sessions.mu.Lock()
 	_, kept := sessions.sessions[idled]
 	sessions.mu.Unlock()
 	if kept {
 		t.Error("the idle session's row is still in the store")
+	}
+}
+
+// TestInitializeOutlastsARefresh: a session whose initialize is under way
+// is not yet in the session store, and a replica's refresh must not take
+// it for one another replica ended: with an upstream whose start takes
+// 600 ms and a refresh every 250 ms (IdleTimeout 1 s), every initialize
+// succeeds.
+func TestInitializeOutlastsARefresh(t *testing.T) {
+	stack := newStack(t, []trust.Rule{{Tool: "fs.*", Level: "public"}}, []trust.Assignment{{Agent: "alice", Level: "verified"}}, 100, nil)
+	up := newUpstream()
+	slow := func(ctx context.Context) (mcp.Connection, error) {
+		time.Sleep(600 * time.Millisecond)
+		return up.connect(ctx)
+	}
+	gw := &mcpgate.Gateway{Stack: stack, Sessions: &memorySessions{}, IdleTimeout: time.Second,
+		Agents:    []mcpgate.Credential{{TokenSHA256: sha256.Sum256([]byte("alice-token")), Agent: "alice"}},
+		Upstreams: []mcpgate.Upstream{{Name: "files", Connect: slow}}}
+	srv := httptest.NewServer(gw)
+	t.Cleanup(func() { gw.Close(); srv.Close() })
+	for i := range 3 {
+		resp := doMCP(t, "POST", srv.URL, initializeBody, map[string]string{"Authorization": "Bearer alice-token"})
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("initialize %d: %d, session %q", i, resp.StatusCode, resp.Header.Get("Mcp-Session-Id"))
+		}
 	}
 }
