@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,9 +162,14 @@ func (f *httpFront) delete(token, session string) {
 // A session holds at most 1,024 requests in progress: a flood of calls
 // past that is refused at once, and the session goes on.
 func TestInflightFlood(t *testing.T) {
-	up := newNaiveServer(t, func(s *naiveServer) { s.slow = 1500 * time.Millisecond })
+	// The calls run until the refusals are counted: a call that ended
+	// would free its place for one of the flood.
+	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	up := newNaiveServer(t, func(s *naiveServer) { s.hold = hold })
 	h := newHarness(t, up, limits{calls: 5000})
 	c := h.stdio()
+	t.Cleanup(release) // before the harness's own, which wait for the calls
 	const calls = 1100
 	var lines strings.Builder
 	for i := range calls {
@@ -186,6 +192,7 @@ func TestInflightFlood(t *testing.T) {
 	if n := up.running.Load(); n > 1024 {
 		t.Errorf("%d calls ran at once upstream, more than a session may have in progress", n)
 	}
+	release()
 	h.waitRecords(up.executions())
 	h.checkInvariants()
 }

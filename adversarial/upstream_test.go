@@ -31,6 +31,8 @@ type naiveServer struct {
 	// slow is how long the "slow" tool takes; it runs to the end even if
 	// cancelled, then answers.
 	slow time.Duration
+	// hold, if set, makes "slow" run until it is closed instead.
+	hold chan struct{}
 	// shadowNames lists each tool with a second key "NAME" besides
 	// "name": a reader that matches keys without regard to case takes
 	// "shadow.<name>" for its name.
@@ -258,7 +260,11 @@ func (s *naiveServer) execute(session string, params json.RawMessage) (string, *
 	defer s.running.Add(-1)
 	switch name {
 	case "slow":
-		time.Sleep(s.slow) // runs to the end, cancelled or not
+		if s.hold != nil {
+			<-s.hold
+		} else {
+			time.Sleep(s.slow) // runs to the end, cancelled or not
+		}
 		return "slow done", nil
 	case "big":
 		size, _ := p.Arguments["size"].(float64)
