@@ -260,8 +260,14 @@ func TestCheckExpiry(t *testing.T) {
 func TestCheckExpiryRealClock(t *testing.T) {
 	p := mustPolicy(t, DefaultLadder(), []Rule{{Tool: "t", Level: "verified"}}, "")
 	g := mustGate(t, p)
-	mustAssign(t, g, Assignment{Agent: "a", Level: "privileged", Expires: time.Now().Add(20 * time.Millisecond)})
-	time.Sleep(50 * time.Millisecond)
+	// Assigned as of now, so that a pause before it can't make the
+	// expiry pass first; checked on the real clock past it.
+	now := time.Now()
+	expires := now.Add(20 * time.Millisecond)
+	if err := g.AssignAt(Assignment{Agent: "a", Level: "privileged", Expires: expires}, now); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(expires) + 30*time.Millisecond)
 	d := g.Check(Request{Agent: "a", Tool: "t"})
 	if d.Allowed || d.Reason != ReasonExpired || !d.Expired {
 		t.Errorf("Allowed, Reason, Expired = %v, %v, %v; want false, %v, true", d.Allowed, d.Reason, d.Expired, ReasonExpired)

@@ -38,6 +38,7 @@ func TestSecondWriterRefused(t *testing.T) {
 	}
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "audit.db")
+	openedOn := time.Now().UTC().Format("2006-01-02") // not the day after, at midnight
 	first, err := sqlite.Open(ctx, path, sqlite.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +72,7 @@ func TestSecondWriterRefused(t *testing.T) {
 		}
 		host, _ := os.Hostname()
 		for _, want := range []string{path, "in use by pid " + strconv.Itoa(os.Getpid()), strconv.Quote(host),
-			os.Args[0], "since " + time.Now().UTC().Format("2006-01-02"),
+			os.Args[0], "since " + openedOn,
 			"stop it, or give this one another audit.path"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("second Open error = %q, want it to contain %q", err, want)
