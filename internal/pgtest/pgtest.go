@@ -157,24 +157,54 @@ func Start() (*Server, error) {
 		s.removeDir()
 		return nil, fmt.Errorf("initdb: %v: %s", err, out)
 	}
-	if s.port, err = freePort(); err != nil {
-		s.removeDir()
-		return nil, err
-	}
-	if err := s.Restart(); err != nil {
-		s.removeDir()
-		return nil, err
+	// The port is free when chosen, and may be another test's by the
+	// time the server binds it: then another is chosen.
+	for attempt := 1; ; attempt++ {
+		if s.port, err = freePort(); err != nil {
+			s.removeDir()
+			return nil, err
+		}
+		err = s.start()
+		if err == nil {
+			break
+		}
+		if !portTaken(err) || attempt == 5 {
+			s.removeDir()
+			return nil, err
+		}
 	}
 	s.DSN = fmt.Sprintf("postgres://agentsec@127.0.0.1:%d/postgres?sslmode=disable", s.port)
 	return s, nil
 }
 
 // Restart starts the server again after Kill, on the same
-// port and data; it returns once the server accepts connections.
+// port and data; it returns once the server accepts connections. If
+// another process took the port meanwhile, it tries again for a few
+// seconds.
 func (s *Server) Restart() error {
 	if s.dir == "" {
 		return errors.New("pgtest: the server was not started by the tests")
 	}
+	for attempt := 1; ; attempt++ {
+		err := s.start()
+		if err == nil || !portTaken(err) || attempt == 10 {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// portTaken reports whether the server failed to start because another
+// process holds its port.
+func portTaken(err error) bool {
+	return strings.Contains(err.Error(), "already in use") || strings.Contains(err.Error(), "could not bind")
+}
+
+// start starts the server on s.port; it returns once the server accepts
+// connections.
+func (s *Server) start() error {
+	// A fresh log for each start, so that what it says is this start's.
+	os.Remove(filepath.Join(s.dir, "log"))
 	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c max_connections=300 -c fsync=on", s.port, s.dir)
 	out, err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-w", "-t", "60", "-o", opts, "start")
 	if err != nil {
