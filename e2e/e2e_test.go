@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -71,18 +72,33 @@ func abs(t *testing.T, p string) string {
 	return a
 }
 
-// setup writes a signer key and a configuration for one upstream, and
-// returns the directory, the config path and the HTTP address.
-func setup(t *testing.T, rules, upstream string, calls int) (dir, cfg, addr string) {
+// setup writes a signer key and a configuration for one upstream, served
+// on a port the system chooses (serve says which), and returns the
+// directory and the config path.
+func setup(t *testing.T, rules, upstream string, calls int) (dir, cfg string) {
 	t.Helper()
-	dir = t.TempDir()
-	run(t, dir, agentsecBin, "keygen", "-name", "e2e")
+	return setupListening(t, rules, upstream, calls, "127.0.0.1:0")
+}
+
+// freeAddr returns a loopback address free when asked, for a test that
+// must name the gateway's address before it starts (an OAuth provider's
+// configuration): another process may take it meanwhile, a small risk
+// the other tests avoid by listening on port 0.
+func freeAddr(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr = ln.Addr().String()
-	ln.Close()
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// setupListening is setup, serving on addr.
+func setupListening(t *testing.T, rules, upstream string, calls int, addr string) (dir, cfg string) {
+	t.Helper()
+	dir = t.TempDir()
+	run(t, dir, agentsecBin, "keygen", "-name", "e2e")
 	sum := sha256.Sum256([]byte("e2e-token"))
 	config := fmt.Sprintf(`namespace: e2e
 trust:
@@ -102,7 +118,7 @@ upstreams:
 		t.Fatal(err)
 	}
 	run(t, dir, agentsecBin, "config", "check", cfg)
-	return dir, cfg, addr
+	return dir, cfg
 }
 
 func run(t *testing.T, dir string, name string, args ...string) string {
@@ -193,7 +209,7 @@ func clientAsked(t *testing.T, mode string, steps []step, target ...string) ([]s
 
 // serve starts agentsec serve and returns its URL and a function that
 // stops it, as an operator would, with an interrupt.
-func serve(t *testing.T, dir, cfg, addr string) (string, func()) {
+func serve(t *testing.T, dir, cfg string) (string, func()) {
 	t.Helper()
 	cmd := exec.Command(agentsecBin, "serve", "-config", cfg)
 	cmd.Dir = dir
@@ -230,24 +246,26 @@ func serve(t *testing.T, dir, cfg, addr string) (string, func()) {
 		}
 	}
 	t.Cleanup(stop)
-	started := make(chan bool, 1)
+	started := make(chan string, 1)
+	serving := regexp.MustCompile(`serving MCP on (http://\S+/)`)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			logMu.Lock()
 			log.WriteString(sc.Text() + "\n")
 			logMu.Unlock()
-			if strings.Contains(sc.Text(), "serving MCP on") {
-				started <- true
+			if m := serving.FindStringSubmatch(sc.Text()); m != nil {
+				started <- m[1]
 			}
 		}
 	}()
 	select {
-	case <-started:
+	case url := <-started:
+		return url, stop
 	case <-time.After(30 * time.Second):
 		t.Fatal("agentsec serve did not start")
+		return "", nil
 	}
-	return "http://" + addr + "/", stop
 }
 
 const everythingRules = `    - {tool: echo, level: public}
@@ -328,7 +346,7 @@ func verifyLog(t *testing.T, dir string) {
 
 func TestEverythingOverStdio(t *testing.T) {
 	requireNode(t)
-	dir, cfg, _ := setup(t, everythingRules, everythingUpstream(t), 3)
+	dir, cfg := setup(t, everythingRules, everythingUpstream(t), 3)
 	got := client(t, "stdio", everythingSteps, agentsecBin, "proxy", "-config", cfg)
 	checkEverything(t, got, true)
 	verifyLog(t, dir)
@@ -336,8 +354,8 @@ func TestEverythingOverStdio(t *testing.T) {
 
 func TestEverythingOverHTTP(t *testing.T) {
 	requireNode(t)
-	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 3)
-	url, stop := serve(t, dir, cfg, addr)
+	dir, cfg := setup(t, everythingRules, everythingUpstream(t), 3)
+	url, stop := serve(t, dir, cfg)
 	got := client(t, "http", everythingSteps, url, "e2e-token")
 	checkEverything(t, got, true)
 	// A wrong token gets nowhere.
@@ -362,7 +380,7 @@ func TestFilesystemOverStdio(t *testing.T) {
     - {tool: list_directory, level: public}
     - {tool: write_file, level: privileged}`
 	upstream := fmt.Sprintf("  - {name: fs, command: %q, args: [%q]}", abs(t, "node_modules/.bin/mcp-server-filesystem"), data)
-	_, cfg, _ := setup(t, rules, upstream, 100)
+	_, cfg := setup(t, rules, upstream, 100)
 	got := client(t, "stdio", []step{
 		{Op: "list-tools"},
 		{Op: "call", Name: "read_text_file", Arguments: map[string]any{"path": filepath.Join(data, "notes.txt")}},
@@ -396,12 +414,12 @@ func TestEverythingAsksTheClient(t *testing.T) {
 	}
 	for _, mode := range []string{"stdio", "http"} {
 		t.Run(mode, func(t *testing.T) {
-			dir, cfg, addr := setup(t, rules, everythingUpstream(t), 100)
+			dir, cfg := setup(t, rules, everythingUpstream(t), 100)
 			target := []string{agentsecBin, "proxy", "-config", cfg}
 			var stop func()
 			if mode == "http" {
 				var url string
-				url, stop = serve(t, dir, cfg, addr)
+				url, stop = serve(t, dir, cfg)
 				target = []string{url, "e2e-token"}
 			}
 			got, asked := clientAsked(t, mode, steps, target...)
@@ -453,10 +471,10 @@ func TestEverythingAndFilesystemTogether(t *testing.T) {
 	}
 	for _, mode := range []string{"stdio", "http"} {
 		t.Run(mode, func(t *testing.T) {
-			dir, cfg, addr := setup(t, rules, upstreams, 100)
+			dir, cfg := setup(t, rules, upstreams, 100)
 			target := []string{agentsecBin, "proxy", "-config", cfg}
 			if mode == "http" {
-				url, stop := serve(t, dir, cfg, addr)
+				url, stop := serve(t, dir, cfg)
 				defer stop()
 				target = []string{url, "e2e-token"}
 			}
@@ -499,9 +517,9 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // and through agentsec proxy.
 func TestEverythingWithTheGoClient(t *testing.T) {
 	requireNode(t)
-	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 3)
-	url, stop := serve(t, dir, cfg, addr)
-	stdioDir, stdioCfg, _ := setup(t, everythingRules, everythingUpstream(t), 3)
+	dir, cfg := setup(t, everythingRules, everythingUpstream(t), 3)
+	url, stop := serve(t, dir, cfg)
+	stdioDir, stdioCfg := setup(t, everythingRules, everythingUpstream(t), 3)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name      string
@@ -664,12 +682,13 @@ func toolCallRecords(t *testing.T, dir string) []exportedRecord {
 // client and its token, and the log verifies.
 func TestOAuthWithBothSDKs(t *testing.T) {
 	requireNode(t)
-	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
+	addr := freeAddr(t)
+	dir, cfg := setupListening(t, everythingRules, everythingUpstream(t), 10, addr)
 	endpoint := "http://" + addr + "/mcp"
 	issuer := startProvider(t, endpoint, map[string]string{"svc-ts": "ts-secret", "svc-go": "go-secret"})
 	oauthConfig(t, cfg, endpoint, issuer, "{svc-ts: ts-client, svc-go: ts-client}", "")
 	run(t, dir, agentsecBin, "config", "check", cfg)
-	_, stop := serve(t, dir, cfg, addr)
+	_, stop := serve(t, dir, cfg)
 
 	steps := []step{
 		{Op: "call", Name: "echo", Arguments: map[string]any{"message": "signed in"}},
@@ -720,7 +739,8 @@ func TestOAuthWithBothSDKs(t *testing.T) {
 // time has passed.
 func TestOAuthOpaqueTokensFromARealProvider(t *testing.T) {
 	requireNode(t)
-	dir, cfg, addr := setup(t, everythingRules, everythingUpstream(t), 10)
+	addr := freeAddr(t)
+	dir, cfg := setupListening(t, everythingRules, everythingUpstream(t), 10, addr)
 	endpoint := "http://" + addr + "/mcp"
 	issuer := startProvider(t, endpoint, map[string]string{"svc-go": "go-secret"}, "opaque")
 	if err := os.WriteFile(filepath.Join(dir, "introspection.secret"), []byte("introspection-secret\n"), 0o600); err != nil {
@@ -729,7 +749,7 @@ func TestOAuthOpaqueTokensFromARealProvider(t *testing.T) {
 	oauthConfig(t, cfg, endpoint, issuer, "{svc-go: ts-client}",
 		"        introspection: {client_id: agentsec-gateway, client_secret_file: introspection.secret, opaque_tokens: true, cache: 1s}\n")
 	run(t, dir, agentsecBin, "config", "check", cfg)
-	_, stop := serve(t, dir, cfg, addr)
+	_, stop := serve(t, dir, cfg)
 
 	ctx := context.Background()
 	cs := goOAuthClient(t, endpoint, issuer, "svc-go", "go-secret")
