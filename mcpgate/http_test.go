@@ -248,7 +248,7 @@ func TestHTTPOneUpstreamConnectionPerSession(t *testing.T) {
 func TestHTTPSessionLimits(t *testing.T) {
 	srv, _, _, _ := newHTTPGatewayWith(t, func(g *mcpgate.Gateway) {
 		g.MaxSessions = 1
-		g.IdleTimeout = 200 * time.Millisecond
+		g.IdleTimeout = time.Second
 	})
 	first, err := connect(t, srv, "alice-token")
 	if err != nil {
@@ -271,7 +271,7 @@ func TestHTTPSessionLimits(t *testing.T) {
 	if got := postMCP(t, srv.URL, ping, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": id}); got != http.StatusOK {
 		t.Errorf("ping on a fresh session: %d", got)
 	}
-	time.Sleep(time.Second) // idle past IdleTimeout
+	time.Sleep(3 * time.Second) // idle past IdleTimeout, reaped every quarter of it
 	if got := postMCP(t, srv.URL, ping, map[string]string{"Authorization": "Bearer alice-token", "Mcp-Session-Id": id}); got != http.StatusNotFound {
 		t.Errorf("ping on a session idle past its timeout: %d, want 404", got)
 	}
