@@ -55,6 +55,12 @@ type VerifyResult struct {
 // yet; they are checked for consistency but not against a signature.
 func (r VerifyResult) Uncovered() uint64 { return r.Records - r.Latest.Size }
 
+// Unvouched reports whether the log has records and no signed checkpoint
+// covers any of them — none at all, or only one of the empty log, whose
+// root is every log's — so that nothing ties them to the key: whoever can
+// write the store could have written them. A verifier should fail then.
+func (r VerifyResult) Unvouched() bool { return r.Records > 0 && r.Latest.Size == 0 }
+
 // A VerifyError names the first record that failed verification.
 type VerifyError struct {
 	Seq    uint64

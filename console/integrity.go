@@ -100,6 +100,9 @@ func (v *verification) start(store audit.Store, opts audit.VerifyOptions) bool {
 		case err != nil:
 			v.failed = true
 			v.result = "The verification could not finish: " + oneLine(err.Error())
+		case res.Unvouched():
+			v.failed = true
+			v.result = fmt.Sprintf("The log does not verify: no signed checkpoint covers any of its %d records, so nothing ties them to the key.", res.Records)
 		default:
 			v.done = res.Records
 			v.result = fmt.Sprintf("Verified %d records against the signed checkpoints (%d); the latest covers %d, and %d records are newer.",

@@ -69,7 +69,7 @@ checkpoint that does not hold, and exits 0 only when everything holds.
 		}
 		return err
 	}
-	if res.Records > 0 && res.Checkpoints == 0 {
+	if res.Unvouched() {
 		return fmt.Errorf("no signed checkpoint covers any of the %d records, so nothing ties them to the key; "+
 			"if the log's writer stopped before signing one, open the log once with its signer key", res.Records)
 	}

@@ -11,6 +11,7 @@ import (
 
 	_ "modernc.org/sqlite" // the "sqlite" driver, to tamper with a log
 
+	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/store/sqlite"
 )
@@ -377,4 +378,53 @@ func TestExportLeafHashes(t *testing.T) {
 			t.Errorf("record %d: %v, tool %q", got.index, err, r.Tool)
 		}
 	}
+}
+
+// TestVerifyEmptyCheckpointCoversNothing: a checkpoint of the empty log —
+// signed by a stack that recorded nothing at start — vouches for no
+// record (an empty tree's root is every log's), so a log whose records it
+// alone "covers", forged by a writer of the database without the key,
+// fails verification.
+func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if code, _, stderr := runExit(t, &Main{}, "keygen", "-name", "gw", "-dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	key, _ := os.ReadFile(filepath.Join(dir, "gw.key"))
+	db := filepath.Join(dir, "audit.db")
+	// A stack whose agents are assigned at run time (or serve with only
+	// operators): nothing is recorded at start; Close signs size 0.
+	stack, err := agentsec.New(agentsec.Config{
+		TrustGate:      agentsec.TrustGateConfig{Rules: nil},
+		Budget:         agentsec.BudgetConfig{TokenLimit: 10, CallLimit: 1},
+		AuditNamespace: "gw",
+		Audit:          agentsec.AuditConfig{Path: db, SignerKey: string(key)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The attacker: no key, write access to the database.
+	st, err := sqlite.Open(ctx, db, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.NewLog(ctx, st, audit.Options{Namespace: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "forged", Tool: "rm", Outcome: audit.OutcomeAllowed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	code, out, stderr := runExit(t, &Main{}, "audit", "verify", "-db", db, "-pubkey", filepath.Join(dir, "gw.pub"))
+	if code != 1 {
+		t.Errorf("verify exits %d for 3 records no signed checkpoint covers:\n%s", code, out)
+	}
+	wantOneLine(t, stderr, "no signed checkpoint covers any of the 3 records")
 }
