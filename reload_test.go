@@ -2,7 +2,9 @@ package agentsec_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"github.com/agentsec/agentsec"
 	"github.com/agentsec/agentsec/audit"
 	"github.com/agentsec/agentsec/audit/audittest"
+	"github.com/agentsec/agentsec/internal/syncbuf"
 	"github.com/agentsec/agentsec/trust"
 )
 
@@ -356,4 +359,54 @@ func TestOwnAttributesAreReserved(t *testing.T) {
 		}
 	}
 	t.Logf("attributes seen: %v", slices.Sorted(maps.Keys(seen)))
+}
+
+// TestReloadChangesOfAnOlderVersionHold: a reload's change written by an
+// older agentsec — signed without its reload id, and closed by an
+// unsigned record — took effect when it was written, and still does on
+// replay: here the reload that dropped alice's line ended her runtime
+// grant for good, so with the old line back she holds the file's level,
+// and no forgery is reported.
+func TestReloadChangesOfAnOlderVersionHold(t *testing.T) {
+	ctx := context.Background()
+	store := audit.NewMemoryStore()
+	var logged syncbuf.Buffer
+	cfg := trustConfig(store, newKey(t), trust.Assignment{Agent: "alice", Level: "public"})
+	cfg.Audit.Logger = slog.New(slog.NewTextHandler(&logged, nil))
+	s := openStack(t, cfg)
+	if _, err := s.TrustGate.AssignBy(ctx, trust.Assignment{Agent: "alice", Level: "privileged"}, agentsec.Change{Operator: "ops"}); err != nil {
+		t.Fatal(err)
+	}
+	// The older version's reload dropping alice's line, as it wrote it:
+	// the statement it signed has no reload id.
+	statement := `{"namespace":"test","id":"0011223344556677","event":"trust.revoke","agent":"alice","scope":"",` +
+		`"level":"","expires":"","configured":"(none)","source":"config","operator":"","reason":"alice's line removed"}`
+	sig, err := s.Audit.SignStatement("trust-change/v1", []byte(statement))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	old, err := audit.NewLog(ctx, store, audit.Options{Namespace: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range []audit.Record{
+		{Event: agentsec.EventTrustRevoke, Agent: "alice", Reason: "alice's line removed", Attrs: map[string]string{
+			"change_id": "0011223344556677", "configured": "(none)", "source": "config", "reload": "aabbccdd",
+			"signature": base64.StdEncoding.EncodeToString(sig)}},
+		{Event: agentsec.EventConfigReload, Reason: "configuration reloaded", Attrs: map[string]string{"reload": "aabbccdd", "changes": "1"}},
+	} {
+		if _, err := old.Log(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+
+	s = openStack(t, cfg) // the file's old line back
+	if got := level(s, "alice", ""); got != "public" {
+		t.Errorf("alice holds %q, want the file's public: the older version's reload ended her runtime grant", got)
+	}
+	if strings.Contains(logged.String(), "not signed") {
+		t.Errorf("the older version's change was reported forged:\n%s", logged.String())
+	}
 }

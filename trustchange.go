@@ -121,6 +121,17 @@ func changeStatement(rec *audit.Record) []byte {
 	return data
 }
 
+// changeStatementWithoutReload is the statement a reload's change was
+// signed with before the reload id was part of it: its signature verifies
+// only so, and such a change (written by an older version, whose reloads
+// were not closed by a signed record) takes effect where it stands.
+func changeStatementWithoutReload(rec *audit.Record) []byte {
+	r := *rec
+	r.Attrs = maps.Clone(rec.Attrs)
+	delete(r.Attrs, attrReload)
+	return changeStatement(&r)
+}
+
 // assignKey names an assignment: an agent in a scope.
 type assignKey struct{ agent, scope string }
 
@@ -369,7 +380,12 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 		return // recorded before changes were signed: no change counted on it
 	}
 	sig, err := base64.StdEncoding.DecodeString(rec.Attrs[attrSignature])
-	if err != nil || !g.log.VerifyStatement(trustChangeKind, changeStatement(rec), sig) {
+	signedReload := err == nil && g.log.VerifyStatement(trustChangeKind, changeStatement(rec), sig)
+	// A reload's change signed before its reload id was (an older
+	// version's) verifies without it, and took effect as it was written.
+	signedBefore := !signedReload && err == nil && rec.Attrs[attrReload] != "" &&
+		g.log.VerifyStatement(trustChangeKind, changeStatementWithoutReload(rec), sig)
+	if !signedReload && !signedBefore {
 		rs.reportForged("agentsec: a trust change in the audit log is not signed by the log's key; it is ignored",
 			"seq", rec.Seq, "event", rec.Event, "agent", rec.Agent, "scope", rec.Scope, "level", rec.AssignedLevel)
 		return
@@ -378,7 +394,7 @@ func (g *TrustGate) apply(gate *trust.Gate, rs *replayState, rec *audit.Record) 
 		return // a copy, appended again to undo what came after it, or one of ours
 	}
 	rs.seen[id] = true
-	if reload := rec.Attrs[attrReload]; source == sourceConfig && reload != "" {
+	if reload := rec.Attrs[attrReload]; source == sourceConfig && reload != "" && signedReload {
 		// A reload's change waits for its signed closing record: a reload
 		// refused partway never took effect.
 		rs.pending[reload] = append(rs.pending[reload], *rec)
