@@ -486,8 +486,13 @@ func querySQL(f audit.Filter, from uint64) (string, []any) {
 			add(c.col+" = $%d", indexText(c.v))
 		}
 	}
-	if strings.HasPrefix(f.Event, "trust.") {
+	// The partial indexes' predicates, word for word, so that the
+	// planner uses them.
+	switch {
+	case strings.HasPrefix(f.Event, "trust."):
 		where = append(where, trustChangePredicate)
+	case f.Event == "config.reload":
+		where = append(where, reloadPredicate)
 	}
 	// The time column holds microseconds, rounded down; rounding the
 	// bounds outwards keeps every record in range.

@@ -74,7 +74,14 @@ var migrations = [][]string{
 		// predicate word for word, so that the planner uses it.
 		`CREATE INDEX agentsec_audit_trust_changes ON agentsec_audit_records (seq) WHERE ` + trustChangePredicate,
 	},
+	{ // 4: reloads' closing records, which a trust replay reads with the changes
+		`CREATE INDEX agentsec_audit_reloads ON agentsec_audit_records (seq) WHERE ` + reloadPredicate,
+	},
 }
+
+// reloadPredicate selects the closing records of reloads, which put a
+// reload's trust changes into force on replay.
+const reloadPredicate = `event = 'config.reload'`
 
 // trustChangePredicate selects the trust changes: the "trust.assign" and
 // "trust.revoke" records agentsec.TrustGate reads back.

@@ -388,19 +388,20 @@ func TestTrustChangesReadThroughTheirIndex(t *testing.T) {
 	st := migrated(t).Audit()
 	defer st.Close()
 	if err := st.Exec(ctx, `INSERT INTO agentsec_audit_records (seq, data, hashes, time, namespace, event, agent, session, tool, outcome)
-		SELECT g, '\x00', '\x00', g, 'ns', CASE WHEN g % 10000 = 0 THEN 'trust.assign' ELSE 'tool.call' END, 'a', 's', 't', 'allow'
+		SELECT g, '\x00', '\x00', g, 'ns', CASE WHEN g % 10000 = 0 THEN 'trust.assign' WHEN g % 10000 = 1 THEN 'config.reload' ELSE 'tool.call' END, 'a', 's', 't', 'allow'
 		FROM generate_series(0, 99999) g`); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Exec(ctx, `ANALYZE agentsec_audit_records`); err != nil {
 		t.Fatal(err)
 	}
-	for _, event := range []string{"trust.assign", "trust.revoke"} {
+	for event, index := range map[string]string{"trust.assign": "agentsec_audit_trust_changes",
+		"trust.revoke": "agentsec_audit_trust_changes", "config.reload": "agentsec_audit_reloads"} {
 		plan, err := st.ExplainQuery(ctx, audit.Filter{Namespace: "ns", Event: event}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(plan, "agentsec_audit_trust_changes") {
+		if !strings.Contains(plan, index) {
 			t.Errorf("the query of %s records does not use their index:\n%s", event, plan)
 		}
 	}
