@@ -269,11 +269,12 @@ func (s *Server) serveRoute(rt route) http.Handler {
 			s.write(w, invalid("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 			return
 		}
-		// The key is the caller's, with the authority its token gives,
-		// for this route and query string: an agent's token of one scope
-		// can't be told what its token of another was allowed.
-		a, replayed := s.replays.do(q.who.id(), q.who.authority()+"\x00"+r.Method+" "+r.URL.RequestURI()+"\x00"+key,
-			sha256.Sum256(q.body), func() answer { return rt.h(s, r.Context(), q) })
+		// The key is the caller's, for this route and query string; a
+		// token of the caller's with another authority (an agent's in
+		// other scopes) is refused it, neither told what the first was
+		// allowed nor running the request twice.
+		a, replayed := s.replays.do(q.who.id(), q.who.id()+"\x00"+r.Method+" "+r.URL.RequestURI()+"\x00"+key,
+			q.who.authority(), sha256.Sum256(q.body), func() answer { return rt.h(s, r.Context(), q) })
 		if replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}

@@ -476,10 +476,12 @@ func TestIdempotencyKeyScope(t *testing.T) {
 }
 
 // TestIdempotencyKeyOfOneAuthority: an agent's tokens of different scopes
-// don't share Idempotency-Keys — carol's public-scope token, sending the
-// key her staging token began "deploy" under, is decided afresh and
-// refused, not told the staging token's 201 — while two tokens of the same
-// scopes (a rotation) do.
+// share the agent's Idempotency-Keys, but one can't use a key the other
+// did — carol's public-scope token, sending the key her staging token
+// began "deploy" under, is refused (422), neither told the staging
+// token's 201 nor running the request again — while two tokens of the
+// same scopes (a rotation) replay each other's answers. A spending sent
+// through both is counted once.
 func TestIdempotencyKeyOfOneAuthority(t *testing.T) {
 	s := newTestServer(t, limits{})
 	const plainCarol, rotatedCarol = "carol-plain-token", "carol-staging-token-2"
@@ -493,14 +495,21 @@ func TestIdempotencyKeyOfOneAuthority(t *testing.T) {
 	if began.status != http.StatusCreated {
 		t.Fatalf("staging token: %d %s", began.status, began.raw)
 	}
-	if r := s.do("POST", "/v1/calls", plainCarol, body, "Idempotency-Key", "deploy-s1"); r.status != http.StatusForbidden || r.header.Get("Idempotent-Replayed") != "" {
-		t.Errorf("the public-scope token with the staging token's key: %d (replayed %q) %s, want 403",
+	if r := s.do("POST", "/v1/calls", plainCarol, body, "Idempotency-Key", "deploy-s1"); r.status != http.StatusUnprocessableEntity || r.header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("the public-scope token with the staging token's key: %d (replayed %q) %s, want 422",
 			r.status, r.header.Get("Idempotent-Replayed"), r.raw)
 	}
 	r := s.do("POST", "/v1/calls", rotatedCarol, body, "Idempotency-Key", "deploy-s1")
 	if r.status != http.StatusCreated || r.header.Get("Idempotent-Replayed") != "true" || r.str("call_id") != began.str("call_id") {
 		t.Errorf("a token of the same scopes with the key: %d (replayed %q) %s, want the first answer",
 			r.status, r.header.Get("Idempotent-Replayed"), r.raw)
+	}
+	spend := map[string]any{"tokens": 7}
+	for _, token := range []string{scopedToken, plainCarol} {
+		s.do("POST", "/v1/budget/sessions/s2/spending", token, spend, "Idempotency-Key", "spend-1")
+	}
+	if u := s.do("GET", "/v1/budget/sessions/s2", scopedToken, nil); u.status != http.StatusOK || !strings.Contains(string(u.raw), `"used":{"tokens":7,"calls":1}`) {
+		t.Errorf("a spending sent with one key through two tokens: %d %s, want it counted once", u.status, u.raw)
 	}
 }
 

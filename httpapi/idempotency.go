@@ -40,7 +40,8 @@ type queued struct {
 // A replay is one remembered request: running until done is closed, then
 // its answer, encoded.
 type replay struct {
-	sum     [32]byte // of the body
+	authority string   // of the caller's token (principal.authority)
+	sum       [32]byte // of the body
 	done    chan struct{}
 	answer  answer // encoded (its body an encodedBody)
 	expires time.Time
@@ -52,16 +53,24 @@ func newIdempotency() *idempotency {
 
 // do answers the request of caller with key, whose body hashes to sum: by
 // running h the first time, and with h's answer again for a retry. A retry
-// with another body, or while the first is running, is a conflict.
+// with another body, or while the first is running, is a conflict; so is
+// one from a token of the caller's with another authority (authority).
 //
 // An answer that says to try again later — a 5xx, rate_limited — is not
 // remembered: the retry runs again. One that carries a resume (a change
 // made but not recorded) is remembered with it, and the retry runs the
 // resume, which records what was done, instead of doing it again.
-func (m *idempotency) do(caller, key string, sum [32]byte, h func() answer) (answer, bool) {
+func (m *idempotency) do(caller, key, authority string, sum [32]byte, h func() answer) (answer, bool) {
 	now := time.Now()
 	m.mu.Lock()
 	if r, found := m.byKey[key]; found && now.Before(r.expires) {
+		if r.authority != authority {
+			// Another of the caller's tokens, in other scopes: it is told
+			// nothing of what the first was allowed, and nothing runs
+			// twice.
+			m.mu.Unlock()
+			return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used by a token of this agent's with other scopes"), false
+		}
 		if r.sum != sum {
 			m.mu.Unlock()
 			return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used with another body"), false
@@ -80,7 +89,7 @@ func (m *idempotency) do(caller, key string, sum [32]byte, h func() answer) (ans
 		}
 		h = r.answer.resume
 	}
-	r := &replay{sum: sum, done: make(chan struct{}), expires: now.Add(idempotencyTTL)}
+	r := &replay{authority: authority, sum: sum, done: make(chan struct{}), expires: now.Add(idempotencyTTL)}
 	m.byKey[key] = r
 	m.mu.Unlock()
 
