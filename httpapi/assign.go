@@ -132,7 +132,7 @@ func (s *Server) changed(rec audit.Record, err error) answer {
 	case errors.Is(err, agentsec.ErrNoAssignment):
 		return notFound(strings.TrimPrefix(err.Error(), "agentsec: "))
 	case errors.Is(err, agentsec.ErrAuditUnavailable):
-		return fail(http.StatusServiceUnavailable, CodeAuditUnavailable, "the change could not be recorded, so it was not made: "+err.Error())
+		return auditUnavailableBecause("the change could not be recorded, so it was not made", err)
 	case err != nil: // refused before it was recorded: an unknown level, a reason too long…
 		return invalid(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "agentsec: "), "trust: "))
 	}

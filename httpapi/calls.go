@@ -129,7 +129,9 @@ func (s *Server) endCall(ctx context.Context, q *request) answer {
 		if errors.Is(de, agentsec.ErrAuditUnavailable) {
 			c.unrecorded = true // the record is lost with the log's failure
 		}
-		a.resume = func() answer { return a }
+		if a.status >= 500 { // a 4xx is remembered as it is
+			a.resume = func() answer { return a }
+		}
 		return a
 	}
 	out := endAnswer{CallID: c.id, DecisionID: rec.Seq, Outcome: rec.Outcome, Reason: rec.Reason, Tokens: rec.Tokens}

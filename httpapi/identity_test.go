@@ -154,8 +154,13 @@ func TestStoreFailuresStayOnTheServer(t *testing.T) {
 		{"POST", "/v1/audit/events", map[string]any{"event": "note"}},
 		{"POST", "/v1/calls", map[string]any{"tool": "write", "session": "s"}},
 		{"POST", "/v1/budget/sessions/s/spending", map[string]any{"tokens": 1}},
+		{"POST", "/v1/trust/assignments", map[string]any{"agent": "bob", "level": "verified", "reason": "promoted"}},
 	} {
-		r := s.do(c.method, c.path, aliceToken, c.body)
+		token := aliceToken
+		if strings.HasPrefix(c.path, "/v1/trust/") {
+			token = adminToken
+		}
+		r := s.do(c.method, c.path, token, c.body)
 		if r.status != http.StatusServiceUnavailable || r.code() != "audit_unavailable" {
 			t.Errorf("%s %s with the log failing: %d %s, want 503 audit_unavailable", c.method, c.path, r.status, r.raw)
 		}
