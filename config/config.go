@@ -353,6 +353,15 @@ const maxFileSize = 1 << 20
 
 // Load reads and validates the configuration file at path.
 func Load(path string) (*Config, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFile(path, data)
+}
+
+// ReadFile reads the configuration file at path, of at most 1 MiB.
+func ReadFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -365,6 +374,12 @@ func Load(path string) (*Config, error) {
 	if len(data) > maxFileSize {
 		return nil, fmt.Errorf("config: %s is larger than %d bytes", path, maxFileSize)
 	}
+	return data, nil
+}
+
+// ParseFile is Parse of data read from the file at path: relative paths
+// are taken relative to its directory, and each problem names the file.
+func ParseFile(path string, data []byte) (*Config, error) {
 	cfg, err := Parse(data, filepath.Dir(path))
 	if err != nil {
 		// Name the file on every line, as compilers do.

@@ -68,10 +68,11 @@ func newReloader(ctx context.Context, file string, cfg *config.Config, stack *ag
 func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reloaded, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := unchangingFor(r.file, func() { time.Sleep(settleTime) }); err != nil {
+	data, err := unchangingFor(r.file, func() { time.Sleep(settleTime) })
+	if err != nil {
 		return agentsec.Reloaded{}, err
 	}
-	next, err := config.Load(r.file)
+	next, err := config.ParseFile(r.file, data)
 	if err != nil {
 		return agentsec.Reloaded{}, err
 	}
@@ -122,23 +123,25 @@ func (r *reloader) reload(ctx context.Context, operator string) (agentsec.Reload
 // a reload reads it.
 const settleTime = 100 * time.Millisecond
 
-// unchangingFor refuses a file that changes while wait runs (for
-// settleTime): one being written in place, whose first part may parse —
-// a file cut after its first rules is valid YAML, and would drop the rest.
-func unchangingFor(file string, wait func()) error {
-	before, err := os.ReadFile(file)
+// unchangingFor returns the configuration file's bytes, read before and
+// after wait runs (for settleTime), and refuses a file that changed
+// meanwhile: one being written in place, whose first part may parse — a
+// file cut after its first rules is valid YAML, and would drop the rest.
+// What it returns is what it compared, to be parsed as it is.
+func unchangingFor(file string, wait func()) ([]byte, error) {
+	before, err := config.ReadFile(file)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	wait()
-	after, err := os.ReadFile(file)
+	after, err := config.ReadFile(file)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !bytes.Equal(before, after) {
-		return fmt.Errorf("%s changed while it was read: it is being written; reload once it is complete (write a new file beside it and rename it over, which is atomic)", file)
+		return nil, fmt.Errorf("%s changed while it was read: it is being written; reload once it is complete (write a new file beside it and rename it over, which is atomic)", file)
 	}
-	return nil
+	return after, nil
 }
 
 // onSignal reloads for a SIGHUP and says what happened on the log.

@@ -347,8 +347,8 @@ func TestReloadRefusesAFileBeingWritten(t *testing.T) {
 	if err := os.WriteFile(file, []byte("namespace: n\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := unchangingFor(file, func() {}); err != nil {
-		t.Fatalf("a file at rest: %v", err)
+	if data, err := unchangingFor(file, func() {}); err != nil || string(data) != "namespace: n\n" {
+		t.Fatalf("a file at rest: %q, %v", data, err)
 	}
 	more := func() {
 		f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY, 0)
@@ -360,7 +360,7 @@ func TestReloadRefusesAFileBeingWritten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := unchangingFor(file, more); err == nil || !strings.Contains(err.Error(), "being written") {
+	if _, err := unchangingFor(file, more); err == nil || !strings.Contains(err.Error(), "being written") {
 		t.Errorf("a file written during the read: %v, want refused", err)
 	}
 }
