@@ -14,6 +14,7 @@ var reservedAttrs = map[string]bool{
 	"withheld_tokens": true, "budget_error": true, "reservation": true, "expires": true,
 	"previous": true, "config": true, "configured": true, "change_id": true,
 	"signature": true, "reload": true, "task": true, "token_sha256": true, "changes": true,
+	"change": true, "value": true, "levels": true,
 }
 
 // ReservedEvent reports whether event, in any case, is one agentsec

@@ -327,6 +327,11 @@ func TestCredentialChanges(t *testing.T) {
 	var changes []string
 	for _, rec := range got {
 		changes = append(changes, rec.Event+" "+rec.Agent+rec.Attrs["operator_id"]+": "+rec.Attrs["change"])
+		for k := range rec.Attrs {
+			if !audit.ReservedAttr(k) {
+				t.Errorf("a %s record carries %q, an attribute a client may set", rec.Event, k)
+			}
+		}
 	}
 	want := []string{
 		`agent.token alice: scopes ["" "dev"] → ["" "prod"]`,
