@@ -229,34 +229,117 @@ func readMax(r io.Reader, name string, max int64) ([]byte, error) {
 	return data, nil
 }
 
-// outputFile is where a command writes its output: standard output, or a
+// outputFile is where a command writes its output: standard output, a
 // file that replaces path only once the output is complete, so a failed
-// command leaves no partial file behind.
+// command leaves no partial file behind, or — for a path that names a
+// device or a pipe — that, written directly.
 type outputFile struct {
 	io.Writer
-	path string
-	tmp  *os.File
+	path   string
+	tmp    *os.File
+	direct *os.File
+	mode   os.FileMode // of the file replaced, kept
 }
 
-func (m *Main) createOutput(path string) (*outputFile, error) {
+// createOutput opens where a command writes to path ("" or "-" for
+// standard output). A symbolic link is followed, so the file it names is
+// the one replaced (a checkpoint kept on storage the host can't rewrite,
+// through a link); a path that is the audit database at db, or one of
+// its files, is refused.
+func (m *Main) createOutput(path, db string) (*outputFile, error) {
 	if path == "" || path == "-" {
 		return &outputFile{Writer: m.Stdout}, nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	target, err := followLinks(path)
 	if err != nil {
 		return nil, fmt.Errorf("creating output file: %w", err)
 	}
-	return &outputFile{Writer: tmp, path: path, tmp: tmp}, nil
+	if err := notTheDatabase(target, db); err != nil {
+		return nil, err
+	}
+	mode := os.FileMode(0o600) // an audit log's records are not for everyone
+	if fi, err := os.Stat(target); err == nil {
+		if !fi.Mode().IsRegular() {
+			f, err := os.OpenFile(target, os.O_WRONLY, 0)
+			if err != nil {
+				return nil, fmt.Errorf("creating output file: %w", err)
+			}
+			return &outputFile{Writer: f, path: path, direct: f}, nil
+		}
+		mode = fi.Mode().Perm()
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("creating output file: %w", err)
+	}
+	return &outputFile{Writer: tmp, path: target, tmp: tmp, mode: mode}, nil
+}
+
+// followLinks returns the path a chain of symbolic links at path ends
+// at, which need not exist yet.
+func followLinks(path string) (string, error) {
+	for range 40 {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return path, nil
+		}
+		link, err := os.Readlink(path)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(link) {
+			link = filepath.Join(filepath.Dir(path), link)
+		}
+		path = link
+	}
+	return "", fmt.Errorf("%s: too many symbolic links", path)
+}
+
+// notTheDatabase refuses an output path that is the SQLite audit
+// database at db or one of its files: the log, its WAL, its lock, its
+// record log's segments.
+func notTheDatabase(out, db string) error {
+	if db == "" || strings.Contains(db, "://") {
+		return nil
+	}
+	dbPath, err := followLinks(db)
+	if err != nil {
+		return nil
+	}
+	outAbs, _ := filepath.Abs(out)
+	for _, p := range []string{dbPath, dbPath + "-wal", dbPath + "-shm", dbPath + "-journal", dbPath + ".lock"} {
+		a, _ := filepath.Abs(p)
+		if a == outAbs || sameFile(p, out) {
+			return fmt.Errorf("%s is the audit log's own file; write the output elsewhere", out)
+		}
+	}
+	segments, _ := filepath.Abs(dbPath + "-segments")
+	if strings.HasPrefix(outAbs, segments+string(filepath.Separator)) {
+		return fmt.Errorf("%s is in the audit log's own directory of segments; write the output elsewhere", out)
+	}
+	return nil
+}
+
+// sameFile reports whether a and b name one existing file.
+func sameFile(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 // commit puts a complete output file in place.
 func (o *outputFile) commit() error {
+	if o.direct != nil {
+		err := o.direct.Close()
+		o.direct = nil
+		return err
+	}
 	if o.tmp == nil {
 		return nil
 	}
 	tmp := o.tmp
 	o.tmp = nil
-	err := errors.Join(tmp.Sync(), tmp.Close())
+	err := errors.Join(tmp.Chmod(o.mode), tmp.Sync(), tmp.Close())
 	if err == nil {
 		err = os.Rename(tmp.Name(), o.path)
 	}
@@ -269,6 +352,10 @@ func (o *outputFile) commit() error {
 
 // discard removes an output file that was not committed.
 func (o *outputFile) discard() {
+	if o.direct != nil {
+		o.direct.Close()
+		o.direct = nil
+	}
 	if o.tmp != nil {
 		o.tmp.Close()
 		os.Remove(o.tmp.Name())

@@ -30,7 +30,7 @@ ArcSight CEF lines for a SIEM. Records appended while it runs are left out.
 	}
 	defer store.Close()
 
-	o, err := m.createOutput(*out)
+	o, err := m.createOutput(*out, *db)
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ together with its stored checkpoints.
 	if err != nil {
 		return err
 	}
-	o, err := m.createOutput(*out)
+	o, err := m.createOutput(*out, *db)
 	if err != nil {
 		return err
 	}
