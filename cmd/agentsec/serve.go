@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -206,13 +207,23 @@ func agentsListener(api *httpapi.Server, gw *mcpgate.Gateway) http.Handler {
 }
 
 // writeFileAtomically writes data to a temporary file beside path and
-// renames it there, so that a reader sees all of it or nothing.
+// renames it there, so that a reader sees all of it or nothing. The
+// temporary file is a new one of a random name (O_EXCL): a link planted
+// at a name known in advance can't turn the write on another file.
 func writeFileAtomically(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	_, err = tmp.Write(data)
+	err = errors.Join(err, tmp.Chmod(0o644), tmp.Close())
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // adminServer is serve's admin listener.

@@ -217,3 +217,27 @@ request_body_timeout: 1s
 		}
 	})
 }
+
+// TestAddrFileIgnoresPlantedLinks: the address file is written through a
+// temporary file of a random name, so a link planted at FILE.tmp — a name
+// once known in advance — turns no write on the file it names.
+func TestAddrFileIgnoresPlantedLinks(t *testing.T) {
+	dir := t.TempDir()
+	precious := filepath.Join(dir, "precious")
+	if err := os.WriteFile(precious, []byte("keep me\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := filepath.Join(dir, "addr")
+	if err := os.Symlink(precious, addr+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileAtomically(addr, []byte("127.0.0.1:1\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(precious); string(got) != "keep me\n" {
+		t.Errorf("the file a planted link named now reads %q", got)
+	}
+	if got, _ := os.ReadFile(addr); string(got) != "127.0.0.1:1\n" {
+		t.Errorf("the address file reads %q", got)
+	}
+}
