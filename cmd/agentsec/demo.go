@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -40,6 +41,7 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 		auditCfg = agentsec.AuditConfig{Path: *db, SignerKey: string(key)}
 	}
 
+	began := time.Now() // the records listed are this run's: a -db log may hold others
 	stack, err := agentsec.New(agentsec.Config{
 		TrustGate: agentsec.TrustGateConfig{
 			Rules: []trust.Rule{
@@ -110,7 +112,7 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 		return err
 	}
 
-	page, err := stack.Audit.Query(ctx, audit.Filter{Limit: audit.MaxLimit})
+	page, err := stack.Audit.Query(ctx, audit.Filter{Namespace: "demo", Since: began, Limit: audit.MaxLimit})
 	if err != nil {
 		return err
 	}
@@ -123,7 +125,7 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 			levels += "/" + r.RequiredLevel
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Seq, r.Time.Format("15:04:05.000000"),
-			r.Event, r.Agent, dash(r.Tool), dash(string(r.Outcome)), dash(levels), r.Tokens, r.Reason)
+			cell(r.Event), cell(r.Agent), cell(r.Tool), cell(string(r.Outcome)), cell(levels), r.Tokens, cell(r.Reason))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -141,13 +143,6 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(out, ".")
 	return nil
-}
-
-func dash(s string) string {
-	if strings.TrimSpace(s) == "" {
-		return "-"
-	}
-	return s
 }
 
 // demoGateway serves a small MCP server through an agentsec proxy, in

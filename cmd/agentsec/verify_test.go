@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -427,4 +428,47 @@ func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
 		t.Errorf("verify exits %d for 3 records no signed checkpoint covers:\n%s", code, out)
 	}
 	wantOneLine(t, stderr, "no signed checkpoint covers any of the 3 records")
+}
+
+// TestDemoListsItsOwnRecords: demo -db continues a log that may hold
+// other records — an agent's, with a tool name of terminal escapes — and
+// lists only the records of its own run, escaped as every command prints
+// records.
+func TestDemoListsItsOwnRecords(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if code, _, stderr := runExit(t, &Main{}, "keygen", "-name", "demo", "-dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	key, _ := os.ReadFile(filepath.Join(dir, "demo.key"))
+	db := filepath.Join(dir, "audit.db")
+	signer, verifier, err := audit.NewSigner(strings.TrimSpace(string(key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sqlite.Open(ctx, db, sqlite.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.NewLog(ctx, st, audit.Options{Namespace: "demo", Signer: signer, Verifier: verifier})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Log(ctx, audit.Record{Event: "tool.call", Agent: "bot", Tool: "x\x1b]0;owned\x07\x1b[2J",
+		Outcome: audit.OutcomeDenied, Reason: "ok\rfake line\u202e"}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	code, out, stderr := runExit(t, &Main{}, "demo", "-db", db, "-key", filepath.Join(dir, "demo.key"))
+	if code != 0 {
+		t.Fatalf("demo: exit %d: %s", code, stderr)
+	}
+	for _, bad := range []string{"\x1b", "\r", "\u202e", "owned"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("demo printed the earlier record's %q", bad)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^Audit log \(6 records\):$`).MatchString(out) {
+		t.Errorf("demo lists other than its run's 6 records:\n%s", out)
+	}
 }
