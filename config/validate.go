@@ -437,11 +437,10 @@ func (c *Config) validateAudit(v *validator) {
 
 // signerKey reads the audit signer key file.
 func (c *Config) signerKey() (string, error) {
-	data, err := os.ReadFile(c.Path(c.Audit.KeyFile))
+	key, err := audit.ReadSignerKeyFile(c.Path(c.Audit.KeyFile))
 	if err != nil {
 		return "", err
 	}
-	key := strings.TrimSpace(string(data))
 	if _, _, err := audit.NewSigner(key); err != nil {
 		return "", fmt.Errorf("%s is not a signer key from 'agentsec keygen' (the .key file, not the .pub): %v",
 			c.Audit.KeyFile, strings.TrimPrefix(err.Error(), "audit: "))

@@ -42,9 +42,9 @@ type queued struct {
 type replay struct {
 	authority string   // of the caller's token (principal.authority)
 	sum       [32]byte // of the body
-	done    chan struct{}
-	answer  answer // encoded (its body an encodedBody)
-	expires time.Time
+	done      chan struct{}
+	answer    answer // encoded (its body an encodedBody)
+	expires   time.Time
 }
 
 func newIdempotency() *idempotency {

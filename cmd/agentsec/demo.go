@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -34,11 +33,11 @@ func (m *Main) runDemo(ctx context.Context, args []string) error {
 		if *keyFile == "" {
 			return errors.New("demo -db needs -key; make a key pair with: agentsec keygen -name demo")
 		}
-		key, err := os.ReadFile(*keyFile)
+		key, err := audit.ReadSignerKeyFile(*keyFile)
 		if err != nil {
 			return fmt.Errorf("reading signer key: %w", err)
 		}
-		auditCfg = agentsec.AuditConfig{Path: *db, SignerKey: string(key)}
+		auditCfg = agentsec.AuditConfig{Path: *db, SignerKey: key}
 	}
 
 	began := time.Now() // the records listed are this run's: a -db log may hold others
