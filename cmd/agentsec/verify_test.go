@@ -389,10 +389,7 @@ func TestExportLeafHashes(t *testing.T) {
 func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if code, _, stderr := runExit(t, &Main{}, "keygen", "-name", "gw", "-dir", dir); code != 0 {
-		t.Fatal(stderr)
-	}
-	key, _ := os.ReadFile(filepath.Join(dir, "gw.key"))
+	key := keygenIn(t, dir, "gw")
 	db := filepath.Join(dir, "audit.db")
 	// A stack whose agents are assigned at run time (or serve with only
 	// operators): nothing is recorded at start; Close signs size 0.
@@ -400,7 +397,7 @@ func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
 		TrustGate:      agentsec.TrustGateConfig{Rules: nil},
 		Budget:         agentsec.BudgetConfig{TokenLimit: 10, CallLimit: 1},
 		AuditNamespace: "gw",
-		Audit:          agentsec.AuditConfig{Path: db, SignerKey: string(key)},
+		Audit:          agentsec.AuditConfig{Path: db, SignerKey: key},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -437,12 +434,9 @@ func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
 func TestDemoListsItsOwnRecords(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if code, _, stderr := runExit(t, &Main{}, "keygen", "-name", "demo", "-dir", dir); code != 0 {
-		t.Fatal(stderr)
-	}
-	key, _ := os.ReadFile(filepath.Join(dir, "demo.key"))
+	key := keygenIn(t, dir, "demo")
 	db := filepath.Join(dir, "audit.db")
-	signer, verifier, err := audit.NewSigner(strings.TrimSpace(string(key)))
+	signer, verifier, err := audit.NewSigner(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,4 +465,18 @@ func TestDemoListsItsOwnRecords(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^Audit log \(6 records\):$`).MatchString(out) {
 		t.Errorf("demo lists other than its run's 6 records:\n%s", out)
 	}
+}
+
+// keygenIn makes a key pair NAME.key and NAME.pub in dir with agentsec
+// keygen, and returns the signer key.
+func keygenIn(t *testing.T, dir, name string) string {
+	t.Helper()
+	if code, _, stderr := runExit(t, &Main{}, "keygen", "-name", name, "-dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	key, err := os.ReadFile(filepath.Join(dir, name+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(key))
 }
