@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -242,80 +243,87 @@ type outputFile struct {
 }
 
 // createOutput opens where a command writes to path ("" or "-" for
-// standard output). A symbolic link is followed, so the file it names is
-// the one replaced (a checkpoint kept on storage the host can't rewrite,
-// through a link); a path that is the audit database at db, or one of
-// its files, is refused.
+// standard output). Symbolic links are followed as the kernel follows
+// them — which refuses, in a sticky directory such as /tmp, a link
+// another user planted — so the file a link names is the one replaced (a
+// checkpoint kept on storage the host can't rewrite, through a link); a
+// device or a pipe (/dev/stdout) is written directly; a path that is the
+// audit database at db, or one of its files, is refused.
 func (m *Main) createOutput(path, db string) (*outputFile, error) {
 	if path == "" || path == "-" {
 		return &outputFile{Writer: m.Stdout}, nil
 	}
-	target, err := followLinks(path)
-	if err != nil {
-		return nil, fmt.Errorf("creating output file: %w", err)
-	}
-	if err := notTheDatabase(target, db); err != nil {
-		return nil, err
-	}
-	mode := os.FileMode(0o600) // an audit log's records are not for everyone
-	if fi, err := os.Stat(target); err == nil {
-		if !fi.Mode().IsRegular() {
-			f, err := os.OpenFile(target, os.O_WRONLY, 0)
-			if err != nil {
-				return nil, fmt.Errorf("creating output file: %w", err)
-			}
-			return &outputFile{Writer: f, path: path, direct: f}, nil
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.IsDir():
+		return nil, fmt.Errorf("%s is a directory; name a file", path)
+	case err == nil && !fi.Mode().IsRegular():
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("creating output file: %w", err)
 		}
-		mode = fi.Mode().Perm()
+		return &outputFile{Writer: f, path: path, direct: f}, nil
+	case errors.Is(err, fs.ErrNotExist):
+		if li, lerr := os.Lstat(path); lerr == nil && li.Mode()&os.ModeSymlink != 0 {
+			return nil, fmt.Errorf("%s is a link to a file that does not exist; create that file first, or name another", path)
+		}
+		if err := notTheDatabase(path, db); err != nil {
+			return nil, err
+		}
+		return newOutputBeside(path, 0o600) // an audit log's records are not for everyone
+	case err != nil:
+		return nil, fmt.Errorf("creating output file: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp*")
+	target, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return nil, fmt.Errorf("creating output file: %w", err)
 	}
-	return &outputFile{Writer: tmp, path: target, tmp: tmp, mode: mode}, nil
+	for _, p := range []string{path, target} {
+		if err := notTheDatabase(p, db); err != nil {
+			return nil, err
+		}
+	}
+	// May this command write the file, through its links? The kernel
+	// says, opening it without changing it.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("creating output file: %w", err)
+	}
+	f.Close()
+	return newOutputBeside(target, fi.Mode().Perm())
 }
 
-// followLinks returns the path a chain of symbolic links at path ends
-// at, which need not exist yet.
-func followLinks(path string) (string, error) {
-	for range 40 {
-		fi, err := os.Lstat(path)
-		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
-			return path, nil
-		}
-		link, err := os.Readlink(path)
-		if err != nil {
-			return "", err
-		}
-		if !filepath.IsAbs(link) {
-			link = filepath.Join(filepath.Dir(path), link)
-		}
-		path = link
+// newOutputBeside makes the temporary file that replaces path, of mode,
+// once the output is complete.
+func newOutputBeside(path string, mode os.FileMode) (*outputFile, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("creating output file: %w", err)
 	}
-	return "", fmt.Errorf("%s: too many symbolic links", path)
+	return &outputFile{Writer: tmp, path: path, tmp: tmp, mode: mode}, nil
 }
 
 // notTheDatabase refuses an output path that is the SQLite audit
-// database at db or one of its files: the log, its WAL, its lock, its
-// record log's segments.
+// database at db or one of its files — the log, its WAL, its lock, its
+// record log's segments — named as given or through links.
 func notTheDatabase(out, db string) error {
 	if db == "" || strings.Contains(db, "://") {
 		return nil
 	}
-	dbPath, err := followLinks(db)
-	if err != nil {
-		return nil
+	bases := []string{db}
+	if resolved, err := filepath.EvalSymlinks(db); err == nil {
+		bases = append(bases, resolved)
 	}
 	outAbs, _ := filepath.Abs(out)
-	for _, p := range []string{dbPath, dbPath + "-wal", dbPath + "-shm", dbPath + "-journal", dbPath + ".lock"} {
-		a, _ := filepath.Abs(p)
-		if a == outAbs || sameFile(p, out) {
-			return fmt.Errorf("%s is the audit log's own file; write the output elsewhere", out)
+	for _, base := range bases {
+		for _, suffix := range []string{"", "-wal", "-shm", "-journal", ".lock"} {
+			if p, _ := filepath.Abs(base + suffix); p == outAbs || sameFile(base+suffix, out) {
+				return fmt.Errorf("%s is the audit log's own file; write the output elsewhere", out)
+			}
 		}
-	}
-	segments, _ := filepath.Abs(dbPath + "-segments")
-	if strings.HasPrefix(outAbs, segments+string(filepath.Separator)) {
-		return fmt.Errorf("%s is in the audit log's own directory of segments; write the output elsewhere", out)
+		if segments, _ := filepath.Abs(base + "-segments"); filepath.Dir(outAbs) == segments || sameFile(filepath.Dir(out), base+"-segments") {
+			return fmt.Errorf("%s is in the audit log's own directory of segments; write the output elsewhere", out)
+		}
 	}
 	return nil
 }
