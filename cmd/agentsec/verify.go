@@ -69,7 +69,14 @@ checkpoint that does not hold, and exits 0 only when everything holds.
 		}
 		return err
 	}
-	if res.Unvouched() {
+	switch {
+	case res.Unvouched() && res.Checkpoints > 0:
+		// A writer that signed the empty log then stopped signing is
+		// not how agentsec runs: the records may be forged, and opening
+		// the log with the key would sign them.
+		return fmt.Errorf("no signed checkpoint covers any of the %d records — only one of the empty log, which vouches for none — so they may have been written by someone without the key; "+
+			"examine them before anything signs them (a gateway opening this log with its key would)", res.Records)
+	case res.Unvouched():
 		return fmt.Errorf("no signed checkpoint covers any of the %d records, so nothing ties them to the key; "+
 			"if the log's writer stopped before signing one, open the log once with its signer key", res.Records)
 	}

@@ -425,6 +425,9 @@ func TestVerifyEmptyCheckpointCoversNothing(t *testing.T) {
 		t.Errorf("verify exits %d for 3 records no signed checkpoint covers:\n%s", code, out)
 	}
 	wantOneLine(t, stderr, "no signed checkpoint covers any of the 3 records")
+	if !strings.Contains(stderr, "examine them before anything signs them") {
+		t.Errorf("the hint for records only an empty log's checkpoint covers: %q, want a warning not to sign them", stderr)
+	}
 }
 
 // TestDemoListsItsOwnRecords: demo -db continues a log that may hold
