@@ -511,6 +511,19 @@ func TestIdempotencyKeyOfOneAuthority(t *testing.T) {
 	if u := s.do("GET", "/v1/budget/sessions/s2", scopedToken, nil); u.status != http.StatusOK || !strings.Contains(string(u.raw), `"used":{"tokens":7,"calls":1}`) {
 		t.Errorf("a spending sent with one key through two tokens: %d %s, want it counted once", u.status, u.raw)
 	}
+	// A spending counted but not recorded is recorded by the retry,
+	// whichever token sends it.
+	s.audit.Fail.Store(true)
+	if r := s.do("POST", "/v1/budget/sessions/s3/spending", scopedToken, spend, "Idempotency-Key", "spend-2"); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("a spending with the log failing: %d %s", r.status, r.raw)
+	}
+	s.audit.Fail.Store(false)
+	if r := s.do("POST", "/v1/budget/sessions/s3/spending", plainCarol, spend, "Idempotency-Key", "spend-2"); r.status != http.StatusOK {
+		t.Errorf("its retry through the other token: %d %s, want the record written", r.status, r.raw)
+	}
+	if recs := s.records(audit.Filter{Event: "budget.spend", Session: "carol/s3"}); len(recs) != 1 {
+		t.Errorf("%d records of the spending, want 1", len(recs))
+	}
 }
 
 // TestProofsOnDemand: a caller that asks for proofs and goes away at any

@@ -64,13 +64,6 @@ func (m *idempotency) do(caller, key, authority string, sum [32]byte, h func() a
 	now := time.Now()
 	m.mu.Lock()
 	if r, found := m.byKey[key]; found && now.Before(r.expires) {
-		if r.authority != authority {
-			// Another of the caller's tokens, in other scopes: it is told
-			// nothing of what the first was allowed, and nothing runs
-			// twice.
-			m.mu.Unlock()
-			return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used by a token of this agent's with other scopes"), false
-		}
 		if r.sum != sum {
 			m.mu.Unlock()
 			return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used with another body"), false
@@ -85,6 +78,13 @@ func (m *idempotency) do(caller, key, authority string, sum [32]byte, h func() a
 		}
 		if r.answer.resume == nil {
 			m.mu.Unlock()
+			if r.authority != authority {
+				// Another of the caller's tokens, of other scopes or
+				// role: it is told nothing of what the first was
+				// allowed, and nothing runs twice. (A resume runs for
+				// any: it records what was done.)
+				return fail(http.StatusUnprocessableEntity, CodeConflict, "this Idempotency-Key was used by another token of this caller's, of other scopes or role"), false
+			}
 			return r.answer, true
 		}
 		h = r.answer.resume
