@@ -18,18 +18,18 @@ const maxKeyFile = 4 << 10
 // may read or write, or its group write: whoever reads the key can sign
 // checkpoints as the log, and whoever writes it can swap it.
 func ReadSignerKeyFile(path string) (string, error) {
-	fi, err := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|keyOpenFlags, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat() // the file opened, not one swapped in after a look
 	if err != nil {
 		return "", err
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("%s is not a regular file", path)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	if err != nil {
 		return "", err
