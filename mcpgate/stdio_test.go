@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/agentsec/agentsec/mcpgate"
@@ -265,5 +267,89 @@ func TestUnreadAnswersBoundTheSession(t *testing.T) {
 	}
 	if n := up.calls.Load(); n > 1024 || written.Load() == sent {
 		t.Errorf("with no answer read, the gateway took %d of %d requests and ran %d calls; the bound is 1,024", written.Load(), sent, n)
+	}
+}
+
+// stallingConn is a stdio server that stops reading its stdin (a
+// single-threaded server running a synchronous tool): once stalled, a
+// write blocks, as a write to a full pipe does, until released — or
+// until the connection is closed, as closing a pipe ends a write to it.
+type stallingConn struct {
+	mcp.Connection
+	stalled   *atomic.Bool
+	release   chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (c *stallingConn) Write(ctx context.Context, msg jsonrpc.Message) error {
+	if c.stalled.Load() {
+		select {
+		case <-c.release:
+		case <-c.closed:
+			return io.ErrClosedPipe
+		}
+	}
+	return c.Connection.Write(ctx, msg)
+}
+
+func (c *stallingConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Connection.Close()
+}
+
+// TestTimeoutWhileTheServerReadsNothing: a server that stops reading its
+// stdin still gets its requests timed out — the connection is dropped,
+// ending the blocked write — rather than holding the call (and the
+// session behind it) for as long as it doesn't read: here it would be
+// 10 s against a timeout of 300 ms.
+func TestTimeoutWhileTheServerReadsNothing(t *testing.T) {
+	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 100, nil)
+	up := newUpstream()
+	var stalled atomic.Bool
+	release := make(chan struct{})
+	unstall := sync.OnceFunc(func() { close(release) })
+	defer unstall()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- (&mcpgate.Proxy{Stack: stack, Agent: "desktop", AllowUnlistedTools: true, Upstreams: []mcpgate.Upstream{{Name: "files", Timeout: 300 * time.Millisecond,
+			Connect: func(ctx context.Context) (mcp.Connection, error) {
+				c, err := up.connect(ctx)
+				return &stallingConn{Connection: c, stalled: &stalled, release: release, closed: make(chan struct{})}, err
+			}}}}).Serve(context.Background(), mcpgate.NewStdioConn(inR, outW, 0))
+	}()
+	defer func() { inW.Close(); outR.Close(); <-done }()
+	sc := bufio.NewScanner(outR)
+	sc.Buffer(nil, 1<<20)
+	io.WriteString(inW, initializeLine)
+	readReply(t, sc)
+	io.WriteString(inW, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n")
+	stalled.Store(true)
+	time.AfterFunc(10*time.Second, unstall) // bounds the wait, were the timeout not kept
+	start := time.Now()
+	io.WriteString(inW, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`+"\n")
+	r := readReply(t, sc)
+	t.Logf("answer after %v: %+v %s", time.Since(start).Round(10*time.Millisecond), r.Error, r.Result)
+	if !strings.Contains(string(r.Result)+fmt.Sprint(r.Error), "did not answer in time") {
+		t.Errorf("the answer: %+v %s, want the timeout", r.Error, r.Result)
+	}
+	// The session goes on: a call once the server may be started again
+	// (a second after the last start) starts it.
+	stalled.Store(false)
+	for id, deadline := 3, time.Now().Add(10*time.Second); ; id++ {
+		fmt.Fprintf(inW, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"again"}}}`+"\n", id)
+		r := readReply(t, sc)
+		if r.Error == nil && strings.Contains(string(r.Result), "echo: again") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a call after the server was dropped: %+v %s, want its answer", r.Error, r.Result)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a call to an upstream with a 300ms timeout was answered after %v", d.Round(100*time.Millisecond))
 	}
 }

@@ -127,6 +127,10 @@ type pendingRequest struct {
 	// waits out cancelGrace for a late answer now.
 	afterCancel bool
 	deadline    time.Time // when the timer fires, unless reset
+	// writing: the request is being written (sendOn). One that times out
+	// still writing found a server that stopped reading: its connection
+	// is dropped, which ends the write.
+	writing bool
 }
 
 // A roundTripper is a connection that can carry one request and its
@@ -322,11 +326,15 @@ func (u *upstreamConn) sendIf(ctx context.Context, method string, params json.Ra
 
 // sendOn is sendIf on a given connection.
 func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc, before func(int64) bool) (int64, error) {
-	id, err := u.register(&pendingRequest{reply: reply, token: token, gen: gen}, before)
+	p := &pendingRequest{reply: reply, token: token, gen: gen, writing: true}
+	id, err := u.register(p, before)
 	if err != nil {
 		return 0, err
 	}
 	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
+	u.mu.Lock()
+	p.writing = false
+	u.mu.Unlock()
 	if err != nil {
 		if u.take(id, nil) != nil {
 			return 0, unsent(&upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)})
@@ -513,6 +521,8 @@ func (u *upstreamConn) expire(id int64) {
 	u.mu.Lock()
 	p := u.pending[id]
 	afterCancel := p != nil && p.afterCancel
+	stuck := p != nil && p.writing && u.gen == p.gen
+	conn := u.conn
 	u.mu.Unlock()
 	if p == nil {
 		return
@@ -520,6 +530,17 @@ func (u *upstreamConn) expire(id int64) {
 	err := &upstreamError{u.Name, fmt.Errorf("%w (%v)", errUpstreamTimeout, u.timeout())}
 	if afterCancel { // told of the cancel already
 		err = &upstreamError{u.Name, errors.New("did not answer after the cancel")}
+	}
+	if stuck {
+		// The server has not read the request in all this time: it
+		// reads nothing, and a cancel would wait behind the request.
+		// Dropping the connection ends the write; the next request
+		// starts the server again.
+		if p := u.take(id, err); p != nil && p.reply != nil {
+			p.reply(nil, err)
+		}
+		u.lost(conn, p.gen, fmt.Errorf("the server read no request for %v", u.timeout()))
+		return
 	}
 	if p := u.take(id, err); p != nil {
 		if !afterCancel {
