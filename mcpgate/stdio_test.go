@@ -298,18 +298,19 @@ func (c *stallingConn) Close() error {
 	return c.Connection.Close()
 }
 
-// TestTimeoutWhileTheServerReadsNothing: a server that stops reading its
-// stdin still gets its requests timed out — the connection is dropped,
-// ending the blocked write — rather than holding the call (and the
-// session behind it) for as long as it doesn't read: here it would be
-// 10 s against a timeout of 300 ms.
-func TestTimeoutWhileTheServerReadsNothing(t *testing.T) {
+// stallingSession is a stdio session with an upstream of a timeout of
+// 300 ms whose writes block once stalled is set, until the connection is
+// closed (or 10 s pass, which a test that keeps the timeout never sees).
+// The session is initialized, and a first call answered, so that the
+// client's notification before it was written before any stall.
+func stallingSession(t *testing.T) (in io.Writer, sc *bufio.Scanner, stalled *atomic.Bool) {
 	stack := newStack(t, []trust.Rule{{Tool: "*", Level: "public"}}, []trust.Assignment{{Agent: "desktop", Level: "public"}}, 100, nil)
 	up := newUpstream()
-	var stalled atomic.Bool
+	stalled = new(atomic.Bool)
 	release := make(chan struct{})
 	unstall := sync.OnceFunc(func() { close(release) })
-	defer unstall()
+	t.Cleanup(unstall)
+	time.AfterFunc(10*time.Second, unstall) // bounds the wait, were the timeout not kept
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	done := make(chan error, 1)
@@ -317,29 +318,42 @@ func TestTimeoutWhileTheServerReadsNothing(t *testing.T) {
 		done <- (&mcpgate.Proxy{Stack: stack, Agent: "desktop", AllowUnlistedTools: true, Upstreams: []mcpgate.Upstream{{Name: "files", Timeout: 300 * time.Millisecond,
 			Connect: func(ctx context.Context) (mcp.Connection, error) {
 				c, err := up.connect(ctx)
-				return &stallingConn{Connection: c, stalled: &stalled, release: release, closed: make(chan struct{})}, err
+				return &stallingConn{Connection: c, stalled: stalled, release: release, closed: make(chan struct{})}, err
 			}}}}).Serve(context.Background(), mcpgate.NewStdioConn(inR, outW, 0))
 	}()
-	defer func() { inW.Close(); outR.Close(); <-done }()
-	sc := bufio.NewScanner(outR)
+	t.Cleanup(func() { inW.Close(); outR.Close(); <-done })
+	sc = bufio.NewScanner(outR)
 	sc.Buffer(nil, 1<<20)
 	io.WriteString(inW, initializeLine)
 	readReply(t, sc)
 	io.WriteString(inW, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n")
-	stalled.Store(true)
-	time.AfterFunc(10*time.Second, unstall) // bounds the wait, were the timeout not kept
-	start := time.Now()
-	io.WriteString(inW, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`+"\n")
-	r := readReply(t, sc)
-	t.Logf("answer after %v: %+v %s", time.Since(start).Round(10*time.Millisecond), r.Error, r.Result)
-	if !strings.Contains(string(r.Result)+fmt.Sprint(r.Error), "did not answer in time") {
-		t.Errorf("the answer: %+v %s, want the timeout", r.Error, r.Result)
+	io.WriteString(inW, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"first"}}}`+"\n")
+	if r := readReply(t, sc); r.Error != nil {
+		t.Fatalf("the first call: %+v", r.Error)
 	}
-	// The session goes on: a call once the server may be started again
-	// (a second after the last start) starts it.
+	return inW, sc, stalled
+}
+
+// TestTimeoutWhileTheServerReadsNothing: a server that stops reading its
+// stdin still gets its requests timed out — the connection is dropped,
+// ending the blocked write — rather than holding the call (and the
+// session behind it) for as long as it doesn't read: here it would be
+// 10 s against a timeout of 300 ms. The session goes on.
+func TestTimeoutWhileTheServerReadsNothing(t *testing.T) {
+	in, sc, stalled := stallingSession(t)
+	stalled.Store(true)
+	start := time.Now()
+	io.WriteString(in, `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"x"}}}`+"\n")
+	r := readReply(t, sc)
+	took := time.Since(start)
+	if !strings.Contains(string(r.Result)+fmt.Sprint(r.Error), "did not answer in time") || took > 5*time.Second {
+		t.Errorf("the answer after %v: %+v %s, want the timeout's", took.Round(10*time.Millisecond), r.Error, r.Result)
+	}
+	// A call once the server may be started again (a second after the
+	// last start) starts it.
 	stalled.Store(false)
-	for id, deadline := 3, time.Now().Add(10*time.Second); ; id++ {
-		fmt.Fprintf(inW, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"again"}}}`+"\n", id)
+	for id, deadline := 4, time.Now().Add(10*time.Second); ; id++ {
+		fmt.Fprintf(in, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"fs.read","arguments":{"text":"again"}}}`+"\n", id)
 		r := readReply(t, sc)
 		if r.Error == nil && strings.Contains(string(r.Result), "echo: again") {
 			break
@@ -349,7 +363,21 @@ func TestTimeoutWhileTheServerReadsNothing(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("a call to an upstream with a 300ms timeout was answered after %v", d.Round(100*time.Millisecond))
+}
+
+// TestNotificationWhileTheServerReadsNothing: a client's notification,
+// written to the server on the client's read loop, can't hold that loop
+// past the upstream's timeout when the server reads nothing: the next
+// request is answered (here, an error: the server was dropped) in
+// seconds, not when the server reads again.
+func TestNotificationWhileTheServerReadsNothing(t *testing.T) {
+	in, sc, stalled := stallingSession(t)
+	stalled.Store(true)
+	start := time.Now()
+	io.WriteString(in, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`+"\n")
+	io.WriteString(in, `{"jsonrpc":"2.0","id":3,"method":"ping"}`+"\n")
+	readReply(t, sc)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("a ping behind a notification the server did not read was answered after %v", took.Round(100*time.Millisecond))
 	}
 }

@@ -446,13 +446,22 @@ func (u *upstreamConn) call(ctx context.Context, method string, params json.RawM
 // notify sends a notification, or a response to one of the server's own
 // requests, on the current connection. An upstream not connected gets
 // nothing: a reconnected one is told afresh.
+//
+// A server that reads nothing for the upstream's timeout while a message
+// waits to be written has its connection dropped, which ends the write:
+// a notification is written on the client's read loop, which it would
+// hold as long as the server read nothing.
 func (u *upstreamConn) notify(ctx context.Context, msg jsonrpc.Message) error {
 	u.mu.Lock()
-	conn := u.conn
+	conn, gen := u.conn, u.gen
 	u.mu.Unlock()
 	if conn == nil {
 		return nil
 	}
+	stuck := time.AfterFunc(u.timeout(), func() {
+		u.lost(conn, gen, fmt.Errorf("the server read no message for %v", u.timeout()))
+	})
+	defer stuck.Stop()
 	return conn.Write(ctx, msg)
 }
 
