@@ -298,17 +298,14 @@ func (u *ui) liveStream(w http.ResponseWriter, r *http.Request, op *operator) {
 func (u *ui) openLiveView(id string) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	total := 0
-	for _, n := range u.liveViews {
-		total += n
-	}
-	if u.liveViews[id] >= maxOperatorLiveViews || total >= maxLiveViews {
+	if u.liveViews[id] >= maxOperatorLiveViews || u.liveTotal >= maxLiveViews {
 		return false
 	}
 	if u.liveViews == nil {
 		u.liveViews = map[string]int{}
 	}
 	u.liveViews[id]++
+	u.liveTotal++
 	return true
 }
 
@@ -316,6 +313,7 @@ func (u *ui) openLiveView(id string) bool {
 func (u *ui) closeLiveView(id string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.liveTotal--
 	if u.liveViews[id]--; u.liveViews[id] <= 0 {
 		delete(u.liveViews, id)
 	}

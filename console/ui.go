@@ -62,6 +62,7 @@ type ui struct {
 	mu        sync.Mutex
 	sessions  map[string]uiSession
 	liveViews map[string]int // live streams open, by operator
+	liveTotal int            // and in all
 }
 
 // A uiSession is a signed-in operator, known by their token's hash, which

@@ -129,8 +129,9 @@ type pendingRequest struct {
 	deadline    time.Time // when the timer fires, unless reset
 	// writing: the request is being written (sendOn). One that times out
 	// still writing found a server that stopped reading: its connection
-	// is dropped, which ends the write.
-	writing bool
+	// is dropped, which ends the write. Atomic, so that a request's
+	// writer takes no lock to say it is done.
+	writing atomic.Bool
 }
 
 // A roundTripper is a connection that can carry one request and its
@@ -326,15 +327,14 @@ func (u *upstreamConn) sendIf(ctx context.Context, method string, params json.Ra
 
 // sendOn is sendIf on a given connection.
 func (u *upstreamConn) sendOn(ctx context.Context, conn mcp.Connection, gen int, method string, params json.RawMessage, token string, reply replyFunc, before func(int64) bool) (int64, error) {
-	p := &pendingRequest{reply: reply, token: token, gen: gen, writing: true}
+	p := &pendingRequest{reply: reply, token: token, gen: gen}
+	p.writing.Store(true)
 	id, err := u.register(p, before)
 	if err != nil {
 		return 0, err
 	}
 	err = conn.Write(ctx, &jsonrpc.Request{ID: intID(id), Method: method, Params: params})
-	u.mu.Lock()
-	p.writing = false
-	u.mu.Unlock()
+	p.writing.Store(false)
 	if err != nil {
 		if u.take(id, nil) != nil {
 			return 0, unsent(&upstreamError{u.Name, fmt.Errorf("could not be reached: %v", err)})
@@ -530,7 +530,7 @@ func (u *upstreamConn) expire(id int64) {
 	u.mu.Lock()
 	p := u.pending[id]
 	afterCancel := p != nil && p.afterCancel
-	stuck := p != nil && p.writing && u.gen == p.gen
+	stuck := p != nil && p.writing.Load() && u.gen == p.gen
 	conn := u.conn
 	u.mu.Unlock()
 	if p == nil {
