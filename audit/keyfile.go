@@ -2,10 +2,10 @@ package audit
 
 import (
 	"fmt"
-	"io"
-	"os"
 	"runtime"
 	"strings"
+
+	"github.com/agentsec/agentsec/internal/regularfile"
 )
 
 // maxKeyFile bounds a signer key file: a key is about a hundred bytes.
@@ -18,24 +18,9 @@ const maxKeyFile = 4 << 10
 // may read or write, or its group write: whoever reads the key can sign
 // checkpoints as the log, and whoever writes it can swap it.
 func ReadSignerKeyFile(path string) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|keyOpenFlags, 0)
+	data, fi, err := regularfile.ReadFile(path, maxKeyFile)
 	if err != nil {
 		return "", err
-	}
-	defer f.Close()
-	fi, err := f.Stat() // the file opened, not one swapped in after a look
-	if err != nil {
-		return "", err
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file", path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return "", err
-	}
-	if len(data) > maxKeyFile {
-		return "", fmt.Errorf("%s is larger than %d bytes: not a signer key", path, maxKeyFile)
 	}
 	key := strings.TrimSpace(string(data))
 	if perm := fi.Mode().Perm(); strings.HasPrefix(key, "PRIVATE+KEY+") && runtime.GOOS != "windows" && perm&0o027 != 0 {

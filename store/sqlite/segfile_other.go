@@ -3,5 +3,5 @@
 package sqlite
 
 // segmentOpenFlags are added to every open of an existing segment; the
-// regular-file check after it stands alone here.
+// regular-file check of regularfile.Open stands alone here.
 const segmentOpenFlags = 0

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/agentsec/agentsec/audit"
+	"github.com/agentsec/agentsec/internal/regularfile"
 )
 
 // The record log makes an append durable with one fdatasync of a file
@@ -196,22 +197,13 @@ func maxSegmentBytes() int64 {
 // symlink would have the gateway write where it points, a FIFO would
 // block its reads, and a huge file would be read into memory whole.
 func openSegment(name string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(name, flag|segmentOpenFlags, 0)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: record log: %w (a segment must be a regular file, not a link)", err)
-	}
-	fi, err := f.Stat()
+	f, _, err := regularfile.Open(name, flag|segmentOpenFlags, maxSegmentBytes())
+	var tooLarge *regularfile.TooLargeError
 	switch {
+	case errors.As(err, &tooLarge):
+		return nil, fmt.Errorf("sqlite: record log: %s holds %d bytes, more than a segment can (%d)", name, tooLarge.Size, tooLarge.Max)
 	case err != nil:
-		err = fmt.Errorf("sqlite: record log: %w", err)
-	case !fi.Mode().IsRegular():
-		err = fmt.Errorf("sqlite: record log: %s is not a regular file (%v)", name, fi.Mode().Type())
-	case fi.Size() > maxSegmentBytes():
-		err = fmt.Errorf("sqlite: record log: %s holds %d bytes, more than a segment can (%d)", name, fi.Size(), maxSegmentBytes())
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("sqlite: record log: %w (a segment must be a regular file, not a link)", err)
 	}
 	return f, nil
 }
