@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -206,24 +205,20 @@ func agentsListener(api *httpapi.Server, gw *mcpgate.Gateway) http.Handler {
 	return mux
 }
 
-// writeFileAtomically writes data to a temporary file beside path and
-// renames it there, so that a reader sees all of it or nothing. The
-// temporary file is a new one of a random name (O_EXCL): a link planted
-// at a name known in advance can't turn the write on another file.
+// writeFileAtomically writes data to a temporary file beside path, of a
+// random name, and renames it there (newOutputBeside): a reader sees all
+// of it or nothing, and a link planted at a name known in advance can't
+// turn the write on another file.
 func writeFileAtomically(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	o, err := newOutputBeside(path, 0o644)
 	if err != nil {
 		return err
 	}
-	_, err = tmp.Write(data)
-	err = errors.Join(err, tmp.Chmod(0o644), tmp.Close())
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
+	defer o.discard()
+	if _, err := o.Write(data); err != nil {
+		return err
 	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return o.commit()
 }
 
 // adminServer is serve's admin listener.
