@@ -253,18 +253,15 @@ func TestUnreadAnswersBoundTheSession(t *testing.T) {
 			written.Add(1)
 		}
 	}()
-	// Wait for the gateway to stop taking requests: the writer makes no
-	// progress for a second (or has sent them all).
-	for last, still := int64(-1), 0; still < 10; time.Sleep(100 * time.Millisecond) {
-		if n := written.Load(); n != last || up.calls.Load() > 1024 {
-			last, still = n, 0
-			if n == sent || up.calls.Load() > 1024 {
-				break
-			}
-		} else {
-			still++
+	// Wait for the session to fill — 1,024 calls run, their answers
+	// unread — or for the writer to have sent every request; then give
+	// the gateway a moment to take more, if it would.
+	for deadline := time.Now().Add(30 * time.Second); up.calls.Load() < 1024 && written.Load() < sent; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway ran %d calls of %d sent in 30 s", up.calls.Load(), written.Load())
 		}
 	}
+	time.Sleep(500 * time.Millisecond)
 	if n := up.calls.Load(); n > 1024 || written.Load() == sent {
 		t.Errorf("with no answer read, the gateway took %d of %d requests and ran %d calls; the bound is 1,024", written.Load(), sent, n)
 	}
