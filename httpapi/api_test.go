@@ -596,6 +596,13 @@ func (b *failingCounts) CommitWithin(ctx context.Context, session string, tokens
 	return b.Store.CommitWithin(ctx, session, tokens)
 }
 
+func (b *failingCounts) Commit(ctx context.Context, session string, tokens int64) error {
+	if b.fail.Load() {
+		return errors.New("connection reset")
+	}
+	return b.Store.Commit(ctx, session, tokens)
+}
+
 // TestEndRetriedAfterBudgetFailure: an end whose tokens could not be
 // counted answers budget_unavailable — the result is withheld — and so
 // does its retry with the same key once the store is back, never "ended
@@ -623,9 +630,18 @@ func TestEndRetriedAfterBudgetFailure(t *testing.T) {
 		if r.status != http.StatusServiceUnavailable || r.code() != "budget_unavailable" {
 			t.Errorf("attempt %d (counts failing %v): %d %s, want 503 budget_unavailable", i+1, fail, r.status, r.raw)
 		}
+
 	}
 	recs := s.records(audit.Filter{Event: "tool.call"})
 	if len(recs) != 1 || recs[0].Outcome != audit.OutcomeDenied || recs[0].Attrs["withheld_tokens"] != "5" {
 		t.Errorf("records %+v, want one denial with the result withheld", recs)
+	}
+	// A reservation's commit that fails the same way says what failed,
+	// not the store's own error.
+	res := s.do("POST", "/v1/budget/sessions/s/reservations", aliceToken, nil)
+	counts.fail.Store(true)
+	r := s.do("POST", "/v1/budget/reservations/"+res.str("reservation_id")+"/commit", aliceToken, map[string]any{"tokens": 5})
+	if r.status != http.StatusServiceUnavailable || r.code() != "budget_unavailable" || strings.Contains(string(r.raw), "connection reset") {
+		t.Errorf("a commit with the store failing: %d %s, want 503 budget_unavailable without the store's error", r.status, r.raw)
 	}
 }
